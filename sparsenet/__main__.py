@@ -1,0 +1,3 @@
+from sparsenet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The results folder: what a study writes and a report reads (JSON only, so a report can be rebuilt anywhere).
+
+Layout of ``results/<run_id>/`` (every file written atomically, each optional to the reader):
+
+config.json    {"run_id": str, "created": ISO time, "sparsenet_version": str,
+                "study": {...the StudyConfig fields...}}
+machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
+                "versions": {"numpy": ..., "scipy": ..., "numba": ..., ...},
+                "blas": [threadpoolctl.threadpool_info() entries],
+                "env": {"OPENBLAS_CORETYPE": str|None, "OPENBLAS_L2_SIZE": str|None},
+                "peaks": {"sgemm_gflops": {"1": float, "2": float}, "bandwidth_gbs": float}}
+accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
+                "dense": {"accuracy": [per seed], "loss": [per seed]},
+                "curves": [{"method": "weight"|"neuron", "recovery": "oneshot"|"finetuned"|"gradual",
+                            "sparsities": [k...] (optional, overrides the top-level list),
+                            "accuracy": [[per seed] per k], "loss": [[per seed] per k]}],
+                "config": {...}}
+timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}}
+scaling.json   {"records": [TIMING... with "width" set and "method" "weight"]}
+
+TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",
+          "method": "weight"|"neuron"|"none",   # how the timed net was pruned
+          "sparsity": float, "batch": int, "threads": int,
+          "median_s": float,                    # median over rounds of the per-round median call time
+          "min_s": float, "max_s": float,       # min/max of the per-round medians
+          "spread": float,                      # max_s / min_s
+          "flagged": bool,                      # spread > SPREAD_LIMIT
+          "rounds": int, "calls": int,          # rounds, calls per round
+          "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
+          "nnz": int, "layer_sizes": [int...], "width": int|None}
+
+Accuracy values are fractions in [0, 1]; sparsities are fractions in [0, 1); times are seconds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsenet.files import read_json, write_json
+
+PARTS = ("config", "machine", "accuracy", "timings", "scaling")
+SPREAD_LIMIT = 1.2
+
+
+def part_path(folder, part: str) -> Path:
+    """Path of one part (``accuracy`` -> ``folder/accuracy.json``)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown results part {part!r}; expected one of {', '.join(PARTS)}")
+    return Path(folder) / f"{part}.json"
+
+
+def save_part(folder, part: str, obj) -> Path:
+    """Write one part atomically."""
+    return write_json(part_path(folder, part), obj)
+
+
+def load_results(folder) -> dict:
+    """Every part present in `folder` as {part: obj}; missing parts are simply absent.
+
+    Raises a clear error when the folder itself does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"results folder {folder} does not exist (run `sparsenet study` first)")
+    out = {}
+    for part in PARTS:
+        path = part_path(folder, part)
+        if path.exists():
+            out[part] = read_json(path)
+    return out
+
+
+def missing_parts(results: dict) -> list:
+    """Names of the parts a results dict lacks."""
+    return [p for p in PARTS if p not in results]
