@@ -1,0 +1,153 @@
+"""The command line: `sparsenet {fetch,train,sweep,study,report}` (also `python -m sparsenet`).
+
+Heavy modules are imported inside each command, so `sparsenet --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+def _sparsity(text: str) -> float:
+    """A sparsity given as a fraction (0.9) or a percentage (90 or 90%)."""
+    raw = text.strip().rstrip("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if text.strip().endswith("%") or value >= 1:
+        value /= 100.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (or 0-99%), got {text!r}")
+    return value
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sparsities(text: str) -> tuple:
+    return tuple(_sparsity(v) for v in text.split(",") if v.strip())
+
+
+def _add_data_args(p):
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    p.add_argument("--data-dir", help="folder holding the four IDX files (else $SPARSENET_DATA_DIR, "
+                                       "the cache, a download, then the offline copies)")
+    p.add_argument("--cache-dir", help="data cache (default: ~/.cache/sparsenet)")
+
+
+def _load_data(args):
+    from sparsenet import data
+
+    return data.load(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
+
+
+def cmd_fetch(args) -> int:
+    ds = _load_data(args)
+    print(f"{ds.name}: {len(ds.train_images)} training and {len(ds.test_images)} test images "
+          f"from {ds.source}")
+    return 0
+
+
+def _train_config(args):
+    from sparsenet.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrainConfig(**given)
+
+
+def cmd_train(args) -> int:
+    from sparsenet import checkpoint, train
+
+    ds = _load_data(args)
+    cfg = _train_config(args)
+    params, meta = train.train(ds, cfg, progress=not args.quiet)
+    out = Path(args.out or f"models/{ds.name}-seed{cfg.seed}.npz")
+    checkpoint.save(out, params, meta)
+    print(f"test accuracy {meta['test_acc']:.4f}, test loss {meta['test_loss']:.4f}; saved {out}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from sparsenet import study
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in {f.name for f in dataclasses.fields(study.StudyConfig)} and v is not None}
+    cfg = study.StudyConfig.quick(**overrides) if args.quick else study.StudyConfig(**overrides)
+    folder = study.run_study(cfg, progress=not args.quiet)
+    print(f"results in {folder}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from sparsenet import report
+
+    path = report.build_report(args.results, threads=args.threads)
+    print(f"report written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsenet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="load a data set into the cache (download or offline copy)")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("train", help="train one MLP and save it as .npz")
+    _add_data_args(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--optimizer", choices=("adam", "sgd"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--sizes", type=_ints, help="layer sizes, e.g. 784,1000,1000,500,200,10")
+    p.add_argument("--bias", action="store_true", default=None, help="give every layer a bias")
+    p.add_argument("--out", help="where to save the model (default models/<dataset>-seed<k>.npz)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("study", help="the whole study: train, prune, time every engine, report")
+    p.add_argument("--quick", action="store_true", help="small grid and training subset: a first look")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"))
+    p.add_argument("--data-dir")
+    p.add_argument("--seeds", type=_ints, help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--sparsities", type=_sparsities, help="e.g. 0,25,50,90 (percent) or 0,0.5,0.9")
+    p.add_argument("--batches", type=_ints, help="batch sizes to time, e.g. 1,256")
+    p.add_argument("--threads", type=_ints, help="thread counts to time, e.g. 1,2")
+    p.add_argument("--results-dir", help="parent folder of the run folders (default results/)")
+    p.add_argument("--run-id", help="name of the run folder (default: from the configuration, so a "
+                                    "re-run resumes)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="(re)build the efficiency report of a results folder")
+    p.add_argument("results", help="a results folder, e.g. results/<run id>")
+    p.add_argument("--threads", type=int, help="thread count the verdict uses (default: the largest timed)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; completed steps are saved and a re-run resumes from them", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # our errors carry a message meant for the user; a traceback would only hide it
+        print(f"sparsenet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
