@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sparsenet.files import atomic_write_bytes
-from sparsenet.report import (
+from sparsenet.analysis import (
     baseline_accuracy, batch_sizes, break_even, candidates, curve_stats, default_threads,
     dense_reference, engines_present, pareto_front, select, speedups,
 )

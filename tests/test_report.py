@@ -1,12 +1,11 @@
-"""The report: analysis functions on crafted data with known answers, and reports built from fixture folders."""
+"""The report: Markdown and figures built from fixture folders, and its tables on crafted data."""
 import json
 
 import pytest
 
 from fixture_results import make_results
-from sparsenet.report import (
-    break_even, build_report, candidates, dense_reference, pareto_front, speedups, verdict,
-)
+from sparsenet.report import break_even_markdown, build_report, reproduce_command
+from test_analysis import csr_timings
 
 SECTIONS = ("## 1. Verdict", "## 2. Accuracy and loss", "## 3. Latency and speed-up", "## 4. Memory",
             "## 5. Accuracy vs latency", "## 6. Roofline", "## 7. Scaling", "## 8. Tables",
@@ -22,127 +21,6 @@ def fast_figures(monkeypatch):
     from sparsenet import plots
     from sparsenet.files import atomic_write_bytes
     monkeypatch.setattr(plots, "_save", lambda fig, path: atomic_write_bytes(path, b"\x89PNG stub"))
-
-
-def rec(engine, method, k, seconds, batch=1, threads=1):
-    return {"engine": engine, "method": method, "sparsity": k, "batch": batch, "threads": threads,
-            "median_s": seconds, "min_s": seconds, "max_s": seconds, "spread": 1.0, "flagged": False,
-            "rounds": 1, "calls": 1, "nbytes": 100, "flops": 1000.0, "nnz": 25, "layer_sizes": [4, 5], "width": None}
-
-
-def csr_timings(ks, csr_seconds, dense_s=1.0, **kw):
-    recs = [rec("dense", "none", 0.0, dense_s, **kw)]
-    recs += [rec("csr", "weight", k, s, **kw) for k, s in zip(ks, csr_seconds)]
-    return {"records": recs}
-
-
-# ---------------------------------------------------------------- break-even and speed-ups
-
-def test_break_even_interpolates_the_crossing():
-    # speed-ups 0.25, 0.5, 0.8, 2.0: crosses 1 one sixth of the way from k=0.8 to k=0.9
-    t = csr_timings([0.0, 0.5, 0.8, 0.9], [4.0, 2.0, 1.25, 0.5])
-    assert break_even(t, "csr", "weight", 1, 1) == pytest.approx(0.8 + 0.1 / 6)
-
-
-def test_break_even_is_where_it_stays_faster():
-    # faster at 0.5, slower again at 0.8: the break-even is the last crossing
-    t = csr_timings([0.0, 0.5, 0.8, 0.9], [2.0, 1 / 1.2, 1 / 0.9, 1 / 1.5])
-    assert break_even(t, "csr", "weight", 1, 1) == pytest.approx(0.8 + 0.1 / 6)
-
-
-def test_break_even_never_and_always():
-    assert break_even(csr_timings([0.0, 0.5, 0.9], [3.0, 2.0, 1.01]), "csr", "weight", 1, 1) is None
-    assert break_even(csr_timings([0.25, 0.5], [0.9, 0.5]), "csr", "weight", 1, 1) == 0.25
-    assert break_even(csr_timings([0.5], [0.5]), "csr", "weight", 256, 1) is None  # nothing at that batch
-
-
-def test_break_even_exact_grid_point():
-    t = csr_timings([0.0, 0.5, 0.9], [2.0, 1.0, 0.5])
-    assert break_even(t, "csr", "weight", 1, 1) == pytest.approx(0.5)
-
-
-def test_speedups_use_paired_dense_when_timed():
-    t = csr_timings([0.5], [0.5])
-    t["records"].append(rec("dense", "weight", 0.5, 2.0))
-    (row,) = speedups(t, "csr", "weight", 1, 1)
-    assert row["dense_s"] == 2.0 and row["speedup"] == pytest.approx(4.0)
-    assert dense_reference(t, 1, 1) == 1.0  # the unpruned ("none") record is the reference
-
-
-def test_default_threads_is_the_largest():
-    t = {"records": csr_timings([0.5], [2.0], threads=1)["records"] + csr_timings([0.5], [0.5], threads=2)["records"]}
-    assert speedups(t, "csr", "weight", 1)[0]["speedup"] == pytest.approx(2.0)
-
-
-# ---------------------------------------------------------------- verdict
-
-def crafted(shrunk_s, csr_s, weight_acc=0.98, neuron_acc=0.98):
-    """Two pruned sparsities (25%, 90%), one batch, one thread; dense takes 1 s."""
-    recs = [rec("dense", "none", 0.0, 1.0)]
-    for k in (0.25, 0.9):
-        recs += [rec("csr", "weight", k, csr_s[k]), rec("shrunk", "neuron", k, shrunk_s[k])]
-    accuracy = {"sparsities": [0.25, 0.9], "seeds": [0, 1], "dense": {"accuracy": [0.98, 0.98], "loss": [0.1, 0.1]},
-                "curves": [{"method": "weight", "recovery": "oneshot", "accuracy": [[0.98, 0.98], [weight_acc] * 2],
-                            "loss": [[0.1, 0.1], [0.1, 0.1]]},
-                           {"method": "neuron", "recovery": "oneshot", "accuracy": [[0.98, 0.98], [neuron_acc] * 2],
-                            "loss": [[0.1, 0.1], [0.1, 0.1]]}]}
-    return {"timings": {"records": recs}, "accuracy": accuracy}
-
-
-def test_verdict_true_when_neuron_pruning_wins_everywhere():
-    v = verdict(crafted({0.25: 0.6, 0.9: 0.05}, {0.25: 3.0, 0.9: 0.4}))
-    assert v["equal_k"]["answer"] == "true"
-    (row,) = v["equal_k"]["rows"]  # only k=25% is below 50%
-    assert row["weight_engine"] == "dense" and row["ratio"] == pytest.approx(1 / 0.6)
-    assert v["equal_accuracy"]["answer"] == "true"
-    assert v["answer"] == "true" and v["sentence"].startswith("True")
-
-
-def test_verdict_false_when_weight_pruning_wins():
-    v = verdict(crafted({0.25: 1.2, 0.9: 0.5}, {0.25: 3.0, 0.9: 0.1}))
-    assert v["equal_k"]["answer"] == "false"
-    assert v["equal_accuracy"]["answer"] == "false"
-    best = v["equal_accuracy"]["rows"][0]["best"]
-    assert (best["method"], best["engine"], best["sparsity"]) == ("weight", "csr", 0.9)
-    assert best["speedup"] == pytest.approx(10.0)
-    assert v["answer"] == "false" and v["sentence"].startswith("False")
-
-
-def test_verdict_respects_the_accuracy_budget():
-    # neuron pruning is faster at k=90% but loses 2 points there: not allowed within 0.5 or 1 point
-    v = verdict(crafted({0.25: 0.6, 0.9: 0.01}, {0.25: 3.0, 0.9: 0.1}, neuron_acc=0.96))
-    for row in v["equal_accuracy"]["rows"]:
-        assert row["best_neuron"]["sparsity"] == 0.25
-        assert row["best"]["method"] == "weight"
-    v = verdict(crafted({0.25: 0.6, 0.9: 0.01}, {0.25: 3.0, 0.9: 0.1}, neuron_acc=0.96), budgets=(0.03,))
-    assert v["equal_accuracy"]["rows"][0]["best"]["method"] == "neuron"
-
-
-def test_verdict_partly_and_unknown():
-    v = verdict(crafted({0.25: 0.6, 0.9: 0.5}, {0.25: 3.0, 0.9: 0.1}))
-    assert (v["equal_k"]["answer"], v["equal_accuracy"]["answer"], v["answer"]) == ("true", "false", "partly")
-    v = verdict({"accuracy": crafted({0.25: 1, 0.9: 1}, {0.25: 1, 0.9: 1})["accuracy"]})
-    assert v["answer"] == "unknown" and "timings" in v["sentence"]
-
-
-# ---------------------------------------------------------------- Pareto front
-
-def test_pareto_front_hand_made():
-    pts = [{"name": n, "seconds": s, "accuracy": a} for n, s, a in
-           [("a", 1.0, 0.90), ("b", 2.0, 0.95), ("c", 2.0, 0.93), ("d", 3.0, 0.94), ("e", 0.5, 0.80),
-            ("f", 4.0, 0.99), ("g", 0.5, 0.70)]]
-    front = pareto_front(None, None, 1, points=pts)
-    assert [p["name"] for p in front] == ["e", "a", "b", "f"]
-
-
-def test_pareto_front_of_fixture_is_non_dominated(results_folder):
-    from sparsenet.results import load_results
-    res = load_results(results_folder)
-    pts = candidates(res["accuracy"], res["timings"], 256)
-    front = pareto_front(res["accuracy"], res["timings"], 256)
-    for p in front:
-        assert not any(q["seconds"] < p["seconds"] and q["accuracy"] >= p["accuracy"] for q in pts)
-    assert [p["seconds"] for p in front] == sorted(p["seconds"] for p in front)
 
 
 # ---------------------------------------------------------------- the built report
@@ -188,30 +66,12 @@ def test_report_from_an_empty_folder(tmp_path):
 
 
 def test_break_even_table_says_when_low_k_was_not_timed():
-    from sparsenet.report import break_even_markdown
     text = break_even_markdown(csr_timings([0.5, 0.9], [0.5, 0.2]))  # faster at the lowest k timed
     assert "≤ 50.0%" in text and "not timed" in text
     assert "never" in break_even_markdown(csr_timings([0.0, 0.9], [3.0, 2.0]))
 
 
-def test_equal_sparsity_flags_a_win_within_timing_noise():
-    v = crafted({0.25: 0.98, 0.9: 0.05}, {0.25: 3.0, 0.9: 0.4})
-    for r in v["timings"]["records"]:
-        r["spread"] = 1.1
-    row = verdict(v)["equal_k"]["rows"][0]
-    assert row["neuron_faster"] and row["within_noise"]
-    assert "within timing noise" in verdict(v)["sentence"]
-
-
-def test_coarse_grid_uses_the_50_percent_boundary():
-    recs = [rec("dense", "weight", k, 1.0) for k in (0.0, 0.5, 0.9)]
-    recs += [rec("shrunk", "neuron", k, s) for k, s in ((0.0, 1.0), (0.5, 0.4), (0.9, 0.1))]
-    ek = verdict({"timings": {"records": recs}})["equal_k"]
-    assert [r["sparsity"] for r in ek["rows"]] == [0.5] and "strictly" in ek["note"]
-
-
 def test_reproduce_command():
-    from sparsenet.report import reproduce_command
     cfg = {"study": {"is_quick": True, "dataset": "mnist", "sparsities": [0.0, 0.25], "batches": [1, 256],
                      "threads": [1], "seeds": [0]}}
     cmd = reproduce_command(cfg, "/tmp/results/run1")

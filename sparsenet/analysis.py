@@ -1,0 +1,401 @@
+"""Pure analysis of a results folder: the plain JSON dicts of `sparsenet.results` in, plain values out.
+
+No file I/O, Markdown or figures here: `sparsenet.report`, `sparsenet.plots` and the notebook all call these
+functions, so no number in the report is computed anywhere else.
+
+Timing conventions: a weight-pruned net is run by `dense`, `csr` and `csr-scipy`; a neuron-pruned net by
+`shrunk` (BLAS on the physically smaller net). "Speed-up" is dense time / engine time, with the dense time
+taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net.
+"""
+from __future__ import annotations
+
+import math
+from statistics import mean, median, pstdev
+
+CLAIM = ("below 50% sparsity neuron pruning is more computationally efficient [than weight pruning], "
+         "as we always deal with dense matrices")
+ENGINE_ORDER = ("dense", "csr", "csr-scipy", "shrunk")
+METHOD_ENGINES = {"weight": ("dense", "csr", "csr-scipy"), "neuron": ("shrunk",), "none": ("dense",)}
+
+# ---------------------------------------------------------------- timing queries
+
+def sparsity_key(k) -> float:
+    """A sparsity rounded for comparison: JSON floats, so 0.95 == 0.9500000001."""
+    return round(float(k), 6)
+
+
+def select(records, **where) -> list:
+    """The records whose fields equal every given value (`sparsity` compared rounded); None means any."""
+    out = []
+    for r in records:
+        ok = True
+        for field, value in where.items():
+            if value is None:
+                continue
+            got = r.get(field)
+            if field == "sparsity":
+                ok = got is not None and sparsity_key(got) == sparsity_key(value)
+            else:
+                ok = got == value
+            if not ok:
+                break
+        if ok:
+            out.append(r)
+    return out
+
+
+def records_of(timings) -> list:
+    """The timing records of a timings (or scaling) dict; [] when it is None."""
+    return list((timings or {}).get("records", []))
+
+
+def engine_method(engine) -> str:
+    """The pruning method whose net an engine runs: shrunk runs neuron-pruned nets, the others weight-pruned."""
+    return "neuron" if engine == "shrunk" else "weight"
+
+
+def engine_rank(engine) -> int:
+    """Sort key of an engine: the canonical order, unknown engines last."""
+    return ENGINE_ORDER.index(engine) if engine in ENGINE_ORDER else 99
+
+
+def thread_counts(timings) -> list:
+    """Sorted thread counts present in the timings."""
+    return sorted({int(r["threads"]) for r in records_of(timings)})
+
+
+def batch_sizes(timings) -> list:
+    """Sorted batch sizes present in the timings."""
+    return sorted({int(r["batch"]) for r in records_of(timings)})
+
+
+def default_threads(timings):
+    """The thread count the verdict uses unless told otherwise: the largest one measured (None if no timings)."""
+    counts = thread_counts(timings)
+    return counts[-1] if counts else None
+
+
+def engines_present(timings) -> list:
+    """Engines with at least one record, in the canonical order (unknown engines last)."""
+    seen = {r["engine"] for r in records_of(timings)}
+    return [e for e in ENGINE_ORDER if e in seen] + sorted(seen - set(ENGINE_ORDER))
+
+
+def dense_reference(timings, batch, threads):
+    """Median seconds of the unpruned dense net at (batch, threads): of the method "none" records if there are
+    any, else of every dense record (dense time does not depend on the zeros, and one record can be noisy)."""
+    dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
+    for pick in (select(dense, method="none"), dense):
+        if pick:
+            return float(median(r["median_s"] for r in pick))
+    return None
+
+
+def engine_time(timings, engine, method, sparsity, batch, threads):
+    """Median seconds of `engine` on the `method`-pruned net at `sparsity` (None if not timed).
+
+    The dense engine's time does not depend on the zeros, so it falls back to the dense reference."""
+    recs = select(records_of(timings), engine=engine, method=method, sparsity=sparsity, batch=batch, threads=threads)
+    if recs:
+        return float(median(r["median_s"] for r in recs))
+    if engine == "dense":
+        return dense_reference(timings, batch, threads)
+    return None
+
+
+def speedups(timings, engine, method, batch, threads=None) -> list:
+    """[{"sparsity", "seconds", "dense_s", "speedup"}] of `engine` on the `method`-pruned net, sorted by sparsity.
+
+    speedup = dense seconds / engine seconds (> 1: faster than dense)."""
+    threads = default_threads(timings) if threads is None else threads
+    timed = select(records_of(timings), engine=engine, method=method, batch=batch, threads=threads)
+    ks = sorted({sparsity_key(r["sparsity"]) for r in timed})
+    out = []
+    for k in ks:
+        t = engine_time(timings, engine, method, k, batch, threads)
+        d = engine_time(timings, "dense", method, k, batch, threads)
+        if t and d:
+            out.append({"sparsity": k, "seconds": t, "dense_s": d, "speedup": d / t})
+    return out
+
+
+def break_even(timings, engine, method, batch, threads=None):
+    """Smallest sparsity from which `engine` is at least as fast as dense and stays so up the grid.
+
+    Linear interpolation of the speed-up between the last grid point below 1 and the next one; the first
+    grid point when the engine is never slower; None when it is slower at the last grid point (never)."""
+    rows = speedups(timings, engine, method, batch, threads)
+    if not rows:
+        return None
+    below = [i for i, r in enumerate(rows) if r["speedup"] < 1.0]
+    if not below:
+        return rows[0]["sparsity"]
+    i = below[-1]
+    if i == len(rows) - 1:
+        return None
+    a, b = rows[i], rows[i + 1]
+    frac = (1.0 - a["speedup"]) / (b["speedup"] - a["speedup"])
+    return a["sparsity"] + frac * (b["sparsity"] - a["sparsity"])
+
+
+def speedup_curves(timings, method=None) -> list:
+    """[{"engine", "batch", "threads", "speedups", "break_even"}] of every non-dense engine, batch and thread
+    count with at least one speed-up, in that order. `method` None: the engine's own (`engine_method`)."""
+    out = []
+    for engine in engines_present(timings):
+        if engine == "dense":
+            continue
+        m = engine_method(engine) if method is None else method
+        for b in batch_sizes(timings):
+            for t in thread_counts(timings):
+                sp = speedups(timings, engine, m, b, t)
+                if sp:
+                    out.append({"engine": engine, "batch": b, "threads": t, "speedups": sp,
+                                "break_even": break_even(timings, engine, m, b, t)})
+    return out
+
+
+# ---------------------------------------------------------------- accuracy queries
+
+def curve_stats(accuracy, curve) -> list:
+    """[{"sparsity", "accuracy", "acc_std", "acc_min", "acc_max", "loss", "loss_std", "n_seeds"}] of one curve."""
+    ks = curve.get("sparsities") or accuracy.get("sparsities", [])
+    out = []
+    for k, accs, losses in zip(ks, curve.get("accuracy", []), curve.get("loss", [[]] * len(ks))):
+        accs = [a for a in accs if a is not None and not math.isnan(a)]
+        losses = [v for v in (losses or []) if v is not None and not math.isnan(v)]
+        if not accs:
+            continue
+        out.append({"sparsity": sparsity_key(k), "accuracy": mean(accs), "acc_std": pstdev(accs),
+                    "acc_min": min(accs), "acc_max": max(accs), "n_seeds": len(accs),
+                    "loss": mean(losses) if losses else None, "loss_std": pstdev(losses) if losses else None,
+                    "loss_min": min(losses) if losses else None, "loss_max": max(losses) if losses else None})
+    return out
+
+
+def baseline_accuracy(accuracy):
+    """Mean over seeds of the unpruned net's accuracy (None if absent)."""
+    accs = [a for a in ((accuracy or {}).get("dense", {}).get("accuracy") or []) if a is not None]
+    return mean(accs) if accs else None
+
+
+# ---------------------------------------------------------------- accuracy x latency
+
+def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> list:
+    """Every (method, recovery, sparsity, engine) with a mean accuracy and a time at (batch, threads).
+
+    Includes the unpruned net on the dense engine (method "none"), which stands for k=0 of every method.
+    A pruned net on the dense engine costs what the unpruned net costs: left out unless `include_dense`."""
+    threads = default_threads(timings) if threads is None else threads
+    out = []
+    base = baseline_accuracy(accuracy)
+    ref = dense_reference(timings, batch, threads)
+    if base is not None and ref is not None:
+        out.append({"method": "none", "recovery": "-", "sparsity": 0.0, "engine": "dense", "accuracy": base,
+                    "seconds": ref, "speedup": 1.0})
+    for curve in (accuracy or {}).get("curves", []):
+        for row in curve_stats(accuracy, curve):
+            if row["sparsity"] == 0:
+                continue
+            for engine in METHOD_ENGINES.get(curve["method"], ()):
+                if engine == "dense" and not include_dense:
+                    continue
+                t = engine_time(timings, engine, curve["method"], row["sparsity"], batch, threads)
+                if t is None:
+                    continue
+                out.append({"method": curve["method"], "recovery": curve["recovery"], "sparsity": row["sparsity"],
+                            "engine": engine, "accuracy": row["accuracy"], "seconds": t,
+                            "speedup": ref / t if ref else None})
+    return out
+
+
+def pareto_front(accuracy, timings, batch, threads=None, points=None) -> list:
+    """The non-dominated points (no other point is both faster and at least as accurate), fastest first.
+
+    Read it as a latency budget table: for a budget T the most accurate choice is the last point with
+    seconds <= T. `points` overrides the candidates (for tests and custom sets)."""
+    pts = candidates(accuracy, timings, batch, threads) if points is None else list(points)
+    front, best = [], -math.inf
+    for p in sorted(pts, key=lambda p: (p["seconds"], -p["accuracy"])):
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+# ---------------------------------------------------------------- roofline
+
+def has_rate(r) -> bool:
+    """Whether a record has finite, positive flops, nbytes and median_s (a point on the roofline)."""
+    return all(isinstance(r.get(f), (int, float)) and math.isfinite(r[f]) and r[f] > 0
+               for f in ("flops", "nbytes", "median_s"))
+
+
+def sgemm_peak(machine, threads):
+    """The measured sgemm peak in GFLOP/s at `threads` (None if not measured)."""
+    return ((machine or {}).get("peaks", {}).get("sgemm_gflops") or {}).get(str(threads))
+
+
+def above_peak(timings, machine, threads) -> int:
+    """How many records at `threads` achieve more GFLOP/s than the measured sgemm peak (0 without a peak)."""
+    peak = sgemm_peak(machine, threads)
+    if not peak:
+        return 0
+    return sum(1 for r in select(records_of(timings), threads=threads)
+               if isinstance(r.get("flops"), (int, float)) and math.isfinite(r["flops"]) and r.get("median_s")
+               and r["flops"] / r["median_s"] / 1e9 > peak)
+
+
+# ---------------------------------------------------------------- the verdict
+
+def _answer(flags) -> str:
+    flags = [f for f in flags if f is not None]
+    if not flags:
+        return "unknown"
+    return "true" if all(flags) else "false" if not any(flags) else "partly"
+
+
+def pct(x, digits=0) -> str:
+    """A fraction as a percentage: pct(0.25) == "25%"."""
+    return f"{100 * x:.{digits}f}%"
+
+
+def threads_word(t) -> str:
+    """The thread count in words: 1 thread, 4 threads."""
+    return f"{t} thread{'s' if t != 1 else ''}"
+
+
+def describe(p) -> str:
+    """One candidate point in words: "weight k=90% (oneshot) on csr"."""
+    if p["method"] == "none":
+        return "the unpruned net on dense"
+    return f"{p['method']} k={pct(p['sparsity'])} ({p['recovery']}) on {p['engine']}"
+
+
+def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
+    """Part 1: at each pruned sparsity 0 < k < `below`, is shrunk (neuron) faster than the best of csr/dense
+    on the weight-pruned net?"""
+    rows = []
+    shrunk = select(records_of(timings), engine="shrunk", method="neuron", threads=threads)
+    timed = sorted({sparsity_key(r["sparsity"]) for r in shrunk})
+    ks = [k for k in timed if 0 < k < below]
+    note = None
+    if not ks and sparsity_key(below) in timed:
+        # a coarse grid (the quick study: 0, 50%, 90%) has nothing strictly below 50%: use the boundary, and say so
+        ks = [sparsity_key(below)]
+        note = f"no sparsity strictly between 0 and {pct(below)} was timed; k={pct(below)} is used"
+    for batch in batches:
+        for k in ks:
+            neuron = engine_time(timings, "shrunk", "neuron", k, batch, threads)
+            weights = {e: engine_time(timings, e, "weight", k, batch, threads) for e in ("dense", "csr")}
+            weights = {e: t for e, t in weights.items() if t is not None}
+            if neuron is None or not weights:
+                continue
+            engine = min(weights, key=weights.get)
+            ratio = weights[engine] / neuron
+            # timing noise: the larger max/min spread of the two records; a ratio inside it is not a clear win
+            noise = max([1.0] + [r.get("spread", 1.0) for e, m in (("shrunk", "neuron"), (engine, "weight"))
+                                 for r in select(records_of(timings), engine=e, method=m, sparsity=k, batch=batch,
+                                                 threads=threads) if math.isfinite(r.get("spread", 1.0))])
+            rows.append({"sparsity": k, "batch": batch, "neuron_s": neuron, "weight_s": weights[engine],
+                         "weight_engine": engine, "ratio": ratio, "neuron_faster": neuron < weights[engine],
+                         "noise": noise, "within_noise": 1 / noise < ratio < noise})
+    missing = None if rows else (f"no shrunk and weight-pruned timings at 0 < k < {pct(below)} "
+                                 "(time e.g. `--sparsities 0,25,50,90`)")
+    return {"answer": _answer([r["neuron_faster"] for r in rows]), "below": below, "rows": rows,
+            "missing": missing, "note": note}
+
+
+def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -> dict:
+    """Part 2: for each accuracy budget (a drop from the unpruned mean accuracy) and batch, the fastest point
+    overall and per method among the points whose mean accuracy stays within the budget."""
+    base = baseline_accuracy(accuracy)
+    rows = []
+    if base is not None:
+        for budget in budgets:
+            for batch in batches:
+                # the weight-pruned net may run on dense (as in part 1); "overall" ignores that duplicate of
+                # the unpruned net's cost
+                ok = [p for p in candidates(accuracy, timings, batch, threads, include_dense=True)
+                      if p["accuracy"] >= base - budget]
+                if not ok:
+                    continue
+                best = min((p for p in ok if p["engine"] != "dense" or p["method"] == "none"),
+                           key=lambda p: p["seconds"])
+                per = {}
+                for method in ("weight", "neuron"):
+                    mine = [p for p in ok if p["method"] == method]
+                    per[method] = min(mine, key=lambda p: p["seconds"]) if mine else None
+                w, n = per["weight"], per["neuron"]
+                faster = (None if (w is None and n is None)
+                          else (n is not None and (w is None or n["seconds"] < w["seconds"])))
+                rows.append({"budget": budget, "batch": batch, "best": best, "best_weight": w, "best_neuron": n,
+                             "neuron_faster": faster,
+                             "ratio": (w["seconds"] / n["seconds"]) if (w and n) else None})
+    missing = None
+    if base is None:
+        missing = "accuracy.json (with the unpruned accuracy) is needed"
+    elif not rows:
+        missing = "no timed model for the batch sizes and thread count"
+    return {"answer": _answer([r["neuron_faster"] for r in rows]), "baseline_accuracy": base, "rows": rows,
+            "missing": missing}
+
+
+def verdict(results, batch=None, threads=None, budgets=(0.005, 0.01)) -> dict:
+    """Is the claim true? Answered at equal sparsity (k < 50%) and at equal accuracy, per batch size.
+
+    `results` is `load_results(folder)`; batch None means every batch measured; threads None the largest
+    count measured. Returns {"claim", "threads", "batches", "equal_k", "equal_accuracy", "answer", "sentence"}
+    where answers are "true" / "false" / "partly" / "unknown"."""
+    timings, accuracy = results.get("timings"), results.get("accuracy")
+    threads = default_threads(timings) if threads is None else threads
+    batches = batch_sizes(timings) if batch is None else [batch]
+    eq_k = equal_sparsity(timings, batches, threads) if timings else {
+        "answer": "unknown", "rows": [], "below": 0.5, "missing": "timings.json is missing"}
+    eq_a = equal_accuracy(accuracy, timings, batches, threads, budgets) if (timings and accuracy) else {
+        "answer": "unknown", "rows": [], "baseline_accuracy": baseline_accuracy(accuracy),
+        "missing": " and ".join(f"{p}.json" for p in ("accuracy", "timings") if not results.get(p)) + " missing"}
+    answers = {eq_k["answer"], eq_a["answer"]} - {"unknown"}
+    answer = "unknown" if not answers else answers.pop() if len(answers) == 1 else "partly"
+    out = {"claim": CLAIM, "threads": threads, "batches": batches, "budgets": list(budgets),
+           "equal_k": eq_k, "equal_accuracy": eq_a, "answer": answer}
+    out["sentence"] = verdict_sentence(out)
+    return out
+
+
+def verdict_sentence(v) -> str:
+    """The verdict in one sentence, with numbers."""
+    parts = []
+    rows = v["equal_k"]["rows"]
+    if rows:
+        by_k = {}
+        for r in rows:
+            word = "faster" if r["neuron_faster"] else "slower"
+            ratio = r["ratio"] if r["neuron_faster"] else 1 / r["ratio"]
+            by_k.setdefault(r["sparsity"], []).append(f"×{ratio:.2f} {word} at batch {r['batch']}"
+                                                      + (" (within timing noise)" if r.get("within_noise") else ""))
+        parts.append("at equal sparsity below 50% the shrunk neuron-pruned net, against the best engine (dense or "
+                     "csr) for the weight-pruned net, is " + "; ".join(
+                         f"at k={pct(k)} " + ", ".join(bits) for k, bits in by_k.items()))
+    else:
+        parts.append(f"at equal sparsity it cannot be answered ({v['equal_k']['missing']})")
+    rows = v["equal_accuracy"]["rows"]
+    if rows:
+        by_budget = {}
+        for r in rows:
+            b = r["best"]
+            by_budget.setdefault(r["budget"], []).append(
+                f"the unpruned net at batch {r['batch']} (no pruned model within the budget is faster)"
+                if b["method"] == "none" else f"{describe(b)} at batch {r['batch']} (×{b['speedup']:.2f} over dense)")
+        parts.append("at equal accuracy the fastest model " + "; ".join(
+            f"within {100 * budget:g} point{'' if 100 * budget == 1 else 's'} is " + ", ".join(bits)
+            for budget, bits in by_budget.items()))
+    else:
+        parts.append(f"at equal accuracy it cannot be answered ({v['equal_accuracy']['missing']})")
+    label = {"true": "True", "false": "False", "partly": "Partly true", "unknown": "Unknown"}[v["answer"]]
+    known = [name for name, part in (("equal sparsity", "equal_k"), ("equal accuracy", "equal_accuracy"))
+             if v[part]["answer"] != "unknown"]
+    if len(known) == 1:
+        label += f" at {known[0]} only"
+    threads = "threads unknown" if v["threads"] is None else threads_word(v["threads"])
+    return f"{label} ({threads}): " + "; ".join(parts) + "."
