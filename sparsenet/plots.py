@@ -8,7 +8,6 @@ pruning blue (as in the original experiment). Seed bands are min–max over seed
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -16,8 +15,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sparsenet.files import atomic_write_bytes
 from sparsenet.analysis import (
-    baseline_accuracy, batch_sizes, break_even, candidates, curve_stats, default_threads,
-    dense_reference, engines_present, pareto_front, select, speedups,
+    METHOD_ENGINES, baseline_accuracy, batch_sizes, break_even, candidates, curve_stats, default_threads,
+    dense_reference, engine_method, engine_rank, engines_present, has_rate, pareto_front, records_of, select,
+    sgemm_peak, sparsity_key, speedups, threads_word,
 )
 
 DPI = 120
@@ -44,6 +44,19 @@ def _figure(n_panels, width=5.2, height=4.0):
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     return fig, axes[:n_panels]
+
+
+def _per_batch(timings, threads):
+    """(threads, fig, [(ax, batch)]): one titled panel per batch size measured, threads None meaning the largest
+    count measured; fig is None when nothing was timed."""
+    threads = default_threads(timings) if threads is None else threads
+    batches = batch_sizes(timings)
+    if not batches:
+        return threads, None, []
+    fig, axes = _figure(len(batches))
+    for ax, batch in zip(axes, batches):
+        ax.set_title(f"batch {batch}, {threads_word(threads)}", fontsize=10)
+    return threads, fig, list(zip(axes, batches))
 
 
 def _empty(path, message) -> Path:
@@ -73,10 +86,6 @@ def _pct_axis(ax, label="sparsity k (% of weights or neurons removed)"):
     ax.set_xlabel(label)
     ax.set_xlim(-2, 101)
     ax.grid(True, alpha=0.3)
-
-
-def _engine_method(engine):
-    return "neuron" if engine == "shrunk" else "weight"
 
 
 # ---------------------------------------------------------------- accuracy
@@ -139,17 +148,15 @@ def plot_latency(timings, path, threads=None) -> Path:
     """Median latency vs sparsity per engine, one panel per batch size, dense as a reference line; log y.
 
     Bands: min–max of the per-round medians."""
-    threads = default_threads(timings) if threads is None else threads
-    batches = batch_sizes(timings)
-    if not batches:
+    threads, fig, panels = _per_batch(timings, threads)
+    if fig is None:
         return _empty(path, "no timings")
-    fig, axes = _figure(len(batches))
-    for ax, batch in zip(axes, batches):
+    for ax, batch in panels:
         ref = dense_reference(timings, batch, threads)
         if ref is not None:
             ax.axhline(1e3 * ref, color=ENGINE_COLORS["dense"], ls="--", lw=1.2, label=f"dense reference ({1e3 * ref:.3g} ms)")
         for engine in engines_present(timings):
-            recs = select(timings["records"], engine=engine, batch=batch, threads=threads)
+            recs = select(records_of(timings), engine=engine, batch=batch, threads=threads)
             if engine != "dense":
                 recs = [r for r in recs if r["method"] != "none"]
             if not recs:
@@ -163,7 +170,6 @@ def plot_latency(timings, path, threads=None) -> Path:
                             color=ENGINE_COLORS.get(engine), alpha=0.15, lw=0)
         ax.set_yscale("log")
         ax.set_ylabel("latency per call (ms, log scale)")
-        ax.set_title(f"batch {batch}, {threads} thread{'s' if threads != 1 else ''}", fontsize=10)
         _pct_axis(ax)
         ax.legend(fontsize=8)
     fig.suptitle("Inference latency vs sparsity (median; band: min–max over rounds)")
@@ -172,15 +178,13 @@ def plot_latency(timings, path, threads=None) -> Path:
 
 def plot_speedup(timings, path, threads=None) -> Path:
     """Speed-up over dense vs sparsity per engine and batch size; y=1 line; break-even sparsity marked."""
-    threads = default_threads(timings) if threads is None else threads
-    batches = batch_sizes(timings)
-    if not batches:
+    threads, fig, panels = _per_batch(timings, threads)
+    if fig is None:
         return _empty(path, "no timings")
-    fig, axes = _figure(len(batches))
-    for ax, batch in zip(axes, batches):
+    for ax, batch in panels:
         ax.axhline(1.0, color=ENGINE_COLORS["dense"], ls="--", lw=1.2, label="dense (= 1)")
         for engine in (e for e in engines_present(timings) if e != "dense"):
-            method = _engine_method(engine)
+            method = engine_method(engine)
             rows = speedups(timings, engine, method, batch, threads)
             if not rows:
                 continue
@@ -199,7 +203,6 @@ def plot_speedup(timings, path, threads=None) -> Path:
                 ax.axvline(100 * be, color=color, ls=":", lw=1.4)
         _log_y(ax)
         ax.set_ylabel("speed-up over dense (×, log scale; > 1 is faster)")
-        ax.set_title(f"batch {batch}, {threads} thread{'s' if threads != 1 else ''}", fontsize=10)
         _pct_axis(ax)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Speed-up over the dense net (dotted vertical line: break-even sparsity, value in legend)")
@@ -208,7 +211,7 @@ def plot_speedup(timings, path, threads=None) -> Path:
 
 def plot_memory(timings, path) -> Path:
     """Stored parameter bytes of each representation vs sparsity (dense, CSR with its index dtype, shrunk)."""
-    recs = (timings or {}).get("records", [])
+    recs = records_of(timings)
     if not recs:
         return _empty(path, "no timings")
     fig, (ax,) = _figure(1, width=6.5)
@@ -216,7 +219,7 @@ def plot_memory(timings, path) -> Path:
         by_k = {}
         for r in recs:
             if r["engine"] == engine and (engine == "dense" or r["method"] != "none"):
-                by_k.setdefault(round(r["sparsity"], 6), r)
+                by_k.setdefault(sparsity_key(r["sparsity"]), r)
         if not by_k:
             continue
         ks = sorted(by_k)
@@ -274,22 +277,16 @@ def plot_pareto(accuracy, timings, path, batch, threads=None) -> Path:
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], color="k", lw=1.2, label="Pareto front")]
     handles += [Line2D([], [], ls="", marker="o", color=METHOD_COLORS[m], label=METHOD_NAMES[m]) for m in ("weight", "neuron")]
-    handles += [Line2D([], [], ls="", marker=ENGINE_MARKERS[e], color="grey", label=f"engine {e}")
-                for e in sorted({p["engine"] for p in pts}, key=list(ENGINE_MARKERS).index)]
+    handles += [Line2D([], [], ls="", marker=ENGINE_MARKERS.get(e, "o"), color="grey", label=f"engine {e}")
+                for e in sorted({p["engine"] for p in pts}, key=engine_rank)]
     handles += [Line2D([], [], ls="", marker="o", color="grey", label="fine-tuned (filled)"),
                 Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey", label="one-shot (hollow)")]
     axes[0].legend(handles=handles, fontsize=7, loc="lower right")
-    fig.suptitle(f"Accuracy vs latency, batch {batch}, {threads} thread{'s' if threads != 1 else ''}")
+    fig.suptitle(f"Accuracy vs latency, batch {batch}, {threads_word(threads)}")
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------- roofline and scaling
-
-def _has_rate(r) -> bool:
-    # flops may be NaN (an engine that does not count them) and nbytes 0: such records have no roofline point
-    return all(isinstance(r.get(f), (int, float)) and math.isfinite(r[f]) and r[f] > 0
-               for f in ("flops", "nbytes", "median_s"))
-
 
 def plot_roofline(timings, machine, path, threads=None) -> Path:
     """Achieved GFLOP/s (flops / median_s) vs arithmetic intensity (flops / nbytes) per engine, with the
@@ -298,7 +295,8 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
     Approximation: the intensity counts only the stored parameter bytes read once per call (activations,
     CSR index re-reads and cache effects are ignored), so it is an upper bound on the true intensity."""
     threads = default_threads(timings) if threads is None else threads
-    recs = [r for r in select((timings or {}).get("records", []), threads=threads) if _has_rate(r)]
+    # flops may be NaN (an engine that does not count them) and nbytes 0: such records have no roofline point
+    recs = [r for r in select(records_of(timings), threads=threads) if has_rate(r)]
     if not recs:
         return _empty(path, "no timings with flops and bytes")
     fig, (ax,) = _figure(1, width=7.0, height=4.8)
@@ -314,9 +312,8 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
             y = [r["flops"] / r["median_s"] / 1e9 for r in pts]
             ax.scatter(x, y, color=ENGINE_COLORS.get(engine), marker=ENGINE_MARKERS.get(engine, "o"), s=26,
                        alpha=0.85 if fills[batch] else 0.5, label=f"{engine}, batch {batch}")
-    peaks = (machine or {}).get("peaks", {})
-    peak = (peaks.get("sgemm_gflops") or {}).get(str(threads))
-    bw = peaks.get("bandwidth_gbs")
+    peak = sgemm_peak(machine, threads)
+    bw = (machine or {}).get("peaks", {}).get("bandwidth_gbs")
     xs = [r["flops"] / r["nbytes"] for r in recs]
     lo, hi = min(xs) / 2, max(xs) * 2
     if peak:
@@ -331,8 +328,7 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (flop per stored parameter byte, log scale)")
     ax.set_ylabel("achieved GFLOP/s (useful flops / median time, log scale)")
-    ax.set_title(f"Roofline, {threads} thread{'s' if threads != 1 else ''} (intensity counts parameter bytes only)",
-                 fontsize=10)
+    ax.set_title(f"Roofline, {threads_word(threads)} (intensity counts parameter bytes only)", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     return _save(fig, path)
@@ -340,19 +336,17 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
 
 def plot_scaling(scaling, path, threads=None) -> Path:
     """Speed-up of csr over dense vs sparsity, one line per width, one panel per batch size."""
-    recs = (scaling or {}).get("records", [])
-    if not recs:
+    threads, fig, panels = _per_batch(scaling, threads)
+    if fig is None:
         return _empty(path, "no scaling records")
-    threads = default_threads(scaling) if threads is None else threads
+    recs = records_of(scaling)
     widths = sorted({r.get("width") for r in recs if r.get("width") is not None})
-    batches = batch_sizes(scaling)
-    fig, axes = _figure(len(batches))
     styles = ["-", "--", "-.", ":"]
-    for ax, batch in zip(axes, batches):
+    for ax, batch in panels:
         ax.axhline(1.0, color=ENGINE_COLORS["dense"], ls="--", lw=1.0, label="dense (= 1)")
         for i, width in enumerate(widths):
             sub = {"records": [r for r in recs if r.get("width") == width]}
-            for engine in ("csr", "csr-scipy"):
+            for engine in (e for e in METHOD_ENGINES["weight"] if e != "dense"):
                 rows = speedups(sub, engine, "weight", batch, threads)
                 if rows:
                     ax.plot([100 * r["sparsity"] for r in rows], [r["speedup"] for r in rows],
@@ -360,7 +354,6 @@ def plot_scaling(scaling, path, threads=None) -> Path:
                             label=f"{engine}, width {width}")
         _log_y(ax)
         ax.set_ylabel("speed-up over dense (×, log scale)")
-        ax.set_title(f"batch {batch}, {threads} thread{'s' if threads != 1 else ''}", fontsize=10)
         _pct_axis(ax, "weight sparsity k (%)")
         ax.legend(fontsize=8)
     fig.suptitle("Scaling: CSR speed-up over dense by layer width")

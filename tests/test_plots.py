@@ -68,3 +68,12 @@ def test_four_batch_sizes_wrap_onto_a_grid(tmp_path):
     folder = make_results(tmp_path / "run", missing=("accuracy", "scaling"), batches=(1, 16, 256, 4096))
     timings = load_results(folder)["timings"]
     assert is_png(plots.plot_speedup(timings, tmp_path / "s.png"))
+
+
+def test_per_batch_panels(res):
+    # one titled panel per batch size, at the largest thread count unless told; no figure without timings
+    threads, fig, panels = plots._per_batch(res["timings"], None)
+    assert threads == 2 and fig is not None
+    assert [b for _, b in panels] == [1, 256]
+    assert [ax.get_title() for ax, _ in panels] == ["batch 1, 2 threads", "batch 256, 2 threads"]
+    assert plots._per_batch({"records": []}, 1) == (1, None, [])
