@@ -1,0 +1,132 @@
+"""MLP parameters (a tuple of layers), initialisation and the plain NumPy forward pass.
+
+The forward pass here is the reference every inference engine is tested against.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_SIZES = (784, 1000, 1000, 500, 200, 10)
+
+
+class Layer(NamedTuple):
+    """One fully connected layer: y = x @ weight.T + bias (nn.Linear convention)."""
+
+    weight: np.ndarray            # (n_out, n_in) float32
+    bias: Optional[np.ndarray]    # (n_out,) float32, or None (the reference net has no biases)
+
+
+Params = tuple  # tuple[Layer, ...]; hidden layers use ReLU, the last one gives logits
+
+
+def layer_sizes(params: Sequence[Layer]) -> tuple:
+    """(n_in, n_hidden..., n_out) of a parameter tuple."""
+    return (params[0].weight.shape[1],) + tuple(layer.weight.shape[0] for layer in params)
+
+
+def he_init(sizes: Sequence[int] = DEFAULT_SIZES, bias: bool = False, seed: int = 0) -> Params:
+    """He-normal weights (std = sqrt(2 / n_in)), zero biases if wanted; float32."""
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"layer sizes must be at least two positive integers, got {sizes}")
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weight = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        layers.append(Layer(weight, np.zeros(n_out, np.float32) if bias else None))
+    return tuple(layers)
+
+
+def forward(params: Sequence[Layer], X: np.ndarray) -> np.ndarray:
+    """Reference forward pass: ReLU hidden layers, linear output. (B, n_in) -> (B, n_out) logits."""
+    h = np.asarray(X, dtype=np.float32)
+    last = len(params) - 1
+    for i, layer in enumerate(params):
+        h = h @ layer.weight.T                 # (B, n_in) -> (B, n_out)
+        if layer.bias is not None:
+            h = h + layer.bias
+        if i < last:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def _forward_cache(params: Sequence[Layer], X: np.ndarray):
+    """Forward pass keeping each layer's input for backprop; dtype follows the weights."""
+    h = np.asarray(X, dtype=params[0].weight.dtype)
+    inputs = []
+    last = len(params) - 1
+    for i, layer in enumerate(params):
+        inputs.append(h)
+        h = h @ layer.weight.T                 # (B, n_in) -> (B, n_out)
+        if layer.bias is not None:
+            h = h + layer.bias
+        if i < last:
+            h = np.maximum(h, 0.0)
+    return inputs, h
+
+
+def _check_labels(y: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n_rows,):
+        raise ValueError(f"labels must have shape ({n_rows},), got {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got [{y.min()}, {y.max()}]")
+    return y.astype(np.intp, copy=False)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, stable: the row maximum is subtracted before exp. (B, C) -> (B, C)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def loss_and_grads(params: Sequence[Layer], X: np.ndarray, y: np.ndarray):
+    """Mean softmax cross-entropy over the batch and its gradient for every layer.
+
+    Plain NumPy, the oracle for the fused training step in `train.py`. Returns
+    (loss: float, grads: tuple of Layer) with grads shaped like params (bias None where absent).
+    """
+    inputs, logits = _forward_cache(params, X)             # logits (B, C)
+    n = logits.shape[0]
+    y = _check_labels(y, n, logits.shape[1])
+    logp = log_softmax(logits)
+    rows = np.arange(n)
+    loss = -logp[rows, y].mean()
+    d = np.exp(logp)                                        # softmax (B, C)
+    d[rows, y] -= 1.0
+    d /= n                                                  # dL/dlogits
+    grads = [None] * len(params)
+    for i in range(len(params) - 1, -1, -1):
+        layer, a = params[i], inputs[i]
+        grads[i] = Layer(d.T @ a,                           # (n_out, B) @ (B, n_in)
+                         d.sum(axis=0) if layer.bias is not None else None)
+        if i > 0:
+            d = (d @ layer.weight) * (a > 0)                # back through the ReLU of layer i-1
+    return float(loss), tuple(grads)
+
+
+def predict(params: Sequence[Layer], X: np.ndarray, batch: int = 10000) -> np.ndarray:
+    """Predicted class per row, computed `batch` rows at a time. (N, n_in) -> (N,) int64."""
+    X = np.asarray(X)
+    out = np.empty(X.shape[0], dtype=np.int64)
+    for s in range(0, X.shape[0], batch):
+        out[s:s + batch] = forward(params, X[s:s + batch]).argmax(axis=1)
+    return out
+
+
+def evaluate(params: Sequence[Layer], X: np.ndarray, y: np.ndarray, batch: int = 10000):
+    """(accuracy, mean cross-entropy loss) over X, computed `batch` rows at a time."""
+    X = np.asarray(X)
+    n_classes = params[-1].weight.shape[0]
+    y = _check_labels(y, X.shape[0], n_classes)
+    if X.shape[0] == 0:
+        return float("nan"), float("nan")
+    n_correct, loss_sum = 0, 0.0
+    for s in range(0, X.shape[0], batch):
+        logits = forward(params, X[s:s + batch])
+        yb = y[s:s + batch]
+        n_correct += int((logits.argmax(axis=1) == yb).sum())
+        loss_sum -= float(log_softmax(logits.astype(np.float64))[np.arange(len(yb)), yb].sum())
+    return n_correct / X.shape[0], loss_sum / X.shape[0]
