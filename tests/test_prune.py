@@ -1,0 +1,324 @@
+"""Pruning against its definition: exact counts, smallest-first, input unchanged, s=0 identity,
+masked and shrunk predictions equal."""
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sparsenet.model import Layer, forward, he_init, layer_sizes
+from sparsenet.prune import (
+    _drop_smallest, apply_masks, check_sparsity, describe_shrink, n_to_prune, neuron_mask, neuron_prune, shrink,
+    sparsity_of, weight_mask, weight_prune,
+)
+
+SWEEP = (0, .25, .5, .6, .7, .8, .9, .95, .97, .99)
+SIZES = (30, 40, 35, 20, 10)
+
+
+def small_net(bias=False, seed=0, sizes=SIZES):
+    params = he_init(sizes, bias=bias, seed=seed)
+    if bias:  # nonzero biases so masking them matters
+        rng = np.random.default_rng(seed + 100)
+        params = tuple(Layer(l.weight, rng.standard_normal(l.bias.shape).astype(np.float32))
+                       for l in params)
+    return params
+
+
+def deep_copy(params):
+    return tuple(Layer(l.weight.copy(), None if l.bias is None else l.bias.copy()) for l in params)
+
+
+def assert_params_equal(a, b):
+    assert len(a) == len(b)
+    for la, lb in zip(a, b):
+        np.testing.assert_array_equal(la.weight, lb.weight)
+        assert (la.bias is None) == (lb.bias is None)
+        if la.bias is not None:
+            np.testing.assert_array_equal(la.bias, lb.bias)
+
+
+def zero_rows(w):
+    return int(np.sum(~np.any(w != 0, axis=1)))
+
+
+# --- validation -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [-0.1, 1, 1.0, 1.5, float("nan"), float("inf"), True, False,
+                                 "0.5", None, np.bool_(True), 0.5 + 0j, [0.5]])
+def test_bad_sparsity(bad):
+    params = small_net()
+    for fn in (weight_prune, neuron_prune, weight_mask, neuron_mask):
+        with pytest.raises(ValueError):
+            fn(params, bad)
+
+
+@pytest.mark.parametrize("good", [0, 0.0, 0.5, np.float32(0.25), np.float64(0.99), 0.999999])
+def test_good_sparsity(good):
+    assert check_sparsity(good) == float(good)
+
+
+def test_bad_scope():
+    with pytest.raises(ValueError):
+        weight_prune(small_net(), 0.5, scope="net")
+
+
+def test_rounding_is_half_to_even_like_torch():
+    # torch: round(amount * size) with Python's round
+    assert n_to_prune(0.5, 5) == 2        # 2.5 -> 2
+    assert n_to_prune(0.5, 7) == 4        # 3.5 -> 4
+    assert n_to_prune(0.25, 10) == 2      # 2.5 -> 2
+    assert n_to_prune(0.99, 10) == 10     # 9.9 -> 10
+
+
+# --- exact counts ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("s", SWEEP)
+def test_weight_prune_exact_count_and_smallest(s):
+    params = small_net(bias=True)
+    pruned = weight_prune(params, s)
+    for i, (old, new) in enumerate(zip(params, pruned)):
+        zeros = new.weight == 0
+        if i == len(params) - 1:
+            np.testing.assert_array_equal(new.weight, old.weight)   # output untouched by default
+            continue
+        assert zeros.sum() == round(s * old.weight.size)
+        # every pruned |w| is <= every kept |w| (definition of l1_unstructured)
+        if 0 < zeros.sum() < zeros.size:
+            assert np.abs(old.weight[zeros]).max() <= np.abs(old.weight[~zeros]).min()
+        np.testing.assert_array_equal(new.weight[~zeros], old.weight[~zeros])
+        np.testing.assert_array_equal(new.bias, old.bias)          # weight pruning keeps biases
+
+
+@pytest.mark.parametrize("s", SWEEP)
+def test_neuron_prune_exact_count_and_smallest_norm(s):
+    params = small_net(bias=True)
+    pruned = neuron_prune(params, s)
+    for i, (old, new) in enumerate(zip(params, pruned)):
+        if i == len(params) - 1:
+            np.testing.assert_array_equal(new.weight, old.weight)
+            np.testing.assert_array_equal(new.bias, old.bias)
+            continue
+        dead = ~np.any(new.weight != 0, axis=1)
+        assert dead.sum() == round(s * old.weight.shape[0])
+        np.testing.assert_array_equal(new.bias[dead], 0)
+        np.testing.assert_array_equal(new.bias[~dead], old.bias[~dead])
+        np.testing.assert_array_equal(new.weight[~dead], old.weight[~dead])
+        norms = np.linalg.norm(old.weight, axis=1)
+        if 0 < dead.sum() < dead.size:
+            assert norms[dead].max() <= norms[~dead].min()
+
+
+@pytest.mark.parametrize("s", SWEEP)
+def test_global_scope_count(s):
+    params = small_net()
+    pruned = weight_prune(params, s, scope="global")
+    prunable = pruned[:-1]
+    total = sum(l.weight.size for l in prunable)
+    n_zero = sum(int(np.sum(l.weight == 0)) for l in prunable)
+    assert n_zero == round(s * total)
+    np.testing.assert_array_equal(pruned[-1].weight, params[-1].weight)
+    if 0 < n_zero < total:
+        pruned_abs = np.concatenate([np.abs(o.weight[n.weight == 0])
+                                     for o, n in zip(params[:-1], prunable)])
+        kept_abs = np.concatenate([np.abs(o.weight[n.weight != 0])
+                                   for o, n in zip(params[:-1], prunable)])
+        assert pruned_abs.max() <= kept_abs.min()
+
+
+@pytest.mark.parametrize("s", [0.5, 0.9])
+def test_prune_output(s):
+    params = small_net(bias=True)
+    w = weight_prune(params, s, prune_output=True)[-1]
+    assert np.sum(w.weight == 0) == round(s * params[-1].weight.size)
+    n = neuron_prune(params, s, prune_output=True)[-1]
+    assert zero_rows(n.weight) == round(s * params[-1].weight.shape[0])
+    # global scope with the output included
+    g = weight_prune(params, s, scope="global", prune_output=True)
+    total = sum(l.weight.size for l in params)
+    assert sum(int(np.sum(l.weight == 0)) for l in g) == round(s * total)
+
+
+# --- ties, degenerate shapes ----------------------------------------------------------------
+
+@pytest.mark.parametrize("s", [0.25, 0.5, 0.9])
+def test_ties_exact_and_deterministic(s):
+    params = (Layer(np.ones((8, 6), np.float32), None), Layer(np.ones((3, 8), np.float32), None))
+    a, b = weight_prune(params, s), weight_prune(params, s)
+    assert np.sum(a[0].weight == 0) == round(s * 48)
+    assert_params_equal(a, b)
+    # stable order: the lowest flat indices go first
+    flat = a[0].weight.ravel()
+    assert np.all(flat[:round(s * 48)] == 0) and np.all(flat[round(s * 48):] == 1)
+    n = neuron_prune(params, s)
+    assert zero_rows(n[0].weight) == round(s * 8)
+    assert np.all(n[0].weight[:round(s * 8)] == 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (7, 1), (1, 1)])
+@pytest.mark.parametrize("s", [0, 0.5, 0.99])
+def test_one_row_one_column(shape, s):
+    rng = np.random.default_rng(1)
+    params = (Layer(rng.standard_normal(shape).astype(np.float32), None),
+              Layer(rng.standard_normal((2, shape[0])).astype(np.float32), None))
+    w = weight_prune(params, s)
+    assert np.sum(w[0].weight == 0) == round(s * w[0].weight.size)
+    n = neuron_prune(params, s)
+    assert zero_rows(n[0].weight) == round(s * shape[0])
+    X = rng.standard_normal((5, shape[1])).astype(np.float32)
+    np.testing.assert_allclose(forward(shrink(n), X), forward(n, X), rtol=1e-5, atol=1e-6)
+
+
+# --- purity ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [weight_prune, neuron_prune])
+def test_input_unchanged_and_not_shared(fn):
+    params = small_net(bias=True)
+    before = deep_copy(params)
+    out = fn(params, 0.5)
+    assert_params_equal(params, before)
+    for o in out:                       # writing into the output leaves the input alone
+        o.weight[...] = 123.0
+        o.bias[...] = 123.0
+    assert_params_equal(params, before)
+    shrunk = shrink(params)
+    for o in shrunk:
+        o.weight[...] = 7.0
+    assert_params_equal(params, before)
+
+
+def test_masks_not_modified():
+    params = small_net(bias=True)
+    masks = neuron_mask(params, 0.5)
+    saved = copy.deepcopy(masks)
+    apply_masks(params, masks)
+    for (a, b), (c, d) in zip(masks, saved):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
+@pytest.mark.parametrize("fn", [weight_prune, neuron_prune])
+def test_zero_sparsity_is_identity(fn):
+    params = small_net(bias=True)
+    out = fn(params, 0)
+    assert_params_equal(out, params)
+    assert all(o.weight is not p.weight for o, p in zip(out, params))
+
+
+def test_dtype_kept():
+    params = small_net(bias=True)
+    for fn in (weight_prune, neuron_prune):
+        for o in fn(params, 0.5):
+            assert o.weight.dtype == np.float32 and o.bias.dtype == np.float32
+    for o in shrink(neuron_prune(params, 0.5)):
+        assert o.weight.dtype == np.float32
+
+
+# --- shrink ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("s", SWEEP)
+def test_shrink_matches_masked(s, bias):
+    params = small_net(bias=bias)
+    pruned = neuron_prune(params, s)
+    small = shrink(pruned)
+    X = np.random.default_rng(2).standard_normal((16, SIZES[0])).astype(np.float32)
+    np.testing.assert_allclose(forward(small, X), forward(pruned, X), rtol=1e-5, atol=1e-5)
+    sizes = layer_sizes(small)
+    assert sizes[0] == SIZES[0] and sizes[-1] == SIZES[-1]
+    for n_old, n_new in zip(SIZES[1:-1], sizes[1:-1]):
+        assert n_new == n_old - round(s * n_old)
+    d = describe_shrink(pruned)
+    assert d["sizes_before"] == list(SIZES) and d["sizes_after"] == list(sizes)
+
+
+def test_shrink_keeps_neuron_with_nonzero_bias():
+    params = small_net(bias=True)
+    w0 = params[0].weight.copy()
+    w0[3] = 0                                       # zero row but bias nonzero: not removable
+    params = (Layer(w0, params[0].bias),) + params[1:]
+    assert layer_sizes(shrink(params)) == SIZES
+
+
+def test_shrink_whole_layer_removed():
+    params = small_net()
+    w1 = np.zeros_like(params[1].weight)            # every neuron of hidden layer 2 dead
+    params = (params[0], Layer(w1, None)) + params[2:]
+    small = shrink(params)
+    assert layer_sizes(small)[2] == 0
+    X = np.random.default_rng(3).standard_normal((4, SIZES[0])).astype(np.float32)
+    out = forward(small, X)
+    assert out.shape == (4, SIZES[-1])
+    np.testing.assert_allclose(out, forward(params, X), atol=1e-6)
+    assert layer_sizes(small)[-1] == SIZES[-1]      # never removes output units
+
+
+def test_shrink_dense_is_copy():
+    params = small_net(bias=True)
+    assert_params_equal(shrink(params), params)
+
+
+def test_sparsity_of():
+    params = weight_prune(small_net(), 0.5)
+    rep = sparsity_of(params)
+    assert rep["layers"][:-1] == [0.5] * (len(params) - 1)
+    assert rep["layers"][-1] == 0.0
+    assert rep["size"] == [l.weight.size for l in params]
+    total = sum(rep["size"]) - sum(rep["size_nz"])
+    assert rep["total"] == pytest.approx(total / sum(rep["size"]))
+
+
+# --- properties ----------------------------------------------------------------------------
+
+shapes = st.lists(st.integers(1, 12), min_size=3, max_size=5)
+sparsities = st.floats(0, 1, exclude_max=True, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=shapes, s=sparsities, seed=st.integers(0, 2**16), bias=st.booleans(),
+       prune_output=st.booleans(), scope=st.sampled_from(["layer", "global"]))
+def test_property_weight(sizes, s, seed, bias, prune_output, scope):
+    params = small_net(bias=bias, seed=seed, sizes=sizes)
+    before = deep_copy(params)
+    out = weight_prune(params, s, scope=scope, prune_output=prune_output)
+    assert_params_equal(params, before)
+    idx = range(len(params)) if prune_output else range(len(params) - 1)
+    if scope == "layer":
+        for i in idx:   # he_init weights are nonzero a.s., so zeros are exactly the pruned ones
+            assert np.sum(out[i].weight == 0) == round(s * params[i].weight.size)
+    else:
+        total = sum(params[i].weight.size for i in idx)
+        assert sum(int(np.sum(out[i].weight == 0)) for i in idx) == round(s * total)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=shapes, s=sparsities, seed=st.integers(0, 2**16), bias=st.booleans(),
+       prune_output=st.booleans())
+def test_property_neuron_and_shrink(sizes, s, seed, bias, prune_output):
+    params = small_net(bias=bias, seed=seed, sizes=sizes)
+    before = deep_copy(params)
+    out = neuron_prune(params, s, prune_output=prune_output)
+    assert_params_equal(params, before)
+    idx = range(len(params)) if prune_output else range(len(params) - 1)
+    for i in idx:
+        assert zero_rows(out[i].weight) == round(s * params[i].weight.shape[0])
+    X = np.random.default_rng(seed).standard_normal((6, sizes[0])).astype(np.float32)
+    np.testing.assert_allclose(forward(shrink(out), X), forward(out, X), rtol=1e-4, atol=1e-5)
+    assert layer_sizes(shrink(out))[-1] == sizes[-1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(0, 4), min_size=1, max_size=40), frac=sparsities)
+def test_drop_smallest_equals_stable_argsort(values, frac):
+    # many ties: the fast selection must pick exactly the stable sort's first n_prune entries
+    scores = np.array(values, dtype=np.float32)
+    n_prune = round(frac * scores.size)
+    expected = np.ones(scores.size, bool)
+    expected[np.argsort(scores, kind="stable")[:n_prune]] = False
+    np.testing.assert_array_equal(_drop_smallest(scores, n_prune), expected)
+
+
+def test_drop_smallest_nan_last():
+    scores = np.array([np.nan, 1.0, 0.5, np.nan, 2.0])
+    np.testing.assert_array_equal(_drop_smallest(scores, 4), [False, False, False, True, False])
+    np.testing.assert_array_equal(_drop_smallest(scores, 2), [True, False, False, True, True])
