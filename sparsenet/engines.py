@@ -1,0 +1,347 @@
+"""Inference engines behind one call: engine(X) -> logits, for dense, CSR, scipy CSR and shrunk nets.
+
+    eng = make_engine("csr", params, threads=2)
+    eng.warmup(batch=256)             # compile (or load the cache); seconds
+    with eng.threads_context():       # hold thread limits around many timed calls
+        logits = eng(X)               # (B, n_in) -> (B, n_out) float32
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Optional, Sequence
+
+import numba
+import numpy as np
+
+from sparsenet.csr import CSR, index_dtype
+from sparsenet.model import Layer, layer_sizes
+
+ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
+
+# A CSR layer runs on all threads when nnz * batch reaches this much work (~6 us of one core); below
+# it the ~1.4 us launch of a parallel region (measured, idle machine) eats the gain. Not tuned yet.
+MIN_PARALLEL_WORK = 20_000
+# A CSR layer is cut into column panels for batch > 1 only from this many non-zeros (panel_width).
+MIN_PANEL_NNZ = 32_768
+
+_blas = None
+
+
+def _blas_libs() -> list:
+    """threadpoolctl controllers of the loaded BLAS libraries (scanned once)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+def blas_library() -> dict:
+    """Name, version and kernel (`architecture`) of the BLAS that numpy uses, for bench records."""
+    libs = _blas_libs()
+    if not libs:
+        return {"blas": None, "blas_version": None, "blas_architecture": None}
+    info = libs[0].info()
+    return {"blas": info.get("internal_api"), "blas_version": info.get("version"),
+            "blas_architecture": info.get("architecture")}
+
+
+@contextlib.contextmanager
+def _limit_threads(n: int, blas: bool, numba_threads: bool):
+    """Set BLAS (via threadpoolctl's per-library controllers) and Numba thread counts, restore after.
+
+    Measured per use: ~4 us BLAS + ~1-3 us Numba (threadpool_limits() rescans the loaded libraries
+    each time: ~0.8 ms; ThreadpoolController.limit: ~14 us). Engine.threads_context() pays it once.
+    """
+    old_numba = numba.get_num_threads() if numba_threads else None
+    libs = _blas_libs() if blas else []
+    old_blas = [lib.get_num_threads() for lib in libs]
+    try:
+        if numba_threads and old_numba != n:
+            numba.set_num_threads(n)
+        for lib, old in zip(libs, old_blas):
+            if old != n:
+                lib.set_num_threads(n)
+        yield
+    finally:
+        if numba_threads and old_numba != n:
+            numba.set_num_threads(old_numba)
+        for lib, old in zip(libs, old_blas):
+            if old != n:
+                lib.set_num_threads(old)
+
+
+class Engine:
+    """Common shell: input checks, thread limits, counts. Subclasses implement _forward and _build."""
+
+    name = "?"
+    uses_blas = False      # which thread pools the forward pass uses
+    uses_numba = False
+
+    def __init__(self, params: Sequence[Layer], threads: Optional[int] = None):
+        params = tuple(Layer(np.asarray(l.weight, np.float32),
+                             None if l.bias is None else np.asarray(l.bias, np.float32)) for l in params)
+        if not params:
+            raise ValueError("params must hold at least one layer")
+        max_threads = numba.config.NUMBA_NUM_THREADS
+        threads = max_threads if threads is None else int(threads)
+        if not 1 <= threads <= max_threads:
+            raise ValueError(f"threads must be in 1..{max_threads}, got {threads}")
+        self.threads = threads
+        self.n_in = params[0].weight.shape[1]
+        self.n_out = params[-1].weight.shape[0]
+        self.has_bias = any(l.bias is not None for l in params)
+        self._held = 0
+        self._build(params)
+
+    # -- subclass hooks --------------------------------------------------------------------------
+    def _build(self, params):
+        raise NotImplementedError
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- the call --------------------------------------------------------------------------------
+    def __call__(self, X) -> np.ndarray:
+        """Logits of a batch: (B, n_in) -> (B, n_out) float32."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_in:
+            raise ValueError(f"expected X of shape (B, {self.n_in}), got {X.shape}")
+        if X.dtype != np.float32 or not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.shape[0] == 0:
+            return np.empty((0, self.n_out), np.float32)
+        if self._held:
+            return self._forward(X)
+        with _limit_threads(self.threads, self.uses_blas, self.uses_numba):
+            return self._forward(X)
+
+    @contextlib.contextmanager
+    def threads_context(self):
+        """Hold this engine's thread limits across many calls (calls inside skip the per-call set)."""
+        with _limit_threads(self.threads, True, True):
+            self._held += 1
+            try:
+                yield self
+            finally:
+                self._held -= 1
+
+    def warmup(self, batch: int = 1) -> float:
+        """Seconds spent in one call on a zero batch (the compile, or cache load, for Numba)."""
+        X = np.zeros((int(batch), self.n_in), np.float32)
+        t = time.perf_counter()
+        self(X)
+        return time.perf_counter() - t
+
+    # -- counts ----------------------------------------------------------------------------------
+    def flops(self, batch: int) -> int:
+        """Useful flops of a forward pass: 2 * (stored multiply-adds) * batch."""
+        return 2 * self.n_weights * int(batch)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "layer_sizes": list(self.layer_sizes), "nnz": self.nnz,
+                "nbytes": self.nbytes, "index_dtype": self.index_dtype, "threads": self.threads,
+                "has_bias": self.has_bias}
+
+    index_dtype = None
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} sizes={self.layer_sizes} nnz={self.nnz} threads={self.threads}>"
+
+
+class DenseEngine(Engine):
+    """BLAS (numpy matmul) on the full, masked weight matrices."""
+
+    name = "dense"
+    uses_blas = True
+
+    def _build(self, params):
+        # store W.T contiguous so every layer is a plain (B, n_in) @ (n_in, n_out) GEMM
+        self._WT = [np.ascontiguousarray(l.weight.T) for l in params]
+        self._b = [l.bias for l in params]
+        self.layer_sizes = layer_sizes(params)
+        self.nnz = int(sum(np.count_nonzero(l.weight) for l in params))
+        self.n_weights = int(sum(l.weight.size for l in params))
+        self.nbytes = int(sum(w.nbytes for w in self._WT) + sum(b.nbytes for b in self._b if b is not None))
+
+    def _forward(self, X):
+        h = X
+        last = len(self._WT) - 1
+        for i, (WT, b) in enumerate(zip(self._WT, self._b)):
+            h = h @ WT                                   # (B, n_in) -> (B, n_out)
+            if b is not None:
+                h += b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return h
+
+
+class ShrunkEngine(DenseEngine):
+    """BLAS on prune.shrink(params): dead hidden neurons physically removed."""
+
+    name = "shrunk"
+
+    def _build(self, params):
+        from sparsenet.prune import shrink
+        super()._build(shrink(params))
+
+
+class ScipyCSREngine(Engine):
+    """The baseline: the CSR engine's structure (transposed activations) with scipy.sparse matmuls."""
+
+    name = "csr-scipy"
+    uses_numba = False
+
+    def _build(self, params):
+        self.csr = tuple(CSR.from_dense(l.weight).check() for l in params)
+        self._S = [c.to_scipy() for c in self.csr]
+        self._b = [None if l.bias is None else l.bias[:, None] for l in params]
+        self.layer_sizes = layer_sizes(params)
+        self.nnz = int(sum(c.nnz for c in self.csr))
+        self.n_weights = self.nnz
+        self.nbytes = int(sum(S.data.nbytes + S.indices.nbytes + S.indptr.nbytes for S in self._S)
+                          + sum(b.nbytes for b in self._b if b is not None))
+        self.index_dtype = str(self._S[0].indices.dtype)
+
+    def _forward(self, X):
+        h = np.ascontiguousarray(X.T)                    # (n_in, B)
+        last = len(self._S) - 1
+        for i, (S, b) in enumerate(zip(self._S, self._b)):
+            h = S @ h                                    # (n_in, B) -> (n_out, B)
+            if b is not None:
+                h += b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return np.ascontiguousarray(h.T)
+
+
+class CSREngine(Engine):
+    """Our Numba CSR kernels; the whole forward pass is one compiled call (kernels.csr_forward)."""
+
+    name = "csr"
+    uses_numba = True
+
+    def _build(self, params):
+        self.csr = tuple(CSR.from_dense(l.weight).check() for l in params)
+        sizes = layer_sizes(params)
+        self.layer_sizes = sizes
+        idx = index_dtype(max(sizes[:-1]))               # one dtype for the concatenated indices
+        # batch 1 runs on plain CSR; larger batches on column panels where a layer is dense enough
+        # (a second, panel-major copy of those layers: SpMV over panels was 5-10x slower)
+        self.panels = tuple(panel_width(c.density, c.shape[1], c.nnz) for c in self.csr)
+        self._plain = _flatten([(c.data, c.indices, c.indptr) for c in self.csr], idx, sizes[:-1])
+        if all(P >= n for P, n in zip(self.panels, sizes[:-1])):
+            self._paneled = self._plain
+        else:
+            self._paneled = _flatten([panel_layout(c, P) for c, P in zip(self.csr, self.panels)],
+                                     idx, self.panels)
+        self._bias = np.concatenate([np.zeros(n, np.float32) if l.bias is None else l.bias
+                                     for n, l in zip(sizes[1:], params)]).astype(np.float32)
+        self._sizes = np.asarray(sizes, np.int64)
+        self._nnz_off = np.concatenate([[0], np.cumsum([c.nnz for c in self.csr])]).astype(np.int64)
+        self.nnz = int(self._nnz_off[-1])
+        self.n_weights = self.nnz
+        self.nbytes = int(sum(c.nbytes for c in self.csr)
+                          + sum(l.bias.nbytes for l in params if l.bias is not None))
+        # bytes of the second (panel-major) copy of data/indices/indptr held for batches > 1;
+        # 0 when no layer is panelled (with the default net: sparsity >= ~75%)
+        self.panel_nbytes = 0 if self._paneled is self._plain else int(
+            sum(a.nbytes for a in self._paneled[:3]))
+        self.index_dtype = str(idx)
+        self._width = max(sizes[1:])
+        self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
+        self.min_parallel_work = MIN_PARALLEL_WORK
+
+    def describe(self) -> dict:
+        return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes)
+
+    def _buffers(self, B):
+        """(padded batch, HT, buf0, buf1): 64-byte aligned, zeroed, cached for the last batch size.
+
+        Aligned rows matter: an AVX-512 load that straddles two cache lines halves load throughput
+        (measured: SpMM 36 -> 46 GFLOP/s on one core). Rows are aligned when the padded batch is a
+        multiple of 16 floats; the batch is padded (with zero columns) when that costs <= 1/8 extra work.
+        """
+        if self._bufs is None or self._bufs[0] != B:
+            Bp = -(-B // 16) * 16
+            if (Bp - B) * 8 > B:
+                Bp = B
+            self._bufs = (B, Bp, _aligned_zeros((self.n_in, Bp)), _aligned_zeros(self._width * Bp),
+                          _aligned_zeros(self._width * Bp))
+        return self._bufs[1:]
+
+    def _forward(self, X):
+        from sparsenet import kernels
+        B = X.shape[0]
+        Bp, HT, buf0, buf1 = self._buffers(B)
+        if B == 1:
+            HT = X.reshape(self.n_in, 1)                 # (1, n_in) is already (n_in, 1) in memory
+        else:
+            np.copyto(HT[:, :B], X.T)                    # (B, n_in) -> (n_in, Bp); pad columns stay 0
+        work = self.min_parallel_work if self.threads > 1 else np.iinfo(np.int64).max
+        data, indices, indptr, ptr_off, panels = self._plain if B == 1 else self._paneled
+        outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
+                                   ptr_off, panels, HT, buf0, buf1, work, self.threads)  # (n_out, Bp)
+        return np.ascontiguousarray(outT[:, :B].T)
+
+
+def _flatten(layout, idx_dtype, panels) -> tuple:
+    """Concatenate per-layer (data, indices, indptr) for kernels.csr_forward (+ ptr_off, panels)."""
+    indptr = [p for _, _, p in layout]
+    return (np.concatenate([d for d, _, _ in layout]),
+            np.concatenate([i for _, i, _ in layout]).astype(idx_dtype, copy=False),
+            np.concatenate(indptr),
+            np.concatenate([[0], np.cumsum([p.size for p in indptr])]).astype(np.int64),
+            np.asarray(panels, np.int64))
+
+
+def panel_width(density: float, n_in: int, nnz: int) -> int:
+    """Inputs per column panel for a layer; n_in (one panel: plain CSR) when sparse or small.
+
+    Small layers (< 32768 non-zeros, e.g. the 200 x 10 output layer) stay plain: no time to win,
+    and a panelled layer makes the engine hold a second, panel-major copy of the net for batch > 1.
+
+    Measured on one core, 1000x1000, batch 256 (kernels.csr_panels_matmul_bias_relu vs whole rows):
+    density 1.0: 1.42x (P=24), 0.5: 1.18x (P=32), 0.3: 1.06x (P=64), 0.1: 0.64x (P=32).
+    """
+    P = 32 if density >= 0.45 else 64 if density >= 0.25 else n_in
+    return P if 2 * P <= n_in and nnz >= MIN_PANEL_NNZ else n_in
+
+
+def panel_layout(c: CSR, P: int) -> tuple:
+    """(data, local indices, indptr) of CSR `c` cut into column panels of P inputs, panel-major.
+
+    indptr holds n_panels blocks of M + 1 offsets into data (block p: the rows' segments in panel p).
+    With P >= N it is c's own arrays (one panel, plain CSR).
+    """
+    M, N = c.shape
+    n_panels = max(1, -(-N // P))
+    if n_panels == 1:
+        return c.data, c.indices, c.indptr
+    rows = np.repeat(np.arange(M), np.diff(c.indptr))
+    panel = c.indices.astype(np.int64) // P
+    order = np.argsort(panel * M + rows, kind="stable")   # panel-major, row, then column
+    counts = np.bincount(panel * M + rows, minlength=n_panels * M)
+    starts = np.concatenate([[0], np.cumsum(counts)])     # (n_panels * M + 1,)
+    indptr = np.concatenate([starts[p * M:p * M + M + 1] for p in range(n_panels)])
+    local = (c.indices.astype(np.int64) - panel * P)[order]
+    return c.data[order], local.astype(c.indices.dtype), indptr.astype(c.indptr.dtype)
+
+
+def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
+    """float32 zeros whose first element sits on an `align`-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n + align // 4, np.float32)
+    off = (-raw.ctypes.data % align) // 4
+    return raw[off:off + n].reshape(shape)
+
+
+_CLASSES = {"dense": DenseEngine, "csr": CSREngine, "csr-scipy": ScipyCSREngine, "shrunk": ShrunkEngine}
+
+
+def make_engine(name: str, params: Sequence[Layer], threads: Optional[int] = None) -> Engine:
+    """Build the named engine over `params` (already pruned; "shrunk" shrinks them itself)."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
+    return _CLASSES[name](params, threads=threads)

@@ -1,0 +1,211 @@
+"""Numba kernels for CSR inference: raw arrays in, preallocated output out.
+
+Activations are kept transposed, HT of shape (n_features, B), C-contiguous, so output row i is
+    out[i, :] = relu(bias[i] + sum_k data[k] * HT[indices[k], :])
+and the inner loop is a contiguous axpy over the batch (AVX-512 FMAs on this machine).
+At batch 1 the same formula is a sparse dot product per row (SpMV).
+
+Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; see bench_engines):
+- rows are sliced (d = data[lo:hi]) and walked from 0: indexing data[k] with a k that Numba cannot
+  prove non-negative adds a wraparound select per access (2x slower SpMV); for the same reason
+  unsigned indices: uint16 0.32 ns/nnz vs int32 0.43 ns/nnz;
+- SpMM sums 8 non-zeros per pass over the output row (one load/store of out[i, :] per 8 FMAs;
+  1.3x over the plain axpy); 16 per pass, an FMA chain instead of a tree, and batch tiles of
+  64/128 columns (copied, contiguous) were all within noise; strided tiles were 4x slower;
+- column panels (csr_panels_*: 32-64 inputs per panel, so the panel's HT rows stay in L1) pay
+  for dense-ish layers at batch > 1: 1.4x at density 1, 1.2x at 0.5, a loss below ~0.25;
+- the caller passes 64-byte aligned HT/out rows: misaligned AVX-512 loads cost 25% (36 -> 46 GFLOP/s);
+- SpMV keeps 4 partial sums; it is load-port bound (3 loads per non-zero, ~1 cycle). AVX-512 gathers
+  (llvm.masked.gather via an intrinsic, or fastmath reassociation) were 1.3-1.5x slower on Zen4,
+  8 partial sums and a branch-free remainder no better; so only FMA contraction is allowed.
+Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
+"""
+import numpy as np
+from numba import njit, prange
+
+_OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
+
+
+@njit(inline="always", **_OPTS)
+def _row_dot(d, c, x):
+    """sum_k d[k] * x[c[k]] with 4 partial sums."""
+    n = d.shape[0]
+    n4 = n - n % 4
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    for k in range(0, n4, 4):
+        s0 += d[k] * x[c[k]]
+        s1 += d[k + 1] * x[c[k + 1]]
+        s2 += d[k + 2] * x[c[k + 2]]
+        s3 += d[k + 3] * x[c[k + 3]]
+    for k in range(n4, n):
+        s0 += d[k] * x[c[k]]
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(parallel=True, **_OPTS)
+def csr_matvec_bias_relu(data, indices, indptr, bias, x, out, relu):
+    """out = (relu)(W @ x + bias); (n_in,) -> (n_out,); rows split over threads."""
+    for i in prange(out.shape[0]):
+        lo, hi = indptr[i], indptr[i + 1]
+        s = bias[i] + _row_dot(data[lo:hi], indices[lo:hi], x)
+        out[i] = max(s, np.float32(0.0)) if relu else s
+
+
+@njit(**_OPTS)
+def csr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, relu):
+    """Single-threaded csr_matvec_bias_relu: no parallel-region cost for small layers."""
+    for i in range(out.shape[0]):
+        lo, hi = indptr[i], indptr[i + 1]
+        s = bias[i] + _row_dot(data[lo:hi], indices[lo:hi], x)
+        out[i] = max(s, np.float32(0.0)) if relu else s
+
+
+@njit(inline="always", **_OPTS)
+def _row_acc8(d, c, HT, o):
+    """o[:] += sum_k d[k] * HT[c[k], :], 8 non-zeros per pass over o.
+
+    (Finishing the remainder in passes of 4, 2, 1 instead of 1s measured no better.)
+    """
+    B = o.shape[0]
+    n = d.shape[0]
+    n8 = n - n % 8
+    for k in range(0, n8, 8):
+        d0, d1, d2, d3 = d[k], d[k + 1], d[k + 2], d[k + 3]
+        d4, d5, d6, d7 = d[k + 4], d[k + 5], d[k + 6], d[k + 7]
+        h0, h1, h2, h3 = HT[c[k]], HT[c[k + 1]], HT[c[k + 2]], HT[c[k + 3]]
+        h4, h5, h6, h7 = HT[c[k + 4]], HT[c[k + 5]], HT[c[k + 6]], HT[c[k + 7]]
+        for j in range(B):
+            o[j] += ((d0 * h0[j] + d1 * h1[j]) + (d2 * h2[j] + d3 * h3[j])) + (
+                (d4 * h4[j] + d5 * h5[j]) + (d6 * h6[j] + d7 * h7[j]))
+    for k in range(n8, n):
+        dk = d[k]
+        h = HT[c[k]]
+        for j in range(B):
+            o[j] += dk * h[j]
+
+
+@njit(inline="always", **_OPTS)
+def _row_axpy8(d, c, HT, o, b, relu):
+    """o[:] = (relu)(b + sum_k d[k] * HT[c[k], :])."""
+    B = o.shape[0]
+    for j in range(B):
+        o[j] = b
+    _row_acc8(d, c, HT, o)
+    if relu:
+        for j in range(B):
+            o[j] = max(o[j], np.float32(0.0))
+
+
+@njit(parallel=True, **_OPTS)
+def csr_matmul_bias_relu(data, indices, indptr, bias, HT, out, relu):
+    """out = (relu)(W @ HT + bias[:, None]); (n_in, B) -> (n_out, B); rows split over threads."""
+    for i in prange(out.shape[0]):
+        lo, hi = indptr[i], indptr[i + 1]
+        _row_axpy8(data[lo:hi], indices[lo:hi], HT, out[i], bias[i], relu)
+
+
+@njit(**_OPTS)
+def csr_matmul_bias_relu_serial(data, indices, indptr, bias, HT, out, relu):
+    """Single-threaded csr_matmul_bias_relu."""
+    for i in range(out.shape[0]):
+        lo, hi = indptr[i], indptr[i + 1]
+        _row_axpy8(data[lo:hi], indices[lo:hi], HT, out[i], bias[i], relu)
+
+
+@njit(parallel=True, **_OPTS)
+def csr_panels_matmul_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):
+    """Column-panelled CSR: out = (relu)(W @ HT + bias[:, None]); (n_in, B) -> (n_out, B).
+
+    W's columns are cut into panels of `panel` inputs; panel p is a CSR block with local column
+    indices, its row pointers at indptr[p * (n_out + 1):(p + 1) * (n_out + 1)] (offsets into data).
+    A panel's slice of HT (panel * B floats, 32 KB for 32 x 256) stays in L1 while every row
+    adds its segment: 1.2-1.4x faster than whole rows at density >= 0.45, slower below ~0.25.
+    Rows are split into n_blocks blocks (pass the thread count), one parallel region in all: a
+    region per panel cost 30 regions per layer, ruinous when a loaded machine delays a thread.
+    """
+    n_out, B = out.shape
+    n_panels = indptr.shape[0] // (n_out + 1)
+    n_blocks = max(1, min(n_blocks, n_out))
+    for blk in prange(n_blocks):                 # one parallel region: each thread owns a row block
+        r0, r1 = blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks
+        for i in range(r0, r1):
+            for j in range(B):
+                out[i, j] = bias[i]
+        for p in range(n_panels):
+            H = HT[p * panel:(p + 1) * panel]
+            ip = indptr[p * (n_out + 1):(p + 1) * (n_out + 1)]
+            for i in range(r0, r1):
+                lo, hi = ip[i], ip[i + 1]
+                _row_acc8(data[lo:hi], indices[lo:hi], H, out[i])
+        if relu:
+            for i in range(r0, r1):
+                for j in range(B):
+                    out[i, j] = max(out[i, j], np.float32(0.0))
+
+
+@njit(parallel=True, **_OPTS)
+def csr_panels_matvec_bias_relu(data, indices, indptr, panel, bias, x, out, relu):
+    """Column-panelled CSR times a vector (layout as csr_panels_matmul_bias_relu); (n_in,) -> (n_out,)."""
+    n_out = out.shape[0]
+    n_panels = indptr.shape[0] // (n_out + 1)
+    for i in prange(n_out):
+        s = bias[i]
+        for p in range(n_panels):
+            lo, hi = indptr[p * (n_out + 1) + i], indptr[p * (n_out + 1) + i + 1]
+            s += _row_dot(data[lo:hi], indices[lo:hi], x[p * panel:(p + 1) * panel])
+        out[i] = max(s, np.float32(0.0)) if relu else s
+
+
+@njit(**_OPTS)
+def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1,
+                min_parallel_work, n_threads):
+    """Whole MLP in one call: ReLU on hidden layers, linear last layer. (n_in, B) -> (n_out, B).
+
+    Layers are concatenated: layer l owns data/indices[nnz_off[l]:nnz_off[l+1]], row pointers
+    indptr[ptr_off[l]:ptr_off[l+1]] (offsets into its own data, starting at 0) and
+    bias[sum(sizes[1:l+1]):][:sizes[l+1]]. A layer is plain CSR when it has one column panel
+    (panels[l] >= n_in, ptr_off[l+1] - ptr_off[l] == n_out + 1), else column-panelled (see
+    csr_panels_matmul_bias_relu). buf0/buf1 hold >= max(hidden sizes) * B floats (ping-pong); the
+    result is a view into one of them. A plain layer runs multi-threaded when nnz * B reaches
+    min_parallel_work (parallel regions cost ~1-2 us each, too much for tiny layers at batch 1);
+    n_threads is the caller's Numba thread count (panelled layers split their rows that many ways).
+    """
+    B = HT.shape[1]
+    n_layers = sizes.shape[0] - 1
+    h = HT
+    out = HT
+    r = 0
+    for layer in range(n_layers):
+        n_out = sizes[layer + 1]
+        buf = buf0 if layer % 2 == 0 else buf1
+        out = buf[:n_out * B].reshape((n_out, B))
+        lo, hi = nnz_off[layer], nnz_off[layer + 1]
+        d = data[lo:hi]
+        c = indices[lo:hi]
+        ip = indptr[ptr_off[layer]:ptr_off[layer + 1]]
+        b = bias[r:r + n_out]
+        relu = layer < n_layers - 1
+        parallel = (hi - lo) * B >= min_parallel_work
+        if ip.shape[0] > n_out + 1:
+            if B == 1:
+                csr_panels_matvec_bias_relu(d, c, ip, panels[layer], b, h.reshape(h.shape[0]),
+                                            out.reshape(n_out), relu)
+            else:
+                csr_panels_matmul_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads)
+        elif B == 1:
+            x = h.reshape(h.shape[0])
+            o = out.reshape(n_out)
+            if parallel:
+                csr_matvec_bias_relu(d, c, ip, b, x, o, relu)
+            else:
+                csr_matvec_bias_relu_serial(d, c, ip, b, x, o, relu)
+        elif parallel:
+            csr_matmul_bias_relu(d, c, ip, b, h, out, relu)
+        else:
+            csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)
+        h = out
+        r += n_out
+    return out

@@ -1,0 +1,252 @@
+"""Every engine against the reference forward pass (model.forward on the masked dense net).
+
+To run the grid on other weights too, point SPARSENET_TEST_PARAMS at a trained checkpoint
+(sparsenet.checkpoint.save format): it is added to the `base_params` fixture.
+"""
+import functools
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from sparsenet.engines import ENGINES, make_engine
+from sparsenet.model import DEFAULT_SIZES, Layer, forward, he_init
+from sparsenet.prune import neuron_prune, weight_prune
+
+SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+BATCHES = (1, 7, 256)
+SMALL = (96, 80, 64, 32, 10)
+# which pruning each engine is checked on (csr also runs neuron-pruned nets)
+CASES = [("dense", "weight"), ("csr", "weight"), ("csr-scipy", "weight"), ("shrunk", "neuron"),
+         ("csr", "neuron")]
+
+
+def _random_bias(params, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(l._replace(bias=(rng.standard_normal(l.weight.shape[0]) * 0.1).astype(np.float32))
+                 for l in params)
+
+
+_BASE = ["small", "small-bias"] + (["file"] if os.environ.get("SPARSENET_TEST_PARAMS") else [])
+
+
+@pytest.fixture(scope="module", params=_BASE)
+def base_params(request):
+    """Unpruned weights the grid runs on: he_init nets, plus a checkpoint when given."""
+    if request.param == "small":
+        return he_init(SMALL, seed=1)
+    if request.param == "small-bias":
+        return _random_bias(he_init(SMALL, seed=2))
+    from sparsenet import checkpoint
+    params, _meta = checkpoint.load(os.environ["SPARSENET_TEST_PARAMS"])
+    return params
+
+
+def prune(params, method, k):
+    return weight_prune(params, k) if method == "weight" else neuron_prune(params, k)
+
+
+def assert_matches(out, ref):
+    """float32 agreement, with the absolute tolerance scaled to the logits."""
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max(initial=0))))
+
+
+def check_engine(name, params, batches=BATCHES, seed=0, threads=None):
+    eng = make_engine(name, params, threads=threads)
+    for c in getattr(eng, "csr", ()):
+        c.check()
+    rng = np.random.default_rng(seed)
+    for B in batches:
+        X = rng.random((B, params[0].weight.shape[1]), dtype=np.float32)
+        assert_matches(eng(X), forward(params, X))
+    return eng
+
+
+@pytest.mark.parametrize("k", SPARSITIES)
+@pytest.mark.parametrize("name, method", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_engine_matches_reference(base_params, name, method, k):
+    check_engine(name, prune(base_params, method, k))
+
+
+@pytest.mark.parametrize("k", SPARSITIES)
+@pytest.mark.parametrize("method", ["weight", "neuron"])
+def test_csr_panels_match_reference(base_params, method, k, monkeypatch):
+    from sparsenet import engines
+    monkeypatch.setattr(engines, "MIN_PANEL_NNZ", 0)   # panel every dense-enough layer, even small
+    eng = check_engine("csr", prune(base_params, method, k))
+    density = 1 - k                                    # of the hidden layers, either method
+    hidden = [P < n for P, n in zip(eng.panels[:-1], eng.layer_sizes[:-2])]
+    if density >= 0.45:                                # P = 32: panels in every layer with >= 64 inputs
+        assert hidden == [n >= 64 for n in eng.layer_sizes[:-2]] and eng.panel_nbytes > 0
+    if density < 0.25:
+        assert not any(hidden)
+
+
+@functools.lru_cache(maxsize=None)
+def default_net(method, k):
+    return prune(he_init(DEFAULT_SIZES, seed=0), method, k)
+
+
+@pytest.mark.parametrize("k", [0.0, 0.9])
+@pytest.mark.parametrize("name", ENGINES)
+def test_default_sizes(name, k):
+    method = "neuron" if name == "shrunk" else "weight"
+    eng = check_engine(name, default_net(method, k), batches=(1, 7, 33))
+    assert eng.layer_sizes[0] == 784 and eng.layer_sizes[-1] == 10
+    if name == "csr":                         # dense-ish layers are column-panelled, sparse ones plain
+        d = eng.describe()
+        assert d["panels"] == ([32, 32, 32, 32, 200] if k == 0 else [784, 1000, 1000, 500, 200])
+        assert (d["panel_nbytes"] > 0) == (k == 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_agree(threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("machine has fewer cores")
+    params = weight_prune(he_init(SMALL, seed=3), 0.8)
+    for name in ENGINES:
+        eng = check_engine(name, params, batches=(1, 64, 130), threads=threads)   # 130: padded to 144
+        assert eng.threads == threads
+
+
+# ---- hypothesis: random shapes, sparsities and batches -----------------------------------------
+
+@st.composite
+def nets(draw):
+    sizes = draw(st.lists(st.integers(1, 40), min_size=2, max_size=5))
+    params = he_init(sizes, seed=draw(st.integers(0, 999)))
+    if draw(st.booleans()):
+        params = _random_bias(params, seed=1)
+    rng = np.random.default_rng(draw(st.integers(0, 999)))
+    out = []
+    for layer in params:
+        kind = draw(st.sampled_from(["random", "random", "zero", "single", "empty-rows"]))
+        w = layer.weight.copy()
+        if kind == "random":
+            w *= rng.random(w.shape) >= draw(st.sampled_from([0.0, 0.5, 0.9, 0.99]))
+        elif kind == "zero":
+            w[:] = 0
+        elif kind == "single":
+            i, j = rng.integers(w.shape[0]), rng.integers(w.shape[1])
+            v = w[i, j]
+            w[:] = 0
+            w[i, j] = v
+        else:
+            w[rng.random(w.shape[0]) < 0.5] = 0
+        out.append(layer._replace(weight=w))
+    return tuple(out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=nets(), B=st.sampled_from([0, 1, 2, 3, 5, 8, 9, 17, 31, 33, 100]))
+def test_random_nets(params, B):
+    X = np.random.default_rng(B).random((B, params[0].weight.shape[1]), dtype=np.float32)
+    ref = forward(params, X)
+    for name in ENGINES:
+        eng = make_engine(name, params)
+        for c in getattr(eng, "csr", ()):
+            c.check()
+        out = eng(X)
+        assert out.shape == (B, params[-1].weight.shape[0])
+        assert_matches(out, ref)
+
+
+@pytest.mark.parametrize("n_in, dtype", [(65535, "uint16"), (65536, "uint32")])
+def test_index_dtype_boundary(n_in, dtype):
+    params = weight_prune(he_init((n_in, 6, 3), seed=0), 0.99)
+    # make sure the last input column is used, so a wrong index dtype would wrap it to 0
+    w = params[0].weight.copy()
+    w[0, n_in - 1] = 5.0
+    params = (params[0]._replace(weight=w),) + params[1:]
+    X = np.zeros((3, n_in), np.float32)
+    X[:, n_in - 1] = 1.0
+    X[1, 0] = 2.0
+    for name in ("csr", "csr-scipy"):
+        eng = check_engine(name, params, batches=(1, 3))
+        assert_matches(eng(X), forward(params, X))
+    assert make_engine("csr", params).describe()["index_dtype"] == dtype
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small():
+    return weight_prune(he_init(SMALL, seed=4), 0.7)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_input_conversion(small, name):
+    eng = make_engine(name, small)
+    X = np.random.default_rng(0).random((9, 2 * SMALL[0]))
+    ref = forward(small, X[:, ::2].astype(np.float32))
+    assert_matches(eng(X[:, ::2]), ref)                  # float64, non-contiguous
+    assert_matches(eng(np.asfortranarray(X[:, ::2])), ref)
+    assert_matches(eng(X[:1, ::2]), ref[:1])             # batch of one
+    assert_matches(eng(X[:, ::2].T.copy().T), ref)      # Fortran-ordered float64
+    empty = eng(np.zeros((0, SMALL[0]), np.float32))
+    assert empty.shape == (0, SMALL[-1]) and empty.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("shape", [(3, SMALL[0] + 1), (SMALL[0],), (1, 2, SMALL[0])])
+def test_bad_input_shape(small, name, shape):
+    with pytest.raises(ValueError, match=rf"expected X of shape \(B, {SMALL[0]}\), got"):
+        make_engine(name, small)(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_all_zero_layer(name):
+    params = list(he_init(SMALL, bias=True, seed=5))
+    params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
+    params[2] = Layer(params[2].weight, np.full_like(params[2].bias, 0.5))   # bias gets through
+    check_engine(name, tuple(params), batches=(1, 4))
+
+
+def test_unknown_engine(small):
+    with pytest.raises(ValueError, match="valid engines: dense, csr, csr-scipy, shrunk"):
+        make_engine("cuda", small)
+
+
+def test_bad_threads(small):
+    with pytest.raises(ValueError, match="threads"):
+        make_engine("csr", small, threads=0)
+
+
+# ---- counts and context -------------------------------------------------------------------------
+
+def test_counts(small):
+    n_weights = sum(l.weight.size for l in small)
+    nnz = sum(int(np.count_nonzero(l.weight)) for l in small)
+    dense, csr, sci = (make_engine(n, small) for n in ("dense", "csr", "csr-scipy"))
+    assert dense.nnz == csr.nnz == sci.nnz == nnz
+    assert dense.flops(10) == 2 * n_weights * 10 and csr.flops(10) == sci.flops(10) == 2 * nnz * 10
+    assert dense.nbytes == 4 * n_weights
+    n_rows = sum(l.weight.shape[0] for l in small)
+    assert csr.nbytes == nnz * 6 + 4 * (n_rows + len(small))     # float32 + uint16, int32 indptr
+    assert sci.nbytes == nnz * 8 + 4 * (n_rows + len(small))     # scipy needs int32 indices
+    d = csr.describe()
+    assert d["name"] == "csr" and d["nnz"] == nnz and d["index_dtype"] == "uint16"
+    assert d["layer_sizes"] == list(SMALL)
+
+
+def test_shrunk_counts():
+    params = neuron_prune(he_init(SMALL, seed=6), 0.5)
+    eng = make_engine("shrunk", params)
+    sizes = eng.layer_sizes
+    assert sizes[0] == SMALL[0] and sizes[-1] == SMALL[-1]
+    assert all(s == round(n / 2) for s, n in zip(sizes[1:-1], SMALL[1:-1]))
+    assert eng.flops(3) == 2 * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def test_warmup_and_threads_context(small):
+    eng = make_engine("csr", small, threads=1)
+    assert eng.warmup(batch=1) >= 0 and eng.warmup(batch=16) >= 0
+    before = numba.get_num_threads()
+    with eng.threads_context():
+        assert numba.get_num_threads() == 1
+        X = np.ones((4, SMALL[0]), np.float32)
+        assert_matches(eng(X), forward(small, X))
+    assert numba.get_num_threads() == before
