@@ -1,0 +1,123 @@
+"""The machine a study ran on (machine.json) and its measured peaks, the yardstick for timings.
+
+Peaks, measured with NumPy so they say what this Python stack can reach:
+- ``sgemm_gflops[str(t)]``: float32 ``A @ B`` of two n x n matrices (n = 2048; 1024 when quick)
+  under a threadpoolctl limit of t threads; 2 n^3 flops per product; median of repeats;
+- ``bandwidth_gbs``: ``np.copyto(dst, src)`` of a 256 MB float32 array (64 MB when quick), one
+  thread; bytes moved = 2 x nbytes (read src + write dst; write-allocate traffic not counted);
+  median of repeats.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+PACKAGES = ("numpy", "scipy", "numba", "threadpoolctl", "matplotlib", "tqdm", "sparsenet")
+ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+            "NUMBA_NUM_THREADS")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> list:
+    """The SIMD-related CPU flags (avx2, avx512f, fma, ...) from /proc/cpuinfo, when readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx", "fma", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
+def n_cores() -> int:
+    """CPUs this process may run on (the affinity mask), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def versions() -> dict:
+    """Installed versions of the packages that shape a timing (None when missing)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = getattr(importlib.import_module(name), "__version__", "unknown")
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def machine_info(peaks=None) -> dict:
+    """machine.json (see results.py); `peaks` (a measure_peaks() dict) is included when given."""
+    import threadpoolctl
+    import numba
+    info = {
+        "cpu": cpu_model(),
+        "n_cores": n_cores(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": versions(),
+        "blas": threadpoolctl.threadpool_info(),
+        "env": {k: os.environ.get(k) for k in ENV_VARS},
+        "cpu_flags": cpu_flags(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+    }
+    if peaks is not None:
+        info["peaks"] = peaks
+    return info
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()                                     # warm: page faults, thread start-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def sgemm_gflops(n: int = 2048, threads: int = 1, repeats: int = 5) -> float:
+    """Float32 matrix-product rate (GFLOP/s) of n x n @ n x n under a `threads` BLAS limit."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    A = rng.random((n, n), dtype=np.float32)
+    B = rng.random((n, n), dtype=np.float32)
+    C = np.empty((n, n), dtype=np.float32)
+    with threadpool_limits(limits=int(threads)):
+        secs = _median_time(lambda: np.matmul(A, B, out=C), repeats)
+    return 2.0 * n ** 3 / secs / 1e9
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 * 2 ** 20, repeats: int = 5) -> float:
+    """Memory bandwidth (GB/s) of one np.copyto of `nbytes`: counts read + write = 2 x nbytes."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    secs = _median_time(lambda: np.copyto(dst, src), repeats)
+    return 2.0 * src.nbytes / secs / 1e9
+
+
+def measure_peaks(threads=(1, 2), quick: bool = False) -> dict:
+    """{"sgemm_gflops": {"1": x, "2": y}, "bandwidth_gbs": z}; about 3 s full, < 1 s quick."""
+    n, mb, repeats = (1024, 64, 3) if quick else (2048, 256, 5)
+    sgemm = {str(int(t)): sgemm_gflops(n, int(t), repeats) for t in threads}
+    return {"sgemm_gflops": sgemm, "bandwidth_gbs": copy_bandwidth_gbs(mb * 2 ** 20, repeats)}

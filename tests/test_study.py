@@ -1,0 +1,213 @@
+"""The study runner: config validation, a tiny end-to-end run on synthetic data, resuming."""
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from sparsenet import bench, study
+from sparsenet.files import read_json
+from sparsenet.model import forward, he_init, layer_sizes
+
+SIZES = (784, 48, 32, 10)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(engines=("dense", "gpu")), "unknown engines"),
+    (dict(sparsities=(0.5, 1.0)), r"\[0, 1\)"),
+    (dict(sparsities=(-0.1,)), r"\[0, 1\)"),
+    (dict(sparsities=()), "empty"),
+    (dict(methods=("random",)), "unknown methods"),
+    (dict(dataset="cifar"), "unknown dataset"),
+    (dict(batches=(0, 16)), "batches"),
+    (dict(threads=(1, 1)), "duplicates"),
+    (dict(seeds=()), "empty"),
+    (dict(epochs=0), "epochs"),
+    (dict(finetune_epochs=-1), "finetune_epochs"),
+    (dict(rounds=0), "rounds"),
+    (dict(train_subset=10), "train_subset"),
+    (dict(run_id="a/b"), "run_id"),
+    (dict(batches="1,2"), "sequence"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        study.StudyConfig(**kwargs)
+
+
+def test_config_defaults_and_quick(tmp_path):
+    cfg = study.StudyConfig()
+    assert cfg.seeds == (0, 1, 2) and len(cfg.sparsities) == 10 and cfg.batches == (1, 16, 256, 4096)
+    q = study.StudyConfig.quick(results_dir=str(tmp_path), sparsities=[0, 0.9])
+    assert q.is_quick and q.sparsities == (0.0, 0.9) and q.threads == (1,) and q.train_subset
+    # the run id follows the measured config, not where results go
+    assert study.StudyConfig(results_dir="x").folder().name == study.StudyConfig().folder().name
+    assert study.StudyConfig(seeds=(0,)).folder().name != cfg.folder().name
+    assert study.StudyConfig(run_id="mine").folder().name == "mine"
+
+
+# --- a tiny study ------------------------------------------------------------------------------
+
+class _FakeEngine:
+    def __init__(self, name, params, threads=None):
+        from sparsenet.prune import shrink
+        self.params = shrink(params) if name == "shrunk" else params
+        self.threads = threads or 1
+        self.nbytes = sum(layer.weight.nbytes for layer in self.params)
+        self.nnz = sum(int(np.count_nonzero(layer.weight)) for layer in self.params)
+
+    def flops(self, batch):
+        return 2.0 * batch * self.nnz
+
+    def warmup(self, batch=1):
+        return 0.0
+
+    def __call__(self, X):
+        return forward(self.params, X)
+
+
+@pytest.fixture
+def engines_module(monkeypatch):
+    """The real engines when they import; otherwise a stand-in with the promised interface."""
+    try:
+        import sparsenet.engines  # noqa: F401
+    except ImportError:
+        fake = types.ModuleType("sparsenet.engines")
+        fake.ENGINES = study.ENGINES
+        fake.make_engine = lambda name, params, threads=None: _FakeEngine(name, params, threads)
+        monkeypatch.setitem(sys.modules, "sparsenet.engines", fake)
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path, engines_module):
+    """Synthetic data, a small untrained net instead of training, quick peaks; call counters."""
+    from sparsenet import data, machine, train
+    calls = {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
+    rng = np.random.default_rng(0)
+    ds = data.Dataset("mnist", rng.integers(0, 256, (600, 784), dtype=np.uint8),
+                      rng.integers(0, 10, 600).astype(np.uint8),
+                      rng.integers(0, 256, (200, 784), dtype=np.uint8),
+                      rng.integers(0, 10, 200).astype(np.uint8), "synthetic")
+    monkeypatch.setattr(data, "load", lambda *a, **k: ds)
+
+    def cached_train(dataset, cfg, cache_dir, progress=True):
+        calls["train"] += 1
+        return he_init(SIZES, seed=cfg.seed), {"test_acc": 0.1}
+    monkeypatch.setattr(train, "cached_train", cached_train)
+
+    from sparsenet import sweep
+    real_sweep = sweep.run_and_save
+
+    def run_and_save(*a, **k):
+        calls["sweep"] += 1
+        return real_sweep(*a, **k)
+    monkeypatch.setattr(sweep, "run_and_save", run_and_save)
+
+    def peaks(threads=(1,), quick=False):
+        calls["peaks"] += 1
+        return {"sgemm_gflops": {str(t): 1.0 for t in threads}, "bandwidth_gbs": 1.0}
+    monkeypatch.setattr(machine, "measure_peaks", peaks)
+
+    from sparsenet import report
+
+    def build_report(folder):
+        calls["report"] += 1                    # the report has its own tests; here: it is called
+        return folder / "report" / "report.md"
+    monkeypatch.setattr(report, "build_report", build_report)
+
+    real_time = bench.time_cases
+
+    def time_cases(cases, **k):
+        calls["time_cases"] += 1
+        return real_time(cases, **k)
+    monkeypatch.setattr(bench, "time_cases", time_cases)
+    cfg = study.StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
+                            widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
+                            finetune_epochs=1,
+                            finetune_sparsities=(0.5,), rounds=2, min_time=0.0005,
+                            results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
+    return cfg, calls
+
+
+def test_tiny_study_writes_all_parts_and_resumes(tiny):
+    cfg, calls = tiny
+    folder = study.run_study(cfg, progress=False)
+    for part in ("config", "machine", "accuracy", "timings", "scaling"):
+        assert (folder / f"{part}.json").exists(), part
+    assert read_json(folder / "config.json")["study"]["seeds"] == [0, 1]
+    timings = read_json(folder / "timings.json")
+    assert timings["complete"] and set(timings["compile_s"]) == set(cfg.engines)
+    recs = timings["records"]
+    n_engines = sum(len(study.engines_at(cfg, cfg.engines, k)) for k in cfg.sparsities)
+    assert n_engines == 4 + 3 + 3                          # dense at k = 0 only by default
+    assert len(recs) == n_engines * 2                       # engines x batches (1 thread)
+    by = {(r["engine"], r["sparsity"], r["batch"]): r for r in recs}
+    assert by[("shrunk", 0.5, 8)]["method"] == "neuron" and by[("csr", 0.5, 8)]["method"] == "weight"
+    assert by[("shrunk", 0.5, 8)]["layer_sizes"] == [784, 24, 16, 10]
+    assert all(r["min_s"] <= r["median_s"] <= r["max_s"] for r in recs)
+    scaling = read_json(folder / "scaling.json")
+    assert {r["width"] for r in scaling["records"]} == {64}
+    assert len(scaling["records"]) == (2 + 1 + 1) * 2
+    acc = read_json(folder / "accuracy.json")
+    assert acc["seeds"] == [0, 1] and acc["complete"]
+    assert {(c["method"], c["recovery"]) for c in acc["curves"]} == {
+        (m, r) for m in ("weight", "neuron") for r in ("oneshot", "finetuned")}
+    assert calls["sweep"] == 1 and calls["peaks"] == 1 and calls["time_cases"] == 3 + 3
+    assert calls["report"] == 1
+    assert len(study.summary(folder)) == 3
+
+    study.run_study(cfg, progress=False)                    # everything done: nothing re-measured
+    assert calls["sweep"] == 1 and calls["peaks"] == 1 and calls["time_cases"] == 6
+
+
+def test_interrupted_timings_resume(tiny, monkeypatch):
+    cfg, calls = tiny
+    real = bench.time_cases
+
+    def failing(cases, **k):
+        if calls["time_cases"] >= 1:
+            raise KeyboardInterrupt
+        calls["time_cases"] += 1
+        return real(cases, **k)
+    monkeypatch.setattr(bench, "time_cases", failing)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(cfg, progress=False)
+    part = read_json(cfg.folder() / "timings.json")
+    assert not part["complete"] and {r["sparsity"] for r in part["records"]} == {0.0}
+
+    monkeypatch.setattr(bench, "time_cases", real)
+    calls["time_cases"] = 0
+    timed = []
+    monkeypatch.setattr(bench, "time_cases",
+                        lambda cases, **k: timed.append({c.sparsity for c in cases}) or real(cases, **k))
+    study.run_study(cfg, progress=False)
+    assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
+    part = read_json(cfg.folder() / "timings.json")
+    assert part["complete"] and len(part["records"]) == (4 + 3 + 3) * 2
+
+
+def test_engines_at():
+    cfg = study.StudyConfig(sparsities=(0.0, 0.5))
+    assert study.engines_at(cfg, cfg.engines, 0.0) == cfg.engines
+    assert "dense" not in study.engines_at(cfg, cfg.engines, 0.5)
+    every = study.StudyConfig(sparsities=(0.0, 0.5), dense_every_k=True)
+    assert study.engines_at(every, every.engines, 0.5) == every.engines
+
+
+def test_other_config_in_folder_is_refused(tiny):
+    cfg, _ = tiny
+    folder = cfg.folder()
+    folder.mkdir(parents=True)
+    study.write_config(cfg, folder)
+    import dataclasses
+    other = dataclasses.replace(cfg, rounds=5, run_id=folder.name)
+    with pytest.raises(ValueError, match="another configuration"):
+        study.write_config(other, folder)
+
+
+def test_scaling_cases_skip_reasons():
+    cases = bench.scaling_cases(64, 0.5, ("dense", "csr"), (1, 4), (1,),
+                                skip=lambda e, k, b, t, w: "too big" if e == "dense" and b == 4 else None)
+    assert [(c.name, c.batch) for c in cases] == [("dense", 1), ("csr", 1), ("csr", 4)]
+    assert layer_sizes(cases[0].params) == (64, 64) and cases[0].width == 64
