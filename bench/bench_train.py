@@ -22,9 +22,10 @@ from sparsenet import train_kernels as K
 from sparsenet.model import DEFAULT_SIZES, he_init
 from sparsenet.train import KERNELS, TrainConfig, _Trainer, fit, threads_limited
 
-THREADS = [int(t) for t in os.environ.get("SPARSENET_BENCH_THREADS", "1,2").split(",")]
+QUICK = os.environ.get("SPARSENET_BENCH_QUICK", "") not in ("", "0")   # CI: one thread, a short "epoch"
+THREADS = [int(t) for t in os.environ.get("SPARSENET_BENCH_THREADS", "1" if QUICK else "1,2").split(",")]
 BATCH = 128
-N_EPOCH = 55000                      # the default training split: 60000 - n_val
+N_EPOCH = 2048 if QUICK else 55000   # the default training split: 60000 - n_val
 IMPLS = ["numpy", "numba"]
 
 

@@ -1,4 +1,4 @@
-"""The command line: `sparsenet {fetch,train,sweep,study,report}` (also `python -m sparsenet`).
+"""The command line: `sparsenet {fetch,train,study,report}` (also `python -m sparsenet`).
 
 Heavy modules are imported inside each command, so `sparsenet --help` is instant.
 """
@@ -11,13 +11,19 @@ from pathlib import Path
 
 
 def _sparsity(text: str) -> float:
-    """A sparsity given as a fraction (0.9) or a percentage (90 or 90%)."""
-    raw = text.strip().rstrip("%")
+    """A sparsity as a fraction (0.9), a whole percentage (90) or a percentage with a sign (97.5%)."""
+    raw = text.strip()
+    percent = raw.endswith("%")
     try:
-        value = float(raw)
+        value = float(raw.rstrip("%"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if text.strip().endswith("%") or value >= 1:
+    if not percent and value >= 1:
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(
+                f"ambiguous sparsity {text!r}: give a fraction in [0, 1) or a percentage such as {text}%")
+        percent = True
+    if percent:
         value /= 100.0
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (or 0-99%), got {text!r}")
@@ -29,6 +35,10 @@ def _ints(text: str) -> tuple:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def _sparsities(text: str) -> tuple:
@@ -81,8 +91,7 @@ def cmd_study(args) -> int:
     overrides = {k: v for k, v in vars(args).items()
                  if k in {f.name for f in dataclasses.fields(study.StudyConfig)} and v is not None}
     cfg = study.StudyConfig.quick(**overrides) if args.quick else study.StudyConfig(**overrides)
-    folder = study.run_study(cfg, progress=not args.quiet)
-    print(f"results in {folder}")
+    study.run_study(cfg, progress=not args.quiet)
     return 0
 
 
@@ -121,8 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--seeds", type=_ints, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--sparsities", type=_sparsities, help="e.g. 0,25,50,90 (percent) or 0,0.5,0.9")
+    p.add_argument("--engines", type=_names, help="engines to time, e.g. dense,csr,shrunk")
     p.add_argument("--batches", type=_ints, help="batch sizes to time, e.g. 1,256")
     p.add_argument("--threads", type=_ints, help="thread counts to time, e.g. 1,2")
+    p.add_argument("--widths", type=_ints, help="scaling study layer widths, e.g. 1024,4096 ('' skips it)")
+    p.add_argument("--scaling-sparsities", type=_sparsities, help="k of the scaling study")
+    p.add_argument("--epochs", type=int, help="training epochs per seed (default: the trainer's)")
+    p.add_argument("--train-subset", type=int, help="train on the first N training images")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (0: one-shot only)")
+    p.add_argument("--finetune-sparsities", type=_sparsities, help="k that are fine-tuned")
+    p.add_argument("--rounds", type=int, help="timing rounds per case")
+    p.add_argument("--model-cache", dest="cache_dir", help="trained-model cache folder")
     p.add_argument("--results-dir", help="parent folder of the run folders (default results/)")
     p.add_argument("--run-id", help="name of the run folder (default: from the configuration, so a "
                                     "re-run resumes)")

@@ -5,7 +5,7 @@ Activations are kept transposed, HT of shape (n_features, B), C-contiguous, so o
 and the inner loop is a contiguous axpy over the batch (AVX-512 FMAs on this machine).
 At batch 1 the same formula is a sparse dot product per row (SpMV).
 
-Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; see bench_engines):
+Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; see bench/bench_inference.py):
 - rows are sliced (d = data[lo:hi]) and walked from 0: indexing data[k] with a k that Numba cannot
   prove non-negative adds a wraparound select per access (2x slower SpMV); for the same reason
   unsigned indices: uint16 0.32 ns/nnz vs int32 0.43 ns/nnz;

@@ -236,8 +236,8 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
 
     folder = Path(folder)
     out_dir = folder / "report" if out_dir is None else Path(out_dir)
+    res = load_results(folder)          # a clear error when the folder does not exist
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = load_results(folder)
     acc, tim, sca, mac, cfg = (res.get(p) for p in ("accuracy", "timings", "scaling", "machine", "config"))
     threads = default_threads(tim) if threads is None else threads
     v = verdict(res, threads=threads)

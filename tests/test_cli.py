@@ -1,0 +1,68 @@
+"""The command line: argument parsing and clear errors (no traceback) on bad input."""
+import pytest
+
+from sparsenet import cli
+
+
+@pytest.mark.parametrize("text, expected", [("0", 0.0), ("0.9", 0.9), ("90", 0.9), ("97.5%", 0.975),
+                                            ("99", 0.99), ("1", 0.01)])
+def test_sparsity_forms(text, expected):
+    assert cli._sparsity(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["1.5", "100", "-0.1", "abc", "99.9999%0"])
+def test_bad_sparsities_are_refused(text, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["study", "--sparsities", f"0,{text}"])
+    assert exc.value.code == 2
+    assert "--sparsities" in capsys.readouterr().err
+
+
+def test_study_options_reach_the_config(monkeypatch):
+    from sparsenet import study
+
+    seen = {}
+    monkeypatch.setattr(study, "run_study", lambda cfg, progress: seen.setdefault("cfg", cfg))
+    assert cli.main(["study", "--quick", "--sparsities", "0,50,90", "--engines", "dense,csr",
+                     "--batches", "1,16", "--results-dir", "/tmp/x", "--quiet"]) == 0
+    cfg = seen["cfg"]
+    assert cfg.is_quick and cfg.sparsities == (0.0, 0.5, 0.9)
+    assert cfg.engines == ("dense", "csr") and cfg.batches == (1, 16) and cfg.results_dir == "/tmp/x"
+
+
+def test_unknown_engine_is_a_clear_error(capsys):
+    assert cli.main(["study", "--engines", "dense,gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown engines" in err and "gpu" in err and "Traceback" not in err
+
+
+def test_report_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_command_builds_a_report(results_folder, capsys):
+    assert cli.main(["report", str(results_folder)]) == 0
+    assert (results_folder / "report" / "report.md").exists()
+    assert "report written to" in capsys.readouterr().out
+
+
+def test_fetch_from_a_data_dir(tmp_path, capsys):
+    import numpy as np
+
+    from sparsenet import data
+
+    rng = np.random.default_rng(0)
+    for name, shape in [("train-images-idx3-ubyte", (20, 28, 28)), ("t10k-images-idx3-ubyte", (5, 28, 28))]:
+        data.write_idx(tmp_path / name, rng.integers(0, 256, shape, dtype=np.uint8))
+    data.write_idx(tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, 20).astype(np.uint8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 5).astype(np.uint8))
+    assert cli.main(["fetch", "--data-dir", str(tmp_path)]) == 0
+    assert "20 training and 5 test images" in capsys.readouterr().out
+
+
+def test_fetch_from_a_broken_data_dir_names_the_problem(tmp_path, capsys):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03truncated")
+    assert cli.main(["fetch", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "data directory" in err and "Traceback" not in err

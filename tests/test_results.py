@@ -1,0 +1,53 @@
+"""Atomic writes and the results folder."""
+import json
+import os
+
+import pytest
+
+from sparsenet import files, results
+
+
+def test_write_json_round_trip_and_permissions(tmp_path):
+    import numpy as np
+
+    path = files.write_json(tmp_path / "sub" / "a.json", {"x": np.float32(1.5), "v": np.arange(3)})
+    assert files.read_json(path) == {"x": 1.5, "v": [0, 1, 2]}
+    assert os.stat(path).st_mode & 0o044 == 0o044 & ~_umask()   # not mkstemp's 0600
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # no temporary file left
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = files.write_json(tmp_path / "a.json", {"old": True})
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_json(path, {"new": True})
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_read_json_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        files.read_json(bad)
+
+
+def test_results_parts(tmp_path):
+    results.save_part(tmp_path, "accuracy", {"a": 1})
+    loaded = results.load_results(tmp_path)
+    assert loaded == {"accuracy": {"a": 1}}
+    assert results.missing_parts(loaded) == ["config", "machine", "timings", "scaling"]
+    with pytest.raises(ValueError, match="unknown results part"):
+        results.part_path(tmp_path, "nope")
+    with pytest.raises(FileNotFoundError, match="sparsenet study"):
+        results.load_results(tmp_path / "missing")
