@@ -29,6 +29,7 @@ from sparsenet.results import SPREAD_LIMIT
 
 ROUNDS = 7          # default rounds per case
 MIN_TIME = 0.02     # default seconds per round (per case)
+SETTLE_S = 0.15     # pause before a multi-threaded Numba case that follows a BLAS one (see settle)
 MAX_CALLS = 100_000  # a round never makes more calls than this
 
 
@@ -225,17 +226,33 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
         n_rounds.append(n)
         bar.update(1 + rounds - n)
     per_call = [[] for _ in cases]
+    previous = None
     for r in range(max(n_rounds, default=0)):
         for i in round_order(len(cases), r, seed):
             if r >= n_rounds[i]:
                 continue
             case = cases[i]
+            settle(previous, case)
+            previous = case
             with _hold(case), gc_off():
                 t = _loop(case.engine, case.X, case.calls)
             per_call[i].append(t / case.calls)
             bar.update(1)
     bar.close()
     return [record(c, t) for c, t in zip(cases, per_call)]
+
+
+def settle(previous: Optional[Case], case: Case) -> None:
+    """Let BLAS worker threads fall asleep before a multi-threaded Numba case.
+
+    OpenBLAS workers spin for a while (2**28 cycles, ~0.1 s) after each call; a Numba parallel
+    region started in that window shares the cores with them and ran ~2x slower (csr, batch 256,
+    2 threads: 7 ms alone, 14 ms right after a dense call). Interleaving must not charge one
+    engine for another's idle threads.
+    """
+    if (previous is not None and case.threads > 1 and getattr(case.engine, "uses_numba", False)
+            and getattr(previous.engine, "uses_blas", False) and previous.threads > 1):
+        time.sleep(SETTLE_S)
 
 
 def _probe(case: Case) -> float:

@@ -191,3 +191,22 @@ def test_engines_shared_when_large(small, monkeypatch):
     monkeypatch.setattr(bench, "SHARE_BYTES", 0)
     cases = bench.mlp_cases(small, ("dense",), 0.5, (1, 4), (1,))
     assert cases[0].engine is cases[1].engine
+
+
+def test_settle_only_between_blas_and_threaded_numba(small, monkeypatch):
+    pauses = []
+    monkeypatch.setattr(bench.time, "sleep", pauses.append)
+
+    def case(label, blas, numba, threads):
+        c = fake_case(small, label, [])
+        c.engine.uses_blas, c.engine.uses_numba = blas, numba
+        c.threads = threads
+        return c
+
+    dense2, csr2 = case("dense", True, False, 2), case("csr", False, True, 2)
+    dense1, csr1 = case("dense", True, False, 1), case("csr", False, True, 1)
+    bench.settle(dense2, csr2)
+    assert pauses == [bench.SETTLE_S]
+    for previous, current in [(None, csr2), (csr2, csr2), (dense1, csr2), (dense2, csr1), (csr2, dense2)]:
+        bench.settle(previous, current)
+    assert pauses == [bench.SETTLE_S]

@@ -37,3 +37,9 @@ def test_notebook_runs(results_folder, monkeypatch):
     assert "**Answer:" in text and "at equal sparsity" in text
     assert "most accurate model" in text
     assert images >= 7
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_quick_study(quick_study_folder, monkeypatch):
+    """The same notebook against a folder the real quick study produced."""
+    test_notebook_runs(quick_study_folder, monkeypatch)

@@ -1,13 +1,10 @@
 """The study runner: config validation, a tiny end-to-end run on synthetic data, resuming."""
-import sys
-import types
-
 import numpy as np
 import pytest
 
 from sparsenet import bench, study
 from sparsenet.files import read_json
-from sparsenet.model import forward, he_init, layer_sizes
+from sparsenet.model import he_init, layer_sizes
 
 SIZES = (784, 48, 32, 10)
 
@@ -49,38 +46,8 @@ def test_config_defaults_and_quick(tmp_path):
 
 # --- a tiny study ------------------------------------------------------------------------------
 
-class _FakeEngine:
-    def __init__(self, name, params, threads=None):
-        from sparsenet.prune import shrink
-        self.params = shrink(params) if name == "shrunk" else params
-        self.threads = threads or 1
-        self.nbytes = sum(layer.weight.nbytes for layer in self.params)
-        self.nnz = sum(int(np.count_nonzero(layer.weight)) for layer in self.params)
-
-    def flops(self, batch):
-        return 2.0 * batch * self.nnz
-
-    def warmup(self, batch=1):
-        return 0.0
-
-    def __call__(self, X):
-        return forward(self.params, X)
-
-
 @pytest.fixture
-def engines_module(monkeypatch):
-    """The real engines when they import; otherwise a stand-in with the promised interface."""
-    try:
-        import sparsenet.engines  # noqa: F401
-    except ImportError:
-        fake = types.ModuleType("sparsenet.engines")
-        fake.ENGINES = study.ENGINES
-        fake.make_engine = lambda name, params, threads=None: _FakeEngine(name, params, threads)
-        monkeypatch.setitem(sys.modules, "sparsenet.engines", fake)
-
-
-@pytest.fixture
-def tiny(monkeypatch, tmp_path, engines_module):
+def tiny(monkeypatch, tmp_path):
     """Synthetic data, a small untrained net instead of training, quick peaks; call counters."""
     from sparsenet import data, machine, train
     calls = {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
@@ -211,3 +178,19 @@ def test_scaling_cases_skip_reasons():
                                 skip=lambda e, k, b, t, w: "too big" if e == "dense" and b == 4 else None)
     assert [(c.name, c.batch) for c in cases] == [("dense", 1), ("csr", 1), ("csr", 4)]
     assert layer_sizes(cases[0].params) == (64, 64) and cases[0].width == 64
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end(quick_study_folder):
+    """The real quick study (no stand-ins): every part, a finished report, a learnt net."""
+    folder = quick_study_folder
+    for part in ("config", "machine", "accuracy", "timings", "scaling"):
+        assert (folder / f"{part}.json").exists(), part
+    acc = read_json(folder / "accuracy.json")
+    assert acc["complete"] and acc["dense"]["accuracy"][0] > 0.9      # the synthetic classes are learnable
+    timings = read_json(folder / "timings.json")
+    assert {r["engine"] for r in timings["records"]} == set(study.ENGINES)
+    assert all(r["median_s"] > 0 and r["spread"] >= 1 for r in timings["records"])
+    summary = read_json(folder / "report" / "summary.json")
+    assert summary["verdict"]["answer"] in ("true", "false", "partly")
+    assert "## 1." in (folder / "report" / "report.md").read_text()
