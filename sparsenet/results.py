@@ -29,6 +29,10 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",
           "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
           "nnz": int, "layer_sizes": [int...], "width": int|None}
 
+Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced
+them, checked on resume), "complete" (false while a stage is partly done), timings/scaling also
+"skipped" (cases left out, with reasons) and "loadavg"; machine.json "cpu_flags", "numba_threads".
+
 Accuracy values are fractions in [0, 1]; sparsities are fractions in [0, 1); times are seconds.
 """
 from __future__ import annotations
