@@ -29,7 +29,7 @@ from sparsenet.results import SPREAD_LIMIT
 
 ROUNDS = 7          # default rounds per case
 MIN_TIME = 0.02     # default seconds per round (per case)
-SETTLE_S = 0.15     # pause before a multi-threaded Numba case that follows a BLAS one (see settle)
+SETTLE_S = 0.15     # pause between multi-threaded cases on different thread pools (see settle)
 MAX_CALLS = 100_000  # a round never makes more calls than this
 
 
@@ -243,15 +243,19 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
 
 
 def settle(previous: Optional[Case], case: Case) -> None:
-    """Let BLAS worker threads fall asleep before a multi-threaded Numba case.
+    """Let the previous case's idle worker threads fall asleep before a multi-threaded case that
+    runs on another thread pool.
 
-    OpenBLAS workers spin for a while (2**28 cycles, ~0.1 s) after each call; a Numba parallel
-    region started in that window shares the cores with them and ran ~2x slower (csr, batch 256,
-    2 threads: 7 ms alone, 14 ms right after a dense call). Interleaving must not charge one
-    engine for another's idle threads.
+    OpenBLAS workers spin for a while (2**28 cycles, ~0.1 s) after each call, and so do OpenMP's
+    after a Numba parallel region; a region of the other pool started in that window shares the
+    cores with them (csr, batch 256, 2 threads: 7 ms alone, 14 ms right after a dense call; dense:
+    6.6 ms alone, 9.3 ms right after csr). Interleaving must not charge one engine for another's
+    idle threads.
     """
-    if (previous is not None and case.threads > 1 and getattr(case.engine, "uses_numba", False)
-            and getattr(previous.engine, "uses_blas", False) and previous.threads > 1):
+    if previous is None or previous.threads < 2 or case.threads < 2:
+        return
+    pools = lambda c: {pool for pool in ("blas", "numba") if getattr(c.engine, f"uses_{pool}", False)}
+    if pools(previous) - pools(case):
         time.sleep(SETTLE_S)
 
 
