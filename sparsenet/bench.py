@@ -349,13 +349,9 @@ def pedantic_kwargs(case: Case, rounds: int = ROUNDS, min_time: float = MIN_TIME
 def pruned(params, method: str, sparsity: float):
     """The net an engine is built from: weight-pruned, neuron-pruned, or as is (k = 0 / none)."""
     from sparsenet import prune
-    if method == "weight":
-        return prune.weight_prune(params, sparsity)
-    if method == "neuron":
-        return prune.neuron_prune(params, sparsity)
     if method == "none":
         return tuple(params)
-    raise ValueError(f"unknown pruning method {method!r}")
+    return prune.apply_masks(params, prune.make_masks(params, method, sparsity))
 
 
 def method_for(engine: str) -> str:

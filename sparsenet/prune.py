@@ -134,6 +134,19 @@ def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
     return tuple(out)
 
 
+METHODS = ("weight", "neuron")
+
+
+def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
+               prune_output: bool = False) -> tuple:
+    """Masks for one method ("weight" or "neuron") at one sparsity."""
+    if method == "weight":
+        return weight_mask(params, sparsity, scope=scope, prune_output=prune_output)
+    if method == "neuron":
+        return neuron_mask(params, sparsity, prune_output=prune_output)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
 def weight_prune(params: Sequence[Layer], sparsity, scope: str = "layer",
                  prune_output: bool = False) -> tuple:
     """Magnitude (L1 unstructured) pruning; see weight_mask."""

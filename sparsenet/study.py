@@ -26,9 +26,9 @@ from typing import Optional
 from sparsenet import __version__
 from sparsenet.results import part_path, save_part
 from sparsenet.files import read_json
+from sparsenet.prune import METHODS
 
 SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-METHODS = ("weight", "neuron")
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
 DATASETS = ("mnist", "fashion-mnist")
 SCALING_ENGINES = ("dense", "csr")

@@ -16,21 +16,11 @@ from typing import Callable, Optional, Sequence
 
 from sparsenet.files import read_json, write_json
 from sparsenet.model import evaluate
-from sparsenet.prune import apply_masks, check_sparsity, neuron_mask, shrink, weight_mask
+from sparsenet.prune import METHODS, apply_masks, check_sparsity, make_masks, shrink
 from sparsenet.train import fit
 
 SWEEP_SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-METHODS = ("weight", "neuron")
 RECOVERIES = ("oneshot", "finetuned", "gradual")
-
-
-def make_masks(params, method: str, sparsity, scope: str = "layer", prune_output: bool = False):
-    """Masks for one method ("weight" or "neuron") at one sparsity."""
-    if method == "weight":
-        return weight_mask(params, sparsity, scope=scope, prune_output=prune_output)
-    if method == "neuron":
-        return neuron_mask(params, sparsity, prune_output=prune_output)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def evaluate_pruned(params, X, y, batch: int = 10000):
