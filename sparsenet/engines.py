@@ -24,6 +24,23 @@ ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
 MIN_PARALLEL_WORK = 20_000
 # A CSR layer is cut into column panels for batch > 1 only from this many non-zeros (panel_width).
 MIN_PANEL_NNZ = 32_768
+# Inputs per column panel at density >= 0.45 (twice as many at 0.25-0.45), for 128-column chunks.
+PANEL_WIDTH = 64
+
+# Batch split (kernels.csr_forward_chunks): a batch > 1 is cut into chunks of <= MAX_CHUNK columns,
+# each run through the whole net by one thread. Always on one thread; with more, only when a thread's
+# chunk is >= MIN_CHUNK columns (2 * MIN_CHUNK if the net has column panels: a chunk that narrow
+# loses the panels' L1 reuse), or >= 16 columns when nnz * batch <= SMALL_WORK. Otherwise the rows
+# of each layer are split (kernels.csr_forward). Measured at 2 threads on the trained MNIST net, see
+# CSREngine.chunk_width. MAX_CHUNK: 128 columns with 64-input panels beat 256 with 32-input ones at
+# batch 256 (k=0.5, 2 threads: 5.8 vs 6.5 ms) and lose 5-8% at batch 4096; plain layers ran the
+# same at 64, 128 and 256 (within 3%).
+MIN_CHUNK = 64
+MAX_CHUNK = 128
+SMALL_WORK = 2_500_000
+# Column panels (the panel-major copy) are used by kernel calls over at least this many columns:
+# at 64 columns whole rows are 1.05-1.1x faster, at 96 panels are (1000x1000 layer, density 0.3-0.5).
+MIN_PANEL_BATCH = 96
 
 _blas = None
 
@@ -217,7 +234,12 @@ class ScipyCSREngine(Engine):
 
 
 class CSREngine(Engine):
-    """Our Numba CSR kernels; the whole forward pass is one compiled call (kernels.csr_forward)."""
+    """Our Numba CSR kernels; the whole forward pass is one compiled call.
+
+    Batches > 1 are split into column chunks, one thread running a chunk through every layer
+    (kernels.csr_forward_chunks), unless the chunks would be too narrow at threads > 1: then, and
+    at batch 1, each layer's rows are split over the threads (kernels.csr_forward).
+    """
 
     name = "csr"
     uses_numba = True
@@ -227,8 +249,8 @@ class CSREngine(Engine):
         sizes = layer_sizes(params)
         self.layer_sizes = sizes
         idx = index_dtype(max(sizes[:-1]))               # one dtype for the concatenated indices
-        # batch 1 runs on plain CSR; larger batches on column panels where a layer is dense enough
-        # (a second, panel-major copy of those layers: SpMV over panels was 5-10x slower)
+        # kernel calls over >= MIN_PANEL_BATCH columns run on column panels where a layer is dense
+        # enough (a second, panel-major copy of those layers: SpMV over panels was 5-10x slower)
         self.panels = tuple(panel_width(c.density, c.shape[1], c.nnz) for c in self.csr)
         self._plain = _flatten([(c.data, c.indices, c.indptr) for c in self.csr], idx, sizes[:-1])
         if all(P >= n for P, n in zip(self.panels, sizes[:-1])):
@@ -252,6 +274,9 @@ class CSREngine(Engine):
         self._width = max(sizes[1:])
         self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
         self.min_parallel_work = MIN_PARALLEL_WORK
+        self.min_chunk, self.max_chunk, self.small_work = MIN_CHUNK, MAX_CHUNK, SMALL_WORK
+        self.min_panel_batch = MIN_PANEL_BATCH
+        self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
 
     def describe(self) -> dict:
         return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes)
@@ -271,19 +296,75 @@ class CSREngine(Engine):
                           _aligned_zeros(self._width * Bp))
         return self._bufs[1:]
 
+    def _chunk_buffers(self, Bc):
+        """Per-thread scratch of csr_forward_chunks: HT (threads, n_in, Bc), buf0/1 (threads, width * Bc).
+
+        64-byte aligned (as _buffers) and cached for the last chunk width.
+        """
+        if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
+            n = self.threads
+            self._chunk_bufs = (Bc, _aligned_zeros((n, self.n_in, Bc)),
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+        return self._chunk_bufs[1:]
+
+    def chunk_width(self, B) -> int:
+        """Columns per chunk of the batch split, or 0: split each layer's rows instead.
+
+        Measured at 2 threads, medians over 3-5 processes (rows vs chunks, ms): k=0.9: b64 0.45 vs
+        0.53, b128 0.84 vs 0.74, b256 1.6 vs 1.5; k=0.99: b32 0.105 vs 0.074, b128 0.23 vs 0.135;
+        k=0.95: b32 0.21 vs 0.24, b96 0.39 vs 0.36 (left on rows); k=0.5 (panelled): b192 4.5 vs
+        4.7, b256 6.3-6.7 vs 5.8-6.0. Narrow chunks run the kernels at 16-32 columns (18-29 GFLOP/s
+        a core against 41 at 64); the row split pays its serial transposition and a parallel region
+        per layer (at b64, k=0.99, two threads take 0.14 ms, one thread 0.13).
+        """
+        Bc = batch_chunk(B, self.threads, self.max_chunk)
+        if self.threads == 1 or Bc == 0:
+            return Bc
+        min_chunk = 2 * self.min_chunk if self.panel_nbytes else self.min_chunk
+        if Bc >= min_chunk or (Bc >= 16 and self.nnz * B <= self.small_work):
+            return Bc
+        return 0
+
+    def _layout(self, n_columns):
+        """Plain or column-panelled arrays for kernel calls over n_columns batch columns."""
+        return self._paneled if n_columns >= self.min_panel_batch else self._plain
+
     def _forward(self, X):
         from sparsenet import kernels
         B = X.shape[0]
+        Bc = self.chunk_width(B)
+        if Bc:
+            HT, buf0, buf1 = self._chunk_buffers(Bc)
+            out = np.empty((B, self.n_out), np.float32)
+            data, indices, indptr, ptr_off, panels = self._layout(Bc)
+            kernels.csr_forward_chunks(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
+                                       ptr_off, panels, X, HT, buf0, buf1, out)
+            return out
         Bp, HT, buf0, buf1 = self._buffers(B)
         if B == 1:
             HT = X.reshape(self.n_in, 1)                 # (1, n_in) is already (n_in, 1) in memory
         else:
             np.copyto(HT[:, :B], X.T)                    # (B, n_in) -> (n_in, Bp); pad columns stay 0
         work = self.min_parallel_work if self.threads > 1 else np.iinfo(np.int64).max
-        data, indices, indptr, ptr_off, panels = self._plain if B == 1 else self._paneled
+        data, indices, indptr, ptr_off, panels = self._layout(B)
         outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
                                    ptr_off, panels, HT, buf0, buf1, work, self.threads)  # (n_out, Bp)
         return np.ascontiguousarray(outT[:, :B].T)
+
+
+def batch_chunk(B: int, threads: int, max_chunk: int = MAX_CHUNK) -> int:
+    """Columns per chunk when B columns are cut into equal shares for `threads`; 0 for B <= 1.
+
+    The number of chunks is a multiple of threads, each <= max_chunk (max_chunk <= 0: no chunks);
+    the width is rounded up to a multiple of 16 floats (64-byte aligned rows) when that costs
+    <= 1/8 extra work, as CSREngine._buffers pads the batch.
+    """
+    if B <= 1 or max_chunk <= 0:
+        return 0
+    n_chunks = threads * -(-B // (threads * max_chunk))
+    Bc = -(-B // n_chunks)
+    Bc16 = -(-Bc // 16) * 16
+    return Bc16 if (Bc16 - Bc) * 8 <= Bc else Bc
 
 
 def _flatten(layout, idx_dtype, panels) -> tuple:
@@ -302,10 +383,13 @@ def panel_width(density: float, n_in: int, nnz: int) -> int:
     Small layers (< 32768 non-zeros, e.g. the 200 x 10 output layer) stay plain: no time to win,
     and a panelled layer makes the engine hold a second, panel-major copy of the net for batch > 1.
 
-    Measured on one core, 1000x1000, batch 256 (kernels.csr_panels_matmul_bias_relu vs whole rows):
-    density 1.0: 1.42x (P=24), 0.5: 1.18x (P=32), 0.3: 1.06x (P=64), 0.1: 0.64x (P=32).
+    Measured on one core, 1000x1000 layer, 128 columns (a batch chunk, see MAX_CHUNK;
+    kernels.csr_panels_matmul_bias_relu_serial vs whole rows): density 1.0: 1.22x (P=64),
+    0.5: 1.15x (P=64), 0.3: 1.13x (P=128), 0.2: 1.08x (P=128), 0.1: 0.98x (P=128). The best P
+    keeps a panel's slice of HT near 32 KB (L1) at density >= 0.5: at 256 columns P=32 was best
+    (1.14x at 0.5) and P=64 only 1.06x; at <= 64 columns whole rows win (MIN_PANEL_BATCH).
     """
-    P = 32 if density >= 0.45 else 64 if density >= 0.25 else n_in
+    P = PANEL_WIDTH if density >= 0.45 else 2 * PANEL_WIDTH if density >= 0.25 else n_in
     return P if 2 * P <= n_in and nnz >= MIN_PANEL_NNZ else n_in
 
 

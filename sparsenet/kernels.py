@@ -12,12 +12,34 @@ Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; 
 - SpMM sums 8 non-zeros per pass over the output row (one load/store of out[i, :] per 8 FMAs;
   1.3x over the plain axpy); 16 per pass, an FMA chain instead of a tree, and batch tiles of
   64/128 columns (copied, contiguous) were all within noise; strided tiles were 4x slower;
-- column panels (csr_panels_*: 32-64 inputs per panel, so the panel's HT rows stay in L1) pay
-  for dense-ish layers at batch > 1: 1.4x at density 1, 1.2x at 0.5, a loss below ~0.25;
+- column panels (csr_panels_*: 64-128 inputs per panel at 128 columns, so the panel's HT rows
+  stay in L1) pay for dense-ish layers: 1.2x at density 1, 1.15x at 0.5, none at 0.1 nor at
+  <= 64 columns (engines.panel_width);
+- at 16-32 columns SpMM runs at 18-29 GFLOP/s against 41 from 64 up: LLVM checks at run time, once
+  per pass, that out[i] overlaps none of the 8 HT rows (~100 instructions, amortised over 1-2
+  vectors). Accumulating in a tuple (registers) instead is not vectorised: Numba turns the SLP
+  vectoriser off (7.8 GFLOP/s);
 - the caller passes 64-byte aligned HT/out rows: misaligned AVX-512 loads cost 25% (36 -> 46 GFLOP/s);
 - SpMV keeps 4 partial sums; it is load-port bound (3 loads per non-zero, ~1 cycle). AVX-512 gathers
   (llvm.masked.gather via an intrinsic, or fastmath reassociation) were 1.3-1.5x slower on Zen4,
   8 partial sums and a branch-free remainder no better; so only FMA contraction is allowed.
+
+Threads (2 Zen4 cores, trained MNIST MLP at k=0.9, batch 256, engine time incl. transpositions):
+- csr_forward splits each layer's rows: a parallel region per layer, both threads read all of HT
+  (1 MB at 1000 x 256), and the caller transposes X alone (numpy, 84 us): 1.62-1.74 ms;
+- csr_forward_chunks splits the batch: each thread runs its own 128 columns through every layer,
+  transposing them itself (40 us a thread), one region per call: 1.48-1.59 ms (80 GFLOP/s, 98%
+  of twice the one-thread speed). On one thread chunks of 64, 128 or 256 columns ran the same as
+  whole rows (2.9-3.0 ms), so the halved working set alone buys little; the parallel transposition
+  and the missing barriers do. Batch 4096: 24 ms against 35-43 ms (one thread 47 against 65-78:
+  the row split's 16 KB rows thrash L1/L2). On this VM some processes ran the row split 2-3x
+  slower at 2 threads (k=0.99, b64: 380 against 137 us) while the batch split stayed at 87-95 us;
+  but in one heavily loaded session (the other VM busy) the static halves took 2.6-3.5 ms against
+  the row split's 2.2-2.9: a thread slowed by a neighbour holds up its half. Claiming 64- or
+  128-column chunks from an atomic counter instead was no better on a moderately loaded machine
+  (median of 12 processes 1.54-1.56 ms against 1.55 static; row split 1.78), so the split is static;
+- X is transposed per chunk with contiguous writes and strided reads (0.3 ns a float); reads in
+  order and strided writes were 2-3.5x slower, an unsliced X[c0 + j, i] 2x.
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np
@@ -115,6 +137,26 @@ def csr_matmul_bias_relu_serial(data, indices, indptr, bias, HT, out, relu):
         _row_axpy8(data[lo:hi], indices[lo:hi], HT, out[i], bias[i], relu)
 
 
+@njit(inline="always", **_OPTS)
+def _panels_rows(data, indices, indptr, panel, bias, HT, out, relu, r0, r1):
+    """Rows r0:r1 of csr_panels_matmul_bias_relu (layout described there)."""
+    n_out, B = out.shape
+    n_panels = indptr.shape[0] // (n_out + 1)
+    for i in range(r0, r1):
+        for j in range(B):
+            out[i, j] = bias[i]
+    for p in range(n_panels):
+        H = HT[p * panel:(p + 1) * panel]
+        ip = indptr[p * (n_out + 1):(p + 1) * (n_out + 1)]
+        for i in range(r0, r1):
+            lo, hi = ip[i], ip[i + 1]
+            _row_acc8(data[lo:hi], indices[lo:hi], H, out[i])
+    if relu:
+        for i in range(r0, r1):
+            for j in range(B):
+                out[i, j] = max(out[i, j], np.float32(0.0))
+
+
 @njit(parallel=True, **_OPTS)
 def csr_panels_matmul_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):
     """Column-panelled CSR: out = (relu)(W @ HT + bias[:, None]); (n_in, B) -> (n_out, B).
@@ -126,24 +168,17 @@ def csr_panels_matmul_bias_relu(data, indices, indptr, panel, bias, HT, out, rel
     Rows are split into n_blocks blocks (pass the thread count), one parallel region in all: a
     region per panel cost 30 regions per layer, ruinous when a loaded machine delays a thread.
     """
-    n_out, B = out.shape
-    n_panels = indptr.shape[0] // (n_out + 1)
+    n_out = out.shape[0]
     n_blocks = max(1, min(n_blocks, n_out))
     for blk in prange(n_blocks):                 # one parallel region: each thread owns a row block
-        r0, r1 = blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks
-        for i in range(r0, r1):
-            for j in range(B):
-                out[i, j] = bias[i]
-        for p in range(n_panels):
-            H = HT[p * panel:(p + 1) * panel]
-            ip = indptr[p * (n_out + 1):(p + 1) * (n_out + 1)]
-            for i in range(r0, r1):
-                lo, hi = ip[i], ip[i + 1]
-                _row_acc8(data[lo:hi], indices[lo:hi], H, out[i])
-        if relu:
-            for i in range(r0, r1):
-                for j in range(B):
-                    out[i, j] = max(out[i, j], np.float32(0.0))
+        _panels_rows(data, indices, indptr, panel, bias, HT, out, relu,
+                     blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks)
+
+
+@njit(**_OPTS)
+def csr_panels_matmul_bias_relu_serial(data, indices, indptr, panel, bias, HT, out, relu):
+    """Single-threaded csr_panels_matmul_bias_relu."""
+    _panels_rows(data, indices, indptr, panel, bias, HT, out, relu, 0, out.shape[0])
 
 
 @njit(parallel=True, **_OPTS)
@@ -209,3 +244,72 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
         h = out
         r += n_out
     return out
+
+
+@njit(**_OPTS)
+def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1):
+    """csr_forward on the calling thread alone (layout as there); (n_in, Bc) -> (n_out, Bc), a buffer view."""
+    Bc = HT.shape[1]
+    n_layers = sizes.shape[0] - 1
+    h = HT
+    r = 0
+    for layer in range(n_layers):
+        n_out = sizes[layer + 1]
+        buf = buf0 if layer % 2 == 0 else buf1
+        out = buf[:n_out * Bc].reshape((n_out, Bc))
+        lo, hi = nnz_off[layer], nnz_off[layer + 1]
+        d = data[lo:hi]
+        c = indices[lo:hi]
+        ip = indptr[ptr_off[layer]:ptr_off[layer + 1]]
+        b = bias[r:r + n_out]
+        relu = layer < n_layers - 1
+        if ip.shape[0] > n_out + 1:
+            csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
+        else:
+            csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)
+        h = out
+        r += n_out
+    return h
+
+
+@njit(inline="always", **_OPTS)
+def _gather_columns(X, c0, HT):
+    """HT[:, :w] = X[c0:c0 + w].T, zeros in HT[:, w:]; w = min(Bc, B - c0). (w, n_in) -> (n_in, Bc)."""
+    n_in, Bc = HT.shape
+    w = min(Bc, X.shape[0] - c0)
+    Xc = X[c0:c0 + w]                 # slice first: X[c0 + j, i] pays a wraparound select (2x slower)
+    for i in range(n_in):             # contiguous writes, strided reads: ~0.3 ns a float, as numpy's copy
+        h = HT[i]
+        for j in range(w):
+            h[j] = Xc[j, i]
+    for i in range(n_in):
+        for j in range(w, Bc):
+            HT[i, j] = np.float32(0.0)
+
+
+@njit(parallel=True, **_OPTS)
+def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1,
+                       out):
+    """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
+
+    Layers as in csr_forward. The batch is cut into n_chunks = ceil(B / Bc) chunks of Bc columns;
+    worker w (one per thread) owns HT[w] (n_in, Bc) and buf0[w], buf1[w] (>= max(hidden sizes) * Bc
+    floats each), and takes chunks w * n_chunks // n_workers to (w + 1) * n_chunks // n_workers - 1
+    one after another: transpose the chunk's rows of X into HT[w] (zero pad columns), run every
+    layer on one thread, write the chunk's logits back. No barrier between layers, and a thread
+    reads only its own activations (a 128-column chunk of a 1000-wide layer: 512 KB, not the 1 MB
+    of a 256 batch that both threads read under a row split).
+    """
+    B = X.shape[0]
+    n_workers, n_in, Bc = HT.shape
+    n_chunks = -(-B // Bc)
+    for w in prange(n_workers):
+        for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
+            c0 = ch * Bc
+            _gather_columns(X, c0, HT[w])
+            o = _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w],
+                                buf0[w], buf1[w])                               # (n_out, Bc)
+            oc = out[c0:c0 + Bc]                                                # (<= Bc, n_out)
+            for j in range(oc.shape[0]):
+                for i in range(oc.shape[1]):
+                    oc[j, i] = o[i, j]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sparsenet.engines import ENGINES, make_engine
+from sparsenet import engines
+from sparsenet.engines import ENGINES, batch_chunk, make_engine
 from sparsenet.model import DEFAULT_SIZES, Layer, forward, he_init
 from sparsenet.prune import neuron_prune, weight_prune
 
@@ -71,16 +72,29 @@ def test_engine_matches_reference(base_params, name, method, k):
     check_engine(name, prune(base_params, method, k))
 
 
+def small_panels(monkeypatch):
+    """Panel every dense-enough layer of the small nets (16 inputs a panel), at every batch > 1."""
+    monkeypatch.setattr(engines, "MIN_PANEL_NNZ", 0)
+    monkeypatch.setattr(engines, "PANEL_WIDTH", 16)
+    monkeypatch.setattr(engines, "MIN_PANEL_BATCH", 2)
+
+
+def threads_or_skip(threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("machine has fewer cores")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", SPARSITIES)
 @pytest.mark.parametrize("method", ["weight", "neuron"])
-def test_csr_panels_match_reference(base_params, method, k, monkeypatch):
-    from sparsenet import engines
-    monkeypatch.setattr(engines, "MIN_PANEL_NNZ", 0)   # panel every dense-enough layer, even small
-    eng = check_engine("csr", prune(base_params, method, k))
+def test_csr_panels_match_reference(base_params, method, k, threads, monkeypatch):
+    threads_or_skip(threads)
+    small_panels(monkeypatch)
+    eng = check_engine("csr", prune(base_params, method, k), threads=threads)
     density = 1 - k                                    # of the hidden layers, either method
     hidden = [P < n for P, n in zip(eng.panels[:-1], eng.layer_sizes[:-2])]
-    if density >= 0.45:                                # P = 32: panels in every layer with >= 64 inputs
-        assert hidden == [n >= 64 for n in eng.layer_sizes[:-2]] and eng.panel_nbytes > 0
+    if density >= 0.45:                                # P = 16: panels in every layer with >= 32 inputs
+        assert hidden == [n >= 32 for n in eng.layer_sizes[:-2]] and eng.panel_nbytes > 0
     if density < 0.25:
         assert not any(hidden)
 
@@ -98,7 +112,7 @@ def test_default_sizes(name, k):
     assert eng.layer_sizes[0] == 784 and eng.layer_sizes[-1] == 10
     if name == "csr":                         # dense-ish layers are column-panelled, sparse ones plain
         d = eng.describe()
-        assert d["panels"] == ([32, 32, 32, 32, 200] if k == 0 else [784, 1000, 1000, 500, 200])
+        assert d["panels"] == ([64, 64, 64, 64, 200] if k == 0 else [784, 1000, 1000, 500, 200])
         assert (d["panel_nbytes"] > 0) == (k == 0)
 
 
@@ -110,6 +124,99 @@ def test_thread_counts_agree(threads):
     for name in ENGINES:
         eng = check_engine(name, params, batches=(1, 64, 130), threads=threads)   # 130: padded to 144
         assert eng.threads == threads
+
+
+# ---- the batch split (kernels.csr_forward_chunks) ----------------------------------------------
+
+def split(eng, chunks):
+    """Force the batch split (chunks=True) or the row split (False) for every batch > 1."""
+    if chunks:
+        eng.min_chunk = 0
+    else:
+        eng.max_chunk = 0
+    return eng
+
+
+UNEVEN = (2, 7, 17, 255, 257, 300, 300)   # 300 twice: the second call reuses the scratch
+
+
+@pytest.mark.parametrize("max_chunk", [engines.MAX_CHUNK, 16])
+@pytest.mark.parametrize("panels", [False, True], ids=["plain", "panels"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [0.0, 0.5, 0.9, 0.99])
+def test_batch_split_matches_reference(base_params, k, threads, panels, max_chunk, monkeypatch):
+    threads_or_skip(threads)
+    if panels:
+        small_panels(monkeypatch)
+    params = weight_prune(base_params, k)
+    eng = split(make_engine("csr", params, threads=threads), chunks=True)
+    eng.max_chunk = max_chunk
+    assert all(eng.chunk_width(B) > 0 for B in UNEVEN)
+    check_engine_on(eng, params, UNEVEN)
+    if k <= 0.5 or not panels:
+        assert (eng.panel_nbytes > 0) == panels
+
+
+def check_engine_on(eng, params, batches, seed=0):
+    rng = np.random.default_rng(seed)
+    for B in batches:
+        X = rng.random((B, params[0].weight.shape[1]), dtype=np.float32)
+        assert_matches(eng(X), forward(params, X))
+
+
+@pytest.mark.parametrize("chunks", [True, False], ids=["batch-split", "row-split"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_split_all_zero_layer(threads, chunks):
+    threads_or_skip(threads)
+    params = list(he_init(SMALL, bias=True, seed=5))
+    params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
+    params[2] = Layer(params[2].weight, np.full_like(params[2].bias, 0.5))
+    eng = split(make_engine("csr", tuple(params), threads=threads), chunks)
+    check_engine_on(eng, params, (4, 33, 300))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_split_input_conversion(small, threads):
+    threads_or_skip(threads)
+    eng = split(make_engine("csr", small, threads=threads), chunks=True)
+    for B in (9, 300):
+        X = np.random.default_rng(B).random((B, 2 * SMALL[0]))
+        ref = forward(small, X[:, ::2].astype(np.float32))
+        assert_matches(eng(X[:, ::2]), ref)                  # float64, non-contiguous
+        assert_matches(eng(np.asfortranarray(X[:, ::2])), ref)
+
+
+def test_batch_chunk():
+    assert batch_chunk(0, 2) == batch_chunk(1, 1) == 0 and batch_chunk(256, 2, max_chunk=0) == 0
+    assert batch_chunk(256, 1) == batch_chunk(256, 2) == batch_chunk(4096, 2) == 128
+    assert batch_chunk(300, 2) == 80     # 4 chunks of 75 -> 80 (aligned; the last holds 60)
+    assert batch_chunk(130, 2) == 65     # 80 would cost 23% more: left unaligned
+    assert batch_chunk(7, 1) == 7 and batch_chunk(17, 2) == 9
+
+
+@settings(max_examples=200, deadline=None)
+@given(B=st.integers(2, 5000), threads=st.integers(1, 4), max_chunk=st.sampled_from([16, 64, 128]))
+def test_batch_chunk_shares(B, threads, max_chunk):
+    Bc = batch_chunk(B, threads, max_chunk)
+    n_chunks = -(-B // Bc)
+    assert 1 <= Bc <= max_chunk
+    assert Bc % 16 == 0 or (-(-Bc // 16) * 16 - Bc) * 8 > Bc      # aligned unless that costs > 1/8
+    # the busiest thread (csr_forward_chunks hands out contiguous runs of chunks) does at most 1/8
+    # more than an equal share of the padded work, or one chunk more when there are few chunks
+    busiest = -(-n_chunks // threads) * Bc
+    assert busiest <= max(1.125 * -(-B // threads), (n_chunks // threads + 1) * Bc)
+
+
+def test_chunk_policy():
+    threads_or_skip(2)
+    plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
+    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 0, 64, 128, 128]
+    dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled
+    assert [dense.chunk_width(B) for B in (64, 128, 255, 256)] == [0, 0, 128, 128]
+    tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
+    assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 64]
+    one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
+    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 128, 112]
 
 
 # ---- hypothesis: random shapes, sparsities and batches -----------------------------------------

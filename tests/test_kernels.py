@@ -74,21 +74,43 @@ def flat(params, panel=None):
             np.array(panels, np.int64))
 
 
+def chain_params(seed):
+    """A 30-25-21-4 MLP, 40% dense, with biases."""
+    params = he_init((30, 25, 21, 4), bias=True, seed=seed)
+    rng = np.random.default_rng(0)
+    return tuple(l._replace(weight=l.weight * (rng.random(l.weight.shape) < 0.4),
+                            bias=rng.standard_normal(l.bias.shape).astype(np.float32) * 0.1)
+                 for l in params)
+
+
 @pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
 @pytest.mark.parametrize("B", [1, 5, 64])
 @pytest.mark.parametrize("min_parallel_work", [0, 10**18], ids=["parallel", "serial"])
 def test_forward_chain(B, min_parallel_work, panel):
-    params = he_init((30, 25, 21, 4), bias=True, seed=B)
-    rng = np.random.default_rng(0)
-    params = tuple(l._replace(weight=l.weight * (rng.random(l.weight.shape) < 0.4),
-                              bias=rng.standard_normal(l.bias.shape).astype(np.float32) * 0.1)
-                   for l in params)
-    X = rng.standard_normal((B, 30)).astype(np.float32)
+    params = chain_params(seed=B)
+    X = np.random.default_rng(0).standard_normal((B, 30)).astype(np.float32)
     width = 25
     HT = np.ascontiguousarray(X.T)
     buf0, buf1 = np.empty(width * B, np.float32), np.empty(width * B, np.float32)
     outT = kernels.csr_forward(*flat(params, panel), HT, buf0, buf1, min_parallel_work, 2)
     close(outT.T, forward(params, X))
+
+
+@pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
+@pytest.mark.parametrize("B, Bc, n_workers", [
+    (1, 1, 1), (5, 16, 1), (16, 16, 2), (17, 16, 2), (17, 5, 3), (7, 4, 4), (64, 32, 2), (33, 8, 2),
+    (100, 7, 2)])
+def test_forward_chunks(B, Bc, n_workers, panel):
+    # uneven splits (a padded last chunk, more workers than chunks, an odd chunk count); scratch
+    # full of NaN: pad columns must be zeroed and nothing stale may reach the logits
+    params = chain_params(seed=B)
+    X = np.random.default_rng(1).standard_normal((B, 30)).astype(np.float32)
+    width = 25
+    HT = np.full((n_workers, 30, Bc), np.nan, np.float32)
+    buf0, buf1 = (np.full((n_workers, width * Bc), np.nan, np.float32) for _ in range(2))
+    out = np.full((B, 4), np.nan, np.float32)
+    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, out)
+    close(out, forward(params, X))
 
 
 @settings(max_examples=40, deadline=None)
@@ -111,6 +133,9 @@ def test_random_shapes(M, N, B, P, density, seed):
     out[:] = np.nan
     kernels.csr_panels_matmul_bias_relu(data, indices, indptr, P, b, HT, out, True, 1 + seed % 4)
     close(out, ref)
+    out[:] = np.nan
+    kernels.csr_panels_matmul_bias_relu_serial(data, indices, indptr, P, b, HT, out, True)
+    close(out, ref)
     kernels.csr_panels_matvec_bias_relu(data, indices, indptr, P, b, HT[:, 0].copy(), o1, True)
     close(o1, ref[:, 0])
 
@@ -130,6 +155,9 @@ def test_panels(P, B):
     out = np.full((W.shape[0], B), np.nan, np.float32)
     kernels.csr_panels_matmul_bias_relu(data, indices, indptr, P, b, HT, out, True, 3)
     close(out, reference(W, HT, b, True))
+    out[:] = np.nan
+    kernels.csr_panels_matmul_bias_relu_serial(data, indices, indptr, P, b, HT, out, False)
+    close(out, reference(W, HT, b, False))
     o1 = np.full(W.shape[0], np.nan, np.float32)
     kernels.csr_panels_matvec_bias_relu(data, indices, indptr, P, b, HT[:, 0].copy(), o1, False)
     close(o1, reference(W, HT[:, :1], b, False)[:, 0])
