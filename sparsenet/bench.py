@@ -184,6 +184,9 @@ def record(case: Case, per_call: Sequence[float]) -> dict:
         "spread": spread, "flagged": bool(spread > SPREAD_LIMIT),
         "rounds": int(t.size), "calls": int(case.calls or 1),
         "nbytes": int(getattr(eng, "nbytes", 0) or 0),
+        "call_nbytes": int(eng.call_nbytes(case.batch)) if hasattr(eng, "call_nbytes")
+        else int(getattr(eng, "nbytes", 0) or 0),
+        "layout": eng.layout(case.batch) if hasattr(eng, "layout") else case.name,
         "flops": float(flops(case.batch)) if callable(flops) else float("nan"),
         "nnz": int(getattr(eng, "nnz", 0) or 0),
         "layer_sizes": list(_engine_sizes(case)),
@@ -327,7 +330,7 @@ def extra_info(case: Case) -> dict:
     import numba
     rec = record(case, [1.0])
     info = {k: rec[k] for k in ("engine", "method", "sparsity", "batch", "threads", "nnz",
-                                "nbytes", "flops", "layer_sizes", "width")}
+                                "nbytes", "call_nbytes", "layout", "flops", "layer_sizes", "width")}
     info["calls"] = case.calls
     info.update(blas_info())
     info["numba"] = numba.__version__

@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 import numba
 import numpy as np
 
+from sparsenet import kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.model import Layer, layer_sizes
+from sparsenet.sell import LANES
 
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
 
@@ -41,6 +43,11 @@ SMALL_WORK = 2_500_000
 # Column panels (the panel-major copy) are used by kernel calls over at least this many columns:
 # at 64 columns whole rows are 1.05-1.1x faster, at 96 panels are (1000x1000 layer, density 0.3-0.5).
 MIN_PANEL_BATCH = 96
+# Batch 1 on SELL (sell.py, sell_kernels.py, AVX-512): a layer runs on all threads from this many
+# slots. Trained net at 2 threads, whole forward pass (us) for thresholds 1500 / 3000 / 6000 / never:
+# k=0.5 65 / 63 / 68 / 94, k=0.9 29.0 / 27.6 / 27.9 / 36.6, k=0.99 11.7 / 11.5 / 10.7 / 11.1.
+MIN_PARALLEL_SLOTS = 3000
+_NEVER = np.iinfo(np.int64).max
 
 _blas = None
 
@@ -163,6 +170,14 @@ class Engine:
 
     index_dtype = None
 
+    def layout(self, batch: int) -> str:
+        """The storage a call of this batch size computes with (recorded with every timing)."""
+        return self.name
+
+    def call_nbytes(self, batch: int) -> int:
+        """Bytes of the stored parameters a call of this batch size reads (nbytes: the canonical ones)."""
+        return self.nbytes
+
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} sizes={self.layer_sizes} nnz={self.nnz} threads={self.threads}>"
 
@@ -237,12 +252,21 @@ class CSREngine(Engine):
     """Our Numba CSR kernels; the whole forward pass is one compiled call.
 
     Batches > 1 are split into column chunks, one thread running a chunk through every layer
-    (kernels.csr_forward_chunks), unless the chunks would be too narrow at threads > 1: then, and
-    at batch 1, each layer's rows are split over the threads (kernels.csr_forward).
+    (kernels.csr_forward_chunks), unless the chunks would be too narrow at threads > 1: then each
+    layer's rows are split over the threads (kernels.csr_forward). Batch 1 runs on a SELL copy of
+    the net (sell_kernels.sell_forward) where the CPU has AVX-512F, else on the CSR SpMV;
+    `sell=False` forces the SpMV, `sell=True` demands SELL.
     """
 
     name = "csr"
     uses_numba = True
+
+    def __init__(self, params: Sequence[Layer], threads: Optional[int] = None, sell: Optional[bool] = None):
+        if sell and not sell_kernels.available():
+            raise ValueError("sell=True needs a CPU with AVX-512F (as Numba targets it); this one has "
+                             "none: leave sell unset to run batch 1 on the CSR SpMV")
+        self.uses_sell = sell_kernels.available() if sell is None else bool(sell)
+        super().__init__(params, threads)
 
     def _build(self, params):
         self.csr = tuple(CSR.from_dense(l.weight).check() for l in params)
@@ -277,9 +301,31 @@ class CSREngine(Engine):
         self.min_chunk, self.max_chunk, self.small_work = MIN_CHUNK, MAX_CHUNK, SMALL_WORK
         self.min_panel_batch = MIN_PANEL_BATCH
         self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
+        self.sell_nbytes, self.sell_padding = 0, None
+        if self.uses_sell:
+            from sparsenet.sell import flatten
+            self._sell, (n_x, width), layers = flatten(params)
+            self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
+            # the SELL copy (batch 1): its arrays and its padded biases
+            self.sell_nbytes = int(sum(s.nbytes for s in layers) + self._sell[5].nbytes)
+            self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
+        self.min_parallel_slots = MIN_PARALLEL_SLOTS
 
     def describe(self) -> dict:
-        return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes)
+        return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes,
+                    sell=self.uses_sell, sell_nbytes=self.sell_nbytes, sell_padding=self.sell_padding)
+
+    def layout(self, batch: int) -> str:
+        if batch == 1:
+            return "sell" if self.uses_sell else "csr"
+        return "csr-panels" if self._layout(self.chunk_width(batch) or batch) is not self._plain else "csr"
+
+    def call_nbytes(self, batch: int) -> int:
+        if batch == 1 and self.uses_sell:
+            return self.sell_nbytes
+        if self.layout(batch) == "csr-panels":
+            return self.nbytes + self.panel_nbytes - sum(c.nbytes for c in self.csr)
+        return self.nbytes
 
     def _buffers(self, B):
         """(padded batch, HT, buf0, buf1): 64-byte aligned, zeroed, cached for the last batch size.
@@ -330,8 +376,11 @@ class CSREngine(Engine):
         return self._paneled if n_columns >= self.min_panel_batch else self._plain
 
     def _forward(self, X):
-        from sparsenet import kernels
         B = X.shape[0]
+        if B == 1 and self.uses_sell:                    # the batch-1 path first: microseconds count
+            slots = self.min_parallel_slots if self.threads > 1 else _NEVER
+            out = sell_kernels.sell_forward(*self._sell, X[0], *self._sell_bufs, slots, self.threads)
+            return out[:self.n_out].reshape(1, self.n_out).copy()
         Bc = self.chunk_width(B)
         if Bc:
             HT, buf0, buf1 = self._chunk_buffers(Bc)
@@ -424,8 +473,10 @@ def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
 _CLASSES = {"dense": DenseEngine, "csr": CSREngine, "csr-scipy": ScipyCSREngine, "shrunk": ShrunkEngine}
 
 
-def make_engine(name: str, params: Sequence[Layer], threads: Optional[int] = None) -> Engine:
-    """Build the named engine over `params` (already pruned; "shrunk" shrinks them itself)."""
+def make_engine(name: str, params: Sequence[Layer], threads: Optional[int] = None, **options) -> Engine:
+    """Build the named engine over `params` (already pruned; "shrunk" shrinks them itself).
+
+    options go to the engine (the csr engine takes `sell`)."""
     if name not in _CLASSES:
         raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
-    return _CLASSES[name](params, threads=threads)
+    return _CLASSES[name](params, threads=threads, **options)

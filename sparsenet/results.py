@@ -27,6 +27,8 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",
           "flagged": bool,                      # spread > SPREAD_LIMIT
           "rounds": int, "calls": int,          # rounds, calls per round
           "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
+          "call_nbytes": int, "layout": str,    # bytes of the layout this call computes with, its
+                                                # name (csr at batch 1: "sell" or "csr"; see engines)
           "nnz": int, "layer_sizes": [int...], "width": int|None}
 
 Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced

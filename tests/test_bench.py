@@ -10,7 +10,7 @@ from sparsenet.results import SPREAD_LIMIT
 
 TIMING_KEYS = {"engine", "method", "sparsity", "batch", "threads", "median_s", "min_s", "max_s",
                "spread", "flagged", "rounds", "calls", "nbytes", "flops", "nnz", "layer_sizes",
-               "width"}
+               "width", "call_nbytes", "layout"}
 
 
 class FakeEngine:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sparsenet import engines
+from sparsenet import engines, sell_kernels
 from sparsenet.engines import ENGINES, batch_chunk, make_engine
 from sparsenet.model import DEFAULT_SIZES, Layer, forward, he_init
 from sparsenet.prune import neuron_prune, weight_prune
@@ -357,3 +357,55 @@ def test_warmup_and_threads_context(small):
         X = np.ones((4, SMALL[0]), np.float32)
         assert_matches(eng(X), forward(small, X))
     assert numba.get_num_threads() == before
+
+
+# -- batch 1: SELL (AVX-512) and the CSR SpMV ---------------------------------------------------
+needs_sell = pytest.mark.skipif(not sell_kernels.available(), reason="SELL needs a CPU with AVX-512F")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", SPARSITIES)
+@pytest.mark.parametrize("sell", [False, pytest.param(True, marks=needs_sell)])
+def test_batch_one_paths_match_reference(base_params, k, sell, threads):
+    threads_or_skip(threads)
+    params = prune(base_params, "weight", k)
+    eng = make_engine("csr", params, threads=threads, sell=sell)
+    eng.min_parallel_slots = 0                           # every layer on every thread
+    assert eng.uses_sell is sell and eng.layout(1) == ("sell" if sell else "csr")
+    X = np.random.default_rng(3).random((5, params[0].weight.shape[1]), dtype=np.float32)
+    for row in range(5):                                 # buffers reused call after call
+        assert_matches(eng(X[row:row + 1]), forward(params, X[row:row + 1]))
+
+
+@needs_sell
+@pytest.mark.parametrize("k", [0.0, 0.9, 0.99])
+def test_sell_default_sizes(k):
+    params = _random_bias(default_net("weight", k))
+    eng = make_engine("csr", params, threads=1)
+    assert eng.uses_sell and eng.sell_padding >= 1.0
+    X = np.random.default_rng(4).random((1, DEFAULT_SIZES[0]), dtype=np.float32)
+    assert_matches(eng(X), forward(params, X))
+    assert_matches(eng(X[:, ::-1]), forward(params, np.ascontiguousarray(X[:, ::-1])))   # non-contiguous
+    assert_matches(eng(X.astype(np.float64)), forward(params, X))
+    assert eng.call_nbytes(1) == eng.sell_nbytes > 0
+    assert eng.call_nbytes(256) == eng.nbytes or eng.layout(256) == "csr-panels"
+    assert eng.describe()["sell"] is True
+
+
+@needs_sell
+def test_sell_all_zero_layer():
+    params = list(_random_bias(he_init(SMALL, seed=5)))
+    params[2] = Layer(np.zeros_like(params[2].weight), params[2].bias)
+    eng = make_engine("csr", params, threads=1, sell=True)
+    X = np.random.default_rng(5).random((1, SMALL[0]), dtype=np.float32)
+    assert_matches(eng(X), forward(params, X))
+
+
+def test_sell_demanded_without_avx512(small, monkeypatch):
+    monkeypatch.setattr(sell_kernels, "available", lambda: False)
+    with pytest.raises(ValueError, match="AVX-512F"):
+        make_engine("csr", small, sell=True)
+    eng = make_engine("csr", small)                      # falls back to the CSR SpMV
+    assert not eng.uses_sell and eng.layout(1) == "csr" and eng.call_nbytes(1) == eng.nbytes
+    X = np.ones((1, SMALL[0]), np.float32)
+    assert_matches(eng(X), forward(small, X))

@@ -1,0 +1,161 @@
+"""Numba kernels for SELL (sell.py) at batch 1: an AVX-512 permute-and-FMA SpMV, the MLP in one call.
+
+Per (16-row chunk, 32-column block) the kernel loads x[32 b : 32 b + 32] into two zmm registers,
+then every slot is: load 16 values, load 16 uint8 column indices (zero-extended), one vpermt2ps
+that picks each lane's x from the two registers, one FMA into the chunk's accumulator. There is
+no scalar load per non-zero, so it is not load-port bound as the CSR SpMV is (kernels._row_dot,
+3 loads per non-zero, ~1 cycle each on Zen4); AVX-512 gathers were slower than that SpMV.
+
+Numba has no SIMD types, so the chunk loop is written in LLVM IR (`_chunk`, a Numba intrinsic);
+the loops over chunks and layers around it are plain Numba. Measured on one Zen4 core, one
+1000 x 1000 layer of the trained net (slots and padding: see sell.py), per call:
+
+    sparsity   CSR SpMV   SELL, 1 accumulator   2 accumulators   4 accumulators
+    50 %       159 us     50 us                 43 us            40 us
+    90 %        34 us     18 us                 16 us            17 us
+
+A single accumulator is bound by the FMA latency (4 cycles per slot); two alternate by slot.
+`available()` says whether the CPU Numba compiles for has AVX-512F; the engine falls back to the
+CSR SpMV when it does not. Nothing is compiled at import; cache=True keeps the compiled code.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from sparsenet.sell import BLOCK, LANES
+
+_OPTS = dict(cache=True, boundscheck=False)
+_ACCUMULATORS = 2
+
+
+def available() -> bool:
+    """True when Numba targets a CPU with AVX-512F (the intrinsic would not compile otherwise)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return "+avx512f" in (config.CPU_FEATURES or "")
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+@intrinsic
+def _chunk(typingctx, data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu):
+    """out[16 c : 16 c + 16] = (relu)(bias[16 c:][:16] + SELL chunk c @ x); raw 1-d arrays."""
+    sig = types.void(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+
+    def codegen(context, builder, sig, args):
+        f32, i8, i32, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        vf, vi, vb = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES), ir.VectorType(i8, LANES)
+        p_data, p_idx, p_block, p_slot, p_chunk, p_x, p_bias, p_out = (
+            cgutils.create_struct_proxy(ty)(context, builder, value=a).data
+            for ty, a in zip(sig.args[:8], args[:8]))
+        relu_v = args[9]
+        permute = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vf, [vf, vi, vf]), "llvm.x86.avx512.vpermi2var.ps.512")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]),
+                                             "llvm.fma.v16f32")
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        def widen(v):                                    # any integer -> i64
+            return builder.sext(v, i64) if v.type.width < 64 else v
+
+        def at(p, i):                                    # p[i] as i64
+            return widen(builder.load(builder.gep(p, [i])))
+
+        def vload(p, offset, vt):                        # unaligned vector load from p + offset
+            return builder.load(builder.bitcast(builder.gep(p, [offset]), vt.as_pointer()), align=4)
+
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(_ACCUMULATORS)]
+        table = [None, None]
+
+        def slot(s, acc):
+            off = builder.mul(s, const(LANES))
+            lanes = builder.zext(vload(p_idx, off, vb), vi)
+            picked = builder.call(permute, [table[0], lanes, table[1]])
+            builder.store(builder.call(fma, [vload(p_data, off, vf), picked, builder.load(acc)]), acc)
+
+        chunk = widen(args[8])
+        e0, e1 = at(p_chunk, chunk), at(p_chunk, builder.add(chunk, const(1)))
+        with cgutils.for_range_slice(builder, e0, e1, const(1), inc=True) as (e, _):
+            s0, s1 = at(p_slot, e), at(p_slot, builder.add(e, const(1)))
+            xo = builder.mul(at(p_block, e), const(BLOCK))
+            table[0] = vload(p_x, xo, vf)
+            table[1] = vload(p_x, builder.add(xo, const(LANES)), vf)
+            n = builder.sub(s1, s0)
+            s_even = builder.add(s0, builder.sub(n, builder.srem(n, const(_ACCUMULATORS))))
+            with cgutils.for_range_slice(builder, s0, s_even, const(_ACCUMULATORS), inc=True) as (s, _):
+                for u, acc in enumerate(accs):
+                    slot(builder.add(s, const(u)), acc)
+            with cgutils.for_range_slice(builder, s_even, s1, const(1), inc=True) as (s, _):
+                slot(s, accs[0])
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        row0 = builder.mul(chunk, const(LANES))
+        total = builder.fadd(total, vload(p_bias, row0, vf))
+        zero = ir.Constant(vf, None)
+        clipped = builder.select(builder.fcmp_ordered(">", total, zero), total, zero)
+        total = builder.select(relu_v, clipped, total)
+        builder.store(total, builder.bitcast(builder.gep(p_out, [row0]), vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_OPTS)
+def sell_matvec_bias_relu_serial(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu):
+    """out[:16 n_chunks] = (relu)(W @ x + bias) for one SELL layer; x holds >= 32 n_blocks floats."""
+    for c in range(chunk_ptr.shape[0] - 1):
+        _chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def sell_matvec_bias_relu(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, n_parts):
+    """sell_matvec_bias_relu_serial with chunks dealt round-robin to n_parts threads (rows are sorted
+    by density, so contiguous halves would give one thread the dense half)."""
+    n_chunks = chunk_ptr.shape[0] - 1
+    for t in prange(n_parts):
+        for c in range(t, n_chunks, n_parts):
+            _chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+
+
+@njit(**_OPTS)
+def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
+                 x, xbuf, buf0, buf1, min_parallel_slots, n_threads):
+    """Logits of one input through the whole MLP (ReLU on hidden layers): (n_in,) -> a view of
+    buf0/buf1 holding 16 * n_chunks[-1] floats, the first n_out of them the logits.
+
+    The arrays are sell.flatten's (layers concatenated, offsets[:, l] where layer l starts). xbuf
+    (>= 32 n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold >= 16 n_chunks and
+    >= 32 n_blocks of every layer. A layer with at least min_parallel_slots slots runs on
+    n_threads threads.
+    """
+    n_in = x.shape[0]
+    for j in range(n_in):
+        xbuf[j] = x[j]
+    for j in range(n_in, 32 * n_blocks[0]):
+        xbuf[j] = np.float32(0.0)
+    h = xbuf
+    out = buf0
+    n_layers = n_chunks.shape[0]
+    for layer in range(n_layers):
+        out = buf0 if layer % 2 == 0 else buf1
+        s0, s1 = offsets[0, layer], offsets[0, layer + 1]
+        d = data[s0 * LANES:s1 * LANES]
+        c = indices[s0 * LANES:s1 * LANES]
+        blk = block[offsets[1, layer]:offsets[1, layer + 1]]
+        sp = slot_ptr[offsets[2, layer]:offsets[2, layer + 1]]
+        cp = chunk_ptr[offsets[3, layer]:offsets[3, layer + 1]]
+        b = bias[offsets[4, layer]:offsets[4, layer + 1]]
+        relu = layer < n_layers - 1
+        if s1 - s0 >= min_parallel_slots and n_threads > 1:
+            sell_matvec_bias_relu(d, c, blk, sp, cp, b, h, out, relu, n_threads)
+        else:
+            sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, relu)
+        h = out
+    return out

@@ -1,0 +1,94 @@
+"""The SELL kernels (sell_kernels.py) against NumPy on the same weights; they need AVX-512F."""
+import numpy as np
+import pytest
+
+from sparsenet import sell_kernels
+from sparsenet.csr import CSR
+from sparsenet.model import Layer, forward
+from sparsenet.sell import BLOCK, LANES, SELL, flatten, net_layout
+from test_csr import sparse_matrix
+
+pytestmark = pytest.mark.skipif(not sell_kernels.available(),
+                                reason="the SELL kernels need a CPU with AVX-512F")
+
+
+def _layer_args(W, bias, x):
+    s = SELL.from_csr(CSR.from_dense(W)).check()
+    xb = np.full(max(s.n_blocks * BLOCK, 1), 7.0, np.float32)        # padding must not matter
+    xb[:x.size] = x
+    b = np.zeros(s.n_chunks * LANES, np.float32)
+    b[:bias.size] = bias
+    out = np.full(s.n_chunks * LANES, np.nan, np.float32)
+    return s, (s.data.ravel(), s.indices.ravel(), s.block, s.slot_ptr, s.chunk_ptr, b, xb, out)
+
+
+@pytest.mark.parametrize("M, N, density", [(1, 1, 1.0), (16, 32, 0.5), (17, 33, 0.3), (1000, 784, 0.1),
+                                           (10, 200, 0.9), (40, 70, 0.0), (33, 1000, 0.01)])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("parts", [None, 1, 2, 3])
+def test_matvec(M, N, density, relu, parts):
+    rng = np.random.default_rng(M * N)
+    W = sparse_matrix(M, N, density, seed=N)
+    bias = rng.standard_normal(M).astype(np.float32)
+    x = rng.standard_normal(N).astype(np.float32)
+    s, args = _layer_args(W, bias, x)
+    if parts is None:
+        sell_kernels.sell_matvec_bias_relu_serial(*args, relu)
+    else:
+        sell_kernels.sell_matvec_bias_relu(*args, relu, parts)
+    want = W.astype(np.float64) @ x + bias
+    if relu:
+        want = np.maximum(want, 0)
+    out = args[7]
+    np.testing.assert_allclose(out[:M], want, rtol=1e-4, atol=1e-4)
+    assert np.all(out[M:] == 0)                          # padding rows: no weights, zero bias
+
+
+def sell_flatten(net):
+    arrays, (n_x, width), _ = flatten(net)
+    return arrays, (np.zeros(n_x, np.float32), np.zeros(width, np.float32), np.zeros(width, np.float32))
+
+
+def _net(sizes, density, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    net = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        W = sparse_matrix(n_out, n_in, density, seed=int(rng.integers(2**16)))
+        net.append(Layer(W, rng.standard_normal(n_out).astype(np.float32) if bias else None))
+    return net
+
+
+@pytest.mark.parametrize("sizes", [(784, 1000, 500, 10), (5, 3), (100, 17, 33, 64, 2)])
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.01])
+@pytest.mark.parametrize("min_parallel_slots, threads", [(10**9, 1), (0, 2)])
+def test_forward_equals_dense_reference(sizes, density, min_parallel_slots, threads):
+    net = _net(sizes, density, bias=density != 0.5)
+    arrays, (xbuf, buf0, buf1) = sell_flatten(net)
+    for buf in (xbuf, buf0, buf1):
+        buf[:] = 1e30                                    # stale contents of earlier calls
+    x = np.random.default_rng(2).random(sizes[0]).astype(np.float32)
+    out = sell_kernels.sell_forward(*arrays, x, xbuf, buf0, buf1, min_parallel_slots, threads)
+    np.testing.assert_allclose(out[:sizes[-1]], forward(net, x[None])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_forward_all_zero_layer():
+    net = _net((50, 40, 30, 4), 0.5)
+    net[1] = Layer(np.zeros_like(net[1].weight), net[1].bias)
+    arrays, bufs = sell_flatten(net)
+    x = np.ones(50, np.float32)
+    out = sell_kernels.sell_forward(*arrays, x, *bufs, 10**9, 1)
+    np.testing.assert_allclose(out[:4], forward(net, x[None])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_matches_net_layout():
+    net = _net((70, 50, 9), 0.3)
+    (data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets), _ = sell_flatten(net)
+    layers, perms = net_layout([l.weight for l in net])
+    assert list(n_chunks) == [s.n_chunks for s in layers]
+    assert list(n_blocks) == [s.n_blocks for s in layers]
+    assert offsets[0, -1] * LANES == data.size == indices.size
+    assert offsets[1, -1] == block.size and offsets[2, -1] == slot_ptr.size
+    assert offsets[3, -1] == chunk_ptr.size and offsets[4, -1] == bias.size
+    for l, s in enumerate(layers):
+        np.testing.assert_array_equal(slot_ptr[offsets[2, l]:offsets[2, l + 1]], s.slot_ptr)
+    np.testing.assert_array_equal(bias[:50], net[0].bias[perms[0]])
