@@ -231,6 +231,12 @@ def has_rate(r) -> bool:
                for f in ("flops", "nbytes", "median_s"))
 
 
+def call_bytes(r) -> float:
+    """Parameter bytes one call of a record reads: the layout it ran on (call_nbytes, e.g. the csr
+    engine's SELL copy at batch 1), or the stored bytes for records written before that key."""
+    return r.get("call_nbytes") or r["nbytes"]
+
+
 def sgemm_peak(machine, threads):
     """The measured sgemm peak in GFLOP/s at `threads` (None if not measured)."""
     return ((machine or {}).get("peaks", {}).get("sgemm_gflops") or {}).get(str(threads))

@@ -43,6 +43,14 @@ SMALL_WORK = 2_500_000
 # Column panels (the panel-major copy) are used by kernel calls over at least this many columns:
 # at 64 columns whole rows are 1.05-1.1x faster, at 96 panels are (1000x1000 layer, density 0.3-0.5).
 MIN_PANEL_BATCH = 96
+# Chunks of TILE_CHUNK columns (contiguous (n_in, 32) activation blocks, simd.csr_rows32 register tiles)
+# unless a layer has density >= DENSE_PANELS (its panels pay more). Trained net, ms, 128-column
+# chunks vs 32 (1 / 2 threads): k=0.9 b256 2.54 vs 1.91 / 1.31 vs 0.98, b4096 41.3 vs 31.2 / 21.0
+# vs 16.1; k=0.7 b256 7.51 vs 6.73 / 3.79 vs 3.44; k=0.99 b256 0.37 vs 0.30; but k=0.5 b256 11.8 vs
+# 12.4 / 5.98 vs 6.27, b4096 183 vs 196. (In a 128-column block, 32-column tiles run at a 512-byte
+# stride and thrash the cache sets: k=0.9 b256 stays at 2.54 ms.)
+TILE_CHUNK = 32
+DENSE_PANELS = 0.45
 # Batch 1 on SELL (sell.py, sell_kernels.py, AVX-512): a layer runs on all threads from this many
 # slots. Trained net at 2 threads, whole forward pass (us) for thresholds 1500 / 3000 / 6000 / never:
 # k=0.5 65 / 63 / 68 / 94, k=0.9 29.0 / 27.6 / 27.9 / 36.6, k=0.99 11.7 / 11.5 / 10.7 / 11.1.
@@ -299,6 +307,9 @@ class CSREngine(Engine):
         self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
         self.min_parallel_work = MIN_PARALLEL_WORK
         self.min_chunk, self.max_chunk, self.small_work = MIN_CHUNK, MAX_CHUNK, SMALL_WORK
+        if not any(c.density >= DENSE_PANELS for c, P, n in zip(self.csr, self.panels, sizes[:-1]) if P < n):
+            # no layer dense enough for panels to pay: 32-column chunks, run on register tiles
+            self.min_chunk, self.max_chunk = 16, TILE_CHUNK
         self.min_panel_batch = MIN_PANEL_BATCH
         self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
         self.sell_nbytes, self.sell_padding = 0, None

@@ -45,6 +45,8 @@ Nothing is compiled at import: every kernel compiles lazily on first call (cache
 import numpy as np
 from numba import njit, prange
 
+from sparsenet.simd import csr_rows16, csr_rows32
+
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
 
@@ -265,6 +267,11 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
         relu = layer < n_layers - 1
         if ip.shape[0] > n_out + 1:
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
+        elif Bc % 16 == 0:                       # register tiles (simd.py): 32 columns, then 16
+            for t in range(Bc // 32):
+                csr_rows32(d, c, ip, b, h, out, 0, n_out, Bc, Bc, 32 * t, relu)
+            if Bc % 32:
+                csr_rows16(d, c, ip, b, h, out, 0, n_out, Bc, Bc, Bc - 16, relu)
         else:
             csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)
         h = out

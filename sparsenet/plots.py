@@ -15,7 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sparsenet.files import atomic_write_bytes
 from sparsenet.analysis import (
-    METHOD_ENGINES, baseline_accuracy, batch_sizes, break_even, candidates, curve_stats, default_threads,
+    METHOD_ENGINES, baseline_accuracy, batch_sizes, break_even, call_bytes, candidates, curve_stats, default_threads,
     dense_reference, engine_method, engine_rank, engines_present, has_rate, pareto_front, records_of, select,
     sgemm_peak, sparsity_key, speedups, threads_word,
 )
@@ -289,7 +289,7 @@ def plot_pareto(accuracy, timings, path, batch, threads=None) -> Path:
 # ---------------------------------------------------------------- roofline and scaling
 
 def plot_roofline(timings, machine, path, threads=None) -> Path:
-    """Achieved GFLOP/s (flops / median_s) vs arithmetic intensity (flops / nbytes) per engine, with the
+    """Achieved GFLOP/s (flops / median_s) vs arithmetic intensity (flops / call_bytes) per engine, with the
     measured sgemm peak and the bandwidth roof.
 
     Approximation: the intensity counts only the stored parameter bytes read once per call (activations,
@@ -308,13 +308,13 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
             pts = [r for r in mine if r["batch"] == batch]
             if not pts:
                 continue
-            x = [r["flops"] / r["nbytes"] for r in pts]
+            x = [r["flops"] / call_bytes(r) for r in pts]
             y = [r["flops"] / r["median_s"] / 1e9 for r in pts]
             ax.scatter(x, y, color=ENGINE_COLORS.get(engine), marker=ENGINE_MARKERS.get(engine, "o"), s=26,
                        alpha=0.85 if fills[batch] else 0.5, label=f"{engine}, batch {batch}")
     peak = sgemm_peak(machine, threads)
     bw = (machine or {}).get("peaks", {}).get("bandwidth_gbs")
-    xs = [r["flops"] / r["nbytes"] for r in recs]
+    xs = [r["flops"] / call_bytes(r) for r in recs]
     lo, hi = min(xs) / 2, max(xs) * 2
     if peak:
         ax.axhline(peak, color="k", lw=1.2, label=f"measured sgemm peak {peak:.0f} GFLOP/s")

@@ -12,7 +12,7 @@ from statistics import mean
 
 from sparsenet import plots
 from sparsenet.analysis import (
-    above_peak, baseline_accuracy, batch_sizes, curve_stats, default_threads, describe, engine_rank, has_rate,
+    above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, engine_rank, has_rate,
     pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
     verdict,
 )
@@ -160,14 +160,18 @@ def _speedup_text(rows) -> str:
 
 
 def _memory_rows(timings) -> list:
-    seen, rows = set(), []
-    for r in sorted(records_of(timings), key=lambda r: (engine_rank(r["engine"]), r["sparsity"])):
+    """A row per (engine, method, k): stored MB, and the MB each layout a call ran on reads."""
+    layouts, first = {}, {}
+    for r in sorted(records_of(timings), key=lambda r: (engine_rank(r["engine"]), r["sparsity"], r["batch"])):
         key = (r["engine"], r["method"], sparsity_key(r["sparsity"]))
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append([r["engine"], r["method"], pct(r["sparsity"]), f"{r['nbytes'] / 1e6:.3f}", r.get("nnz", "–"),
-                     r.get("index_dtype", "–"), "-".join(map(str, r.get("layer_sizes") or [])) or "–"])
+        first.setdefault(key, r)
+        if "layout" in r:
+            layouts.setdefault(key, {}).setdefault(r["layout"], call_bytes(r))
+    rows = []
+    for key, r in first.items():
+        read = ", ".join(f"{name} {b / 1e6:.3f}" for name, b in layouts.get(key, {}).items()) or "–"
+        rows.append([r["engine"], r["method"], pct(r["sparsity"]), f"{r['nbytes'] / 1e6:.3f}", read,
+                     r.get("nnz", "–"), "-".join(map(str, r.get("layer_sizes") or [])) or "–"])
     return rows
 
 
@@ -176,8 +180,8 @@ def _roofline_rows(timings, machine, threads) -> list:
     rows = []
     for r in filter(has_rate, select(records_of(timings), threads=threads)):
         g = r["flops"] / r["median_s"] / 1e9
-        rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], f"{r['flops'] / r['nbytes']:.3g}",
-                     f"{g:.3g}", "–" if not peak else pct(g / peak, 1)])
+        rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], r.get("layout", "–"),
+                     f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}", "–" if not peak else pct(g / peak, 1)])
     return rows
 
 
@@ -278,6 +282,10 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         md.append("Median time per call; dense is the reference line. Weight-pruned nets run on dense, csr (our Numba "
                   "kernel) and csr-scipy (baseline); neuron-pruned nets on shrunk. Break-even: the smallest sparsity "
                   "from which the engine is at least as fast as dense and stays so (linear interpolation).\n")
+        layouts = sorted({r["layout"] for r in select(records_of(tim), engine="csr", batch=1) if "layout" in r})
+        if layouts:
+            md.append(f"At batch 1, csr ran on: {', '.join(layouts)} (sell: the SELL-16x32 AVX-512 permute "
+                      "kernel; csr: the CSR SpMV, used where the CPU lacks AVX-512F).\n")
         for t in thread_counts(tim):
             md.append(f"**{threads_word(t)}**\n")
             md.append(fig(f"latency_t{t}.png", plots.plot_latency, tim, threads=t))
@@ -353,10 +361,14 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     else:
         md.append(miss(["timings"], "this table"))
     md.append("\n### 8.4 Memory\n")
-    md.append(_table(["engine", "method", "k", "MB", "nnz / params", "index dtype", "layer sizes"], _memory_rows(tim))
+    md.append("MB: the stored format (for csr: CSR). A call reads the layout it runs on: csr keeps a "
+              "column-panelled copy of dense-ish layers for wide batches and, with AVX-512, a SELL copy for "
+              "batch 1.\n")
+    md.append(_table(["engine", "method", "k", "MB", "MB read per call, by layout", "nnz / params", "layer sizes"],
+                     _memory_rows(tim))
               if tim else miss(["timings"], "this table"))
     md.append(f"\n### 8.5 Roofline ({threads_word(threads) if threads else '–'})\n")
-    md.append(_table(["engine", "method", "k", "batch", "flop/byte", "GFLOP/s", "of sgemm peak"],
+    md.append(_table(["engine", "method", "k", "batch", "layout", "flop/byte", "GFLOP/s", "of sgemm peak"],
                      _roofline_rows(tim, mac, threads)) if tim else miss(["timings"], "this table"))
     md.append("\n### 8.6 Scaling\n")
     md.append(_table(["width", "engine", "batch", "threads", "break-even k", "speed-up by k"], _scaling_rows(sca))

@@ -27,6 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsenet.sell import BLOCK, LANES
+from sparsenet.simd import IR, VF
 
 _OPTS = dict(cache=True, boundscheck=False)
 _ACCUMULATORS = 2
@@ -47,61 +48,31 @@ def _chunk(typingctx, data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c
     sig = types.void(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
 
     def codegen(context, builder, sig, args):
-        f32, i8, i32, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-        vf, vi, vb = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES), ir.VectorType(i8, LANES)
-        p_data, p_idx, p_block, p_slot, p_chunk, p_x, p_bias, p_out = (
-            cgutils.create_struct_proxy(ty)(context, builder, value=a).data
-            for ty, a in zip(sig.args[:8], args[:8]))
-        relu_v = args[9]
+        g = IR(context, builder, sig, args)
+        p_data, p_idx, p_block, p_slot, p_chunk, p_x, p_bias, p_out = g.ptr[:8]
+        vi = ir.VectorType(ir.IntType(32), LANES)
+        vb = ir.VectorType(ir.IntType(8), LANES)
         permute = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vf, [vf, vi, vf]), "llvm.x86.avx512.vpermi2var.ps.512")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]),
-                                             "llvm.fma.v16f32")
-
-        def const(v):
-            return ir.Constant(i64, v)
-
-        def widen(v):                                    # any integer -> i64
-            return builder.sext(v, i64) if v.type.width < 64 else v
-
-        def at(p, i):                                    # p[i] as i64
-            return widen(builder.load(builder.gep(p, [i])))
-
-        def vload(p, offset, vt):                        # unaligned vector load from p + offset
-            return builder.load(builder.bitcast(builder.gep(p, [offset]), vt.as_pointer()), align=4)
-
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(_ACCUMULATORS)]
+            builder.module, ir.FunctionType(VF, [VF, vi, VF]), "llvm.x86.avx512.vpermi2var.ps.512")
+        accs = g.zeroed(_ACCUMULATORS)
         table = [None, None]
 
-        def slot(s, acc):
-            off = builder.mul(s, const(LANES))
-            lanes = builder.zext(vload(p_idx, off, vb), vi)
+        def slot(s, u):
+            off = builder.mul(s, g.const(LANES))
+            lanes = builder.zext(g.vload(p_idx, off, vb), vi)
             picked = builder.call(permute, [table[0], lanes, table[1]])
-            builder.store(builder.call(fma, [vload(p_data, off, vf), picked, builder.load(acc)]), acc)
+            builder.store(g.fma(g.vload(p_data, off), picked, builder.load(accs[u])), accs[u])
 
-        chunk = widen(args[8])
-        e0, e1 = at(p_chunk, chunk), at(p_chunk, builder.add(chunk, const(1)))
-        with cgutils.for_range_slice(builder, e0, e1, const(1), inc=True) as (e, _):
-            s0, s1 = at(p_slot, e), at(p_slot, builder.add(e, const(1)))
-            xo = builder.mul(at(p_block, e), const(BLOCK))
-            table[0] = vload(p_x, xo, vf)
-            table[1] = vload(p_x, builder.add(xo, const(LANES)), vf)
-            n = builder.sub(s1, s0)
-            s_even = builder.add(s0, builder.sub(n, builder.srem(n, const(_ACCUMULATORS))))
-            with cgutils.for_range_slice(builder, s0, s_even, const(_ACCUMULATORS), inc=True) as (s, _):
-                for u, acc in enumerate(accs):
-                    slot(builder.add(s, const(u)), acc)
-            with cgutils.for_range_slice(builder, s_even, s1, const(1), inc=True) as (s, _):
-                slot(s, accs[0])
-        total = builder.load(accs[0])
-        for acc in accs[1:]:
-            total = builder.fadd(total, builder.load(acc))
-        row0 = builder.mul(chunk, const(LANES))
-        total = builder.fadd(total, vload(p_bias, row0, vf))
-        zero = ir.Constant(vf, None)
-        clipped = builder.select(builder.fcmp_ordered(">", total, zero), total, zero)
-        total = builder.select(relu_v, clipped, total)
-        builder.store(total, builder.bitcast(builder.gep(p_out, [row0]), vf.as_pointer()), align=4)
+        chunk = g.i64(args[8])
+        e0, e1 = g.at(p_chunk, chunk), g.at(p_chunk, builder.add(chunk, g.const(1)))
+        with cgutils.for_range_slice(builder, e0, e1, g.const(1), inc=True) as (e, _):
+            xo = builder.mul(g.at(p_block, e), g.const(BLOCK))
+            table[0] = g.vload(p_x, xo)
+            table[1] = g.vload(p_x, builder.add(xo, g.const(LANES)))
+            g.pairs(g.at(p_slot, e), g.at(p_slot, builder.add(e, g.const(1))), slot, _ACCUMULATORS)
+        row0 = builder.mul(chunk, g.const(LANES))
+        total = builder.fadd(g.sum(accs), g.vload(p_bias, row0))
+        g.vstore(g.relu_if(args[9], total), p_out, row0)
         return context.get_dummy_value()
 
     return sig, codegen

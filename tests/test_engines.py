@@ -210,13 +210,17 @@ def test_batch_chunk_shares(B, threads, max_chunk):
 def test_chunk_policy():
     threads_or_skip(2)
     plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
-    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 0, 64, 128, 128]
-    dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled
+    assert plain.max_chunk == engines.TILE_CHUNK                            # 32-column register tiles
+    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]
+    dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1
+    assert dense.max_chunk == engines.MAX_CHUNK
     assert [dense.chunk_width(B) for B in (64, 128, 255, 256)] == [0, 0, 128, 128]
     tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
-    assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 64]
+    assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 32]
     one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
-    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 128, 112]
+    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 32, 32]
+    mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # panels (density 0.3) lose to tiles
+    assert mid.panel_nbytes > 0 and mid.max_chunk == engines.TILE_CHUNK
 
 
 # ---- hypothesis: random shapes, sparsities and batches -----------------------------------------

@@ -77,3 +77,24 @@ def test_reproduce_command():
     cmd = reproduce_command(cfg, "/tmp/results/run1")
     assert cmd == ("sparsenet study --quick --dataset mnist --seeds 0 --sparsities 0,0.25 --batches 1,256 "
                    "--threads 1 --results-dir /tmp/results --run-id run1")
+
+
+def _rec(batch, layout=None, call_nbytes=None):
+    r = {"engine": "csr", "method": "weight", "sparsity": 0.9, "batch": batch, "threads": 1, "median_s": 1e-4,
+         "nbytes": 1_500_000, "flops": 2.0 * 240_000 * batch, "nnz": 240_000, "layer_sizes": [784, 10]}
+    if layout:
+        r.update(layout=layout, call_nbytes=call_nbytes)
+    return r
+
+
+def test_memory_and_roofline_tables_use_the_layout_a_call_read():
+    from sparsenet.report import _memory_rows, _roofline_rows
+    timings = {"records": [_rec(256, "csr", 1_500_000), _rec(1, "sell", 2_600_000)]}
+    (row,) = _memory_rows(timings)
+    assert row[3] == "1.500" and row[4] == "sell 2.600, csr 1.500"
+    rows = {r[3]: r for r in _roofline_rows(timings, {}, 1)}
+    assert rows[1][4] == "sell" and rows[1][5] == f"{2 * 240_000 / 2_600_000:.3g}"
+    assert rows[256][4] == "csr" and rows[256][5] == f"{2 * 240_000 * 256 / 1_500_000:.3g}"
+    (old,) = _memory_rows({"records": [_rec(1)]})         # results written before the layout keys
+    assert old[4] == "–"
+    assert _roofline_rows({"records": [_rec(1)]}, {}, 1)[0][4:6] == ["–", f"{2 * 240_000 / 1_500_000:.3g}"]

@@ -1,0 +1,140 @@
+"""LLVM IR building blocks for the kernels that need explicit SIMD registers (Numba has no vector types).
+
+A Numba @intrinsic receives an llvmlite IRBuilder; `IR` wraps the few things our kernels do with
+it: raw data pointers of array arguments, i64 arithmetic, unaligned <16 x float> loads and
+stores, broadcasts, FMAs. Two kernels use it: `csr_rows` here (batch > 1) and the SELL chunk
+(sell_kernels.py, batch 1). Both are inlined into the Numba function that calls them.
+
+csr_rows: out[i, col0:col0 + 16 W] = (relu)(bias[i] + sum_k data[k] * HT[indices[k], col0:][:16 W])
+for rows r0..r1-1, on W <16 x float> accumulator registers per partial sum (2 partial sums over
+alternate non-zeros, against the FMA latency). The loop Numba makes of kernels._row_acc8 keeps
+out[i, :] in memory and re-checks aliasing per group of 8 non-zeros; here a row's tile stays in
+registers from its first non-zero to its store. One core, 1000 x 1000 layer of the trained net,
+a (1000, Bc) activation block, GFLOP/s (this / csr_matmul_bias_relu_serial on the same Bc):
+
+    sparsity   Bc = 16 (W=1)   Bc = 32 (W=2)   Bc = 64 (W=4)
+    50 %       32 / 16         51 / 30         48 / 34
+    90 %       39 / 17         70 / 30         41 / 28
+    99 %       36 / 12         41 / 18         64 / 31
+
+so the batch-split forward runs plain layers in 32-column tiles (kernels._forward_serial).
+Plain LLVM vector IR (no target intrinsic): AVX2 machines get it as pairs of 256-bit operations.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16
+_F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+VF = ir.VectorType(_F32, LANES)
+
+
+class IR:
+    """Helpers over one IRBuilder inside an intrinsic's codegen."""
+
+    def __init__(self, context, builder, sig, args):
+        self.b = builder
+        self.args = args
+        # raw data pointers of the array arguments (None for the others)
+        self.ptr = [cgutils.create_struct_proxy(ty)(context, builder, value=a).data
+                    if isinstance(ty, types.Array) else None for ty, a in zip(sig.args, args)]
+
+    @staticmethod
+    def const(v):
+        return ir.Constant(_I64, v)
+
+    def i64(self, v, signed=True):
+        """Any integer value as i64."""
+        if v.type.width >= 64:
+            return v
+        return self.b.sext(v, _I64) if signed else self.b.zext(v, _I64)
+
+    def at(self, p, i, signed=True):
+        """p[i] as i64."""
+        return self.i64(self.b.load(self.b.gep(p, [i])), signed)
+
+    def vload(self, p, offset, vt=VF):
+        """Unaligned vector load of p[offset:offset + len(vt)]."""
+        return self.b.load(self.b.bitcast(self.b.gep(p, [offset]), vt.as_pointer()), align=4)
+
+    def vstore(self, value, p, offset):
+        self.b.store(value, self.b.bitcast(self.b.gep(p, [offset]), value.type.as_pointer()), align=4)
+
+    def broadcast(self, x):
+        v = self.b.insert_element(ir.Constant(VF, ir.Undefined), x, ir.Constant(_I32, 0))
+        return self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), None))
+
+    def fma(self, a, x, acc):
+        f = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(VF, [VF, VF, VF]), "llvm.fma.v16f32")
+        return self.b.call(f, [a, x, acc])
+
+    def relu_if(self, flag, v):
+        """max(v, 0) where the i1 `flag` is set, else v."""
+        zero = ir.Constant(VF, None)
+        return self.b.select(flag, self.b.select(self.b.fcmp_ordered(">", v, zero), v, zero), v)
+
+    def zeroed(self, n):
+        """n stack slots holding a <16 x float> zero (promoted to registers by LLVM)."""
+        return [cgutils.alloca_once_value(self.b, ir.Constant(VF, None)) for _ in range(n)]
+
+    def sum(self, slots):
+        total = self.b.load(slots[0])
+        for s in slots[1:]:
+            total = self.b.fadd(total, self.b.load(s))
+        return total
+
+    def pairs(self, lo, hi, body, n_acc):
+        """body(k, u) for k in lo..hi-1, in groups of n_acc (u = k's place in its group, 0 in the
+        remainder): n_acc independent chains for the caller's accumulators."""
+        n = self.b.sub(hi, lo)
+        mid = self.b.add(lo, self.b.sub(n, self.b.srem(n, self.const(n_acc))))
+        with cgutils.for_range_slice(self.b, lo, mid, self.const(n_acc), inc=True) as (k, _):
+            for u in range(n_acc):
+                body(self.b.add(k, self.const(u)), u)
+        with cgutils.for_range_slice(self.b, mid, hi, self.const(1), inc=True) as (k, _):
+            body(k, 0)
+
+
+_ACC = 2
+
+
+def _make_csr_rows(W):
+    @intrinsic
+    def csr_rows(typingctx, data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu):
+        sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu)
+
+        def codegen(context, builder, sig, args):
+            g = IR(context, builder, sig, args)
+            p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
+            r0, r1, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:11])
+            accs = [g.zeroed(W) for _ in range(_ACC)]
+            with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
+                for acc in accs:
+                    for a in acc:
+                        builder.store(ir.Constant(VF, None), a)
+
+                def nonzero(k, u):
+                    d = g.broadcast(builder.load(builder.gep(p_data, [k])))
+                    row = builder.add(builder.mul(g.at(p_idx, k, signed=False), ld_h), col0)
+                    for w in range(W):
+                        h = g.vload(p_h, builder.add(row, g.const(LANES * w)))
+                        builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
+
+                g.pairs(g.at(p_ptr, i), g.at(p_ptr, builder.add(i, g.const(1))), nonzero, _ACC)
+                b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
+                o = builder.add(builder.mul(i, ld_o), col0)
+                for w in range(W):
+                    t = builder.fadd(g.sum([acc[w] for acc in accs]), b)
+                    g.vstore(g.relu_if(args[11], t), p_out, builder.add(o, g.const(LANES * w)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return csr_rows
+
+
+csr_rows16 = _make_csr_rows(1)   # 16-column tiles
+csr_rows32 = _make_csr_rows(2)   # 32-column tiles
