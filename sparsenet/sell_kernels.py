@@ -97,15 +97,16 @@ def sell_matvec_bias_relu(data, indices, block, slot_ptr, chunk_ptr, bias, x, ou
 
 @njit(**_OPTS)
 def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
-                 x, xbuf, buf0, buf1, min_parallel_slots, n_threads):
-    """Logits of one input through the whole MLP (ReLU on hidden layers): (n_in,) -> a view of
-    buf0/buf1 holding 16 * n_chunks[-1] floats, the first n_out of them the logits.
+                 X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
+    """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
+    (1, n_out), written in place (the caller allocates it: cheaper than slicing a buffer after).
 
     The arrays are sell.flatten's (layers concatenated, offsets[:, l] where layer l starts). xbuf
     (>= 32 n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold >= 16 n_chunks and
     >= 32 n_blocks of every layer. A layer with at least min_parallel_slots slots runs on
     n_threads threads.
     """
+    x = X[0]
     n_in = x.shape[0]
     for j in range(n_in):
         xbuf[j] = x[j]
@@ -129,4 +130,5 @@ def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_bl
         else:
             sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, relu)
         h = out
-    return out
+    for j in range(logits.shape[1]):
+        logits[0, j] = out[j]

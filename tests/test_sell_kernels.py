@@ -66,18 +66,20 @@ def test_forward_equals_dense_reference(sizes, density, min_parallel_slots, thre
     arrays, (xbuf, buf0, buf1) = sell_flatten(net)
     for buf in (xbuf, buf0, buf1):
         buf[:] = 1e30                                    # stale contents of earlier calls
-    x = np.random.default_rng(2).random(sizes[0]).astype(np.float32)
-    out = sell_kernels.sell_forward(*arrays, x, xbuf, buf0, buf1, min_parallel_slots, threads)
-    np.testing.assert_allclose(out[:sizes[-1]], forward(net, x[None])[0], rtol=1e-4, atol=1e-4)
+    x = np.random.default_rng(2).random((1, sizes[0])).astype(np.float32)
+    logits = np.full((1, sizes[-1]), np.nan, np.float32)
+    sell_kernels.sell_forward(*arrays, x, xbuf, buf0, buf1, min_parallel_slots, threads, logits)
+    np.testing.assert_allclose(logits, forward(net, x), rtol=1e-4, atol=1e-4)
 
 
 def test_forward_all_zero_layer():
     net = _net((50, 40, 30, 4), 0.5)
     net[1] = Layer(np.zeros_like(net[1].weight), net[1].bias)
     arrays, bufs = sell_flatten(net)
-    x = np.ones(50, np.float32)
-    out = sell_kernels.sell_forward(*arrays, x, *bufs, 10**9, 1)
-    np.testing.assert_allclose(out[:4], forward(net, x[None])[0], rtol=1e-5, atol=1e-5)
+    x = np.ones((1, 50), np.float32)
+    logits = np.empty((1, 4), np.float32)
+    sell_kernels.sell_forward(*arrays, x, *bufs, 10**9, 1, logits)
+    np.testing.assert_allclose(logits, forward(net, x), rtol=1e-5, atol=1e-5)
 
 
 def test_flatten_matches_net_layout():
