@@ -5,6 +5,12 @@ Activations are kept transposed, HT of shape (n_features, B), C-contiguous, so o
 and the inner loop is a contiguous axpy over the batch (AVX-512 FMAs on this machine).
 At batch 1 the same formula is a sparse dot product per row (SpMV).
 
+Which kernel the csr engine runs (engines.CSREngine): batch 1 on SELL (sell_kernels.py) where the CPU
+has AVX-512F, else the SpMV here; batch > 1 split into chunks (csr_forward_chunks) whose plain layers
+run on the register-tile kernels of simd.py when the chunk is a multiple of 16 columns (32-column
+chunks unless a layer is dense enough for column panels), on csr_matmul_bias_relu_serial otherwise.
+The figures below are of the loops in this module.
+
 Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; see bench/bench_inference.py):
 - rows are sliced (d = data[lo:hi]) and walked from 0: indexing data[k] with a k that Numba cannot
   prove non-negative adds a wraparound select per access (2x slower SpMV); for the same reason
