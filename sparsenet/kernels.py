@@ -202,6 +202,17 @@ def csr_panels_matvec_bias_relu(data, indices, indptr, panel, bias, x, out, relu
         out[i] = max(s, np.float32(0.0)) if relu else s
 
 
+@njit(inline="always", **_OPTS)
+def _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, layer, r, buf0, buf1, B):
+    """Layer `layer` of the concatenated net (layout: csr_forward) and its output block in the
+    ping-pong buffers: (n_out, data, indices, indptr, bias, relu, out (n_out, B))."""
+    n_out = sizes[layer + 1]
+    buf = buf0 if layer % 2 == 0 else buf1
+    lo, hi = nnz_off[layer], nnz_off[layer + 1]
+    return (n_out, data[lo:hi], indices[lo:hi], indptr[ptr_off[layer]:ptr_off[layer + 1]],
+            bias[r:r + n_out], layer < sizes.shape[0] - 2, buf[:n_out * B].reshape((n_out, B)))
+
+
 @njit(**_OPTS)
 def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1,
                 min_parallel_work, n_threads):
@@ -222,16 +233,9 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     out = HT
     r = 0
     for layer in range(n_layers):
-        n_out = sizes[layer + 1]
-        buf = buf0 if layer % 2 == 0 else buf1
-        out = buf[:n_out * B].reshape((n_out, B))
-        lo, hi = nnz_off[layer], nnz_off[layer + 1]
-        d = data[lo:hi]
-        c = indices[lo:hi]
-        ip = indptr[ptr_off[layer]:ptr_off[layer + 1]]
-        b = bias[r:r + n_out]
-        relu = layer < n_layers - 1
-        parallel = (hi - lo) * B >= min_parallel_work
+        n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
+                                               layer, r, buf0, buf1, B)
+        parallel = d.shape[0] * B >= min_parallel_work
         if ip.shape[0] > n_out + 1:
             if B == 1:
                 csr_panels_matvec_bias_relu(d, c, ip, panels[layer], b, h.reshape(h.shape[0]),
@@ -262,15 +266,8 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
     h = HT
     r = 0
     for layer in range(n_layers):
-        n_out = sizes[layer + 1]
-        buf = buf0 if layer % 2 == 0 else buf1
-        out = buf[:n_out * Bc].reshape((n_out, Bc))
-        lo, hi = nnz_off[layer], nnz_off[layer + 1]
-        d = data[lo:hi]
-        c = indices[lo:hi]
-        ip = indptr[ptr_off[layer]:ptr_off[layer + 1]]
-        b = bias[r:r + n_out]
-        relu = layer < n_layers - 1
+        n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
+                                               layer, r, buf0, buf1, Bc)
         if ip.shape[0] > n_out + 1:
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
         elif Bc % 16 == 0:                       # register tiles (simd.py): 32 columns, then 16
