@@ -55,6 +55,8 @@ DENSE_PANELS = 0.45
 # slots. Trained net at 2 threads, whole forward pass (us) for thresholds 1500 / 3000 / 6000 / never:
 # k=0.5 65 / 63 / 68 / 94, k=0.9 29.0 / 27.6 / 27.9 / 36.6, k=0.99 11.7 / 11.5 / 10.7 / 11.1.
 MIN_PARALLEL_SLOTS = 3000
+# SELL is kept for batch 1 while its arrays take at most this many bytes, or twice CSR's (sell_pays)
+SELL_CACHE_BYTES = 8 * 2 ** 20
 _NEVER = np.iinfo(np.int64).max
 
 _blas = None
@@ -274,6 +276,7 @@ class CSREngine(Engine):
             raise ValueError("sell=True needs a CPU with AVX-512F (as Numba targets it); this one has "
                              "none: leave sell unset to run batch 1 on the CSR SpMV")
         self.uses_sell = sell_kernels.available() if sell is None else bool(sell)
+        self._sell_auto = sell is None
         super().__init__(params, threads)
 
     def _build(self, params):
@@ -320,6 +323,8 @@ class CSREngine(Engine):
             # the SELL copy (batch 1): its arrays and its padded biases
             self.sell_nbytes = int(sum(s.nbytes for s in layers) + self._sell[5].nbytes)
             self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
+            if self._sell_auto and not sell_pays(self.sell_nbytes, self.nbytes):
+                self.uses_sell, self._sell, self._sell_bufs = False, None, None
         self.min_parallel_slots = MIN_PARALLEL_SLOTS
 
     def describe(self) -> dict:
@@ -411,6 +416,18 @@ class CSREngine(Engine):
         outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
                                    ptr_off, panels, HT, buf0, buf1, work, self.threads)  # (n_out, Bp)
         return np.ascontiguousarray(outT[:, :B].T)
+
+
+def sell_pays(sell_nbytes: int, csr_nbytes: int) -> bool:
+    """Whether batch 1 should run on SELL rather than the CSR SpMV (unless the caller chose).
+
+    SELL reads its padding: it is bandwidth-bound where the SpMV is bound by its loads per non-zero.
+    It wins while its bytes stay in the caches (SELL_CACHE_BYTES) or are at most twice CSR's. One
+    core, one square layer (scaling_params), ms SELL vs SpMV, padding: 1024 at 99 %: 0.007 vs 0.011
+    (4.8); 4096 at 99 %: 0.092 vs 0.075 (4.8, 4 MB, SELL kept: the one loss, by 1.2x); 16384 at
+    99 %: 4.0 vs 1.25 (4.8, 65 MB, dropped); 16384 at 90 %: 9.0 vs 20.0 (2.0, 271 MB, kept).
+    """
+    return sell_nbytes <= max(SELL_CACHE_BYTES, 2 * csr_nbytes)
 
 
 def batch_chunk(B: int, threads: int, max_chunk: int = MAX_CHUNK) -> int:

@@ -413,3 +413,20 @@ def test_sell_demanded_without_avx512(small, monkeypatch):
     assert not eng.uses_sell and eng.layout(1) == "csr" and eng.call_nbytes(1) == eng.nbytes
     X = np.ones((1, SMALL[0]), np.float32)
     assert_matches(eng(X), forward(small, X))
+
+
+def test_sell_pays_rule():
+    assert engines.sell_pays(4 * 2 ** 20, 10**6)             # in the caches
+    assert engines.sell_pays(50 * 2 ** 20, 30 * 2 ** 20)     # <= twice CSR
+    assert not engines.sell_pays(65 * 2 ** 20, 16 * 2 ** 20)  # padding-heavy and out of cache
+
+
+@needs_sell
+def test_sell_dropped_when_it_does_not_pay(monkeypatch):
+    params = _random_bias(he_init(SMALL, seed=6))
+    monkeypatch.setattr(engines, "sell_pays", lambda sell_nbytes, csr_nbytes: False)
+    eng = make_engine("csr", params)
+    assert not eng.uses_sell and eng.layout(1) == "csr" and eng.sell_nbytes > 0
+    X = np.ones((1, SMALL[0]), np.float32)
+    assert_matches(eng(X), forward(params, X))
+    assert make_engine("csr", params, sell=True).uses_sell     # an explicit choice stands
