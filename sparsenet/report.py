@@ -285,7 +285,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         layouts = sorted({r["layout"] for r in select(records_of(tim), engine="csr", batch=1) if "layout" in r})
         if layouts:
             md.append(f"At batch 1, csr ran on: {', '.join(layouts)} (sell: the SELL-16x32 AVX-512 permute "
-                      "kernel; csr: the CSR SpMV, used where the CPU lacks AVX-512F).\n")
+                      "kernel; csr: the CSR SpMV, used where the CPU lacks AVX-512F or SELL's padding does not pay).\n")
         for t in thread_counts(tim):
             md.append(f"**{threads_word(t)}**\n")
             md.append(fig(f"latency_t{t}.png", plots.plot_latency, tim, threads=t))
