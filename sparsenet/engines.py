@@ -17,7 +17,7 @@ import numpy as np
 from sparsenet import kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.model import Layer, layer_sizes
-from sparsenet.sell import LANES
+from sparsenet.sell import LANES, flatten as sell_flatten
 
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
 
@@ -272,10 +272,11 @@ class CSREngine(Engine):
     uses_numba = True
 
     def __init__(self, params: Sequence[Layer], threads: Optional[int] = None, sell: Optional[bool] = None):
-        if sell and not sell_kernels.available():
+        available = sell_kernels.available()
+        if sell and not available:
             raise ValueError("sell=True needs a CPU with AVX-512F (as Numba targets it); this one has "
                              "none: leave sell unset to run batch 1 on the CSR SpMV")
-        self.uses_sell = sell_kernels.available() if sell is None else bool(sell)
+        self.uses_sell = available if sell is None else bool(sell)
         self._sell_auto = sell is None
         super().__init__(params, threads)
 
@@ -317,8 +318,7 @@ class CSREngine(Engine):
         self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
         self.sell_nbytes, self.sell_padding = 0, None
         if self.uses_sell:
-            from sparsenet.sell import flatten
-            self._sell, (n_x, width), layers = flatten(params)
+            self._sell, (n_x, width), layers = sell_flatten(params)
             self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
             # the SELL copy (batch 1): its arrays and its padded biases
             self.sell_nbytes = int(sum(s.nbytes for s in layers) + self._sell[5].nbytes)
@@ -411,7 +411,7 @@ class CSREngine(Engine):
             HT = X.reshape(self.n_in, 1)                 # (1, n_in) is already (n_in, 1) in memory
         else:
             np.copyto(HT[:, :B], X.T)                    # (B, n_in) -> (n_in, Bp); pad columns stay 0
-        work = self.min_parallel_work if self.threads > 1 else np.iinfo(np.int64).max
+        work = self.min_parallel_work if self.threads > 1 else _NEVER
         data, indices, indptr, ptr_off, panels = self._layout(B)
         outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
                                    ptr_off, panels, HT, buf0, buf1, work, self.threads)  # (n_out, Bp)

@@ -141,8 +141,9 @@ class SELL:
         if not problems:
             rows, cols = self._coordinates()
             held = self.data != 0
-            if np.count_nonzero(self.to_dense()) > self.nnz:
-                problems.append(f"holds {np.count_nonzero(self.to_dense())} non-zeros, more than nnz = {self.nnz}")
+            n_held = np.count_nonzero(self.to_dense())
+            if n_held > self.nnz:
+                problems.append(f"holds {n_held} non-zeros, more than nnz = {self.nnz}")
             if np.any(rows[held] >= M) or np.any(cols[held] >= N):
                 problems.append(f"a non-zero lies outside the {M} x {N} matrix")
         if problems:

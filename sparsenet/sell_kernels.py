@@ -20,6 +20,8 @@ CSR SpMV when it does not. Nothing is compiled at import; cache=True keeps the c
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -33,6 +35,7 @@ _OPTS = dict(cache=True, boundscheck=False)
 _ACCUMULATORS = 2
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
     """True when Numba targets a CPU with AVX-512F (the intrinsic would not compile otherwise)."""
     import llvmlite.binding as llvm
