@@ -42,6 +42,18 @@ class Dataset(NamedTuple):
     test_images: np.ndarray   # (M, 784) uint8
     test_labels: np.ndarray   # (M,) uint8
     source: str               # human-readable: which source was used
+    md5: tuple = ()           # md5 of the four uncompressed files actually loaded, in FILES order
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits naming the data actually loaded (its four md5s); "" when unknown.
+
+        Cached models and run folders are keyed by it, so a net trained on other files under the
+        same data set name is never reused as the official one.
+        """
+        if not self.md5:
+            return ""
+        return hashlib.sha256("\n".join(self.md5).encode()).hexdigest()[:12]
 
 
 # The official file names, in the order of the Dataset fields; both data sets use them.
@@ -462,7 +474,8 @@ def _reporter(progress: bool) -> Callable:
 
 def _dataset(name: str, raws: dict, names: dict, source: str) -> Dataset:
     """A Dataset from the four uncompressed files."""
-    return Dataset(name, *_split(raws, names), source=source)
+    return Dataset(name, *_split(raws, names), source=source,
+                   md5=tuple(_md5(raws[file]) for file in FILES))
 
 
 def _failure_message(name: str, spec: DatasetSpec, tried: list) -> str:
