@@ -116,3 +116,40 @@ def test_frozen():
     c = CSR.from_dense(np.eye(3, dtype=np.float32))
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.shape = (1, 1)
+
+
+# --- issue 10: from_scipy never modifies its input ------------------------------------------
+
+def _messy_csr(kind):
+    """Duplicates, an explicit zero and unsorted columns: everything from_scipy has to clean up."""
+    data = np.array([1.0, 0.0, 2.0, 3.0, 4.0])
+    indices = np.array([2, 1, 0, 0, 1])
+    indptr = np.array([0, 2, 5])
+    return kind((data, indices, indptr), shape=(2, 3))
+
+
+def _snapshot(S):
+    arrays = {name: getattr(S, name).copy() for name in ("data", "indices", "indptr", "row", "col")
+              if hasattr(S, name)}
+    return arrays, S.nnz, getattr(S, "has_canonical_format", None), getattr(S, "has_sorted_indices", None)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _messy_csr(sp.csr_matrix),
+    lambda: _messy_csr(sp.csr_array),
+    lambda: _messy_csr(sp.csr_matrix).tocsc(),
+    lambda: sp.coo_matrix((np.array([1.0, 0.0, 2.0, 3.0]), (np.array([1, 0, 1, 1]), np.array([2, 1, 0, 0]))),
+                          shape=(2, 3)),
+], ids=["csr_matrix", "csr_array", "csc_matrix", "coo_matrix"])
+def test_from_scipy_never_modifies_its_input(make):
+    S = make()
+    arrays, nnz, canonical, sorted_ = _snapshot(S)
+    c = CSR.from_scipy(S).check()
+    np.testing.assert_array_equal(c.to_dense(), make().toarray())
+    after_arrays, after_nnz, after_canonical, after_sorted = _snapshot(S)
+    assert after_nnz == nnz and after_canonical == canonical and after_sorted == sorted_
+    assert after_arrays.keys() == arrays.keys()
+    for name, before in arrays.items():
+        np.testing.assert_array_equal(after_arrays[name], before, err_msg=name)
+        for out in (c.data, c.indices, c.indptr):
+            assert not np.shares_memory(out, getattr(S, name))
