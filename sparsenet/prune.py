@@ -25,6 +25,7 @@ import numpy as np
 from sparsenet.model import Layer, layer_sizes
 
 SCOPES = ("layer", "global")
+NEURON_SCOPES = ("layer",)          # neuron pruning ranks rows within each matrix only
 
 
 def check_sparsity(sparsity) -> float:
@@ -50,6 +51,15 @@ def _prunable(params, prune_output: bool) -> list:
 def _full_mask(layer: Layer) -> tuple:
     keep_b = None if layer.bias is None else np.ones(layer.bias.shape, dtype=bool)
     return np.ones(layer.weight.shape, dtype=bool), keep_b
+
+
+def _magnitude(w: np.ndarray) -> np.ndarray:
+    """|w| in a type that holds it: for signed integers the unsigned type of the same width
+    (np.abs wraps iinfo.min to itself, e.g. |-128| = -128 in int8; as uint8 it reads 128)."""
+    a = np.abs(w)
+    if a.dtype.kind == "i":
+        return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    return a
 
 
 def _drop_smallest(scores: np.ndarray, n_prune: int) -> np.ndarray:
@@ -88,11 +98,11 @@ def weight_mask(params: Sequence[Layer], sparsity, scope: str = "layer",
     if scope == "layer":
         for i in idx:
             w = params[i].weight
-            keep = _drop_smallest(np.abs(w).ravel(), n_to_prune(s, w.size))
+            keep = _drop_smallest(_magnitude(w).ravel(), n_to_prune(s, w.size))
             masks[i] = (keep.reshape(w.shape), masks[i][1])
     elif idx:
         # one ranking over the concatenated |w| (layer order, then flat index breaks ties)
-        scores = np.concatenate([np.abs(params[i].weight).ravel() for i in idx])
+        scores = np.concatenate([_magnitude(params[i].weight).ravel() for i in idx])
         keep = _drop_smallest(scores, n_to_prune(s, scores.size))
         offset = 0
         for i in idx:
@@ -139,10 +149,13 @@ METHODS = ("weight", "neuron")
 
 def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
                prune_output: bool = False) -> tuple:
-    """Masks for one method ("weight" or "neuron") at one sparsity."""
+    """Masks for one method ("weight" or "neuron") at one sparsity. `scope` is weight pruning's
+    (see SCOPES); neuron pruning supports only "layer" (NEURON_SCOPES)."""
     if method == "weight":
         return weight_mask(params, sparsity, scope=scope, prune_output=prune_output)
     if method == "neuron":
+        if scope not in NEURON_SCOPES:
+            raise ValueError(f"scope for neuron pruning must be one of {NEURON_SCOPES}, got {scope!r}")
         return neuron_mask(params, sparsity, prune_output=prune_output)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 

@@ -1,6 +1,7 @@
 """Pruning against its definition: exact counts, smallest-first, input unchanged, s=0 identity,
 masked and shrunk predictions equal."""
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from sparsenet.model import Layer, forward, he_init, layer_sizes
 from sparsenet.prune import (
-    _drop_smallest, apply_masks, check_sparsity, describe_shrink, n_to_prune, neuron_mask, neuron_prune, shrink,
-    sparsity_of, weight_mask, weight_prune,
+    METHODS, SCOPES, _drop_smallest, apply_masks, check_sparsity, describe_shrink, make_masks, n_to_prune,
+    neuron_mask, neuron_prune, shrink, sparsity_of, weight_mask, weight_prune,
 )
 
 SWEEP = (0, .25, .5, .6, .7, .8, .9, .95, .97, .99)
@@ -322,3 +323,85 @@ def test_drop_smallest_nan_last():
     scores = np.array([np.nan, 1.0, 0.5, np.nan, 2.0])
     np.testing.assert_array_equal(_drop_smallest(scores, 4), [False, False, False, True, False])
     np.testing.assert_array_equal(_drop_smallest(scores, 2), [True, False, False, True, True])
+
+
+# --- issue 10: outputs never alias inputs -----------------------------------------------------
+
+def _input_arrays(params, masks=()):
+    arrays = [a for layer in params for a in layer if a is not None]
+    return arrays + [m for pair in masks for m in pair if m is not None]
+
+
+def _assert_no_alias(out, inputs):
+    for layer in out:
+        for a in layer:
+            if a is not None:
+                assert not any(np.shares_memory(a, x) for x in inputs)
+
+
+@pytest.mark.parametrize("sizes", [(6, 4), (6, 5, 4)], ids=["one-layer", "two-layer"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_shrink_output_never_aliases_input(sizes, bias):
+    params = small_net(bias=bias, sizes=sizes)
+    small = shrink(params)
+    for a, b in zip(small, params):
+        assert not np.shares_memory(a.weight, b.weight)
+        assert b.bias is None or not np.shares_memory(a.bias, b.bias)
+    _assert_no_alias(small, _input_arrays(params))
+
+
+@pytest.mark.parametrize("sizes", [(6, 4), (6, 5, 4)], ids=["one-layer", "two-layer"])
+@pytest.mark.parametrize("s", [0, 0.5])
+def test_pruning_outputs_never_alias_inputs(sizes, s):
+    params = small_net(bias=True, sizes=sizes)
+    inputs = _input_arrays(params)
+    for prune_output in (False, True):
+        _assert_no_alias(weight_prune(params, s, prune_output=prune_output), inputs)
+        _assert_no_alias(weight_prune(params, s, scope="global", prune_output=prune_output), inputs)
+        _assert_no_alias(neuron_prune(params, s, prune_output=prune_output), inputs)
+        for masks in (weight_mask(params, s, prune_output=prune_output),
+                      neuron_mask(params, s, prune_output=prune_output)):
+            _assert_no_alias(masks, inputs)
+            _assert_no_alias(apply_masks(params, masks), _input_arrays(params, masks))
+    no_bias_masks = tuple((np.ones(l.weight.shape, bool), None) for l in params)
+    _assert_no_alias(apply_masks(params, no_bias_masks), inputs)     # keep_b None: the bias is copied
+
+
+# --- issue 10: integer weights, magnitudes in a type that holds them --------------------------
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_weight_prune_signed_int_min_is_largest_magnitude(dtype):
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    w = np.array([[lo, 1, hi, -2], [3, lo, -4, 0]], dtype)
+    params = (Layer(w, None), Layer(np.ones((1, 2), dtype), None))
+    for scope in SCOPES:
+        out = weight_prune(params, 0.75, scope=scope)[0].weight       # 6 of 8: only lo, lo survive
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, [[lo, 0, 0, 0], [0, lo, 0, 0]])
+        keep = weight_mask(params, 0.25, scope=scope)[0][0]           # 2 of 8: the 0, then the 1
+        np.testing.assert_array_equal(keep, [[True, False, True, True], [True, True, True, False]])
+
+
+def test_weight_prune_unsigned_and_float16_weights():
+    w = np.array([[255, 1, 128, 0]], np.uint8)
+    params = (Layer(w, None), Layer(np.ones((1, 1), np.uint8), None))
+    np.testing.assert_array_equal(weight_prune(params, 0.5)[0].weight, [[255, 0, 128, 0]])
+    w16 = np.array([[-65504, 1, 2, -3]], np.float16)
+    params = (Layer(w16, None), Layer(np.ones((1, 1), np.float16), None))
+    np.testing.assert_array_equal(weight_prune(params, 0.5)[0].weight, [[-65504, 0, 0, -3]])
+
+
+# --- issue 10: scope is only for weight pruning -----------------------------------------------
+
+@pytest.mark.parametrize("scope", ["global", "net", None])
+def test_make_masks_neuron_rejects_scope(scope):
+    with pytest.raises(ValueError, match=r"^scope for neuron pruning must be one of \('layer',\), "
+                                         rf"got {re.escape(repr(scope))}$"):
+        make_masks(small_net(), "neuron", 0.5, scope=scope)
+
+
+@pytest.mark.parametrize("scope", ["net", "Layer", None, ""])
+def test_make_masks_weight_rejects_scope(scope):
+    with pytest.raises(ValueError, match=r"^scope must be one of \('layer', 'global'\), "
+                                         rf"got {re.escape(repr(scope))}$"):
+        make_masks(small_net(), "weight", 0.5, scope=scope)
