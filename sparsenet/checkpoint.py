@@ -46,6 +46,30 @@ def save(path, params: Sequence[Layer], meta: Optional[dict] = None) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _is_int(v, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _meta_problem(meta) -> Optional[str]:
+    """What is wrong with the metadata's shape and types ("" when nothing): load may raise only
+    CheckpointError, so a caller such as cached_train can retrain instead of crashing."""
+    if not isinstance(meta, dict):
+        return f"metadata is not a JSON object (got {type(meta).__name__})"
+    for key in ("sizes", "bias", "n_layers"):
+        if key not in meta:
+            return f"metadata lacks {key!r}"
+    sizes, bias, n_layers = meta["sizes"], meta["bias"], meta["n_layers"]
+    if not isinstance(sizes, list) or not all(_is_int(s, 1) for s in sizes):
+        return f"metadata 'sizes' must be a list of integers >= 1, got {sizes!r}"
+    if not isinstance(bias, bool):
+        return f"metadata 'bias' must be true or false, got {bias!r}"
+    if not _is_int(n_layers, 1):
+        return f"metadata 'n_layers' must be an integer >= 1, got {n_layers!r}"
+    if len(sizes) != n_layers + 1:
+        return f"sizes {sizes} do not describe {n_layers} layers"
+    return ""
+
+
 def load(path, expect: Optional[dict] = None):
     """Read (params, meta) from `path`, checking every array against the recorded sizes.
 
@@ -68,14 +92,12 @@ def load(path, expect: Optional[dict] = None):
         raise fail(f"no metadata array {_META!r}")
     try:
         meta = json.loads(str(arrays.pop(_META)))
-    except json.JSONDecodeError as exc:
-        raise fail(f"metadata is not valid JSON ({exc})") from None
-    for key in ("sizes", "bias", "n_layers"):
-        if key not in meta:
-            raise fail(f"metadata lacks {key!r}")
+    except (ValueError, RecursionError) as exc:   # RecursionError: nested too deep for the parser
+        raise fail(f"metadata is not valid JSON ({type(exc).__name__}: {exc})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise fail(problem)
     sizes, bias = meta["sizes"], meta["bias"]
-    if len(sizes) != meta["n_layers"] + 1:
-        raise fail(f"sizes {sizes} do not describe {meta['n_layers']} layers")
     params = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         names = [(f"w{i}", (n_out, n_in))] + ([(f"b{i}", (n_out,))] if bias else [])

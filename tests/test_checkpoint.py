@@ -105,3 +105,30 @@ def test_mixed_biases_are_refused(tmp_path):
     params = (Layer(params[0].weight, None),) + params[1:]
     with pytest.raises(ValueError, match="bias"):
         save(tmp_path / "m.npz", params, {})
+
+
+@pytest.mark.parametrize("meta, match", [
+    ([1, 2, 3], "metadata is not a JSON object"),
+    ("a string", "metadata is not a JSON object"),
+    (None, "metadata is not a JSON object"),
+    ({"sizes": 5, "bias": True, "n_layers": 3}, "'sizes' must be a list of integers >= 1"),
+    ({"sizes": [8, "6", 4, 3], "bias": True, "n_layers": 3}, "'sizes' must be a list of integers >= 1"),
+    ({"sizes": [8, 6.0, 4, 3], "bias": True, "n_layers": 3}, "'sizes' must be a list of integers >= 1"),
+    ({"sizes": [8, -6, 4, 3], "bias": True, "n_layers": 3}, "'sizes' must be a list of integers >= 1"),
+    ({"sizes": [8, 6, 4, 3], "bias": "yes", "n_layers": 3}, "'bias' must be true or false"),
+    ({"sizes": [8, 6, 4, 3], "bias": True, "n_layers": "3"}, "'n_layers' must be an integer >= 1"),
+    ({"sizes": [8], "bias": True, "n_layers": 0}, "'n_layers' must be an integer >= 1"),
+    ({"sizes": [8, 6, 4, 3], "bias": True, "n_layers": None}, "'n_layers' must be an integer >= 1"),
+])
+def test_malformed_metadata_is_a_checkpoint_error(saved, meta, match):
+    """Valid JSON of the wrong shape or types: a CheckpointError (the study then retrains), never TypeError."""
+    _rewrite(saved, lambda a: a.update(meta_json=np.array(json.dumps(meta))))
+    with pytest.raises(CheckpointError, match=r"m\.npz: .*" + match):
+        load(saved, expect={"dataset": "mnist"})
+
+
+
+def test_deeply_nested_metadata_is_a_checkpoint_error(saved):
+    _rewrite(saved, lambda a: a.update(meta_json=np.array("[" * 100000)))
+    with pytest.raises(CheckpointError, match="metadata is not valid JSON .*RecursionError"):
+        load(saved)
