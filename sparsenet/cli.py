@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ def _sparsity(text: str) -> float:
         value = float(raw.rstrip("%"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"sparsity must be a finite number: a fraction in [0, 1) or a "
+                                         f"percentage in [0, 100), got {text!r}")
     if not percent and value >= 1:
         if not value.is_integer():
             raise argparse.ArgumentTypeError(

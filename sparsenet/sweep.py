@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -281,7 +282,7 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
             if progress:
                 print(f"[sweep] {curve['recovery']}/{curve['method']} seed {seed}: "
                       f"{time.perf_counter() - t:.1f} s, acc " +
-                      " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), flush=True)
+                      " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), file=sys.stderr, flush=True)
             update(result)
     _reorder_seeds(result)
     result["complete"] = True

@@ -66,3 +66,13 @@ def test_fetch_from_a_broken_data_dir_names_the_problem(tmp_path, capsys):
     assert cli.main(["fetch", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "data directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "inf%", "1e400"])
+def test_non_finite_sparsities_say_finite(text, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["study", "--sparsities", f"0,{text}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "sparsity must be a finite number: a fraction in [0, 1) or a percentage in [0, 100)" in err
+    assert "ambiguous" not in err

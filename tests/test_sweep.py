@@ -264,3 +264,12 @@ def test_resume_from_bare_schema(problem, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_curve_values", lambda *a, **k: pytest.fail("recomputed"))
     again = sweep.run_sweep(models, *data, previous=bare, **kw)
     assert again["curves"] == res["curves"]
+
+
+def test_progress_goes_to_stderr(problem, capsys):
+    """[sweep] lines join the study's [study] lines on stderr; stdout stays free for results."""
+    models, (*_, Xte, yte) = problem
+    run_sweep(models[:1], None, None, None, None, Xte, yte, sparsities=(0, 0.5), recoveries=("oneshot",),
+              progress=True)
+    out, err = capsys.readouterr()
+    assert "[sweep] oneshot/weight seed 0" in err and out == ""
