@@ -16,7 +16,7 @@ import numpy as np
 
 from sparsenet import kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
-from sparsenet.model import Layer, layer_sizes
+from sparsenet.model import Layer, check_params, layer_sizes
 from sparsenet.sell import LANES, flatten as sell_flatten
 
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
@@ -114,10 +114,7 @@ class Engine:
     uses_numba = False
 
     def __init__(self, params: Sequence[Layer], threads: Optional[int] = None):
-        params = tuple(Layer(np.asarray(l.weight, np.float32),
-                             None if l.bias is None else np.asarray(l.bias, np.float32)) for l in params)
-        if not params:
-            raise ValueError("params must hold at least one layer")
+        params = check_params(params)
         max_threads = numba.config.NUMBA_NUM_THREADS
         threads = max_threads if threads is None else int(threads)
         if not 1 <= threads <= max_threads:
@@ -138,7 +135,11 @@ class Engine:
 
     # -- the call --------------------------------------------------------------------------------
     def __call__(self, X) -> np.ndarray:
-        """Logits of a batch: (B, n_in) -> (B, n_out) float32."""
+        """Logits of a batch: (B, n_in) -> (B, n_out) float32, a new array the engine does not keep.
+
+        A row of X holding NaN or +-inf gets NaN logits on every engine: sparse kernels never read
+        the inputs their pruned weights skip, so they would otherwise disagree with dense BLAS.
+        """
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise ValueError(f"expected X of shape (B, {self.n_in}), got {X.shape}")
@@ -147,9 +148,13 @@ class Engine:
         if X.shape[0] == 0:
             return np.empty((0, self.n_out), np.float32)
         if self._held:
-            return self._forward(X)
-        with _limit_threads(self.threads, self.uses_blas, self.uses_numba):
-            return self._forward(X)
+            out = self._forward(X)
+        else:
+            with _limit_threads(self.threads, self.uses_blas, self.uses_numba):
+                out = self._forward(X)
+        if not kernels.all_finite(X):
+            out[~np.isfinite(X).all(axis=1)] = np.nan
+        return out
 
     @contextlib.contextmanager
     def threads_context(self):
@@ -415,7 +420,9 @@ class CSREngine(Engine):
         data, indices, indptr, ptr_off, panels = self._layout(B)
         outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
                                    ptr_off, panels, HT, buf0, buf1, work, self.threads)  # (n_out, Bp)
-        return np.ascontiguousarray(outT[:, :B].T)
+        out = np.empty((B, self.n_out), np.float32)     # outT is a view of buf0/buf1: never return it
+        out[:] = outT[:, :B].T
+        return out
 
 
 def sell_pays(sell_nbytes: int, csr_nbytes: int) -> bool:

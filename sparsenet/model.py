@@ -26,6 +26,36 @@ def layer_sizes(params: Sequence[Layer]) -> tuple:
     return (params[0].weight.shape[1],) + tuple(layer.weight.shape[0] for layer in params)
 
 
+def check_params(params: Sequence[Layer]) -> Params:
+    """The parameter chain as float32 Layers, or a ValueError naming the first inconsistent layer.
+
+    Every engine checks its parameters here (a kernel reading a layer of the wrong width would read
+    out of bounds): each weight a 2-d real (n_out, n_in) array whose n_in is the previous n_out, each
+    bias None or of shape (n_out,).
+    """
+    params = tuple(params)
+    if not params:
+        raise ValueError("params must hold at least one layer")
+    checked, n_prev = [], None
+    for i, layer in enumerate(params):
+        if not isinstance(layer, tuple) or len(layer) != 2:
+            raise ValueError(f"layer {i}: expected a Layer(weight, bias), got {type(layer).__name__}")
+        weight, bias = (None if a is None else np.asarray(a) for a in layer)
+        if weight is None or weight.ndim != 2 or 0 in weight.shape or weight.dtype.kind not in "biuf":
+            raise ValueError(f"layer {i}: weight must be a non-empty 2-d real array (n_out, n_in), got "
+                             f"{'None' if weight is None else f'{weight.dtype} of shape {weight.shape}'}")
+        n_out, n_in = weight.shape
+        if n_prev is not None and n_in != n_prev:
+            raise ValueError(f"layer {i}: weight has {n_in} inputs but layer {i - 1} has {n_prev} outputs")
+        if bias is not None and (bias.shape != (n_out,) or bias.dtype.kind not in "biuf"):
+            raise ValueError(f"layer {i}: bias must be None or a real array of shape ({n_out},), got "
+                             f"{bias.dtype} of shape {bias.shape}")
+        checked.append(Layer(weight.astype(np.float32, copy=False),
+                             None if bias is None else bias.astype(np.float32, copy=False)))
+        n_prev = n_out
+    return tuple(checked)
+
+
 def he_init(sizes: Sequence[int] = DEFAULT_SIZES, bias: bool = False, seed: int = 0) -> Params:
     """He-normal weights (std = sqrt(2 / n_in)), zero biases if wanted; float32."""
     sizes = tuple(int(s) for s in sizes)

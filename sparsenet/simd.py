@@ -72,9 +72,9 @@ class IR:
         return self.b.call(f, [a, x, acc])
 
     def relu_if(self, flag, v):
-        """max(v, 0) where the i1 `flag` is set, else v."""
+        """max(v, 0) where the i1 `flag` is set, else v; NaN stays NaN, as numpy.maximum keeps it."""
         zero = ir.Constant(VF, None)
-        return self.b.select(flag, self.b.select(self.b.fcmp_ordered(">", v, zero), v, zero), v)
+        return self.b.select(flag, self.b.select(self.b.fcmp_ordered("<", v, zero), zero, v), v)
 
     def zeroed(self, n):
         """n stack slots holding a <16 x float> zero (promoted to registers by LLVM)."""

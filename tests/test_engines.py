@@ -430,3 +430,89 @@ def test_sell_dropped_when_it_does_not_pay(monkeypatch):
     X = np.ones((1, SMALL[0]), np.float32)
     assert_matches(eng(X), forward(params, X))
     assert make_engine("csr", params, sell=True).uses_sell     # an explicit choice stands
+
+
+# -- the engine contract: results owned by the caller, non-finite rows, consistent params -----------
+_SELL_OPTIONS = [None, False] + ([True] if sell_kernels.available() else [])
+
+
+def _engines_every_path(params):
+    """(label, engine) for every engine, thread count and (csr) batch-1 layout this machine runs."""
+    for threads in (1, 2):
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            continue
+        for name in ENGINES:
+            for sell in (_SELL_OPTIONS if name == "csr" else [None]):
+                options = {} if sell is None else {"sell": sell}
+                yield f"{name}-t{threads}-sell{sell}", make_engine(name, params, threads=threads, **options)
+
+
+@pytest.mark.parametrize("sizes", [(784, 300, 10), (96, 80, 1)], ids=["mlp", "one-output"])
+def test_results_survive_later_calls(sizes):
+    """Every engine returns an array it does not keep: results of earlier calls stay as they were."""
+    params = _random_bias(weight_prune(he_init(sizes, seed=7), 0.5))
+    rng = np.random.default_rng(8)
+    inputs = [rng.random((B, sizes[0]), dtype=np.float32) for B in (1, 1, 7, 1, 64, 256, 1, 7)]
+    for label, eng in _engines_every_path(params):
+        held = [eng(X) for X in inputs]                      # consecutive calls, results held
+        held += [eng(X[None]) for X in inputs[-1]]           # one row at a time
+        refs = [forward(params, X) for X in inputs] + [forward(params, X[None]) for X in inputs[-1]]
+        for out, ref in zip(held, refs):
+            assert_matches(out, ref)
+        assert not any(np.shares_memory(a, b) for i, a in enumerate(held) for b in held[i + 1:]), label
+
+
+def _net_with_dead_input():
+    """A 90 %-pruned net whose input 5 no kept weight reads (as dead border pixels in MNIST)."""
+    params = list(weight_prune(he_init((96, 80, 64, 10), seed=9), 0.9))
+    weight = params[0].weight.copy()
+    weight[:, 5] = 0
+    params[0] = Layer(weight, None)
+    return tuple(params), 5
+
+
+@pytest.mark.parametrize("B", [1, 7, 64, 256])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_rows_give_nan_on_every_engine(B, bad):
+    """A row with NaN or +-inf, in a live or a pruned-away input, has NaN logits on every engine;
+    the other rows keep the reference logits."""
+    params, dead = _net_with_dead_input()
+    X = np.random.default_rng(10).random((B, 96), dtype=np.float32)
+    X[0, 3] = bad                                         # a live input (row 0)
+    if B > 1:
+        X[B - 1, dead] = bad                              # an input no kept weight reads
+    rows = [0, B - 1]
+    ok = np.setdiff1d(np.arange(B), rows)
+    for label, eng in _engines_every_path(params):
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = eng(X)
+        assert np.isnan(out[rows]).all(), label
+        assert_matches(out[ok], forward(params, X[ok]))
+
+
+def _inconsistent(kind):
+    params = list(he_init((12, 8, 6, 4), bias=True, seed=11))
+    if kind == "width":
+        params[1] = Layer(np.ones((6, 9), np.float32), params[1].bias)
+        return params, r"layer 1: weight has 9 inputs but layer 0 has 8 outputs"
+    if kind == "bias":
+        params[2] = Layer(params[2].weight, np.zeros(5, np.float32))
+        return params, r"layer 2: bias must be None or a real array of shape \(4,\), got float32 of shape \(5,\)"
+    if kind == "1-d":
+        params[0] = Layer(np.ones(12, np.float32), None)
+        return params, r"layer 0: weight must be a non-empty 2-d real array \(n_out, n_in\), got float32 of shape \(12,\)"
+    if kind == "complex":
+        params[0] = Layer(params[0].weight.astype(np.complex64), params[0].bias)
+        return params, r"layer 0: weight must be a non-empty 2-d real array"
+    if kind == "not-a-layer":
+        params[1] = params[1].weight
+        return params, r"layer 1: expected a Layer\(weight, bias\), got ndarray"
+    return [], "params must hold at least one layer"
+
+
+@pytest.mark.parametrize("kind", ["width", "bias", "1-d", "complex", "not-a-layer", "empty"])
+@pytest.mark.parametrize("name", ENGINES)
+def test_inconsistent_params_refused_by_every_engine(name, kind):
+    params, message = _inconsistent(kind)
+    with pytest.raises(ValueError, match=message):
+        make_engine(name, params, threads=1)

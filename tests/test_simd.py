@@ -39,3 +39,18 @@ def test_rows_on_a_tile_of_a_wider_block(width, call, M, N, density, relu):
     untouched = np.ones(out.shape, bool)
     untouched[r0:r1, col0:col0 + width] = False
     assert np.isnan(out[untouched]).all()                # nothing written outside the tile
+
+
+@pytest.mark.parametrize("width, call", [(16, _call16), (32, _call32)])
+def test_relu_keeps_nan(width, call):
+    """ReLU on the tile is numpy.maximum(x, 0): NaN stays NaN (it used to become 0), -x becomes 0."""
+    W = np.ones((2, 3), np.float32)
+    c = CSR.from_dense(W)
+    HT = np.ones((3, width), np.float32)
+    HT[1, 0] = np.nan
+    HT[:, 1] = -1
+    out = np.empty((2, width), np.float32)
+    call(c.data, c.indices, c.indptr, np.zeros(2, np.float32), HT, out, 0, 2, width, width, 0, True)
+    want = np.maximum(W @ HT, 0)
+    assert np.isnan(out[:, 0]).all() and (out[:, 1] == 0).all()
+    np.testing.assert_array_equal(out, want)
