@@ -81,6 +81,10 @@ def cmd_train(args) -> int:
     from sparsenet import checkpoint, train
 
     ds = _load_data(args)
+    n = len(ds.train_images)
+    if args.n_val is None:
+        args.n_val = train.default_n_val(n)
+    train.check_n_val(args.n_val, n, flag="--val")
     cfg = _train_config(args)
     params, meta = train.train(ds, cfg, progress=not args.quiet)
     out = Path(args.out or f"models/{ds.name}-seed{cfg.seed}.npz")
@@ -124,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--sizes", type=_ints, help="layer sizes, e.g. 784,1000,1000,500,200,10")
     p.add_argument("--bias", action="store_true", default=None, help="give every layer a bias")
+    p.add_argument("--val", dest="n_val", type=int,
+                   help="training images held out for validation (default: a tenth, at most 5000)")
     p.add_argument("--out", help="where to save the model (default models/<dataset>-seed<k>.npz)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

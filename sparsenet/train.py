@@ -304,6 +304,20 @@ def _fit(params, X_train, y_train, X_val, y_val, cfg, masks, mask_schedule, prog
 
 # --- whole runs --------------------------------------------------------------------------------
 
+def default_n_val(n: int) -> int:
+    """Validation images held out of `n` training images: a tenth, at most 5000 (MNIST's usual split)."""
+    return min(5000, n // 10)
+
+
+def check_n_val(n_val: int, n: int, flag: str = "n_val") -> None:
+    """A clear error unless holding out n_val of n images leaves some to train on."""
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
+        raise ValueError(f"{flag} must be an integer >= 0, got {n_val!r}")
+    if n_val >= n:
+        raise ValueError(f"{flag} {n_val} leaves no training images (the training set has {n}); "
+                         f"choose {flag} below {n}")
+
+
 def split_train_val(n: int, n_val: int, seed: int):
     """(train_idx, val_idx): n_val rows held out, chosen by `seed`, each sorted."""
     if not 0 <= n_val < n:
@@ -323,6 +337,7 @@ def _train(dataset, cfg, progress, threads):
     t0, cpu0 = time.perf_counter(), time.process_time()
     X = to_float(dataset.train_images)
     y = np.asarray(dataset.train_labels)
+    check_n_val(cfg.n_val, len(X))
     tr_idx, val_idx = split_train_val(len(X), cfg.n_val, cfg.seed)
     params = he_init(cfg.sizes, cfg.bias, cfg.seed)
     params, history = fit(params, X[tr_idx], y[tr_idx], X[val_idx], y[val_idx], cfg,

@@ -76,3 +76,39 @@ def test_non_finite_sparsities_say_finite(text, capsys):
     assert exc.value.code == 2
     assert "sparsity must be a finite number: a fraction in [0, 1) or a percentage in [0, 100)" in err
     assert "ambiguous" not in err
+
+
+def _idx_dir(folder, n_train=300, n_test=50, seed=0, labels=None):
+    """The four IDX files of a small synthetic data set in `folder`."""
+    import numpy as np
+
+    from sparsenet import data
+
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        y = rng.integers(0, 10, n).astype(np.uint8) if labels is None else np.full(n, labels, np.uint8)
+        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", y)
+    return folder
+
+
+def test_train_on_a_small_data_set_holds_out_a_tenth(tmp_path, capsys):
+    from sparsenet import checkpoint
+
+    _idx_dir(tmp_path / "data")
+    out = tmp_path / "m.npz"
+    assert cli.main(["train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--sizes", "784,16,10",
+                     "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert checkpoint.load(out)[1]["config"]["n_val"] == 30              # min(5000, 300 // 10)
+    assert cli.main(["train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--sizes", "784,16,10",
+                     "--val", "0", "--out", str(out), "--quiet"]) == 0
+    assert checkpoint.load(out)[1]["config"]["n_val"] == 0
+
+
+def test_train_val_leaving_no_training_images_is_a_clear_error(tmp_path, capsys):
+    _idx_dir(tmp_path / "data")
+    assert cli.main(["train", "--data-dir", str(tmp_path / "data"), "--val", "300",
+                     "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--val 300 leaves no training images (the training set has 300); choose --val below 300" in err
+    assert "Traceback" not in err and not (tmp_path / "m.npz").exists()
