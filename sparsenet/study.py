@@ -76,6 +76,14 @@ class StudyConfig:
         for name in ("seeds", "batches", "threads", "widths", "scaling_threads"):
             value = _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1)
             object.__setattr__(self, name, value)
+        available = available_threads()
+        for name in ("threads", "scaling_threads"):
+            over = [t for t in getattr(self, name) if t > available]
+            if over:
+                # checked here, not at the timing stage: after training, the sweep and a peak
+                # "measured" at an impossible thread count
+                raise ValueError(f"{name} {', '.join(map(str, over))} exceed the {available} threads "
+                                 f"available (NUMBA_NUM_THREADS); use at most {available}")
         for name in ("seeds", "batches", "threads"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
@@ -136,6 +144,12 @@ class StudyConfig:
         """results_dir / run_id (default run id: dataset[-quick]-<config hash>)."""
         run_id = self.run_id or f"{self.dataset}{'-quick' if self.is_quick else ''}-{self.config_hash()}"
         return Path(self.results_dir) / run_id
+
+
+def available_threads() -> int:
+    """The most threads Numba (and so a timed engine) can use in this process."""
+    import numba
+    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def _seq(name, value):

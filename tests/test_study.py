@@ -194,3 +194,26 @@ def test_quick_study_end_to_end(quick_study_folder):
     summary = read_json(folder / "report" / "summary.json")
     assert summary["verdict"]["answer"] in ("true", "false", "partly")
     assert "## 1." in (folder / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threads=(1, 3)), r"threads 3 exceed the 2 threads available"),
+    (dict(threads=(1,), scaling_threads=(1, 99)), r"scaling_threads 99 exceed the 2 threads available"),
+])
+def test_threads_beyond_the_available_are_refused_in_the_config(monkeypatch, kwargs, match):
+    import numba
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+    with pytest.raises(ValueError, match=match + r" \(NUMBA_NUM_THREADS\)"):
+        study.StudyConfig(**kwargs)
+
+
+def test_too_many_threads_stop_the_study_before_any_stage(tiny, monkeypatch):
+    """Not after data, training, the sweep and a 99-thread 'peak' in machine.json."""
+    import dataclasses
+    import numba
+    cfg, calls = tiny
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+    with pytest.raises(ValueError, match="threads 99 exceed"):
+        study.run_study(dataclasses.replace(cfg, threads=(1, 99)), progress=False)
+    assert calls == {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
+    assert not (tiny[0].folder().parent).exists()
