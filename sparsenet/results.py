@@ -3,7 +3,8 @@
 Layout of ``results/<run_id>/`` (every file written atomically, each optional to the reader):
 
 config.json    {"run_id": str, "created": ISO time, "sparsenet_version": str,
-                "study": {...the StudyConfig fields...}}
+                "study": {...the StudyConfig fields...},
+                "data": {"fingerprint": str, "md5": [4 x str], "source": str}}  # the data loaded
 machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
                 "versions": {"numpy": ..., "scipy": ..., "numba": ..., ...},
                 "blas": [threadpoolctl.threadpool_info() entries],

@@ -136,13 +136,19 @@ class StudyConfig:
         d = dataclasses.asdict(self)
         return {k: v for k, v in d.items() if k not in _PLACE_FIELDS}
 
-    def config_hash(self) -> str:
-        text = json.dumps({"study": self.measured(), "version": __version__}, sort_keys=True)
+    def config_hash(self, data_fingerprint: str = "") -> str:
+        """Short hash of the measured fields, the data's fingerprint and the sparsenet version."""
+        text = json.dumps({"study": self.measured(), "data": data_fingerprint, "version": __version__},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
-    def folder(self) -> Path:
-        """results_dir / run_id (default run id: dataset[-quick]-<config hash>)."""
-        run_id = self.run_id or f"{self.dataset}{'-quick' if self.is_quick else ''}-{self.config_hash()}"
+    def folder(self, data_fingerprint: str = "") -> Path:
+        """results_dir / run_id (default run id: dataset[-quick]-<hash of the config and the data>).
+
+        data_fingerprint: that of the data loaded (data.Dataset.fingerprint), so other files under
+        the same data set name (say, a --data-dir with other labels) get their own folder."""
+        run_id = self.run_id or (f"{self.dataset}{'-quick' if self.is_quick else ''}-"
+                                 f"{self.config_hash(data_fingerprint)}")
         return Path(self.results_dir) / run_id
 
 
@@ -174,33 +180,46 @@ def _say(progress, msg):
         print(f"[study] {msg}", file=sys.stderr, flush=True)
 
 
-def write_config(cfg: StudyConfig, folder: Path) -> None:
-    """config.json; an existing one must record the same measured configuration."""
+def write_config(cfg: StudyConfig, folder: Path, ds=None) -> None:
+    """config.json; an existing one must record the same measured configuration and data."""
     path = part_path(folder, "config")
     study = dataclasses.asdict(cfg)
+    data = _data_info(ds)
     if path.exists():
-        old = read_json(path).get("study", {})
+        recorded = read_json(path)
+        old = recorded.get("study", {}) if isinstance(recorded, dict) else {}
         same = {k: v for k, v in old.items() if k not in _PLACE_FIELDS}
         if json.loads(json.dumps(cfg.measured())) != same:
             raise ValueError(f"{folder} holds results of another configuration; choose another "
                              f"--run-id or results folder")
+        old_fp = (recorded.get("data") or {}).get("fingerprint")
+        if old_fp is not None and old_fp != data["fingerprint"]:
+            raise ValueError(f"{folder} holds results of other data (fingerprint {old_fp or 'unknown'}, "
+                             f"this data {data['fingerprint'] or 'unknown'}: {data['source']}); choose "
+                             f"another --run-id or results folder")
         return
     save_part(folder, "config", {"run_id": folder.name,
                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                 "sparsenet_version": __version__, "study": study})
+                                 "sparsenet_version": __version__, "study": study, "data": data})
 
 
-def train_config(cfg: StudyConfig, seed: int):
-    from sparsenet.train import TrainConfig
-    n = cfg.train_subset or 60000
+def _data_info(ds) -> dict:
+    """What config.json records of the data loaded: its fingerprint, the files' md5 and source."""
+    if ds is None:
+        return {"fingerprint": "", "md5": [], "source": None}
+    return {"fingerprint": ds.fingerprint, "md5": list(ds.md5), "source": ds.source}
+
+
+def train_config(cfg: StudyConfig, seed: int, n_train: int):
+    """The TrainConfig of one seed's net; n_train: training images loaded (the split holds out a tenth)."""
+    from sparsenet.train import TrainConfig, default_n_val
     epochs = {} if cfg.epochs is None else {"epochs": cfg.epochs}
-    return TrainConfig(seed=int(seed), n_val=min(5000, n // 10), **epochs)
+    return TrainConfig(seed=int(seed), n_val=default_n_val(n_train), **epochs)
 
 
-def finetune_config(cfg: StudyConfig):
-    from sparsenet.train import TrainConfig
-    n = cfg.train_subset or 60000
-    return TrainConfig(epochs=max(cfg.finetune_epochs, 1), lr=cfg.finetune_lr, n_val=min(5000, n // 10))
+def finetune_config(cfg: StudyConfig, n_train: int):
+    from sparsenet.train import TrainConfig, default_n_val
+    return TrainConfig(epochs=max(cfg.finetune_epochs, 1), lr=cfg.finetune_lr, n_val=default_n_val(n_train))
 
 
 def load_data(cfg: StudyConfig):
@@ -228,7 +247,8 @@ def train_models(cfg: StudyConfig, ds, progress=True) -> list:
     models = []
     for seed in cfg.seeds:
         t0 = time.perf_counter()
-        params, meta = cached_train(ds, train_config(cfg, seed), model_cache(cfg), progress=progress)
+        params, meta = cached_train(ds, train_config(cfg, seed, len(ds.train_images)), model_cache(cfg),
+                                    progress=progress)
         _say(progress, f"seed {seed}: test accuracy {meta.get('test_acc', float('nan')):.4f} "
                        f"({time.perf_counter() - t0:.0f} s)")
         models.append(params)
@@ -245,7 +265,7 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True) -> N
         _say(progress, "accuracy: done before, skipped")
         return
     X, y = to_float(ds.train_images), ds.train_labels
-    ft = finetune_config(cfg)
+    ft = finetune_config(cfg, len(X))
     # one split for every seed's fine-tuning: validation only picks the best fine-tuning epoch,
     # and test accuracy (what the sweep reports) never touches it
     tr, val = split_train_val(len(X), ft.n_val, 0)
@@ -432,9 +452,6 @@ def run_report(folder: Path, progress=True) -> Optional[Path]:
 
 def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run (or resume) every stage; returns the run folder."""
-    folder = cfg.folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, folder)
     t_start = time.perf_counter()
     times = {}
 
@@ -446,7 +463,12 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
         _say(progress, f"{name}: {times[name]:.1f} s")
         return out
 
+    # the data first: the run folder is named after it (and cached nets are keyed by it);
+    # loading is a read and an md5 of four files, so a resumed run pays little for it
     ds = stage("data", load_data, cfg)
+    folder = cfg.folder(ds.fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, folder, ds)
     models = stage("train", train_models, cfg, ds, progress)
     stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)
     stage("machine", run_machine, cfg, folder, progress)

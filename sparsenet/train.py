@@ -350,7 +350,8 @@ def _train(dataset, cfg, progress, threads):
     best = history["best_epoch"] - 1
     meta = {"dataset": dataset.name, "source": getattr(dataset, "source", None), "sizes": list(cfg.sizes),
             "bias": cfg.bias, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
-            "config_hash": config_hash(cfg, dataset.name), "sparsenet_version": __version__,
+            "data_fingerprint": fingerprint(dataset),
+            "config_hash": config_hash(cfg, dataset.name, fingerprint(dataset)), "sparsenet_version": __version__,
             "test_acc": test_acc, "test_loss": test_loss, "val_acc": history["val_acc"][best],
             "val_loss": history["val_loss"][best], "best_epoch": best + 1, "train_seconds": seconds,
             "train_cpu_seconds": cpu_seconds,
@@ -358,23 +359,31 @@ def _train(dataset, cfg, progress, threads):
     return params, meta
 
 
-def config_hash(cfg: TrainConfig, dataset_name: str) -> str:
-    """Short hash of every config field, the dataset name and the sparsenet version."""
-    text = json.dumps({"config": dataclasses.asdict(cfg), "dataset": dataset_name,
+def fingerprint(dataset) -> str:
+    """The data set's fingerprint (data.Dataset.fingerprint); "" for one that has none."""
+    return getattr(dataset, "fingerprint", "") or ""
+
+
+def config_hash(cfg: TrainConfig, dataset_name: str, data_fingerprint: str = "") -> str:
+    """Short hash of every config field, the dataset name, the data's fingerprint and the sparsenet
+    version: other files under the same name (say, other labels) get another hash."""
+    text = json.dumps({"config": dataclasses.asdict(cfg), "dataset": dataset_name, "data": data_fingerprint,
                        "version": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cached_train(dataset, cfg: TrainConfig, cache_dir, progress: bool = True,
                  threads: Optional[int] = None):
-    """Like train(), but reuse `cache_dir/<dataset>-seed<k>-<hash>.npz` when its config matches."""
+    """Like train(), but reuse `cache_dir/<dataset>-seed<k>-<hash>.npz` when its config and data match
+    (the hash covers the data's fingerprint, not only its name)."""
     from sparsenet import checkpoint
 
-    key = config_hash(cfg, dataset.name)
+    key = config_hash(cfg, dataset.name, fingerprint(dataset))
     path = Path(cache_dir) / f"{dataset.name}-seed{cfg.seed}-{key}.npz"
     if path.exists():
         try:
             return checkpoint.load(path, expect={"dataset": dataset.name, "config_hash": key,
+                                                 "data_fingerprint": fingerprint(dataset),
                                                  "sizes": list(cfg.sizes)})
         except checkpoint.CheckpointError as exc:
             print(f"retraining: {exc}", file=sys.stderr)

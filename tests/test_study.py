@@ -217,3 +217,26 @@ def test_too_many_threads_stop_the_study_before_any_stage(tiny, monkeypatch):
         study.run_study(dataclasses.replace(cfg, threads=(1, 99)), progress=False)
     assert calls == {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
     assert not (tiny[0].folder().parent).exists()
+
+
+def test_other_data_under_the_same_name_gets_its_own_run_folder(tiny, monkeypatch):
+    """A --data-dir of non-official files (other labels) does not share the official run's folder."""
+    import dataclasses
+    from sparsenet import data
+    cfg, calls = tiny
+    official = data.load()
+    other = official._replace(train_labels=(official.train_labels + 1) % 10, md5=("b" * 32,) * 4)
+    official = official._replace(md5=("a" * 32,) * 4)
+    seen = []
+    monkeypatch.setattr(data, "load", lambda name, data_dir=None, **k: other if data_dir else official)
+    from sparsenet import train
+    real = train.cached_train
+    monkeypatch.setattr(train, "cached_train", lambda ds, *a, **k: seen.append(ds.fingerprint) or real(ds, *a, **k))
+    a = study.run_study(cfg, progress=False)
+    b = study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere"), progress=False)
+    assert a != b and calls["sweep"] == 2                                  # b measured afresh
+    assert read_json(a / "config.json")["data"]["fingerprint"] == official.fingerprint
+    assert read_json(b / "config.json")["data"]["fingerprint"] == other.fingerprint
+    assert seen == [official.fingerprint] * 2 + [other.fingerprint] * 2    # the nets see their own data
+    with pytest.raises(ValueError, match="holds results of other data .*fingerprint"):
+        study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere", run_id=a.name), progress=False)

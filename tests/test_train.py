@@ -244,3 +244,23 @@ def test_cached_train(tmp_path, monkeypatch):
                      tmp_path, progress=False)
     with pytest.raises(AssertionError, match="cache"):             # another dataset name
         cached_train(_dataset("other"), cfg, tmp_path, progress=False)
+
+
+def test_cached_train_keys_by_the_data_not_its_name(tmp_path, monkeypatch):
+    """Other files under the same data set name (e.g. other labels) never reuse the official net."""
+    from sparsenet.data import Dataset
+    blobs = _dataset()
+    official = Dataset("mnist", blobs.train_images, blobs.train_labels, blobs.test_images, blobs.test_labels,
+                       "synthetic", md5=("a" * 32,) * 4)
+    relabelled = official._replace(train_labels=(official.train_labels + 1) % SIZES[-1], md5=("b" * 32,) * 4)
+    cfg = TrainConfig(sizes=SIZES, epochs=1, batch_size=64, n_val=100)
+    _, meta = cached_train(official, cfg, tmp_path, progress=False)
+    assert meta["data_fingerprint"] == official.fingerprint
+
+    def no_training(*args, **kw):
+        raise AssertionError("should have come from the cache")
+
+    monkeypatch.setattr(T, "train", no_training)
+    assert cached_train(official, cfg, tmp_path, progress=False)[1]["data_fingerprint"] == official.fingerprint
+    with pytest.raises(AssertionError, match="cache"):             # same name, other data: no reuse
+        cached_train(relabelled, cfg, tmp_path, progress=False)
