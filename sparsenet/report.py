@@ -232,6 +232,14 @@ def _machine_md(machine, timings, config, miss) -> str:
     return "\n".join(out)
 
 
+def check_measured(folder, name, value, measured) -> None:
+    """A clear error when a selector (threads, ...) names a value the results do not hold."""
+    if value is None or value in measured:
+        return
+    have = ", ".join(map(str, measured)) or "none (no timings.json records)"
+    raise ValueError(f"{name} {value} were not measured in {folder}; measured: {have}")
+
+
 def build_report(folder, out_dir=None, threads=None) -> Path:
     """Write `<folder>/report/report.md` (or into `out_dir`), its PNG figures and `summary.json`; return the .md path.
 
@@ -241,8 +249,10 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     folder = Path(folder)
     out_dir = folder / "report" if out_dir is None else Path(out_dir)
     res = load_results(folder)          # a clear error when the folder does not exist
-    out_dir.mkdir(parents=True, exist_ok=True)
     acc, tim, sca, mac, cfg = (res.get(p) for p in ("accuracy", "timings", "scaling", "machine", "config"))
+    # before writing anything: an unmeasured count would replace a good report with an "Unknown" one
+    check_measured(folder, "threads", threads, thread_counts(tim) if tim else [])
+    out_dir.mkdir(parents=True, exist_ok=True)
     threads = default_threads(tim) if threads is None else threads
     v = verdict(res, threads=threads)
     figures = []

@@ -112,3 +112,15 @@ def test_train_val_leaving_no_training_images_is_a_clear_error(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--val 300 leaves no training images (the training set has 300); choose --val below 300" in err
     assert "Traceback" not in err and not (tmp_path / "m.npz").exists()
+
+
+def test_report_with_an_unmeasured_thread_count_is_refused(tmp_path, capsys, monkeypatch):
+    from fixture_results import make_results
+
+    from sparsenet import plots
+    monkeypatch.setattr(plots, "_save", lambda fig, path: path.write_bytes(b"\x89PNG stub"))
+    folder = make_results(tmp_path / "run", missing=("scaling", "accuracy"))
+    assert cli.main(["report", str(folder), "--threads", "99"]) == 2
+    err = capsys.readouterr().err
+    assert "threads 99 were not measured" in err and "measured: 1, 2" in err
+    assert not (folder / "report").exists()

@@ -98,3 +98,21 @@ def test_memory_and_roofline_tables_use_the_layout_a_call_read():
     (old,) = _memory_rows({"records": [_rec(1)]})         # results written before the layout keys
     assert old[4] == "–"
     assert _roofline_rows({"records": [_rec(1)]}, {}, 1)[0][4:6] == ["–", f"{2 * 240_000 / 1_500_000:.3g}"]
+
+
+def test_report_refuses_an_unmeasured_thread_count_before_writing(tmp_path, fast_figures):
+    folder = make_results(tmp_path / "run", missing=("scaling", "accuracy"))
+    build_report(folder, threads=1)
+    summary = (folder / "report" / "summary.json").read_bytes()
+    report = (folder / "report" / "report.md").read_bytes()
+    with pytest.raises(ValueError, match=r"threads 3 were not measured in .*run; measured: 1, 2"):
+        build_report(folder, threads=3)
+    assert (folder / "report" / "summary.json").read_bytes() == summary      # the good report stays
+    assert (folder / "report" / "report.md").read_bytes() == report
+
+
+def test_report_threads_without_timings_are_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ValueError, match=r"threads 2 were not measured in .*run; measured: none \(no timings"):
+        build_report(tmp_path / "run", threads=2)
+    assert not (tmp_path / "run" / "report").exists()
