@@ -109,26 +109,57 @@ CACHE_MARKER = "source.json"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
+_IDX_HEADER_MAX = 4 + 4 * 255   # the longest IDX header: 255 dimensions
+_GUNZIP_CHUNK = 1 << 20         # bytes inflated at a time: the most read past a header's size
 
 
 # ---------------------------------------------------------------- IDX files
 
 def _decompress(payload: bytes, where) -> bytes:
-    """The uncompressed content of `payload`, gunzipped if it starts with the gzip magic."""
+    """The uncompressed IDX content of `payload`, gunzipped if it starts with the gzip magic.
+
+    Inflation stops once the output passes the size the IDX header declares, so a gzip bomb
+    costs at most one chunk more than an honest file.
+    """
     if not payload.startswith(_GZIP_MAGIC):
         return payload
+    out, limit = bytearray(), None
+    for chunk in _gunzip(payload, where):
+        out += chunk
+        if limit is None and len(out) >= _IDX_HEADER_MAX:  # every header is complete by now
+            header, shape = _idx_header(out, where)
+            limit = header + math.prod(shape)
+        if limit is not None and len(out) > limit:
+            raise DataError(f"{where}: gzip data decompresses to more than the {limit} bytes its "
+                            f"IDX header {shape} declares; refused")
+    return bytes(out)
+
+
+def _gunzip(payload: bytes, where):
+    """The inflated content of a gzip file (of one or more members) in chunks of at most _GUNZIP_CHUNK bytes."""
+    rest = payload
     try:
-        return _gzip.decompress(payload)
-    except (OSError, EOFError, zlib.error) as exc:
+        while rest.startswith(_GZIP_MAGIC):
+            inflater, pending = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), rest
+            while not inflater.eof:
+                chunk = inflater.decompress(pending, _GUNZIP_CHUNK)
+                pending = inflater.unconsumed_tail
+                if not chunk and not pending and not inflater.eof:
+                    raise DataError(f"{where}: bad gzip data (the stream ends early)")
+                yield chunk
+            rest = inflater.unused_data
+    except zlib.error as exc:
         raise DataError(f"{where}: bad gzip data ({exc})") from None
+    if rest.strip(b"\0"):  # zero padding after the last member is allowed, as gzip does
+        raise DataError(f"{where}: bad gzip data ({len(rest)} bytes after the last gzip member)")
 
 
-def parse_idx(raw: bytes, where="<bytes>") -> np.ndarray:
-    """An uncompressed IDX payload of unsigned bytes as an array; DataError names `where`."""
+def _idx_header(raw, where) -> tuple:
+    """(header length, shape) from the start of an IDX payload of unsigned bytes; DataError names `where`."""
     if len(raw) < 4:
         raise DataError(f"{where}: truncated: {len(raw)} bytes, too short for an IDX header")
     if raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{where}: wrong magic number 0x{raw[:4].hex()}: not an IDX file")
+        raise DataError(f"{where}: wrong magic number 0x{bytes(raw[:4]).hex()}: not an IDX file")
     if raw[2] != _IDX_UBYTE:
         raise DataError(f"{where}: wrong dtype byte 0x{raw[2]:02x}, expected 0x08 (unsigned byte)")
     ndim = raw[3]
@@ -137,14 +168,23 @@ def parse_idx(raw: bytes, where="<bytes>") -> np.ndarray:
         raise DataError(f"{where}: header declares 0 dimensions")
     if len(raw) < header:
         raise DataError(f"{where}: truncated header ({len(raw)} bytes for {ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    return header, tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+
+
+def parse_idx(raw: bytes, where="<bytes>") -> np.ndarray:
+    """An uncompressed IDX payload of unsigned bytes as an array; DataError names `where`."""
+    header, shape = _idx_header(raw, where)
     expected = header + math.prod(shape)  # Python ints: 255 dimensions must not overflow
     if len(raw) < expected:
         raise DataError(f"{where}: truncated: header {shape} needs {expected} bytes, file has {len(raw)}")
     if len(raw) > expected:
         raise DataError(f"{where}: {len(raw) - expected} trailing bytes after the {shape} data")
-    # a copy, so callers get an ordinary writable array rather than a view of `raw`
-    return np.frombuffer(raw, np.uint8, expected - header, header).reshape(shape).copy()
+    try:
+        # a copy, so callers get an ordinary writable array rather than a view of `raw`
+        return np.frombuffer(raw, np.uint8, expected - header, header).reshape(shape).copy()
+    except ValueError as exc:  # numpy holds at most 32 (numpy 1) or 64 (numpy 2) dimensions
+        raise DataError(f"{where}: header declares {len(shape)} dimensions; numpy cannot hold them "
+                        f"({exc})") from None
 
 
 def read_idx(path) -> np.ndarray:
@@ -188,6 +228,8 @@ def _split(raws: dict, names: dict) -> tuple:
             raise DataError(f"{names[images_file]}: images have shape {images.shape}, expected (N, 28, 28)")
         if labels.ndim != 1:
             raise DataError(f"{names[labels_file]}: labels have shape {labels.shape}, expected (N,)")
+        if len(images) == 0:  # an empty split would only fail later, far from the file
+            raise DataError(f"{names[images_file]}: holds 0 images; expected at least one")
         if labels.size and labels.max() > 9:
             raise DataError(f"{names[labels_file]}: label {labels.max()} out of range 0..9")
         if len(images) != len(labels):

@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import re
+import tracemalloc
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -151,6 +152,8 @@ CORRUPTIONS = {
     "label-range": (3, lambda raw: raw[:-1] + b"\x0a", "label 10 out of range 0..9"),
     "count-mismatch": (1, lambda raw: data.idx_bytes(np.zeros(4, np.uint8)), "has 4 labels"),
     "bad-gzip": (2, lambda raw: gzip.compress(raw)[:-20], "bad gzip data"),
+    "no-images": (0, lambda raw: data.idx_bytes(np.zeros((0, 28, 28), np.uint8)), "holds 0 images"),
+    "no-test-images": (2, lambda raw: data.idx_bytes(np.zeros((0, 28, 28), np.uint8)), "holds 0 images"),
 }
 
 
@@ -172,6 +175,38 @@ def test_corrupt_file_named_in_error(tmp_path, tiny, case):
 def test_read_idx_names_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.*cannot read"):
         data.read_idx(tmp_path / "nope")
+
+
+def test_idx_with_more_dimensions_than_numpy_holds_names_the_file():
+    raw = bytes([0, 0, 8, 255]) + np.ones(255, ">u4").tobytes() + b"x"  # 255 dimensions of size 1
+    with pytest.raises(DataError, match=r"^f\.idx: header declares 255 dimensions; numpy cannot hold them"):
+        data.parse_idx(raw, "f.idx")
+
+
+def test_gzip_bomb_stops_at_the_size_the_header_implies(tmp_path):
+    raw = data.idx_bytes(np.zeros((5, 28, 28), np.uint8))  # 16 + 3920 bytes
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(raw + bytes(32 << 20), mtime=0))  # 32 MiB of zeros in ~32 KB
+    bomb = rf"^{re.escape(str(path))}: gzip data decompresses to more than the 3936 bytes its IDX header \(5, 28, 28\)"
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=bomb):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # decompression stopped early instead of inflating all 32 MiB
+
+
+def test_gzip_with_several_members_reads_whole(tmp_path):
+    a = _tiny_arrays()[0]
+    raw = data.idx_bytes(a)
+    path = tmp_path / "f.gz"
+    path.write_bytes(gzip.compress(raw[:10]) + gzip.compress(raw[10:]) + bytes(8))  # zero padding is allowed
+    np.testing.assert_array_equal(data.read_idx(path), a)
+    path.write_bytes(gzip.compress(raw) + b"junk")
+    with pytest.raises(DataError, match=r"f\.gz: bad gzip data"):
+        data.read_idx(path)
 
 
 def test_to_float():
