@@ -439,13 +439,37 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
+_RECONSTRUCT = np.empty(0).__reduce__()[0]   # numpy.core / numpy._core .multiarray._reconstruct
+_NUMERIC_KINDS = "biuf"                      # bool, signed and unsigned integers, floats
+
+
+def _numeric(dtype) -> np.dtype:
+    """`dtype` as a numpy dtype if it holds plain numbers; DataError otherwise."""
+    # an object array holds whatever the pickle builds into it; data sets never need one
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise DataError(f"pickle holds an array of dtype {dtype}; refused: only numeric arrays "
+                        "(bool, integer, float) may be unpickled")
+    return dtype
+
+
+def _numeric_dtype(*args) -> np.dtype:
+    """numpy.dtype(*args) for the unpickler, refused unless numeric."""
+    return _numeric(np.dtype(*args))
+
+
+def _numeric_reconstruct(subtype, shape, typecode):
+    """numpy's _reconstruct for the unpickler, refused unless its dtype is numeric."""
+    _numeric(typecode)
+    return _RECONSTRUCT(subtype, shape, typecode)
+
+
 def _safe_globals() -> dict:
-    """The only globals a data pickle may name: what numpy arrays need to be rebuilt."""
-    reconstruct = np.empty(0).__reduce__()[0]   # numpy.core / numpy._core .multiarray._reconstruct
-    scalar = np.float64(0).__reduce__()[0]      # .multiarray.scalar
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    """The only globals a data pickle may name: what numeric numpy arrays need to be rebuilt."""
+    scalar = np.float64(0).__reduce__()[0]      # .multiarray.scalar; its dtype comes from numpy.dtype
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _numeric_dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "_reconstruct")] = _numeric_reconstruct
         allowed[(module, "scalar")] = scalar
     return allowed
 
@@ -464,7 +488,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(stream, where="<pickle>"):
-    """Unpickle numpy arrays only; latin1 because the file comes from Python 2."""
+    """Unpickle numeric numpy arrays only; latin1 because the file comes from Python 2."""
     try:
         return _ArrayUnpickler(stream, encoding="latin1").load()
     except DataError as exc:

@@ -546,6 +546,14 @@ def test_restricted_unpickler_bad_stream():
         data.safe_unpickle(io.BytesIO(b"\x80\x02garbage"), "bad.pkl")
 
 
+@pytest.mark.parametrize("array", [np.array([1, "a"], dtype=object), np.zeros(2, [("x", "O"), ("y", "f4")])],
+                         ids=["object", "record-with-object"])
+def test_restricted_unpickler_refuses_object_arrays(array):
+    blob = pickle.dumps((np.arange(3), array))
+    with pytest.raises(DataError, match=r"^obj\.pkl: pickle holds an array of dtype .*; refused: only numeric"):
+        data.safe_unpickle(io.BytesIO(blob), "obj.pkl")
+
+
 # ---------------------------------------------------------------- the real data, when cached
 
 @pytest.mark.skipif(not all((REAL_MNIST_CACHE / f).exists() for f in FILES),
