@@ -128,14 +128,33 @@ def neuron_mask(params: Sequence[Layer], sparsity, prune_output: bool = False) -
     return tuple(masks)
 
 
-def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
-    """New parameters with masked-out entries set to zero (inputs untouched, arrays not shared)."""
+def _check_mask(i: int, name: str, keep, target: np.ndarray) -> None:
+    if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
+        raise ValueError(f"layer {i}: {name} mask must be a bool ndarray, got "
+                         f"{getattr(keep, 'dtype', type(keep).__name__)}")
+    if keep.shape != target.shape:
+        raise ValueError(f"layer {i}: {name} mask shape {keep.shape} != {name} shape {target.shape}")
+
+
+def _check_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> None:
+    """ValueError unless there is one (keep_w, keep_b) per layer: keep_w a bool array of the weight's
+    shape, keep_b None or a bool array of the bias's shape (None keeps the whole bias)."""
     if len(masks) != len(params):
         raise ValueError(f"{len(masks)} masks for {len(params)} layers")
-    out = []
     for i, (layer, (keep_w, keep_b)) in enumerate(zip(params, masks)):
-        if keep_w.shape != layer.weight.shape:
-            raise ValueError(f"layer {i}: mask shape {keep_w.shape} != weight shape {layer.weight.shape}")
+        _check_mask(i, "weight", keep_w, layer.weight)
+        if keep_b is not None:
+            if layer.bias is None:
+                raise ValueError(f"layer {i}: a bias mask for a layer without bias")
+            _check_mask(i, "bias", keep_b, layer.bias)
+
+
+def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
+    """New parameters with masked-out entries set to zero (inputs untouched, arrays not shared).
+    Masks as made by weight_mask/neuron_mask (checked: see _check_masks)."""
+    _check_masks(params, masks)
+    out = []
+    for layer, (keep_w, keep_b) in zip(params, masks):
         w = np.where(keep_w, layer.weight, 0).astype(layer.weight.dtype)
         b = layer.bias
         if b is not None:

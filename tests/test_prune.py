@@ -45,13 +45,23 @@ def zero_rows(w):
 
 # --- validation -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [-0.1, 1, 1.0, 1.5, float("nan"), float("inf"), True, False,
-                                 "0.5", None, np.bool_(True), 0.5 + 0j, [0.5]])
+NOT_REAL = [True, False, "0.5", None, np.bool_(True), 0.5 + 0j, [0.5]]
+OUT_OF_RANGE = [-0.1, 1, 1.0, 1.5, float("nan"), float("inf"), -float("inf"), np.float32(1.0)]
+
+
+@pytest.mark.parametrize("bad", NOT_REAL + OUT_OF_RANGE)
 def test_bad_sparsity(bad):
+    what = "a real number in [0, 1)" if any(bad is x for x in NOT_REAL) else "in [0, 1)"
+    message = f"^{re.escape(f'sparsity must be {what}, got {bad!r}')}$"
     params = small_net()
+    with pytest.raises(ValueError, match=message):
+        check_sparsity(bad)
     for fn in (weight_prune, neuron_prune, weight_mask, neuron_mask):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             fn(params, bad)
+    for method in METHODS:
+        with pytest.raises(ValueError, match=message):
+            make_masks(params, method, bad)
 
 
 @pytest.mark.parametrize("good", [0, 0.0, 0.5, np.float32(0.25), np.float64(0.99), 0.999999])
@@ -60,8 +70,9 @@ def test_good_sparsity(good):
 
 
 def test_bad_scope():
-    with pytest.raises(ValueError):
-        weight_prune(small_net(), 0.5, scope="net")
+    for fn in (weight_prune, weight_mask):
+        with pytest.raises(ValueError, match=r"^scope must be one of \('layer', 'global'\), got 'net'$"):
+            fn(small_net(), 0.5, scope="net")
 
 
 def test_rounding_is_half_to_even_like_torch():
@@ -405,3 +416,207 @@ def test_make_masks_weight_rejects_scope(scope):
     with pytest.raises(ValueError, match=r"^scope must be one of \('layer', 'global'\), "
                                          rf"got {re.escape(repr(scope))}$"):
         make_masks(small_net(), "weight", 0.5, scope=scope)
+
+
+# --- issue 10: make_masks, mask contracts, apply_masks validation -----------------------------
+
+def assert_masks_equal(a, b):
+    assert len(a) == len(b)
+    for (aw, ab), (bw, bb) in zip(a, b):
+        np.testing.assert_array_equal(aw, bw)
+        assert (ab is None) == (bb is None)
+        if ab is not None:
+            np.testing.assert_array_equal(ab, bb)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("s", [0, 0.3, 0.8])
+def test_make_masks_dispatches(s, bias):
+    params = small_net(bias=bias)
+    for prune_output in (False, True):
+        for scope in SCOPES:
+            assert_masks_equal(make_masks(params, "weight", s, scope, prune_output),
+                               weight_mask(params, s, scope=scope, prune_output=prune_output))
+        assert_masks_equal(make_masks(params, "neuron", s, "layer", prune_output),
+                           neuron_mask(params, s, prune_output=prune_output))
+    # defaults: scope "layer", output layer not pruned
+    assert_masks_equal(make_masks(params, "weight", s), weight_mask(params, s, scope="layer", prune_output=False))
+    assert_masks_equal(make_masks(params, "neuron", s), neuron_mask(params, s, prune_output=False))
+
+
+@pytest.mark.parametrize("method", ["channel", "Weight", "", None])
+def test_make_masks_rejects_method(method):
+    with pytest.raises(ValueError, match=r"^method must be one of \('weight', 'neuron'\), "
+                                         rf"got {re.escape(repr(method))}$"):
+        make_masks(small_net(), method, 0.5)
+
+
+def test_default_leaves_output_layer_unpruned():
+    params = small_net(bias=True)
+    for masks in (weight_mask(params, 0.9), neuron_mask(params, 0.9),
+                  make_masks(params, "weight", 0.9), make_masks(params, "neuron", 0.9),
+                  weight_mask(params, 0.9, scope="global")):
+        keep_w, keep_b = masks[-1]
+        assert keep_w.all() and keep_b.all()
+        assert not masks[0][0].all()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("prune_output", [False, True])
+def test_masks_are_bool_and_keep_b_none_exactly_when_bias_none(bias, prune_output):
+    params = small_net(bias=bias)
+    s = 0.5
+    for masks in (weight_mask(params, s, prune_output=prune_output),
+                  weight_mask(params, s, scope="global", prune_output=prune_output),
+                  neuron_mask(params, s, prune_output=prune_output),
+                  make_masks(params, "weight", s, prune_output=prune_output),
+                  make_masks(params, "neuron", s, prune_output=prune_output)):
+        assert isinstance(masks, tuple) and len(masks) == len(params)
+        for layer, (keep_w, keep_b) in zip(params, masks):
+            assert keep_w.dtype == np.bool_ and keep_w.shape == layer.weight.shape
+            assert (keep_b is None) == (layer.bias is None)
+            if keep_b is not None:
+                assert keep_b.dtype == np.bool_ and keep_b.shape == layer.bias.shape
+    for keep_w, keep_b in weight_mask(params, s, prune_output=prune_output):
+        assert keep_b is None or keep_b.all()              # weight pruning keeps every bias
+    for keep_w, keep_b in neuron_mask(params, s, prune_output=prune_output):
+        assert keep_b is None or np.array_equal(keep_b, keep_w.any(axis=1))   # bias follows its row
+
+
+def test_apply_masks_keep_b_none_keeps_the_bias():
+    params = small_net(bias=True)
+    masks = tuple((np.ones(l.weight.shape, bool), None) for l in params)
+    out = apply_masks(params, masks)
+    assert_params_equal(out, params)
+    half = tuple((k, None) for k, _ in neuron_mask(params, 0.5))
+    for o, p in zip(apply_masks(params, half), params):
+        np.testing.assert_array_equal(o.bias, p.bias)
+
+
+def _good_masks(params):
+    return [(np.ones(l.weight.shape, bool), None if l.bias is None else np.ones(l.bias.shape, bool))
+            for l in params]
+
+
+def _bad_masks(params, layer, weight=None, bias="same"):
+    masks = _good_masks(params)
+    w, b = masks[layer]
+    masks[layer] = (w if weight is None else weight, b if isinstance(bias, str) else bias)
+    return tuple(masks)
+
+
+def test_apply_masks_rejects_wrong_count():
+    params = small_net(bias=True)
+    masks = _good_masks(params)
+    for wrong in (masks[:-1], masks + masks[:1], []):
+        with pytest.raises(ValueError, match=rf"^{len(wrong)} masks for 4 layers$"):
+            apply_masks(params, wrong)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_apply_masks_rejects_wrong_shapes(layer):
+    params = small_net(bias=True)
+    shape = params[layer].weight.shape
+    for bad in (np.ones(shape[::-1], bool), np.ones(shape[:1], bool), np.ones((shape[0], shape[1] + 1), bool)):
+        with pytest.raises(ValueError, match=rf"^layer {layer}: weight mask shape {re.escape(str(bad.shape))} "
+                                             rf"!= weight shape {re.escape(str(shape))}$"):
+            apply_masks(params, _bad_masks(params, layer, weight=bad))
+    n = params[layer].bias.shape[0]
+    for bad in (np.ones(n + 1, bool), np.ones((n, 1), bool)):
+        with pytest.raises(ValueError, match=rf"^layer {layer}: bias mask shape {re.escape(str(bad.shape))} "
+                                             rf"!= bias shape \({n},\)$"):
+            apply_masks(params, _bad_masks(params, layer, bias=bad))
+
+
+@pytest.mark.parametrize("layer", [0, 3])
+def test_apply_masks_rejects_non_bool_masks(layer):
+    params = small_net(bias=True)
+    shape = params[layer].weight.shape
+    n = shape[0]
+    for bad, what in ((np.ones(shape), "float64"), (np.ones(shape, np.int8), "int8"),
+                      (np.ones(shape, bool).tolist(), "list")):
+        with pytest.raises(ValueError, match=rf"^layer {layer}: weight mask must be a bool ndarray, got {what}$"):
+            apply_masks(params, _bad_masks(params, layer, weight=bad))
+    for bad, what in ((np.ones(n, np.uint8), "uint8"), ([True] * n, "list")):
+        with pytest.raises(ValueError, match=rf"^layer {layer}: bias mask must be a bool ndarray, got {what}$"):
+            apply_masks(params, _bad_masks(params, layer, bias=bad))
+
+
+def test_apply_masks_rejects_bias_mask_without_bias():
+    params = small_net(bias=False)
+    masks = _bad_masks(params, 1, bias=np.ones(params[1].weight.shape[0], bool))
+    with pytest.raises(ValueError, match=r"^layer 1: a bias mask for a layer without bias$"):
+        apply_masks(params, masks)
+
+
+# --- issue 10: _drop_smallest past numpy's small-array paths ---------------------------------
+
+def stable_reference(scores, n_prune):
+    expected = np.ones(scores.size, bool)
+    expected[np.argsort(scores, kind="stable")[:n_prune]] = False
+    return expected
+
+
+@pytest.mark.parametrize("size", [257, 300, 1000])
+@pytest.mark.parametrize("ties", [False, True])
+def test_drop_smallest_large_equals_stable_argsort(size, ties):
+    rng = np.random.default_rng(size)
+    scores = rng.integers(0, 7, size).astype(np.float64) if ties else rng.random(size)
+    for n_prune in sorted({1, 2, 3, size // 3, size // 2, size - 2, size - 1, size, size + 1}):
+        np.testing.assert_array_equal(_drop_smallest(scores, n_prune), stable_reference(scores, n_prune),
+                                      err_msg=f"n_prune={n_prune}")
+
+
+@pytest.mark.parametrize("n_nan", [17, 20, 40])
+def test_drop_smallest_nan_ties_equal_stable_argsort(n_nan):
+    rng = np.random.default_rng(n_nan)
+    scores = np.concatenate([rng.random(10), np.full(n_nan, np.nan)])
+    rng.shuffle(scores)
+    for n_prune in range(8, scores.size + 1):
+        np.testing.assert_array_equal(_drop_smallest(scores, n_prune), stable_reference(scores, n_prune),
+                                      err_msg=f"n_prune={n_prune}")
+
+
+def test_drop_smallest_degenerate_counts():
+    scores = np.array([3.0, 1.0, 2.0])
+    for n_prune, keep in ((-1, [1, 1, 1]), (0, [1, 1, 1]), (3, [0, 0, 0]), (4, [0, 0, 0])):
+        out = _drop_smallest(scores, n_prune)
+        assert out.dtype == np.bool_
+        np.testing.assert_array_equal(out, np.array(keep, bool))
+    assert _drop_smallest(np.zeros(0), 0).shape == (0,)
+
+
+# --- issue 10: shrink, describe_shrink and sparsity_of on their edges ------------------------
+
+def test_shrink_removes_only_rows_with_zero_weights_and_zero_bias():
+    w0 = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, -2.0]], np.float32)
+    b0 = np.array([0.0, 0.0, 0.5, 0.0], np.float32)    # row 0 and 3: weights, no bias; row 2: bias only
+    w1 = np.arange(1, 9, dtype=np.float32).reshape(2, 4)
+    params = (Layer(w0, b0), Layer(w1, np.zeros(2, np.float32)))
+    small = shrink(params)
+    assert layer_sizes(small) == (2, 3, 2)
+    np.testing.assert_array_equal(small[0].weight, w0[[0, 2, 3]])
+    np.testing.assert_array_equal(small[0].bias, b0[[0, 2, 3]])
+    np.testing.assert_array_equal(small[1].weight, w1[:, [0, 2, 3]])
+    d = describe_shrink(params)
+    assert d == {"sizes_before": [2, 4, 2], "sizes_after": [2, 3, 2], "removed": [0, 1, 0]}
+
+
+def test_describe_shrink_removed():
+    params = neuron_prune(small_net(), 0.5)
+    d = describe_shrink(params)
+    expected = [0] + [round(0.5 * n) for n in SIZES[1:-1]] + [0]
+    assert d["removed"] == expected
+    assert d["sizes_after"] == [a - r for a, r in zip(d["sizes_before"], expected)]
+    assert all(type(r) is int for r in d["removed"])
+
+
+def test_sparsity_of_empty_layers():
+    params = shrink((Layer(np.ones((2, 3), np.float32), None), Layer(np.zeros((4, 2), np.float32), None),
+                     Layer(np.ones((2, 4), np.float32), None)))
+    assert layer_sizes(params) == (3, 2, 0, 2)
+    rep = sparsity_of(params)
+    assert rep["layers"] == [0.0, 0.0, 0.0] and rep["size"] == [6, 0, 0] and rep["size_nz"] == [6, 0, 0]
+    assert rep["total"] == 0.0
+    empty = sparsity_of((Layer(np.zeros((0, 3), np.float32), None),))
+    assert empty == {"layers": [0.0], "total": 0.0, "size": [0], "size_nz": [0]}
