@@ -22,6 +22,11 @@ def indptr_dtype(nnz: int) -> np.dtype:
     return np.dtype(np.int32) if nnz <= _INT32_MAX else np.dtype(np.int64)
 
 
+def scipy_index_dtype(n_cols: int, nnz: int) -> np.dtype:
+    """The dtype to_scipy gives indices and indptr: int32 while both N and nnz fit it, else int64."""
+    return np.dtype(np.int32) if n_cols <= _INT32_MAX and nnz <= _INT32_MAX else np.dtype(np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class CSR:
     """Compressed sparse rows: row i holds data[indptr[i]:indptr[i+1]] at columns indices[...]."""
@@ -59,7 +64,7 @@ class CSR:
     def to_scipy(self):
         """scipy.sparse.csr_matrix view-free copy (scipy wants int32/int64 indices)."""
         import scipy.sparse as sp
-        idx = np.int32 if self.shape[1] <= _INT32_MAX and self.nnz <= _INT32_MAX else np.int64
+        idx = scipy_index_dtype(self.shape[1], self.nnz)
         return sp.csr_matrix((self.data.copy(), self.indices.astype(idx), self.indptr.astype(idx)),
                              shape=self.shape)
 
