@@ -632,12 +632,20 @@ def _failure_message(name: str, spec: DatasetSpec, tried: list) -> str:
 
 
 def load(name="mnist", data_dir=None, cache_dir=None, download=True, progress=True) -> Dataset:
-    """Load a data set from the first source that works (see the module docstring)."""
+    """Load a data set from the first source that works (see the module docstring).
+
+    `data_dir` None means not given: $SPARSENET_DATA_DIR is used if set and not empty (an empty
+    variable counts as unset, as is usual in shells); an empty `data_dir` is a DataError.
+    """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     spec, say = DATASETS[name], _reporter(progress)
 
-    user_dir = data_dir or os.environ.get("SPARSENET_DATA_DIR")
+    if data_dir is not None and not str(data_dir).strip():
+        # given but empty (e.g. --data-dir "$UNSET_VARIABLE"): using the cache instead would hide it
+        raise DataError("--data-dir is empty: name the folder holding the four IDX files, "
+                        "or leave the option out to use the cache, a download or an offline copy")
+    user_dir = data_dir if data_dir is not None else os.environ.get("SPARSENET_DATA_DIR")
     if user_dir:
         # a folder the user named is used or reported, never silently passed over
         try:

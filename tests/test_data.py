@@ -247,6 +247,28 @@ def test_named_data_dir_that_fails_is_an_error_not_a_fall_through(tmp_path, tiny
         data.load("tiny", data_dir=folder, cache_dir=tmp_path / "cache", progress=False)
 
 
+@pytest.mark.parametrize("empty", ["", "  "], ids=["empty", "blank"])
+def test_empty_data_dir_is_an_error_not_ignored(tmp_path, tiny, empty):
+    _write_cache(tmp_path / "c" / "tiny", tiny)  # what an ignored --data-dir '' would silently load
+    with pytest.raises(DataError, match=r"^--data-dir is empty: "):
+        data.load("tiny", data_dir=empty, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_empty_data_dir_variable_means_unset(tmp_path, tiny, monkeypatch):
+    _write_cache(tmp_path / "c" / "tiny", tiny)
+    monkeypatch.setenv("SPARSENET_DATA_DIR", "")
+    assert data.load("tiny", cache_dir=tmp_path / "c", progress=False).source.startswith("cache")
+
+
+def test_fingerprint_names_the_files_loaded(tmp_path, tiny):
+    official = data.load("tiny", data_dir=_write_folder(tmp_path / "official", tiny), progress=False)
+    assert official.md5 == tuple(data.DATASETS["tiny"].md5[file] for file in FILES)
+    relabelled = tiny[:1] + ((tiny[1] + 1) % 10,) + tiny[2:]
+    other = data.load("tiny", data_dir=_write_folder(tmp_path / "other", relabelled), progress=False)
+    assert other.md5[0] == official.md5[0] and other.md5[1] != official.md5[1]
+    assert len(other.fingerprint) == 12 and other.fingerprint != official.fingerprint
+
+
 def test_data_dir_holding_the_other_data_set(tmp_path, tiny, monkeypatch):
     monkeypatch.setitem(data.DATASETS, "tiny2", _spec(_tiny_arrays(seed=1)))
     folder = _write_folder(tmp_path / "d", tiny)
