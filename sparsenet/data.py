@@ -593,14 +593,25 @@ def _store(folder: Path, raws: dict, label: str) -> str:
 
 
 def _foreign(folder: Path, raws: dict) -> list:
-    """The files _store would replace that sparsenet did not write (identical copies do not count)."""
-    ours = _ours(folder)
-    # an identical copy is what an interrupted _store leaves before its marker: replacing it loses nothing
-    foreign = [file for file in FILES if file not in ours and (folder / file).exists()
-               and (folder / file).read_bytes() != raws[file]]
+    """The files sparsenet did not write that _store would replace, or shadow (a .gz copy)."""
+    ours, foreign = _ours(folder), []
+    for file in FILES:
+        for name in (file, file + ".gz"):
+            # an identical copy is what an interrupted _store leaves before its marker: replacing it
+            # loses nothing
+            if name not in ours and (folder / name).exists() and not _holds(folder / name, raws[file]):
+                foreign.append(name)
     if not ours and (folder / CACHE_MARKER).exists():
         foreign.append(CACHE_MARKER)
     return foreign
+
+
+def _holds(path: Path, raw: bytes) -> bool:
+    """Whether the file at `path` (raw or gzipped) holds exactly `raw`."""
+    try:
+        return _decompress(_read_bytes(path), path) == raw
+    except DataError:
+        return False
 
 
 # ---------------------------------------------------------------- load

@@ -453,6 +453,15 @@ def test_foreign_files_in_the_cache_are_left_alone(tmp_path, tiny, monkeypatch):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_foreign_gzipped_files_in_the_cache_are_not_shadowed(tmp_path, debian, tiny):
+    folder = _write_folder(tmp_path / "c" / "tiny", _tiny_arrays(seed=4), gz=True)  # the user's own
+    names = sorted(p.name for p in folder.iterdir())
+    dataset = data.load("tiny", cache_dir=tmp_path / "c", progress=False)
+    _assert_equal(dataset, tiny)
+    assert re.search(r"not cached \(.* did not write: train-images-idx3-ubyte\.gz, .*; left alone\)", dataset.source)
+    assert sorted(p.name for p in folder.iterdir()) == names  # no official raw files put in front of them
+
+
 @pytest.mark.parametrize("below", [(), ("sub",)], ids=["file", "parent-is-file"])
 def test_cache_dir_that_is_a_file_is_one_clear_error(tmp_path, tiny, monkeypatch, below):
     blocker = tmp_path / "blocker"
