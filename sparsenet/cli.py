@@ -49,6 +49,18 @@ def _sparsities(text: str) -> tuple:
     return tuple(_sparsity(v) for v in text.split(",") if v.strip())
 
 
+# an option given as its word for "unset" (--epochs default): the StudyConfig field becomes None
+UNSET = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
+
+
+def _or_unset(parse, word: str):
+    """`parse`, but the text `word` gives UNSET (a None field, which an omitted option cannot give)."""
+    def convert(text):
+        return UNSET if text.strip() == word else parse(text)
+    convert.__name__ = parse.__name__      # argparse names the type in "invalid int value" messages
+    return convert
+
+
 def _add_data_args(p):
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     p.add_argument("--data-dir", help="folder holding the four IDX files (else $SPARSENET_DATA_DIR, "
@@ -93,13 +105,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def study_config(args):
+    """The StudyConfig of parsed `sparsenet study` arguments (omitted options keep the defaults)."""
+    from sparsenet import study
+
+    fields = {f.name for f in dataclasses.fields(study.StudyConfig)} - {"is_quick"}
+    overrides = {k: None if v is UNSET else v for k, v in vars(args).items() if k in fields and v is not None}
+    return study.StudyConfig.quick(**overrides) if args.quick else study.StudyConfig(**overrides)
+
+
 def cmd_study(args) -> int:
     from sparsenet import study
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in {f.name for f in dataclasses.fields(study.StudyConfig)} and v is not None}
-    cfg = study.StudyConfig.quick(**overrides) if args.quick else study.StudyConfig(**overrides)
-    study.run_study(cfg, progress=not args.quiet)
+    study.run_study(study_config(args), progress=not args.quiet)
     return 0
 
 
@@ -138,18 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small grid and training subset: a first look")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"))
     p.add_argument("--data-dir")
+    # every StudyConfig field that shapes the results has an option, so the report's reproduce
+    # command (report.reproduce_command) can give back the exact configuration
     p.add_argument("--seeds", type=_ints, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--sparsities", type=_sparsities, help="e.g. 0,25,50,90 (percent) or 0,0.5,0.9")
+    p.add_argument("--methods", type=_names, help="pruning methods of the accuracy sweep, e.g. weight,neuron")
     p.add_argument("--engines", type=_names, help="engines to time, e.g. dense,csr,shrunk")
     p.add_argument("--batches", type=_ints, help="batch sizes to time, e.g. 1,256")
     p.add_argument("--threads", type=_ints, help="thread counts to time, e.g. 1,2")
     p.add_argument("--widths", type=_ints, help="scaling study layer widths, e.g. 1024,4096 ('' skips it)")
-    p.add_argument("--scaling-sparsities", type=_sparsities, help="k of the scaling study")
-    p.add_argument("--epochs", type=int, help="training epochs per seed (default: the trainer's)")
-    p.add_argument("--train-subset", type=int, help="train on the first N training images")
+    p.add_argument("--scaling-threads", type=_ints, help="thread counts of the scaling study, e.g. 1")
+    p.add_argument("--scaling-sparsities", type=_or_unset(_sparsities, "same"),
+                   help="k of the scaling study ('same': those of --sparsities)")
+    p.add_argument("--epochs", type=_or_unset(int, "default"),
+                   help="training epochs per seed ('default': the trainer's)")
+    p.add_argument("--train-subset", type=_or_unset(int, "all"),
+                   help="train on the first N training images ('all': every one)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (0: one-shot only)")
-    p.add_argument("--finetune-sparsities", type=_sparsities, help="k that are fine-tuned")
+    p.add_argument("--finetune-sparsities", type=_or_unset(_sparsities, "all"),
+                   help="k that are fine-tuned ('all': every k of --sparsities)")
+    p.add_argument("--finetune-lr", type=float, help="fine-tuning peak learning rate")
     p.add_argument("--rounds", type=int, help="timing rounds per case")
+    p.add_argument("--min-time", type=float, help="seconds per timing round per case")
+    p.add_argument("--max-case-s", type=float, help="time budget of one case (a slow case gets fewer rounds)")
+    p.add_argument("--max-call-s", type=float, help="skip a case predicted slower than this per call")
+    p.add_argument("--dense-every-k", action=argparse.BooleanOptionalAction, default=None,
+                   help="time dense at every k, not only at the smallest")
     p.add_argument("--model-cache", dest="cache_dir", help="trained-model cache folder")
     p.add_argument("--results-dir", help="parent folder of the run folders (default results/)")
     p.add_argument("--run-id", help="name of the run folder (default: from the configuration, so a "

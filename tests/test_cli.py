@@ -124,3 +124,40 @@ def test_report_with_an_unmeasured_thread_count_is_refused(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "threads 99 were not measured" in err and "measured: 1, 2" in err
     assert not (folder / "report").exists()
+
+
+def _round_trip(cfg):
+    """The report's reproduce command for `cfg`, parsed back by the CLI into a StudyConfig."""
+    import dataclasses
+    import json
+    import shlex
+
+    from sparsenet.report import reproduce_command
+
+    config = json.loads(json.dumps({"study": dataclasses.asdict(cfg)}))     # as config.json holds it
+    argv = shlex.split(reproduce_command(config, cfg.folder()))
+    assert argv[:2] == ["sparsenet", "study"]
+    return cli.study_config(cli.build_parser().parse_args(argv[1:]))
+
+
+def test_reproduce_command_gives_back_every_setting(tmp_path, monkeypatch):
+    import numba
+
+    from sparsenet import study
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 4)
+    cfg = study.StudyConfig.quick(
+        dataset="fashion-mnist", data_dir=str(tmp_path / "my data"), seeds=(3, 5), sparsities=(0.0, 0.3, 0.975),
+        methods=("weight",), engines=("csr", "shrunk"), batches=(1, 7), threads=(1, 3), widths=(),
+        scaling_threads=(2,), scaling_sparsities=(0.5, 0.95), epochs=None, train_subset=None, finetune_epochs=3,
+        finetune_sparsities=None, finetune_lr=2.5e-4, rounds=4, min_time=0.003, max_case_s=0.7,
+        max_call_s=0.25, dense_every_k=True, results_dir=str(tmp_path / "res"), run_id="run 1",
+        cache_dir=str(tmp_path / "models"))
+    assert _round_trip(cfg) == cfg
+
+
+def test_reproduce_command_of_a_full_study(tmp_path):
+    from sparsenet import study
+    cfg = study.StudyConfig(seeds=(0,), widths=(256, 512), scaling_sparsities=None, epochs=3, train_subset=20000,
+                            finetune_sparsities=(0.9,), results_dir=str(tmp_path))
+    got = _round_trip(cfg)
+    assert got == __import__("dataclasses").replace(cfg, run_id=cfg.folder().name)
