@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import math
 import sys
-from pathlib import Path
 
 
 def _sparsity(text: str) -> float:
@@ -91,7 +90,11 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from sparsenet import checkpoint, train
+    from sparsenet.files import check_writable
 
+    seed = train.TrainConfig().seed if args.seed is None else args.seed
+    # checked before training, whose result would otherwise be lost to a bad path
+    out = check_writable(args.out or f"models/{args.dataset}-seed{seed}.npz")
     ds = _load_data(args)
     n = len(ds.train_images)
     if args.n_val is None:
@@ -99,7 +102,6 @@ def cmd_train(args) -> int:
     train.check_n_val(args.n_val, n, flag="--val")
     cfg = _train_config(args)
     params, meta = train.train(ds, cfg, progress=not args.quiet)
-    out = Path(args.out or f"models/{ds.name}-seed{cfg.seed}.npz")
     checkpoint.save(out, params, meta)
     print(f"test accuracy {meta['test_acc']:.4f}, test loss {meta['test_loss']:.4f}; saved {out}")
     return 0
@@ -203,10 +205,21 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed steps are saved and a re-run resumes from them", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         # our errors carry a message meant for the user; a traceback would only hide it
         print(f"sparsenet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a path that cannot be read or written (a folder, read-only, too long...): name it, in one line
+        print(f"sparsenet {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_text(exc: OSError) -> str:
+    """`<path>: <strerror>` when the error names a path, else its message (our FileNotFoundErrors)."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":

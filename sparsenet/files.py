@@ -1,6 +1,7 @@
 """Atomic file writes and JSON helpers: an interrupted run never leaves a half-written file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -24,6 +25,44 @@ def atomic_write_bytes(path, payload: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def make_dirs(folder) -> Path:
+    """mkdir -p; a file in the way is an OSError naming it ("Not a directory"), not "File exists"."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
+    return folder
+
+
+def _try_temporary(folder: Path, prefix: str, named) -> None:
+    """Create and remove a temporary file as atomic_write_bytes would; an OSError names `named`."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+    except OSError as exc:   # the error would name the temporary, which the user never asked for
+        raise OSError(exc.errno, exc.strerror, str(named)) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_writable(path) -> Path:
+    """Raise an OSError naming `path` unless atomic_write_bytes can write it: its folder exists or can be
+    made, it is not a folder, its name is not too long; checked before long work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    make_dirs(path.parent)
+    _try_temporary(path.parent, f".{path.name}.", path)    # the very name atomic_write_bytes uses
+    return path
+
+
+def check_folder_writable(folder) -> Path:
+    """Raise an OSError naming `folder` unless it is, or can be made, a folder that files can be written in."""
+    folder = make_dirs(folder)
+    _try_temporary(folder, ".sparsenet-check.", folder)
+    return folder
 
 
 def _umask() -> int:

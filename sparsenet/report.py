@@ -17,7 +17,7 @@ from sparsenet.analysis import (
     pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
     verdict,
 )
-from sparsenet.files import atomic_write_bytes, write_json
+from sparsenet.files import atomic_write_bytes, make_dirs, write_json
 from sparsenet.results import load_results, missing_parts
 
 HOW_TO = {
@@ -280,7 +280,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     acc, tim, sca, mac, cfg = (res.get(p) for p in ("accuracy", "timings", "scaling", "machine", "config"))
     # before writing anything: an unmeasured count would replace a good report with an "Unknown" one
     check_measured(folder, "threads", threads, thread_counts(tim) if tim else [])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     threads = default_threads(tim) if threads is None else threads
     v = verdict(res, threads=threads)
     figures = []

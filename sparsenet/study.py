@@ -25,7 +25,7 @@ from typing import Optional
 
 from sparsenet import __version__
 from sparsenet.results import part_path, save_part
-from sparsenet.files import read_json
+from sparsenet.files import check_folder_writable, make_dirs, read_json
 from sparsenet.prune import METHODS
 
 SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
@@ -450,8 +450,16 @@ def run_report(folder: Path, progress=True) -> Optional[Path]:
 
 # --- the whole study -----------------------------------------------------------------------------
 
+def check_outputs(cfg: StudyConfig) -> None:
+    """An OSError naming the folder unless the results folder and the model cache can be written:
+    found before the data, training and timings, not when their results are saved."""
+    check_folder_writable(cfg.results_dir)
+    check_folder_writable(model_cache(cfg))
+
+
 def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run (or resume) every stage; returns the run folder."""
+    check_outputs(cfg)
     t_start = time.perf_counter()
     times = {}
 
@@ -466,8 +474,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     # the data first: the run folder is named after it (and cached nets are keyed by it);
     # loading is a read and an md5 of four files, so a resumed run pays little for it
     ds = stage("data", load_data, cfg)
-    folder = cfg.folder(ds.fingerprint)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(cfg.folder(ds.fingerprint))
     write_config(cfg, folder, ds)
     models = stage("train", train_models, cfg, ds, progress)
     stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)

@@ -161,3 +161,46 @@ def test_reproduce_command_of_a_full_study(tmp_path):
                             finetune_sparsities=(0.9,), results_dir=str(tmp_path))
     got = _round_trip(cfg)
     assert got == __import__("dataclasses").replace(cfg, run_id=cfg.folder().name)
+
+
+def _no_training(monkeypatch):
+    from sparsenet import train
+
+    def refuse(*a, **k):
+        raise AssertionError("training started although the output cannot be written")
+    monkeypatch.setattr(train, "train", refuse)
+
+
+@pytest.mark.parametrize("out, strerror", [
+    (lambda tmp: tmp, "Is a directory"),
+    (lambda tmp: tmp / "afile" / "m.npz", "Not a directory"),
+    (lambda tmp: tmp / ("x" * 300 + ".npz"), "File name too long"),
+])
+def test_train_checks_its_output_before_training(tmp_path, capsys, monkeypatch, out, strerror):
+    _idx_dir(tmp_path / "data")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    _no_training(monkeypatch)
+    path = out(tmp_path)
+    assert cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert ": error: " in err and f"{strerror}" in err and str(path)[:40] in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--results-dir", "--model-cache"])
+def test_study_checks_its_folders_before_any_stage(tmp_path, capsys, monkeypatch, option):
+    from sparsenet import data
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the folders were checked"))
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert cli.main(["study", "--quick", option, str(tmp_path / "afile"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"sparsenet study: error: {tmp_path / 'afile'}: Not a directory" in err and "Traceback" not in err
+
+
+def test_an_os_error_of_the_report_is_one_line(tmp_path, capsys, monkeypatch):
+    from fixture_results import make_results
+    folder = make_results(tmp_path / "run", missing=("scaling", "accuracy"))
+    (folder / "report").write_text("a file where the report folder goes")
+    assert cli.main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"sparsenet report: error: {folder / 'report'}: Not a directory" in err and "Traceback" not in err

@@ -51,3 +51,20 @@ def test_results_parts(tmp_path):
         results.part_path(tmp_path, "nope")
     with pytest.raises(FileNotFoundError, match="sparsenet study"):
         results.load_results(tmp_path / "missing")
+
+
+def test_check_writable_names_the_path(tmp_path):
+    import errno
+
+    from sparsenet.files import check_folder_writable, check_writable
+    (tmp_path / "afile").write_text("x")
+    assert check_writable(tmp_path / "new" / "m.npz") == tmp_path / "new" / "m.npz"
+    assert list((tmp_path / "new").iterdir()) == []                  # the trial file is gone
+    for path, code in [(tmp_path, errno.EISDIR), (tmp_path / "afile" / "m.npz", errno.ENOTDIR),
+                       (tmp_path / ("x" * 300), errno.ENAMETOOLONG)]:
+        with pytest.raises(OSError) as exc:
+            check_writable(path)
+        assert exc.value.errno == code and str(path)[:40] in exc.value.filename
+    with pytest.raises(NotADirectoryError, match="Not a directory") as exc:
+        check_folder_writable(tmp_path / "afile")
+    assert exc.value.filename == str(tmp_path / "afile")
