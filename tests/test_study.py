@@ -240,3 +240,71 @@ def test_other_data_under_the_same_name_gets_its_own_run_folder(tiny, monkeypatc
     assert seen == [official.fingerprint] * 2 + [other.fingerprint] * 2    # the nets see their own data
     with pytest.raises(ValueError, match="holds results of other data .*fingerprint"):
         study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere", run_id=a.name), progress=False)
+
+
+# --- one study per run folder ------------------------------------------------------------------
+
+def _hold_lock(path, pid):
+    """Hold an flock on `path` (as a running study would) with `pid` written in it."""
+    import fcntl
+    import json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.truncate(0)
+    f.write(json.dumps({"pid": pid, "started": "2024-01-01T00:00:00+00:00"}))
+    f.flush()
+    return f
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_second_study_on_the_same_folder_is_refused(tiny):
+    import os
+    cfg, calls = tiny
+    lock = _hold_lock(cfg.folder() / ".lock", os.getpid())
+    try:
+        with pytest.raises(RuntimeError, match=rf"in use by another study \(pid {os.getpid()}, started "
+                                               r"2024-01-01T00:00:00\+00:00\)"):
+            study.run_study(cfg, progress=False)
+    finally:
+        lock.close()
+    assert calls["train"] == 0 and not (cfg.folder() / "config.json").exists()
+
+
+def test_the_lock_names_the_holder_and_is_released(tiny):
+    import json
+    import os
+    cfg, _ = tiny
+    seen = {}
+    real = study.write_config
+
+    def spy(cfg, folder, ds=None):
+        seen.update(json.loads((folder / ".lock").read_text()))
+        return real(cfg, folder, ds)
+    import unittest.mock
+    with unittest.mock.patch.object(study, "write_config", spy):
+        folder = study.run_study(cfg, progress=False)
+    assert seen["pid"] == os.getpid() and seen["started"]
+    _hold_lock(folder / ".lock", os.getpid()).close()                   # released after the run
+
+
+def test_a_stale_lock_is_taken_over(tiny):
+    cfg, calls = tiny
+    dead = _dead_pid()
+    # holder gone, flock not held: only the file is left
+    _hold_lock(cfg.folder() / ".lock", dead).close()
+    study.run_study(cfg, progress=False)
+    # flock still held (say, by a child that inherited it), but the pid written is dead
+    lock = _hold_lock(cfg.folder() / ".lock", dead)
+    try:
+        study.run_study(cfg, progress=False)
+    finally:
+        lock.close()
+    assert calls["train"] == 2 * len(cfg.seeds)
