@@ -55,6 +55,15 @@ from sparsenet.simd import csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
+# Per-layer kernel codes of csr_forward / csr_forward_chunks, chosen by the plan (plan.py), never here.
+SPMV = 0          # batch 1: csr_matvec_bias_relu(_serial)
+SPMV_PANELS = 1   # batch 1 on column panels: csr_panels_matvec_bias_relu
+ROWS8 = 2         # csr_matmul_bias_relu(_serial): 8 non-zeros per pass over an output row
+PANELS = 3        # column panels: csr_panels_matmul_bias_relu(_serial)
+TILES = 4         # register tiles (simd.py): 32 columns, then 16; the batch split's chunk width % 16 == 0
+PARALLEL = 16     # flag: the layer's rows are split over the threads (row split only)
+NEVER = np.iinfo(np.int64).max   # a work threshold no layer reaches: never parallel
+
 
 @njit(**_OPTS)
 def all_finite(X):
@@ -230,8 +239,7 @@ def _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, layer, r, buf0,
 
 
 @njit(**_OPTS)
-def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1,
-                min_parallel_work, n_threads):
+def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes, n_threads):
     """Whole MLP in one call: ReLU on hidden layers, linear last layer. (n_in, B) -> (n_out, B).
 
     Layers are concatenated: layer l owns data/indices[nnz_off[l]:nnz_off[l+1]], row pointers
@@ -239,9 +247,9 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     bias[sum(sizes[1:l+1]):][:sizes[l+1]]. A layer is plain CSR when it has one column panel
     (panels[l] >= n_in, ptr_off[l+1] - ptr_off[l] == n_out + 1), else column-panelled (see
     csr_panels_matmul_bias_relu). buf0/buf1 hold >= max(hidden sizes) * B floats (ping-pong); the
-    result is a view into one of them. A plain layer runs multi-threaded when nnz * B reaches
-    min_parallel_work (parallel regions cost ~1-2 us each, too much for tiny layers at batch 1);
-    n_threads is the caller's Numba thread count (panelled layers split their rows that many ways).
+    result is a view into one of them. codes[l] is layer l's kernel (SPMV, SPMV_PANELS, ROWS8,
+    PANELS) | PARALLEL when its rows run on all threads: the plan decides; n_threads is the
+    caller's Numba thread count (panelled layers split their rows that many ways).
     """
     B = HT.shape[1]
     n_layers = sizes.shape[0] - 1
@@ -251,14 +259,13 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     for layer in range(n_layers):
         n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
                                                layer, r, buf0, buf1, B)
-        parallel = d.shape[0] * B >= min_parallel_work
-        if ip.shape[0] > n_out + 1:
-            if B == 1:
-                csr_panels_matvec_bias_relu(d, c, ip, panels[layer], b, h.reshape(h.shape[0]),
-                                            out.reshape(n_out), relu)
-            else:
-                csr_panels_matmul_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads)
-        elif B == 1:
+        kind, parallel = codes[layer] & (PARALLEL - 1), codes[layer] & PARALLEL
+        if kind == PANELS:
+            csr_panels_matmul_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads)
+        elif kind == SPMV_PANELS:
+            csr_panels_matvec_bias_relu(d, c, ip, panels[layer], b, h.reshape(h.shape[0]),
+                                        out.reshape(n_out), relu)
+        elif kind == SPMV:
             x = h.reshape(h.shape[0])
             o = out.reshape(n_out)
             if parallel:
@@ -275,8 +282,9 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
 
 
 @njit(**_OPTS)
-def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1):
-    """csr_forward on the calling thread alone (layout as there); (n_in, Bc) -> (n_out, Bc), a buffer view."""
+def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes):
+    """csr_forward on the calling thread alone (layout as there; codes PANELS, TILES or ROWS8);
+    (n_in, Bc) -> (n_out, Bc), a buffer view."""
     Bc = HT.shape[1]
     n_layers = sizes.shape[0] - 1
     h = HT
@@ -284,9 +292,10 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
     for layer in range(n_layers):
         n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
                                                layer, r, buf0, buf1, Bc)
-        if ip.shape[0] > n_out + 1:
+        kind = codes[layer] & (PARALLEL - 1)
+        if kind == PANELS:
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
-        elif Bc % 16 == 0:                       # register tiles (simd.py): 32 columns, then 16
+        elif kind == TILES:                      # register tiles (simd.py): 32 columns, then 16
             for t in range(Bc // 32):
                 csr_rows32(d, c, ip, b, h, out, 0, n_out, Bc, Bc, 32 * t, relu)
             if Bc % 32:
@@ -315,7 +324,7 @@ def _gather_columns(X, c0, HT):
 
 @njit(parallel=True, **_OPTS)
 def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1,
-                       out):
+                       codes, out):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers as in csr_forward. The batch is cut into n_chunks = ceil(B / Bc) chunks of Bc columns;
@@ -334,7 +343,7 @@ def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, pan
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w])
             o = _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w],
-                                buf0[w], buf1[w])                               # (n_out, Bc)
+                                buf0[w], buf1[w], codes)                        # (n_out, Bc)
             oc = out[c0:c0 + Bc]                                                # (<= Bc, n_out)
             for j in range(oc.shape[0]):
                 for i in range(oc.shape[1]):

@@ -1,53 +1,52 @@
-"""Numba kernels for SELL (sell.py) at batch 1: an AVX-512 permute-and-FMA SpMV, the MLP in one call.
+"""Numba kernels for SELL (sell.py) at batch 1: an AVX-512 permute-and-FMA SpMV, and its portable twin.
 
-Per (16-row chunk, 32-column block) the kernel loads x[32 b : 32 b + 32] into two zmm registers,
-then every slot is: load 16 values, load 16 uint8 column indices (zero-extended), one vpermt2ps
-that picks each lane's x from the two registers, one FMA into the chunk's accumulator. There is
-no scalar load per non-zero, so it is not load-port bound as the CSR SpMV is (kernels._row_dot,
-3 loads per non-zero, ~1 cycle each on Zen4); AVX-512 gathers were slower than that SpMV.
+Per (16-row chunk, 32-column block) the AVX-512 kernel (`_chunk`) loads x[32 b : 32 b + 32] into two
+zmm registers, then every slot is: load 16 values, load 16 uint8 column indices (zero-extended), one
+vpermt2ps that picks each lane's x from the two registers, one FMA into one of two alternating
+accumulators (one is bound by the FMA latency). No scalar load per non-zero, so it is not load-port
+bound as the CSR SpMV is (kernels._row_dot). Numba has no SIMD types, so that chunk loop is LLVM IR
+(a Numba intrinsic); the loops over chunks and layers around it are plain Numba.
 
-Numba has no SIMD types, so the chunk loop is written in LLVM IR (`_chunk`, a Numba intrinsic);
-the loops over chunks and layers around it are plain Numba. Measured on one Zen4 core, one
-1000 x 1000 layer of the trained net (slots and padding: see sell.py), per call:
-
-    sparsity   CSR SpMV   SELL, 1 accumulator   2 accumulators   4 accumulators
-    50 %       159 us     50 us                 43 us            40 us
-    90 %        34 us     18 us                 16 us            17 us
-
-A single accumulator is bound by the FMA latency (4 cycles per slot); two alternate by slot.
-`available()` says whether the CPU Numba compiles for has AVX-512F; the engine falls back to the
-CSR SpMV when it does not. Nothing is compiled at import; cache=True keeps the compiled code.
+`_chunk_portable` computes the same over the same layout in plain Numba (a gather per lane): it
+runs on any CPU, so CI everywhere tests the layout and drivers, and the AVX-512 kernel is tested
+against it where the CPU has AVX-512F. The intrinsic refuses, at typing time, a target without
+AVX-512F and arrays of the wrong dtype or layout. Measurements: docs/perf-notes.md.
+Nothing is compiled at import; cache=True keeps the compiled code.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from sparsenet.sell import BLOCK, LANES
-from sparsenet.simd import IR, VF
+from sparsenet.simd import IR, VF, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False)
 _ACCUMULATORS = 2
 
 
-@functools.lru_cache(maxsize=1)
 def available() -> bool:
     """True when Numba targets a CPU with AVX-512F (the intrinsic would not compile otherwise)."""
-    import llvmlite.binding as llvm
-    from numba.core import config
-    if config.CPU_NAME and config.CPU_NAME != "host":
-        return "+avx512f" in (config.CPU_FEATURES or "")
-    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    from sparsenet.plan import cpu
+    return cpu().avx512f
+
+
+_CHUNK_ARGS = (("data", types.float32, 1), ("indices", types.uint8, 1), ("block", types.Integer, 1),
+               ("slot_ptr", types.Integer, 1), ("chunk_ptr", types.Integer, 1), ("x", types.float32, 1),
+               ("bias", types.float32, 1), ("out", types.float32, 1))
 
 
 @intrinsic
 def _chunk(typingctx, data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu):
     """out[16 c : 16 c + 16] = (relu)(bias[16 c:][:16] + SELL chunk c @ x); raw 1-d arrays."""
+    if not available():
+        raise TypingError("sell_kernels._chunk needs a CPU with AVX-512F (vpermt2ps) as Numba's target; "
+                          "use sell_forward_portable on this one")
+    require_arrays("sell_kernels._chunk", _CHUNK_ARGS, (data, indices, block, slot_ptr, chunk_ptr, x, bias, out))
     sig = types.void(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
 
     def codegen(context, builder, sig, args):
@@ -81,6 +80,22 @@ def _chunk(typingctx, data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c
     return sig, codegen
 
 
+@njit(inline="always", **_OPTS)
+def _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu):
+    """_chunk in plain Numba: the same sums over the same layout, one gathered x per lane."""
+    acc = np.zeros(LANES, np.float32)
+    for e in range(chunk_ptr[c], chunk_ptr[c + 1]):
+        xb = x[block[e] * BLOCK:block[e] * BLOCK + BLOCK]
+        for s in range(slot_ptr[e], slot_ptr[e + 1]):
+            d = data[s * LANES:(s + 1) * LANES]
+            idx = indices[s * LANES:(s + 1) * LANES]
+            for lane in range(LANES):
+                acc[lane] += d[lane] * xb[idx[lane]]
+    for lane in range(LANES):
+        v = acc[lane] + bias[c * LANES + lane]
+        out[c * LANES + lane] = np.float32(0.0) if relu and v < 0 else v
+
+
 @njit(**_OPTS)
 def sell_matvec_bias_relu_serial(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu):
     """out[:16 n_chunks] = (relu)(W @ x + bias) for one SELL layer; x holds >= 32 n_blocks floats."""
@@ -99,6 +114,45 @@ def sell_matvec_bias_relu(data, indices, block, slot_ptr, chunk_ptr, bias, x, ou
 
 
 @njit(**_OPTS)
+def sell_matvec_portable_serial(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu):
+    """sell_matvec_bias_relu_serial on the portable twin."""
+    for c in range(chunk_ptr.shape[0] - 1):
+        _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def sell_matvec_portable(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, n_parts):
+    """sell_matvec_bias_relu on the portable twin."""
+    n_chunks = chunk_ptr.shape[0] - 1
+    for t in prange(n_parts):
+        for c in range(t, n_chunks, n_parts):
+            _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+
+
+@njit(inline="always", **_OPTS)
+def _load_x(X, xbuf, n_blocks):
+    """xbuf[:n_in] = X[0], zeros up to 32 n_blocks[0] (the first layer's blocks); returns xbuf."""
+    x = X[0]
+    n_in = x.shape[0]
+    for j in range(n_in):
+        xbuf[j] = x[j]
+    for j in range(n_in, BLOCK * n_blocks[0]):
+        xbuf[j] = np.float32(0.0)
+    return xbuf
+
+
+@njit(inline="always", **_OPTS)
+def _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer):
+    """Layer `layer`'s arrays of the concatenated net: (data, indices, block, slot_ptr, chunk_ptr,
+    bias, n_slots)."""
+    s0, s1 = offsets[0, layer], offsets[0, layer + 1]
+    return (data[s0 * LANES:s1 * LANES], indices[s0 * LANES:s1 * LANES],
+            block[offsets[1, layer]:offsets[1, layer + 1]], slot_ptr[offsets[2, layer]:offsets[2, layer + 1]],
+            chunk_ptr[offsets[3, layer]:offsets[3, layer + 1]], bias[offsets[4, layer]:offsets[4, layer + 1]],
+            s1 - s0)
+
+
+@njit(**_OPTS)
 def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
                  X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
@@ -109,29 +163,33 @@ def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_bl
     >= 32 n_blocks of every layer. A layer with at least min_parallel_slots slots runs on
     n_threads threads.
     """
-    x = X[0]
-    n_in = x.shape[0]
-    for j in range(n_in):
-        xbuf[j] = x[j]
-    for j in range(n_in, 32 * n_blocks[0]):
-        xbuf[j] = np.float32(0.0)
-    h = xbuf
+    h = _load_x(X, xbuf, n_blocks)
     out = buf0
     n_layers = n_chunks.shape[0]
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        s0, s1 = offsets[0, layer], offsets[0, layer + 1]
-        d = data[s0 * LANES:s1 * LANES]
-        c = indices[s0 * LANES:s1 * LANES]
-        blk = block[offsets[1, layer]:offsets[1, layer + 1]]
-        sp = slot_ptr[offsets[2, layer]:offsets[2, layer + 1]]
-        cp = chunk_ptr[offsets[3, layer]:offsets[3, layer + 1]]
-        b = bias[offsets[4, layer]:offsets[4, layer + 1]]
-        relu = layer < n_layers - 1
-        if s1 - s0 >= min_parallel_slots and n_threads > 1:
-            sell_matvec_bias_relu(d, c, blk, sp, cp, b, h, out, relu, n_threads)
+        d, c, blk, sp, cp, b, n_slots = _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer)
+        if n_slots >= min_parallel_slots and n_threads > 1:
+            sell_matvec_bias_relu(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1, n_threads)
         else:
-            sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, relu)
+            sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
         h = out
-    for j in range(logits.shape[1]):
-        logits[0, j] = out[j]
+    logits[0, :] = out[:logits.shape[1]]
+
+
+@njit(**_OPTS)
+def sell_forward_portable(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
+                          X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
+    """sell_forward on the portable twin (same arguments): runs on any CPU."""
+    h = _load_x(X, xbuf, n_blocks)
+    out = buf0
+    n_layers = n_chunks.shape[0]
+    for layer in range(n_layers):
+        out = buf0 if layer % 2 == 0 else buf1
+        d, c, blk, sp, cp, b, n_slots = _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer)
+        if n_slots >= min_parallel_slots and n_threads > 1:
+            sell_matvec_portable(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1, n_threads)
+        else:
+            sell_matvec_portable_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
+        h = out
+    logits[0, :] = out[:logits.shape[1]]

@@ -25,11 +25,26 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 LANES = 16
 _F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
 VF = ir.VectorType(_F32, LANES)
+
+
+def require_arrays(kernel: str, spec, arrays) -> None:
+    """TypingError unless each array argument is a C-contiguous array of its expected dtype and ndim.
+
+    spec: (name, dtype, ndim) per argument; dtype a Numba type, or types.Integer for any integer.
+    An intrinsic reads raw data pointers: a float64 or strided array would be misread silently.
+    """
+    for (name, dtype, ndim), ty in zip(spec, arrays):
+        ok_dtype = isinstance(getattr(ty, "dtype", None), types.Integer) if dtype is types.Integer \
+            else getattr(ty, "dtype", None) == dtype
+        if not (isinstance(ty, types.Array) and ok_dtype and ty.ndim == ndim and ty.layout == "C"):
+            want = "integer" if dtype is types.Integer else str(dtype)
+            raise TypingError(f"{kernel}: {name} must be a C-contiguous {ndim}-d {want} array, got {ty}")
 
 
 class IR:
@@ -68,7 +83,11 @@ class IR:
         return self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), None))
 
     def fma(self, a, x, acc):
-        f = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(VF, [VF, VF, VF]), "llvm.fma.v16f32")
+        """a * x + acc; fmuladd lets LLVM fuse it where the target has FMA (llvm.fma would become 16
+        scalar fmaf calls on a target without it)."""
+        vt = a.type
+        name = f"llvm.fmuladd.v{vt.count}f32"
+        f = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(vt, [vt, vt, vt]), name)
         return self.b.call(f, [a, x, acc])
 
     def relu_if(self, flag, v):
@@ -99,11 +118,14 @@ class IR:
 
 
 _ACC = 2
+_ROWS_ARGS = (("data", types.float32, 1), ("indices", types.Integer, 1), ("indptr", types.Integer, 1),
+              ("bias", types.float32, 1), ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
 def _make_csr_rows(W):
     @intrinsic
     def csr_rows(typingctx, data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu):
+        require_arrays(f"simd.csr_rows{LANES * W}", _ROWS_ARGS, (data, indices, indptr, bias, HT, out))
         sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu)
 
         def codegen(context, builder, sig, args):

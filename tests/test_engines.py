@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sparsenet import engines, sell_kernels
-from sparsenet.engines import ENGINES, batch_chunk, make_engine
+from sparsenet import csr_engine, plan, sell_kernels
+from sparsenet.engines import ENGINES, make_engine
+from sparsenet.plan import Tuning, batch_chunk
 from sparsenet.model import DEFAULT_SIZES, Layer, forward, he_init
 from sparsenet.prune import neuron_prune, weight_prune
 
@@ -55,8 +56,8 @@ def assert_matches(out, ref):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max(initial=0))))
 
 
-def check_engine(name, params, batches=BATCHES, seed=0, threads=None):
-    eng = make_engine(name, params, threads=threads)
+def check_engine(name, params, batches=BATCHES, seed=0, threads=None, **options):
+    eng = make_engine(name, params, threads=threads, **options)
     for c in getattr(eng, "csr", ()):
         c.check()
     rng = np.random.default_rng(seed)
@@ -72,11 +73,8 @@ def test_engine_matches_reference(base_params, name, method, k):
     check_engine(name, prune(base_params, method, k))
 
 
-def small_panels(monkeypatch):
-    """Panel every dense-enough layer of the small nets (16 inputs a panel), at every batch > 1."""
-    monkeypatch.setattr(engines, "MIN_PANEL_NNZ", 0)
-    monkeypatch.setattr(engines, "PANEL_WIDTH", 16)
-    monkeypatch.setattr(engines, "MIN_PANEL_BATCH", 2)
+# Panel every dense-enough layer of the small nets (16 inputs a panel), at every batch > 1.
+SMALL_PANELS = dict(min_panel_nnz=0, panel_width=16, min_panel_batch=2)
 
 
 def threads_or_skip(threads):
@@ -87,10 +85,9 @@ def threads_or_skip(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", SPARSITIES)
 @pytest.mark.parametrize("method", ["weight", "neuron"])
-def test_csr_panels_match_reference(base_params, method, k, threads, monkeypatch):
+def test_csr_panels_match_reference(base_params, method, k, threads):
     threads_or_skip(threads)
-    small_panels(monkeypatch)
-    eng = check_engine("csr", prune(base_params, method, k), threads=threads)
+    eng = check_engine("csr", prune(base_params, method, k), threads=threads, tuning=Tuning(**SMALL_PANELS))
     density = 1 - k                                    # of the hidden layers, either method
     hidden = [P < n for P, n in zip(eng.panels[:-1], eng.layer_sizes[:-2])]
     if density >= 0.45:                                # P = 16: panels in every layer with >= 32 inputs
@@ -128,29 +125,24 @@ def test_thread_counts_agree(threads):
 
 # ---- the batch split (kernels.csr_forward_chunks) ----------------------------------------------
 
-def split(eng, chunks):
-    """Force the batch split (chunks=True) or the row split (False) for every batch > 1."""
-    if chunks:
-        eng.min_chunk = 0
-    else:
-        eng.max_chunk = 0
-    return eng
+def split(chunks, **tuning):
+    """Tuning that forces the batch split (chunks=True) or the row split (False) for every batch > 1."""
+    force = dict(min_chunk=0, tile_min_chunk=0) if chunks else dict(max_chunk=0, tile_chunk=0)
+    return Tuning(**{**tuning, **force})
 
 
 UNEVEN = (2, 7, 17, 255, 257, 300, 300)   # 300 twice: the second call reuses the scratch
 
 
-@pytest.mark.parametrize("max_chunk", [engines.MAX_CHUNK, 16])
+@pytest.mark.parametrize("max_chunk", [Tuning().max_chunk, 16])
 @pytest.mark.parametrize("panels", [False, True], ids=["plain", "panels"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", [0.0, 0.5, 0.9, 0.99])
-def test_batch_split_matches_reference(base_params, k, threads, panels, max_chunk, monkeypatch):
+def test_batch_split_matches_reference(base_params, k, threads, panels, max_chunk):
     threads_or_skip(threads)
-    if panels:
-        small_panels(monkeypatch)
     params = weight_prune(base_params, k)
-    eng = split(make_engine("csr", params, threads=threads), chunks=True)
-    eng.max_chunk = max_chunk
+    tuning = split(True, max_chunk=max_chunk, tile_chunk=max_chunk, **(SMALL_PANELS if panels else {}))
+    eng = make_engine("csr", params, threads=threads, tuning=tuning)
     assert all(eng.chunk_width(B) > 0 for B in UNEVEN)
     check_engine_on(eng, params, UNEVEN)
     if k <= 0.5 or not panels:
@@ -171,14 +163,15 @@ def test_split_all_zero_layer(threads, chunks):
     params = list(he_init(SMALL, bias=True, seed=5))
     params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
     params[2] = Layer(params[2].weight, np.full_like(params[2].bias, 0.5))
-    eng = split(make_engine("csr", tuple(params), threads=threads), chunks)
+    eng = make_engine("csr", tuple(params), threads=threads, tuning=split(chunks))
+    assert all((eng.plan(B).split == "batch") == chunks for B in (4, 33, 300))
     check_engine_on(eng, params, (4, 33, 300))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_split_input_conversion(small, threads):
     threads_or_skip(threads)
-    eng = split(make_engine("csr", small, threads=threads), chunks=True)
+    eng = make_engine("csr", small, threads=threads, tuning=split(True))
     for B in (9, 300):
         X = np.random.default_rng(B).random((B, 2 * SMALL[0]))
         ref = forward(small, X[:, ::2].astype(np.float32))
@@ -210,17 +203,17 @@ def test_batch_chunk_shares(B, threads, max_chunk):
 def test_chunk_policy():
     threads_or_skip(2)
     plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
-    assert plain.max_chunk == engines.TILE_CHUNK                            # 32-column register tiles
+    assert plan.chunk_limits(plain.tuning, plain.net)[1] == Tuning().tile_chunk                           # 32-column register tiles
     assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]
     dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1
-    assert dense.max_chunk == engines.MAX_CHUNK
+    assert plan.chunk_limits(dense.tuning, dense.net)[1] == Tuning().max_chunk
     assert [dense.chunk_width(B) for B in (64, 128, 255, 256)] == [0, 0, 128, 128]
     tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
     assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 32]
     one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
     assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 32, 32]
     mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # panels (density 0.3) lose to tiles
-    assert mid.panel_nbytes > 0 and mid.max_chunk == engines.TILE_CHUNK
+    assert mid.panel_nbytes > 0 and plan.chunk_limits(mid.tuning, mid.net)[1] == Tuning().tile_chunk
 
 
 # ---- hypothesis: random shapes, sparsities and batches -----------------------------------------
@@ -369,23 +362,26 @@ needs_sell = pytest.mark.skipif(not sell_kernels.available(), reason="SELL needs
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", SPARSITIES)
-@pytest.mark.parametrize("sell", [False, pytest.param(True, marks=needs_sell)])
+@pytest.mark.parametrize("sell", [False, True, "portable"])
 def test_batch_one_paths_match_reference(base_params, k, sell, threads):
     threads_or_skip(threads)
     params = prune(base_params, "weight", k)
-    eng = make_engine("csr", params, threads=threads, sell=sell)
-    eng.min_parallel_slots = 0                           # every layer on every thread
-    assert eng.uses_sell is sell and eng.layout(1) == ("sell" if sell else "csr")
+    eng = make_engine("csr", params, threads=threads, sell=sell,
+                      tuning=Tuning(min_parallel_slots=0))   # every layer on every thread
+    assert eng.uses_sell is bool(sell) and eng.layout(1) == ("sell" if sell else "csr")
+    if sell:
+        want = "sell16-avx512" if sell is True and sell_kernels.available() else "sell16-portable"
+        assert eng.sell_kernel == want and {l.kernel for l in eng.plan(1).layers} == {want}
+        assert all(l.parallel == (threads > 1) for l in eng.plan(1).layers)
     X = np.random.default_rng(3).random((5, params[0].weight.shape[1]), dtype=np.float32)
     for row in range(5):                                 # buffers reused call after call
         assert_matches(eng(X[row:row + 1]), forward(params, X[row:row + 1]))
 
 
-@needs_sell
 @pytest.mark.parametrize("k", [0.0, 0.9, 0.99])
 def test_sell_default_sizes(k):
     params = _random_bias(default_net("weight", k))
-    eng = make_engine("csr", params, threads=1)
+    eng = make_engine("csr", params, threads=1, sell=True)
     assert eng.uses_sell and eng.sell_padding >= 1.0
     X = np.random.default_rng(4).random((1, DEFAULT_SIZES[0]), dtype=np.float32)
     assert_matches(eng(X), forward(params, X))
@@ -396,7 +392,6 @@ def test_sell_default_sizes(k):
     assert eng.describe()["sell"] is True
 
 
-@needs_sell
 def test_sell_all_zero_layer():
     params = list(_random_bias(he_init(SMALL, seed=5)))
     params[2] = Layer(np.zeros_like(params[2].weight), params[2].bias)
@@ -407,8 +402,12 @@ def test_sell_all_zero_layer():
 
 def test_sell_demanded_without_avx512(small, monkeypatch):
     monkeypatch.setattr(sell_kernels, "available", lambda: False)
-    with pytest.raises(ValueError, match="AVX-512F"):
-        make_engine("csr", small, sell=True)
+    eng = make_engine("csr", small, sell=True)           # the portable twin
+    assert eng.sell_kernel == "sell16-portable" and eng.layout(1) == "sell"
+    X = np.ones((1, SMALL[0]), np.float32)
+    assert_matches(eng(X), forward(small, X))
+    with pytest.raises(ValueError, match="sell must be None, True, False or 'portable', got 'yes'"):
+        make_engine("csr", small, sell="yes")
     eng = make_engine("csr", small)                      # falls back to the CSR SpMV
     assert not eng.uses_sell and eng.layout(1) == "csr" and eng.call_nbytes(1) == eng.nbytes
     X = np.ones((1, SMALL[0]), np.float32)
@@ -416,15 +415,18 @@ def test_sell_demanded_without_avx512(small, monkeypatch):
 
 
 def test_sell_pays_rule():
-    assert engines.sell_pays(4 * 2 ** 20, 10**6)             # in the caches
-    assert engines.sell_pays(50 * 2 ** 20, 30 * 2 ** 20)     # <= twice CSR
-    assert not engines.sell_pays(65 * 2 ** 20, 16 * 2 ** 20)  # padding-heavy and out of cache
+    assert csr_engine.sell_pays(4 * 2 ** 20, 10**6)             # in the caches
+    assert csr_engine.sell_pays(8 * 2 ** 20, 10**6)             # the cache budget itself
+    assert csr_engine.sell_pays(50 * 2 ** 20, 25 * 2 ** 20)     # exactly twice CSR
+    assert not csr_engine.sell_pays(50 * 2 ** 20 + 1, 25 * 2 ** 20)
+    assert not csr_engine.sell_pays(65 * 2 ** 20, 16 * 2 ** 20)  # padding-heavy and out of cache
+    assert not csr_engine.sell_pays(4 * 2 ** 20, 10**6, Tuning(sell_cache_bytes=2 ** 20))
 
 
 @needs_sell
 def test_sell_dropped_when_it_does_not_pay(monkeypatch):
     params = _random_bias(he_init(SMALL, seed=6))
-    monkeypatch.setattr(engines, "sell_pays", lambda sell_nbytes, csr_nbytes: False)
+    monkeypatch.setattr(csr_engine, "sell_pays", lambda sell_nbytes, csr_nbytes, tuning: False)
     eng = make_engine("csr", params)
     assert not eng.uses_sell and eng.layout(1) == "csr" and eng.sell_nbytes > 0
     X = np.ones((1, SMALL[0]), np.float32)

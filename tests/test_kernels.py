@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from sparsenet import kernels
 from sparsenet.csr import CSR
-from sparsenet.engines import panel_layout
+from sparsenet.csr_engine import panel_layout
 from sparsenet.model import forward, he_init
 
 MATMUL = [kernels.csr_matmul_bias_relu, kernels.csr_matmul_bias_relu_serial]
@@ -60,7 +60,7 @@ def test_matvec(kernel, relu, idx):
 
 
 def flat(params, panel=None):
-    """The concatenated arrays csr_forward takes (what engines.CSREngine builds)."""
+    """The concatenated arrays csr_forward takes (what csr_engine.CSREngine builds)."""
     cs = [CSR.from_dense(l.weight).check() for l in params]
     panels = [c.shape[1] if panel is None else panel for c in cs]
     layout = [panel_layout(c, P) for c, P in zip(cs, panels)]
@@ -85,14 +85,19 @@ def chain_params(seed):
 
 @pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
 @pytest.mark.parametrize("B", [1, 5, 64])
-@pytest.mark.parametrize("min_parallel_work", [0, 10**18], ids=["parallel", "serial"])
-def test_forward_chain(B, min_parallel_work, panel):
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+def test_forward_chain(B, parallel, panel):
     params = chain_params(seed=B)
     X = np.random.default_rng(0).standard_normal((B, 30)).astype(np.float32)
     width = 25
     HT = np.ascontiguousarray(X.T)
     buf0, buf1 = np.empty(width * B, np.float32), np.empty(width * B, np.float32)
-    outT = kernels.csr_forward(*flat(params, panel), HT, buf0, buf1, min_parallel_work, 2)
+    if panel is None:
+        kind = kernels.SPMV if B == 1 else kernels.ROWS8
+    else:
+        kind = kernels.SPMV_PANELS if B == 1 else kernels.PANELS
+    codes = np.full(len(params), kind | (kernels.PARALLEL if parallel else 0), np.int64)
+    outT = kernels.csr_forward(*flat(params, panel), HT, buf0, buf1, codes, 2)
     close(outT.T, forward(params, X))
 
 
@@ -100,7 +105,8 @@ def test_forward_chain(B, min_parallel_work, panel):
 @pytest.mark.parametrize("B, Bc, n_workers", [
     (1, 1, 1), (5, 16, 1), (16, 16, 2), (17, 16, 2), (17, 5, 3), (7, 4, 4), (64, 32, 2), (33, 8, 2),
     (100, 7, 2)])
-def test_forward_chunks(B, Bc, n_workers, panel):
+@pytest.mark.parametrize("rows8", [False, True], ids=["tiles", "rows8"])
+def test_forward_chunks(B, Bc, n_workers, panel, rows8):
     # uneven splits (a padded last chunk, more workers than chunks, an odd chunk count); scratch
     # full of NaN: pad columns must be zeroed and nothing stale may reach the logits
     params = chain_params(seed=B)
@@ -109,7 +115,12 @@ def test_forward_chunks(B, Bc, n_workers, panel):
     HT = np.full((n_workers, 30, Bc), np.nan, np.float32)
     buf0, buf1 = (np.full((n_workers, width * Bc), np.nan, np.float32) for _ in range(2))
     out = np.full((B, 4), np.nan, np.float32)
-    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, out)
+    if panel is not None:
+        kind = kernels.PANELS
+    else:
+        kind = kernels.TILES if Bc % 16 == 0 and not rows8 else kernels.ROWS8
+    codes = np.full(len(params), kind, np.int64)
+    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, codes, out)
     close(out, forward(params, X))
 
 

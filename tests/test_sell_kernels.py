@@ -1,6 +1,11 @@
-"""The SELL kernels (sell_kernels.py) against NumPy on the same weights; they need AVX-512F."""
+"""The SELL kernels (sell_kernels.py) against NumPy on the same weights.
+
+Every test runs the portable twin (any CPU) and, where Numba targets AVX-512F, the AVX-512 kernel.
+"""
 import numpy as np
 import pytest
+from numba import njit
+from numba.core.errors import TypingError
 
 from sparsenet import sell_kernels
 from sparsenet.csr import CSR
@@ -8,8 +13,12 @@ from sparsenet.model import Layer, forward
 from sparsenet.sell import BLOCK, LANES, SELL, flatten, net_layout
 from test_csr import sparse_matrix
 
-pytestmark = pytest.mark.skipif(not sell_kernels.available(),
-                                reason="the SELL kernels need a CPU with AVX-512F")
+# (serial matvec, parallel matvec, whole forward) per kernel this CPU runs
+VARIANTS = {"portable": (sell_kernels.sell_matvec_portable_serial, sell_kernels.sell_matvec_portable,
+                         sell_kernels.sell_forward_portable)}
+if sell_kernels.available():
+    VARIANTS["avx512"] = (sell_kernels.sell_matvec_bias_relu_serial, sell_kernels.sell_matvec_bias_relu,
+                          sell_kernels.sell_forward)
 
 
 def _layer_args(W, bias, x):
@@ -31,17 +40,18 @@ def test_matvec(M, N, density, relu, parts):
     W = sparse_matrix(M, N, density, seed=N)
     bias = rng.standard_normal(M).astype(np.float32)
     x = rng.standard_normal(N).astype(np.float32)
-    s, args = _layer_args(W, bias, x)
-    if parts is None:
-        sell_kernels.sell_matvec_bias_relu_serial(*args, relu)
-    else:
-        sell_kernels.sell_matvec_bias_relu(*args, relu, parts)
     want = W.astype(np.float64) @ x + bias
     if relu:
         want = np.maximum(want, 0)
-    out = args[7]
-    np.testing.assert_allclose(out[:M], want, rtol=1e-4, atol=1e-4)
-    assert np.all(out[M:] == 0)                          # padding rows: no weights, zero bias
+    for serial, parallel, _ in VARIANTS.values():
+        s, args = _layer_args(W, bias, x)
+        if parts is None:
+            serial(*args, relu)
+        else:
+            parallel(*args, relu, parts)
+        out = args[7]
+        np.testing.assert_allclose(out[:M], want, rtol=1e-4, atol=1e-4)
+        assert np.all(out[M:] == 0)                      # padding rows: no weights, zero bias
 
 
 def sell_flatten(net):
@@ -63,23 +73,29 @@ def _net(sizes, density, seed=0, bias=True):
 @pytest.mark.parametrize("min_parallel_slots, threads", [(10**9, 1), (0, 2)])
 def test_forward_equals_dense_reference(sizes, density, min_parallel_slots, threads):
     net = _net(sizes, density, bias=density != 0.5)
-    arrays, (xbuf, buf0, buf1) = sell_flatten(net)
-    for buf in (xbuf, buf0, buf1):
-        buf[:] = 1e30                                    # stale contents of earlier calls
     x = np.random.default_rng(2).random((1, sizes[0])).astype(np.float32)
-    logits = np.full((1, sizes[-1]), np.nan, np.float32)
-    sell_kernels.sell_forward(*arrays, x, xbuf, buf0, buf1, min_parallel_slots, threads, logits)
-    np.testing.assert_allclose(logits, forward(net, x), rtol=1e-4, atol=1e-4)
+    results = {}
+    for name, (_, _, sell_forward) in VARIANTS.items():
+        arrays, (xbuf, buf0, buf1) = sell_flatten(net)
+        for buf in (xbuf, buf0, buf1):
+            buf[:] = 1e30                                # stale contents of earlier calls
+        logits = results[name] = np.full((1, sizes[-1]), np.nan, np.float32)
+        sell_forward(*arrays, x, xbuf, buf0, buf1, min_parallel_slots, threads, logits)
+        np.testing.assert_allclose(logits, forward(net, x), rtol=1e-4, atol=1e-4)
+    if "avx512" in results:                              # the ISA kernel against its twin
+        scale = max(1.0, float(np.abs(results["portable"]).max()))
+        np.testing.assert_allclose(results["avx512"], results["portable"], rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_forward_all_zero_layer():
     net = _net((50, 40, 30, 4), 0.5)
     net[1] = Layer(np.zeros_like(net[1].weight), net[1].bias)
-    arrays, bufs = sell_flatten(net)
     x = np.ones((1, 50), np.float32)
-    logits = np.empty((1, 4), np.float32)
-    sell_kernels.sell_forward(*arrays, x, *bufs, 10**9, 1, logits)
-    np.testing.assert_allclose(logits, forward(net, x), rtol=1e-5, atol=1e-5)
+    for _, _, sell_forward in VARIANTS.values():
+        arrays, bufs = sell_flatten(net)
+        logits = np.empty((1, 4), np.float32)
+        sell_forward(*arrays, x, *bufs, 10**9, 1, logits)
+        np.testing.assert_allclose(logits, forward(net, x), rtol=1e-5, atol=1e-5)
 
 
 def test_flatten_matches_net_layout():
@@ -94,3 +110,31 @@ def test_flatten_matches_net_layout():
     for l, s in enumerate(layers):
         np.testing.assert_array_equal(slot_ptr[offsets[2, l]:offsets[2, l + 1]], s.slot_ptr)
     np.testing.assert_array_equal(bias[:50], net[0].bias[perms[0]])
+
+
+def _call_chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out):
+    sell_kernels._chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, 0, True)
+
+
+def test_intrinsic_refuses_a_cpu_without_avx512(monkeypatch):
+    """Typing, not LLVM, says no: an AVX-512 instruction on an AVX2 target aborted the interpreter."""
+    monkeypatch.setattr(sell_kernels, "available", lambda: False)
+    s, args = _layer_args(np.ones((16, 32), np.float32), np.zeros(16, np.float32), np.ones(32, np.float32))
+    with pytest.raises(TypingError, match="needs a CPU with AVX-512F"):
+        njit(_call_chunk)(*args[:5], args[6], args[5], args[7])
+
+
+@pytest.mark.parametrize("bad", ["float64-data", "strided-x", "int8-indices"])
+def test_intrinsic_refuses_wrong_arrays(bad, monkeypatch):
+    """The intrinsic reads raw pointers: a float64 or strided array must be refused, not misread."""
+    monkeypatch.setattr(sell_kernels, "available", lambda: True)   # typing only: nothing runs
+    s, args = _layer_args(np.ones((16, 32), np.float32), np.zeros(16, np.float32), np.ones(32, np.float32))
+    data, indices, block, slot_ptr, chunk_ptr, bias, x, out = args
+    if bad == "float64-data":
+        data, what = data.astype(np.float64), "data must be a C-contiguous 1-d float32 array"
+    elif bad == "strided-x":
+        x, what = np.repeat(x, 2)[::2], "x must be a C-contiguous 1-d float32 array"
+    else:
+        indices, what = indices.astype(np.int8), "indices must be a C-contiguous 1-d uint8 array"
+    with pytest.raises(TypingError, match=what):
+        njit(_call_chunk)(data, indices, block, slot_ptr, chunk_ptr, x, bias, out)

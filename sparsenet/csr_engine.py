@@ -1,0 +1,217 @@
+"""The csr engine: our Numba CSR kernels, the whole forward pass in one compiled call.
+
+What a call runs is its plan (plan.plan_csr, computed once per batch size): batch 1 on a SELL copy
+of the net (sell_kernels: the AVX-512 kernel where the CPU has AVX-512F, its portable twin when
+asked for) or on the CSR SpMV; batches > 1 split into column chunks, one thread running a chunk
+through every layer (kernels.csr_forward_chunks), or each layer's rows split over the threads
+(kernels.csr_forward). This module builds the layouts and buffers and executes the plan.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from sparsenet import kernels, sell_kernels
+from sparsenet.csr import CSR, index_dtype
+from sparsenet.engine_base import Engine
+from sparsenet.model import Layer, layer_sizes
+from sparsenet.plan import NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr
+from sparsenet.sell import LANES, flatten as sell_flatten
+
+SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
+
+
+class CSREngine(Engine):
+    """Our Numba CSR kernels, executing plan.plan_csr's plan.
+
+    sell: None (SELL at batch 1 where the CPU has AVX-512F and SELL pays, else the CSR SpMV),
+    False (always the SpMV), True (SELL: the AVX-512 kernel where the CPU has it, else the
+    portable twin) or "portable" (SELL on the portable twin). tuning: the plan's thresholds.
+    """
+
+    name = "csr"
+    uses_numba = True
+
+    def __init__(self, params: Sequence[Layer], threads: Optional[int] = None,
+                 sell: Union[None, bool, str] = None, tuning: Optional[Tuning] = None):
+        if sell not in (None, True, False, "portable"):
+            raise ValueError(f"sell must be None, True, False or 'portable', got {sell!r}")
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise ValueError(f"tuning must be a plan.Tuning, got {type(tuning).__name__}")
+        self.tuning = tuning or Tuning()
+        self._sell_choice = sell
+        self._plans = {}
+        super().__init__(params, threads)
+
+    def _build(self, params):
+        t = self.tuning
+        self.csr = tuple(CSR.from_dense(l.weight).check() for l in params)
+        sizes = layer_sizes(params)
+        self.layer_sizes = sizes
+        idx = index_dtype(max(sizes[:-1]))               # one dtype for the concatenated indices
+        # calls over >= min_panel_batch columns run on column panels where a layer is dense enough
+        # (a second, panel-major copy of those layers)
+        self.panels = tuple(panel_width(t, c.density, c.shape[1], c.nnz) for c in self.csr)
+        self._plain = _flatten([(c.data, c.indices, c.indptr) for c in self.csr], idx, sizes[:-1])
+        if all(P >= n for P, n in zip(self.panels, sizes[:-1])):
+            self._paneled = self._plain
+        else:
+            self._paneled = _flatten([panel_layout(c, P) for c, P in zip(self.csr, self.panels)],
+                                     idx, self.panels)
+        self._bias = np.concatenate([np.zeros(n, np.float32) if l.bias is None else l.bias
+                                     for n, l in zip(sizes[1:], params)]).astype(np.float32)
+        self._sizes = np.asarray(sizes, np.int64)
+        self._nnz_off = np.concatenate([[0], np.cumsum([c.nnz for c in self.csr])]).astype(np.int64)
+        self.nnz = int(self._nnz_off[-1])
+        self.n_weights = self.nnz
+        bias_nbytes = sum(l.bias.nbytes for l in params if l.bias is not None)
+        self.nbytes = int(sum(c.nbytes for c in self.csr) + bias_nbytes)
+        # bytes of the second (panel-major) copy of data/indices/indptr held for batches > 1;
+        # 0 when no layer is panelled
+        self.panel_nbytes = 0 if self._paneled is self._plain else int(sum(a.nbytes for a in self._paneled[:3]))
+        self.index_dtype = str(idx)
+        self._width = max(sizes[1:])
+        self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
+        self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
+        self._build_sell(params)
+        nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes,
+                  "csr-panels": self.nbytes + self.panel_nbytes - sum(c.nbytes for c in self.csr)}
+        self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
+                            sell_slots=self._sell_slots, panels=self.panels, nbytes=nbytes)
+
+    def _build_sell(self, params):
+        """The SELL copy for batch 1, when the engine runs batch 1 on it (see the class docstring)."""
+        choice, avx512 = self._sell_choice, sell_kernels.available()
+        self.sell_kernel, self.sell_nbytes, self.sell_padding, self._sell_slots = None, 0, None, None
+        if choice is False or (choice is None and not avx512):
+            return
+        self._sell, (n_x, width), layers = sell_flatten(params)
+        self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
+        self.sell_nbytes = int(sum(s.nbytes for s in layers) + self._sell[5].nbytes)   # + padded biases
+        self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
+        self._sell_slots = tuple(s.n_slots for s in layers)
+        if choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
+            self._sell = self._sell_bufs = None
+            return
+        self.sell_kernel = SELL_AVX512 if avx512 and choice != "portable" else SELL_PORTABLE
+
+    @property
+    def uses_sell(self) -> bool:
+        """Whether batch 1 runs on the SELL copy."""
+        return self.sell_kernel is not None
+
+    def plan(self, batch: int) -> Plan:
+        return self._plan_codes(int(batch))[0]
+
+    def _plan_codes(self, B: int) -> tuple:
+        """(plan, its kernel codes) for batch B: computed once per batch size."""
+        pc = self._plans.get(B)
+        if pc is None:
+            p = plan_csr(self.net, B, self.threads, self.tuning, self.sell_kernel)
+            pc = self._plans[B] = (p, p.codes())
+        return pc
+
+    def chunk_width(self, B) -> int:
+        """Columns per chunk of the batch split for a batch of B, or 0: the row split."""
+        return chunk_width(self.tuning, self.net, int(B), self.threads)
+
+    def describe(self) -> dict:
+        return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes,
+                    sell=self.uses_sell, sell_kernel=self.sell_kernel, sell_nbytes=self.sell_nbytes,
+                    sell_padding=self.sell_padding)
+
+    # -- buffers ---------------------------------------------------------------------------------
+    def _buffers(self, B):
+        """(padded batch, HT, buf0, buf1) of the row split: 64-byte aligned, zeroed, cached for the
+        last batch size (an AVX-512 load that straddles two cache lines halves load throughput)."""
+        if self._bufs is None or self._bufs[0] != B:
+            Bp = padded_batch(B)
+            self._bufs = (B, Bp, _aligned_zeros((self.n_in, Bp)), _aligned_zeros(self._width * Bp),
+                          _aligned_zeros(self._width * Bp))
+        return self._bufs[1:]
+
+    def _chunk_buffers(self, Bc):
+        """Per-thread scratch of the batch split: HT (threads, n_in, Bc), buf0/1 (threads, width * Bc);
+        64-byte aligned and cached for the last chunk width."""
+        if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
+            n = self.threads
+            self._chunk_bufs = (Bc, _aligned_zeros((n, self.n_in, Bc)),
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+        return self._chunk_bufs[1:]
+
+    # -- the call --------------------------------------------------------------------------------
+    def _forward(self, X):
+        B = X.shape[0]
+        p, codes = self._plans.get(B) or self._plan_codes(B)
+        if p.layout == "sell":                           # batch 1 first: microseconds count
+            logits = np.empty((1, self.n_out), np.float32)
+            forward = sell_kernels.sell_forward if self.sell_kernel == SELL_AVX512 \
+                else sell_kernels.sell_forward_portable
+            slots = self.tuning.min_parallel_slots if self.threads > 1 else kernels.NEVER
+            forward(*self._sell, X, *self._sell_bufs, slots, self.threads, logits)
+            return logits
+        data, indices, indptr, ptr_off, panels = self._paneled if p.layout == "csr-panels" else self._plain
+        if p.split == "batch":
+            HT, buf0, buf1 = self._chunk_buffers(p.chunk)
+            out = np.empty((B, self.n_out), np.float32)
+            kernels.csr_forward_chunks(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
+                                       ptr_off, panels, X, HT, buf0, buf1, codes, out)
+            return out
+        Bp, HT, buf0, buf1 = self._buffers(B)
+        if B == 1:
+            HT = X.reshape(self.n_in, 1)                 # (1, n_in) is already (n_in, 1) in memory
+        else:
+            np.copyto(HT[:, :B], X.T)                    # (B, n_in) -> (n_in, Bp); pad columns stay 0
+        outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
+                                   ptr_off, panels, HT, buf0, buf1, codes, self.threads)  # (n_out, Bp)
+        out = np.empty((B, self.n_out), np.float32)     # outT is a view of buf0/buf1: never return it
+        out[:] = outT[:, :B].T
+        return out
+
+
+def sell_pays(sell_nbytes: int, csr_nbytes: int, tuning: Tuning = Tuning()) -> bool:
+    """Whether batch 1 should run on SELL rather than the CSR SpMV (unless the caller chose).
+
+    SELL reads its padding: it is bandwidth-bound where the SpMV is bound by its loads per non-zero.
+    It wins while its bytes stay in the caches (tuning.sell_cache_bytes) or are at most twice CSR's.
+    """
+    return sell_nbytes <= max(tuning.sell_cache_bytes, 2 * csr_nbytes)
+
+
+def _flatten(layout, idx_dtype, panels) -> tuple:
+    """Concatenate per-layer (data, indices, indptr) for kernels.csr_forward (+ ptr_off, panels)."""
+    indptr = [p for _, _, p in layout]
+    return (np.concatenate([d for d, _, _ in layout]),
+            np.concatenate([i for _, i, _ in layout]).astype(idx_dtype, copy=False),
+            np.concatenate(indptr),
+            np.concatenate([[0], np.cumsum([p.size for p in indptr])]).astype(np.int64),
+            np.asarray(panels, np.int64))
+
+
+def panel_layout(c: CSR, P: int) -> tuple:
+    """(data, local indices, indptr) of CSR `c` cut into column panels of P inputs, panel-major.
+
+    indptr holds n_panels blocks of M + 1 offsets into data (block p: the rows' segments in panel p).
+    With P >= N it is c's own arrays (one panel, plain CSR).
+    """
+    M, N = c.shape
+    n_panels = max(1, -(-N // P))
+    if n_panels == 1:
+        return c.data, c.indices, c.indptr
+    rows = np.repeat(np.arange(M), np.diff(c.indptr))
+    panel = c.indices.astype(np.int64) // P
+    order = np.argsort(panel * M + rows, kind="stable")   # panel-major, row, then column
+    counts = np.bincount(panel * M + rows, minlength=n_panels * M)
+    starts = np.concatenate([[0], np.cumsum(counts)])     # (n_panels * M + 1,)
+    indptr = np.concatenate([starts[p * M:p * M + M + 1] for p in range(n_panels)])
+    local = (c.indices.astype(np.int64) - panel * P)[order]
+    return c.data[order], local.astype(c.indices.dtype), indptr.astype(c.indptr.dtype)
+
+
+def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
+    """float32 zeros whose first element sits on an `align`-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n + align // 4, np.float32)
+    off = (-raw.ctypes.data % align) // 4
+    return raw[off:off + n].reshape(shape)

@@ -1,0 +1,306 @@
+"""Which kernel runs for a call, and why: the csr engine's tuning record and its kernel plan.
+
+One place answers "which kernel runs for this call": `plan_csr` turns (the net's layers, batch
+size, threads, CPU features, Tuning) into a `Plan` — the layout, how the batch is split, chunk
+widths, and per layer the kernel and whether it runs on several threads — with one line of
+reason per decision. The engine computes a plan once per batch size and executes it; kernels get
+the per-layer kernel codes (kernels.SPMV, ...) as an argument and never re-decide. Every timing
+record stores its plan (`Plan.to_dict`), and `sparsenet plan` prints one.
+
+Measurements behind the thresholds: docs/perf-notes.md (dated, with CPU, BLAS kernel, threads).
+"""
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+from sparsenet import kernels
+
+# kernel names by code (kernels.py owns the codes)
+KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.SPMV_PANELS: "spmv-panels", kernels.ROWS8: "rows8",
+                kernels.PANELS: "panels", kernels.TILES: "tiles"}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The csr engine's thresholds; each field's rule in one line (figures: docs/perf-notes.md)."""
+
+    # a plain layer's rows run on all threads when nnz * batch reaches this (a parallel region
+    # costs ~1.4 us: below ~6 us of one core's work it eats the gain)
+    min_parallel_work: int = 20_000
+    # a layer is cut into column panels only from this many non-zeros (small layers: no time to win)
+    min_panel_nnz: int = 32_768
+    # inputs per column panel at density >= dense_panels, twice that at 0.25..dense_panels, none below
+    panel_width: int = 64
+    # density from which column panels beat 32-column register tiles in the batch split
+    dense_panels: float = 0.45
+    # kernel calls over at least this many batch columns use the column panels (fewer: whole rows)
+    min_panel_batch: int = 96
+    # batch split at threads > 1 only when a thread's chunk has >= min_chunk columns (2x with panels)
+    min_chunk: int = 64
+    # widest chunk of the batch split (a 128-column chunk of a panelled net keeps its panels in L1)
+    max_chunk: int = 128
+    # ... or >= 16 columns when nnz * batch is at most this (short calls: the row split's regions cost more)
+    small_work: int = 2_500_000
+    # chunk width when no layer is dense enough for panels: 32-column register tiles
+    tile_chunk: int = 32
+    # ... and the narrowest such chunk worth a thread (16: one register tile)
+    tile_min_chunk: int = 16
+    # batch 1 on SELL: a layer runs on all threads from this many slots
+    min_parallel_slots: int = 3000
+    # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
+    sell_cache_bytes: int = 8 * 2 ** 20
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value < 0:
+                raise ValueError(f"Tuning.{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class CPU:
+    """What the plan needs to know of the CPU Numba compiles for (NUMBA_CPU_NAME may differ from the host)."""
+
+    name: str          # Numba's target CPU name (e.g. 'sapphirerapids', 'znver3', 'haswell')
+    machine: str       # platform.machine(): x86_64, aarch64, ...
+    avx512f: bool
+    avx2: bool
+    fma: bool
+
+    @property
+    def isa(self) -> str:
+        """ISA level of the kernels this CPU runs: avx512, avx2, neon or generic."""
+        if self.avx512f:
+            return "avx512"
+        if self.avx2 and self.fma:
+            return "avx2"
+        if self.machine in ("aarch64", "arm64"):
+            return "neon"
+        return "generic"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> CPU:
+    """The CPU Numba targets in this process (its NUMBA_CPU_NAME/NUMBA_CPU_FEATURES, else the host)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    machine = platform.machine()
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        name = config.CPU_NAME
+        flags = set((config.CPU_FEATURES or "").split(","))
+        if not config.CPU_FEATURES:                  # a named CPU without a feature list
+            flags = _known_features(name)
+        has = lambda f: f"+{f}" in flags              # noqa: E731
+    else:
+        name = llvm.get_host_cpu_name()
+        host = llvm.get_host_cpu_features()
+        has = lambda f: bool(host.get(f, False))      # noqa: E731
+    return CPU(name=name, machine=machine, avx512f=has("avx512f"), avx2=has("avx2"), fma=has("fma"))
+
+
+def _known_features(cpu_name: str) -> set:
+    """Flags of x86 CPU names used to force a code path (NUMBA_CPU_NAME=haswell); unknown names get
+    none, so the plan stays on portable kernels rather than emit instructions the CPU may lack."""
+    avx2 = {"+avx", "+avx2", "+fma"}
+    avx512 = avx2 | {"+avx512f"}
+    table = {"haswell": avx2, "broadwell": avx2, "skylake": avx2, "znver1": avx2, "znver2": avx2,
+             "znver3": avx2, "alderlake": avx2, "skylake-avx512": avx512, "icelake-server": avx512,
+             "sapphirerapids": avx512, "znver4": avx512, "x86-64-v4": avx512, "x86-64-v3": avx2}
+    return table.get(cpu_name, set())
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer of a plan: its kernel and whether it runs on several threads."""
+
+    kernel: str        # spmv, spmv-panels, rows8, panels, tiles, sell16-avx512, sell16-portable, sgemm, ...
+    parallel: bool     # the layer's rows are split over the engine's threads
+    panel: int = 0     # inputs per column panel (0: the layer is not panelled)
+    code: int = -1     # kernels.<KERNEL> code passed to the csr kernels (-1: not a csr kernel)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one engine call of a given batch size runs, and why."""
+
+    engine: str
+    batch: int
+    threads: int
+    isa: str                         # CPU.isa of the target
+    layout: str                      # storage read: dense, csr, csr-panels, sell, scipy-csr
+    split: str                       # none (one thread or batch 1), batch (column chunks), rows, blas
+    chunk: int = 0                   # columns per chunk of the batch split (split == 'batch')
+    padded_batch: int = 0            # the row split pads the batch to aligned rows
+    layers: tuple = ()               # LayerPlan per layer
+    reasons: tuple = ()              # one line per decision
+    nbytes: int = 0                  # parameter bytes a call reads (the layout's)
+
+    def codes(self):
+        """Per layer kernels.<KERNEL> code | kernels.PARALLEL: the argument the csr kernels take."""
+        import numpy as np
+        return np.asarray([l.code | (kernels.PARALLEL if l.parallel else 0) for l in self.layers], np.int64)
+
+    def summary(self) -> str:
+        """One line: layout, split, and the layers' kernels (runs of the same kernel folded)."""
+        runs: list = []
+        for l in self.layers:
+            name = l.kernel + ("/par" if l.parallel else "")
+            if runs and runs[-1][0] == name:
+                runs[-1][1] += 1
+            else:
+                runs.append([name, 1])
+        kernels_ = ", ".join(n if c == 1 else f"{n} x{c}" for n, c in runs)
+        split = {"batch": f"batch split {self.chunk} cols x {self.threads} threads",
+                 "rows": f"row split over {self.threads} threads"}.get(self.split, self.split)
+        return f"{self.layout}; {split}; {kernels_}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [asdict(l) for l in self.layers]
+        d["reasons"] = list(self.reasons)
+        d["summary"] = self.summary()
+        return d
+
+    def describe(self) -> str:
+        """A few lines for people: the summary, the layers, and why."""
+        lines = [f"{self.engine} at batch {self.batch}, {self.threads} thread(s), {self.isa}: {self.summary()}"]
+        for i, l in enumerate(self.layers):
+            extra = f", panels of {l.panel} inputs" if l.panel else ""
+            lines.append(f"  layer {i}: {l.kernel}{' (parallel)' if l.parallel else ''}{extra}")
+        lines += [f"  why: {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+def blas_plan(engine: str, batch: int, threads: int, n_layers: int, nbytes: int) -> Plan:
+    """The plan of a BLAS engine (dense, shrunk): one sgemm (sgemv at batch 1) per layer."""
+    kernel = "sgemv" if batch == 1 else "sgemm"
+    return Plan(engine=engine, batch=batch, threads=threads, isa=cpu().isa, layout="dense", split="blas",
+                layers=tuple(LayerPlan(kernel, threads > 1) for _ in range(n_layers)),
+                reasons=(f"numpy matmul per layer on {threads} BLAS thread(s)",), nbytes=nbytes)
+
+
+def scipy_plan(batch: int, threads: int, n_layers: int, nbytes: int) -> Plan:
+    """The plan of the scipy.sparse baseline: scipy's CSR matmul per layer, single-threaded."""
+    return Plan(engine="csr-scipy", batch=batch, threads=threads, isa=cpu().isa, layout="scipy-csr",
+                split="none", layers=tuple(LayerPlan("scipy-csr", False) for _ in range(n_layers)),
+                reasons=("scipy.sparse CSR @ dense per layer (scipy's own loop, one thread)",), nbytes=nbytes)
+
+
+@dataclass(frozen=True)
+class NetShape:
+    """What the csr plan reads of a net: per layer nnz, density, (n_out, n_in); SELL slots if built."""
+
+    nnz: tuple
+    shape: tuple
+    sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists
+    panels: tuple = field(default=())    # inputs per column panel per layer (n_in: not panelled)
+    nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
+
+
+def panel_width(t: Tuning, density: float, n_in: int, nnz: int) -> int:
+    """Inputs per column panel of a layer; n_in (one panel: plain CSR) when sparse or small."""
+    P = t.panel_width if density >= 0.45 else 2 * t.panel_width if density >= 0.25 else n_in
+    return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
+
+
+def batch_chunk(B: int, threads: int, max_chunk: int = Tuning.max_chunk) -> int:
+    """Columns per chunk when B columns are cut into equal shares for `threads`; 0 for B <= 1.
+
+    The number of chunks is a multiple of threads, each <= max_chunk (max_chunk <= 0: no chunks);
+    the width is rounded up to a multiple of 16 floats (64-byte aligned rows) when that costs
+    <= 1/8 extra work.
+    """
+    if B <= 1 or max_chunk <= 0:
+        return 0
+    n_chunks = threads * -(-B // (threads * max_chunk))
+    Bc = -(-B // n_chunks)
+    Bc16 = -(-Bc // 16) * 16
+    return Bc16 if (Bc16 - Bc) * 8 <= Bc else Bc
+
+
+def padded_batch(B: int) -> int:
+    """The row split's batch: padded to a multiple of 16 floats (aligned rows) when that costs <= 1/8."""
+    Bp = -(-B // 16) * 16
+    return B if (Bp - B) * 8 > B else Bp
+
+
+def chunk_limits(t: Tuning, net: NetShape) -> tuple:
+    """(min_chunk, max_chunk) of the batch split: 32-column tile chunks unless a layer is dense
+    enough for its panels to pay (density >= dense_panels)."""
+    dense_panelled = any(nnz >= t.dense_panels * m * n and P < n
+                         for nnz, (m, n), P in zip(net.nnz, net.shape, net.panels))
+    return (t.min_chunk, t.max_chunk) if dense_panelled else (t.tile_min_chunk, t.tile_chunk)
+
+
+def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
+    """Columns per chunk of the batch split, or 0: split each layer's rows over the threads instead."""
+    min_chunk, max_chunk = chunk_limits(t, net)
+    Bc = batch_chunk(B, threads, max_chunk)
+    if threads == 1 or Bc == 0:
+        return Bc
+    panelled = any(P < n for (_, n), P in zip(net.shape, net.panels))
+    if Bc >= (2 * min_chunk if panelled else min_chunk) or (Bc >= 16 and sum(net.nnz) * B <= t.small_work):
+        return Bc
+    return 0
+
+
+def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[str],
+             isa: Optional[str] = None) -> Plan:
+    """The csr engine's plan for one batch size. `sell`: the SELL kernel the engine holds for batch 1
+    ('sell16-avx512' or 'sell16-portable'), None when batch 1 runs on the CSR SpMV."""
+    isa = isa or cpu().isa
+    B = int(batch)
+    common = dict(engine="csr", batch=B, threads=threads, isa=isa)
+    if B == 1 and sell:
+        layers = tuple(LayerPlan(sell, threads > 1 and s >= t.min_parallel_slots) for s in net.sell_slots)
+        why = (f"batch 1 on SELL-16x32 ({'AVX-512F permutes' if sell.endswith('avx512') else 'portable twin'})",
+               f"a layer runs on {threads} threads from {t.min_parallel_slots} slots" if threads > 1
+               else "one thread")
+        return Plan(layout="sell", split="none", layers=layers, reasons=why, nbytes=net.nbytes.get("sell", 0), **common)
+    Bc = chunk_width(t, net, B, threads)
+    reasons = []
+    if B == 1:
+        reasons.append({"avx512": "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, "
+                                  "or sell=False)"}.get(isa, f"no AVX-512F ({isa}): batch 1 on the CSR SpMV"))
+    if Bc:
+        panels_on = Bc >= t.min_panel_batch
+        layers = []
+        for (m, n), P in zip(net.shape, net.panels):
+            if panels_on and P < n:
+                layers.append(LayerPlan("panels", False, P, kernels.PANELS))
+            elif Bc % 16 == 0:
+                layers.append(LayerPlan("tiles", False, 0, kernels.TILES))
+            else:
+                layers.append(LayerPlan("rows8", False, 0, kernels.ROWS8))
+        reasons.append(f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns, each through every layer on "
+                       f"one thread (chunks <= {chunk_limits(t, net)[1]} columns)")
+        if any(l.kernel == "rows8" for l in layers):
+            reasons.append(f"{Bc} columns is not a multiple of 16: rows8 instead of register tiles")
+        layout = "csr-panels" if any(l.panel for l in layers) else "csr"
+        return Plan(layout=layout, split="batch", chunk=Bc, layers=tuple(layers),
+                    reasons=tuple(reasons), nbytes=net.nbytes.get(layout, 0), **common)
+    Bp = padded_batch(B) if B > 1 else 1
+    panels_on = B >= t.min_panel_batch
+    layers = []
+    for nnz, (m, n), P in zip(net.nnz, net.shape, net.panels):
+        par = threads > 1 and nnz * Bp >= t.min_parallel_work
+        if panels_on and P < n:
+            layers.append(LayerPlan("spmv-panels" if B == 1 else "panels", threads > 1, P,
+                                    kernels.SPMV_PANELS if B == 1 else kernels.PANELS))
+        else:
+            layers.append(LayerPlan("spmv" if B == 1 else "rows8", par, 0,
+                                    kernels.SPMV if B == 1 else kernels.ROWS8))
+    if threads > 1:
+        if B > 1:
+            reasons.append(f"row split: chunks of this batch would be too narrow for {threads} threads")
+        reasons.append(f"a layer runs on {threads} threads when nnz * batch >= {t.min_parallel_work}")
+    layout = "csr-panels" if any(l.panel for l in layers) else "csr"
+    return Plan(layout=layout, split="rows" if threads > 1 else "none", padded_batch=Bp,
+                layers=tuple(layers), reasons=tuple(reasons), nbytes=net.nbytes.get(layout, 0), **common)
+
+
+def fold(plans: Sequence[Plan]) -> str:
+    """One line per distinct summary of several plans (for reports)."""
+    return "; ".join(sorted({p.summary() for p in plans}))
