@@ -84,29 +84,10 @@ def make_case(name: str, params, *, method: str, sparsity: float, batch: int, th
 
 # --- thread limits -------------------------------------------------------------------------------
 
-_controller = None
-
-
-def _threadpool_controller():
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-        _controller = ThreadpoolController()
-    return _controller
-
-
-@contextlib.contextmanager
 def hold_threads(n: int):
-    """Limit BLAS/OpenMP (threadpoolctl) and Numba to `n` threads inside the block."""
-    import numba
-    n = int(n)
-    old = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with _threadpool_controller().limit(limits=n):
-            yield
-    finally:
-        numba.set_num_threads(old)
+    """Limit BLAS and Numba to `n` threads inside the block (threads.limit: the one owner)."""
+    from sparsenet.threads import limit
+    return limit(int(n))
 
 
 def threads_held(case):
@@ -187,11 +168,22 @@ def record(case: Case, per_call: Sequence[float]) -> dict:
         "call_nbytes": int(eng.call_nbytes(case.batch)) if hasattr(eng, "call_nbytes")
         else int(getattr(eng, "nbytes", 0) or 0),
         "layout": eng.layout(case.batch) if hasattr(eng, "layout") else case.name,
+        **_plan_fields(eng, case.batch),
         "flops": float(flops(case.batch)) if callable(flops) else float("nan"),
         "nnz": int(getattr(eng, "nnz", 0) or 0),
         "layer_sizes": list(_engine_sizes(case)),
         "width": case.width,
     }
+
+
+def _plan_fields(eng, batch: int) -> dict:
+    """The kernel plan of the timed call (plan.Plan): its one-line summary, the ISA level, and the
+    whole plan, so every figure can be traced to the kernels that produced it."""
+    plan = getattr(eng, "plan", None)
+    if not callable(plan):
+        return {}
+    p = plan(batch)
+    return {"kernel": p.summary(), "isa": p.isa, "plan": p.to_dict()}
 
 
 def _engine_sizes(case: Case) -> tuple:
@@ -331,6 +323,7 @@ def extra_info(case: Case) -> dict:
     rec = record(case, [1.0])
     info = {k: rec[k] for k in ("engine", "method", "sparsity", "batch", "threads", "nnz",
                                 "nbytes", "call_nbytes", "layout", "flops", "layer_sizes", "width")}
+    info.update({k: rec[k] for k in ("kernel", "isa") if k in rec})
     info["calls"] = case.calls
     info.update(blas_info())
     info["numba"] = numba.__version__

@@ -1,0 +1,75 @@
+"""Portable on every CPU: the portable kernels compile for aarch64, and on an AVX-512 machine the
+kernel and engine tests also run with Numba's target forced to an AVX2 CPU (haswell)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sparsenet import sell_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Compiles the portable kernels for this CPU (NUMBA_OPT=0: the optimiser would turn some IR into
+# x86 intrinsics), moves their LLVM IR to an aarch64 target and emits NEON code from it.
+_AARCH64 = textwrap.dedent("""
+    import re, sys
+    import numpy as np
+    import llvmlite.binding as llvm
+    from sparsenet import kernels, sell_kernels
+    from sparsenet.engines import make_engine
+    from sparsenet.model import he_init
+    from sparsenet.plan import Tuning
+    from sparsenet.prune import weight_prune
+
+    params = weight_prune(he_init((64, 48, 10), bias=True), 0.5)
+    make_engine("csr", params, threads=1, sell="portable")(np.ones((1, 64), np.float32))
+    make_engine("csr", params, threads=1)(np.ones((32, 64), np.float32))       # batch split: tiles
+    make_engine("csr", params, threads=1, sell=False,
+                tuning=Tuning(max_chunk=0, tile_chunk=0))(np.ones((5, 64), np.float32))   # row split
+    make_engine("csr", params, threads=1, sell=False)(np.ones((1, 64), np.float32))       # SpMV
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    tm = llvm.Target.from_triple("aarch64-unknown-linux-gnu").create_target_machine(cpu="generic",
+                                                                                 features="+neon")
+    for disp in (kernels._forward_serial, kernels.csr_forward, sell_kernels.sell_forward_portable):
+        irs = list(disp.inspect_llvm().values())
+        assert irs, disp.__name__
+        for ir in irs:
+            ir = re.sub(r'"target-(cpu|features)"="[^"]*"', "", ir)
+            ir = re.sub(r"^target triple = .*$", 'target triple = "aarch64-unknown-linux-gnu"', ir, flags=re.M)
+            ir = re.sub(r"^target datalayout = .*$", f'target datalayout = "{tm.target_data}"', ir, flags=re.M)
+            assert "llvm.x86" not in ir, disp.__name__ + " uses an x86 intrinsic"
+            module = llvm.parse_assembly(ir)
+            module.verify()
+            asm = tm.emit_assembly(module)
+            assert len(tm.emit_object(module)) > 0
+            print(disp.__name__, "fmla" in asm)
+""")
+
+
+def _run(args, **env):
+    full = {**os.environ, **env}
+    return subprocess.run(args, cwd=ROOT, env=full, capture_output=True, text=True, timeout=1800)
+
+
+def test_portable_kernels_compile_for_aarch64(tmp_path):
+    r = _run([sys.executable, "-c", _AARCH64], NUMBA_OPT="0", NUMBA_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
+    assert set(lines) == {"_forward_serial", "csr_forward", "sell_forward_portable"}
+    assert lines["_forward_serial"] == "True"        # the register tiles became NEON fmla
+
+
+@pytest.mark.skipif(not sell_kernels.available(),
+                    reason="runs only where Numba targets AVX-512 (an AVX2 CPU runs these tests itself)")
+def test_kernel_and_engine_tests_on_an_avx2_target():
+    """NUMBA_CPU_NAME=haswell: AVX2 code, the plan's AVX2 paths (no SELL intrinsic), on this machine."""
+    tests = ["tests/test_kernels.py", "tests/test_simd.py", "tests/test_sell_kernels.py",
+             "tests/test_engines.py", "tests/test_plan.py"]
+    r = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+             NUMBA_CPU_NAME="haswell", SPARSENET_EXPECT_ISA="avx2")
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert " passed" in r.stdout.splitlines()[-1]
