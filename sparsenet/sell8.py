@@ -1,0 +1,243 @@
+"""SELL-8 with 8-column windows: the batch-1 layout for AVX2 (8 float32 lanes, no AVX-512).
+
+Row i of a layer belongs to chunk i // LANES (one 256-bit register, a lane per row). A chunk's
+non-zeros are covered by x windows of WINDOW = 8 columns that start at any STEP = 4-column
+boundary; a window has as many slots as its fullest row has non-zeros in it, and its slots go
+two by two into *units*. A unit is everything the kernel (sell8_kernels.py) needs for 2 slots:
+
+    data[u, s, lane]   the value of slot s (0 or 1) in row 8 c + lane (0 in padding)
+    meta[u]            one uint64: bits 3 lane + 24 s hold that value's column within the
+                       window (0..7), bits 48..63 the window's start / STEP
+
+so a unit costs one x-window load, one metadata word decoded by two broadcasts and two variable
+shifts, two permutes (vpermps: each lane picks its x, only the low 3 index bits count) and two
+FMAs -- no scalar load per non-zero. Chunk c owns the units unit_ptr[c] : unit_ptr[c + 1], in
+column order (consecutive units of a window reload the same x window from L1).
+
+Where the windows go (`_place`): a greedy sweep over a chunk's 4-column groups puts a window at
+group p when some lane still has non-zeros there, with as many slots as the fullest lane needs,
+rounded up to whole units; lanes with slots to spare fill them from group p + 1 (windows overlap
+by 4 columns, a non-zero goes to exactly one). He-initialised 784-1000-1000-500-200-10 net, pruned
+per layer, stored lanes per non-zero (units x 16 / nnz) at k = 0/30/50/70/90/95 %:
+    this sweep                                 1.00  1.13  1.27  1.59  2.83  4.58
+    disjoint windows, exact min-units choice   1.00  1.38  1.56  1.88  2.95  4.60
+    fixed 8-column blocks (slots, not units)   -     -     1.49  1.79  2.64  -
+
+Padding lanes hold 0 at index 0, i.e. column 4 p of their window, a real column (< N): the kernel
+never multiplies anything it should not read, only zeros by real inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from sparsenet.csr import CSR
+from sparsenet.sell import row_order
+
+LANES = 8          # rows per chunk: one 256-bit register of float32
+WINDOW = 8         # columns of an x window: the 8-entry table of one vpermps
+STEP = 4           # windows start at multiples of STEP columns
+SLOTS = 2          # slots per unit (sharing one x window and one metadata word)
+INDEX_BITS = 3     # bits of a column within its window
+SLOT_BITS = LANES * INDEX_BITS          # 24: the indices of one slot
+START_SHIFT = SLOTS * SLOT_BITS         # 48: window start / STEP in the top 16 bits
+MAX_COLUMNS = STEP * (1 << (64 - START_SHIFT))   # 262144 columns
+
+
+def _place(counts: np.ndarray) -> tuple:
+    """Where the windows go. counts: (n_chunks, LANES, n_groups) non-zeros per row and 4-column group.
+
+    A greedy sweep over the groups: the window at group p (columns 4 p .. 4 p + 7) takes every
+    non-zero of group p not taken yet, with as many slots as the fullest lane needs, rounded up to
+    even (whole units); lanes with slots to spare fill them from group p + 1, leftmost first.
+    Returns (slots, take): slots (n_chunks, n_groups), even, 0 where no window starts; take
+    (n_chunks, LANES, n_groups), how many of each lane's non-zeros in group g the window at g - 1 took.
+    """
+    n_chunks, _, n_groups = counts.shape
+    slots = np.zeros((n_chunks, n_groups), np.int64)
+    take = np.zeros(counts.shape, np.int64)
+    rem = counts[:, :, 0].copy() if n_groups else np.zeros((n_chunks, LANES), np.int64)
+    for p in range(n_groups):
+        m = rem.max(axis=1)                                           # (n_chunks,)
+        slots[:, p] = m + m % SLOTS
+        if p + 1 < n_groups:
+            nxt = counts[:, :, p + 1]
+            take[:, :, p + 1] = np.minimum(slots[:, p, None] - rem, nxt)
+            rem = nxt - take[:, :, p + 1]
+    return slots, take
+
+
+@dataclass(frozen=True, eq=False)
+class SELL8:
+    """One layer in SELL-8 layout with 8-column windows at 4-column offsets (module docstring)."""
+
+    data: np.ndarray       # (n_units, SLOTS, LANES) float32, zero in padding
+    meta: np.ndarray       # (n_units,) uint64: 2 x 8 x 3 index bits, window start / STEP in bits 48..63
+    unit_ptr: np.ndarray   # (n_chunks + 1,) int64, unit offsets of the chunks
+    shape: tuple           # (M, N) of the layer
+    nnz: int               # non-zeros stored (padding excluded)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.shape[0] // LANES)
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_ptr[-1])
+
+    @property
+    def x_len(self) -> int:
+        """Floats the kernel may read from x: the last window may start at the last 4-column group."""
+        return STEP * -(-self.shape[1] // STEP) + WINDOW - STEP
+
+    @property
+    def padding(self) -> float:
+        """Stored lanes per non-zero (1.0: no padding; also for an empty matrix)."""
+        return self.n_units * SLOTS * LANES / self.nnz if self.nnz else 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + self.meta.nbytes + self.unit_ptr.nbytes)
+
+    @classmethod
+    def from_csr(cls, c: CSR) -> "SELL8":
+        """The same matrix, rows in their CSR order (columns sorted within a row, as CSR.check wants)."""
+        M, N = c.shape
+        if N > MAX_COLUMNS:
+            raise ValueError(f"SELL8 holds at most {MAX_COLUMNS} columns (16 bits of window start), got {N}")
+        nch, ng = -(-M // LANES), -(-N // STEP)
+        row = np.repeat(np.arange(M, dtype=np.int64), np.diff(c.indptr))
+        col = c.indices.astype(np.int64)
+        counts = np.zeros((nch * LANES, max(ng, 1)), np.int64)
+        np.add.at(counts, (row, col // STEP), 1)
+        slots, take = _place(counts.reshape(nch, LANES, max(ng, 1))[:, :, :ng])
+        wc, wp = np.nonzero(slots)                                    # windows by chunk, then column
+        wu = slots[wc, wp] // SLOTS                                   # units of each window
+        unit_ptr = np.zeros(nch + 1, np.int64)
+        np.cumsum(np.bincount(wc, weights=wu, minlength=nch).astype(np.int64), out=unit_ptr[1:])
+        first_unit = np.concatenate([[0], np.cumsum(wu)])[:-1].astype(np.int64)
+        n_units = int(unit_ptr[-1])
+        window_of = np.full((nch, max(ng, 1)), -1, np.int64)
+        window_of[wc, wp] = np.arange(wc.size)
+        k = np.arange(row.size)
+
+        def rank_in_runs(*keys):
+            """Place of every non-zero within its run of equal keys (CSR order)."""
+            new = np.ones(row.size, bool)
+            new[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0) if row.size > 1 else True
+            return k - np.maximum.accumulate(np.where(new, k, 0))
+
+        group, chunk, lane = col // STEP, row // LANES, row % LANES
+        taken = rank_in_runs(row, group) < take.reshape(nch * LANES, -1)[row, group] if row.size else k < 0
+        win = window_of[chunk, group - taken]                         # non-decreasing along a row
+        rank = rank_in_runs(row, win)                                 # place within (row, window)
+        unit = first_unit[win] + rank // SLOTS
+        slot = rank % SLOTS
+        data = np.zeros((n_units, SLOTS, LANES), np.float32)
+        index = np.zeros((n_units, SLOTS, LANES), np.uint64)
+        data[unit, slot, lane] = c.data
+        index[unit, slot, lane] = col - STEP * wp[win]
+        meta = np.repeat(wp.astype(np.uint64), wu) << np.uint64(START_SHIFT)     # (n_units,)
+        for s in range(SLOTS):
+            for l in range(LANES):
+                meta |= index[:, s, l] << np.uint64(SLOT_BITS * s + INDEX_BITS * l)
+        return cls(data, meta, unit_ptr, (int(M), int(N)), int(c.nnz))
+
+    @classmethod
+    def from_dense(cls, W: np.ndarray) -> "SELL8":
+        return cls.from_csr(CSR.from_dense(W))
+
+    def _coordinates(self) -> tuple:
+        """(rows, cols) of every stored lane, each (n_units, SLOTS, LANES), in the padded matrix."""
+        chunk = np.repeat(np.arange(self.n_chunks), np.diff(self.unit_ptr))
+        rows = np.broadcast_to((chunk[:, None, None] * LANES + np.arange(LANES)), self.data.shape)
+        start = (self.meta >> np.uint64(START_SHIFT)).astype(np.int64) * STEP
+        shifts = (SLOT_BITS * np.arange(SLOTS)[:, None] + INDEX_BITS * np.arange(LANES)[None, :]).astype(np.uint64)
+        index = ((self.meta[:, None, None] >> shifts) & np.uint64(WINDOW - 1)).astype(np.int64)
+        return rows, start[:, None, None] + index
+
+    def to_dense(self) -> np.ndarray:
+        """The (M, N) float32 matrix (padding lanes add zeros)."""
+        M, N = self.shape
+        W = np.zeros((self.n_chunks * LANES, self.x_len), np.float32)
+        np.add.at(W, self._coordinates(), self.data)
+        return W[:M, :N]
+
+    def check(self) -> "SELL8":
+        """Raise ValueError when the arrays cannot describe a SELL8 matrix of `shape`; else self."""
+        M, N = self.shape
+        problems = []
+        if self.unit_ptr.shape != (self.n_chunks + 1,) or self.unit_ptr.dtype != np.int64:
+            problems.append(f"unit_ptr must be int64 of n_chunks + 1 = {self.n_chunks + 1} entries, got "
+                            f"{self.unit_ptr.dtype} {self.unit_ptr.shape}")
+        elif self.unit_ptr[0] != 0 or np.any(np.diff(self.unit_ptr) < 0):
+            problems.append("unit_ptr must start at 0 and never decrease")
+        n_units = self.n_units if not problems else -1
+        if self.data.shape != (n_units, SLOTS, LANES) or self.data.dtype != np.float32 \
+                or not self.data.flags.c_contiguous:
+            problems.append(f"data must be C-contiguous float32 of shape ({n_units}, {SLOTS}, {LANES}), "
+                            f"got {self.data.dtype} {self.data.shape}")
+        if self.meta.shape != (n_units,) or self.meta.dtype != np.uint64:
+            problems.append(f"meta must be uint64 of shape ({n_units},), got {self.meta.dtype} {self.meta.shape}")
+        elif self.meta.size and int((self.meta >> np.uint64(START_SHIFT)).max()) * STEP >= max(N, 1):
+            problems.append(f"a window starts at or beyond column N = {N}")
+        if not problems:
+            rows, cols = self._coordinates()
+            held = self.data != 0
+            n_held = np.count_nonzero(self.to_dense())
+            if n_held > self.nnz:
+                problems.append(f"holds {n_held} non-zeros, more than nnz = {self.nnz}")
+            if np.any(rows[held] >= M) or np.any(cols[held] >= N):
+                problems.append(f"a non-zero lies outside the {M} x {N} matrix")
+        if problems:
+            raise ValueError("invalid SELL8: " + "; ".join(problems))
+        return self
+
+
+def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
+    """SELL8 layers of an MLP, as sell.net_layout: hidden rows sorted by non-zero count (sort_rows),
+    each next layer's columns permuted to match; input columns and output rows keep their order.
+    Returns (layers, perms): perms[l] maps layer l's stored rows to the original ones."""
+    layers, perms = [], []
+    prev: Optional[np.ndarray] = None
+    for i, W in enumerate(weights):
+        W = np.asarray(W, np.float32)
+        if prev is not None:
+            W = W[:, prev]
+        c = CSR.from_dense(W)
+        if sort_rows and i < len(weights) - 1:
+            perm = row_order(c)
+            c = CSR.from_dense(W[perm])
+        else:
+            perm = np.arange(W.shape[0])
+        layers.append(SELL8.from_csr(c))
+        perms.append(perm)
+        prev = perm
+    return tuple(layers), tuple(perms)
+
+
+def flatten(params, sort_rows: bool = True) -> tuple:
+    """The arrays of sell8_kernels.sell8_forward for an MLP, the sizes of its buffers, the layers:
+    ((data, meta, unit_ptr, bias, offsets), (floats of the input buffer, of each ping-pong buffer), layers).
+
+    Layers are concatenated; offsets[:, l] = where layer l starts in (units of data/meta, unit_ptr,
+    bias); its unit_ptr counts from 0 within the layer; bias is padded with zeros to 8 n_chunks.
+    """
+    layers, perms = net_layout([l.weight for l in params], sort_rows)
+    biases = []
+    for s, perm, layer in zip(layers, perms, params):
+        b = np.zeros(s.n_chunks * LANES, np.float32)
+        if layer.bias is not None:
+            b[:s.shape[0]] = np.asarray(layer.bias, np.float32)[perm]
+        biases.append(b)
+    sizes = [[s.n_units, s.n_chunks + 1, LANES * s.n_chunks] for s in layers]
+    offsets = np.zeros((3, len(layers) + 1), np.int64)
+    np.cumsum(np.array(sizes, np.int64).T, axis=1, out=offsets[:, 1:])
+    arrays = (np.concatenate([s.data.ravel() for s in layers]),
+              np.concatenate([s.meta for s in layers]),
+              np.concatenate([s.unit_ptr for s in layers]),
+              np.concatenate(biases), offsets)
+    width = max(max(LANES * s.n_chunks, s.x_len) for s in layers)
+    return arrays, (layers[0].x_len, width), layers
