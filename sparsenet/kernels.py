@@ -2,50 +2,21 @@
 
 Activations are kept transposed, HT of shape (n_features, B), C-contiguous, so output row i is
     out[i, :] = relu(bias[i] + sum_k data[k] * HT[indices[k], :])
-and the inner loop is a contiguous axpy over the batch (AVX-512 FMAs on this machine).
-At batch 1 the same formula is a sparse dot product per row (SpMV).
+and the inner loop is a contiguous axpy over the batch. At batch 1 the same formula is a sparse
+dot product per row (SpMV).
 
-Which kernel the csr engine runs (engines.CSREngine): batch 1 on SELL (sell_kernels.py) where the CPU
-has AVX-512F, else the SpMV here; batch > 1 split into chunks (csr_forward_chunks) whose plain layers
-run on the register-tile kernels of simd.py when the chunk is a multiple of 16 columns (32-column
-chunks unless a layer is dense enough for column panels), on csr_matmul_bias_relu_serial otherwise.
-The figures below are of the loops in this module.
-
-Why the loops look the way they do (one core, thread CPU time, 1000x1000 layer; see bench/bench_inference.py):
-- rows are sliced (d = data[lo:hi]) and walked from 0: indexing data[k] with a k that Numba cannot
-  prove non-negative adds a wraparound select per access (2x slower SpMV); for the same reason
-  unsigned indices: uint16 0.32 ns/nnz vs int32 0.43 ns/nnz;
-- SpMM sums 8 non-zeros per pass over the output row (one load/store of out[i, :] per 8 FMAs;
-  1.3x over the plain axpy); 16 per pass, an FMA chain instead of a tree, and batch tiles of
-  64/128 columns (copied, contiguous) were all within noise; strided tiles were 4x slower;
-- column panels (csr_panels_*: 64-128 inputs per panel at 128 columns, so the panel's HT rows
-  stay in L1) pay for dense-ish layers: 1.2x at density 1, 1.15x at 0.5, none at 0.1 nor at
-  <= 64 columns (engines.panel_width);
-- at 16-32 columns SpMM runs at 18-29 GFLOP/s against 41 from 64 up: LLVM checks at run time, once
-  per pass, that out[i] overlaps none of the 8 HT rows (~100 instructions, amortised over 1-2
-  vectors). Accumulating in a tuple (registers) instead is not vectorised: Numba turns the SLP
-  vectoriser off (7.8 GFLOP/s);
-- the caller passes 64-byte aligned HT/out rows: misaligned AVX-512 loads cost 25% (36 -> 46 GFLOP/s);
-- SpMV keeps 4 partial sums; it is load-port bound (3 loads per non-zero, ~1 cycle). AVX-512 gathers
-  (llvm.masked.gather via an intrinsic, or fastmath reassociation) were 1.3-1.5x slower on Zen4,
-  8 partial sums and a branch-free remainder no better; so only FMA contraction is allowed.
-
-Threads (2 Zen4 cores, trained MNIST MLP at k=0.9, batch 256, engine time incl. transpositions):
-- csr_forward splits each layer's rows: a parallel region per layer, both threads read all of HT
-  (1 MB at 1000 x 256), and the caller transposes X alone (numpy, 84 us): 1.62-1.74 ms;
-- csr_forward_chunks splits the batch: each thread runs its own 128 columns through every layer,
-  transposing them itself (40 us a thread), one region per call: 1.48-1.59 ms (80 GFLOP/s, 98%
-  of twice the one-thread speed). On one thread chunks of 64, 128 or 256 columns ran the same as
-  whole rows (2.9-3.0 ms), so the halved working set alone buys little; the parallel transposition
-  and the missing barriers do. Batch 4096: 24 ms against 35-43 ms (one thread 47 against 65-78:
-  the row split's 16 KB rows thrash L1/L2). On this VM some processes ran the row split 2-3x
-  slower at 2 threads (k=0.99, b64: 380 against 137 us) while the batch split stayed at 87-95 us;
-  but in one heavily loaded session (the other VM busy) the static halves took 2.6-3.5 ms against
-  the row split's 2.2-2.9: a thread slowed by a neighbour holds up its half. Claiming 64- or
-  128-column chunks from an atomic counter instead was no better on a moderately loaded machine
-  (median of 12 processes 1.54-1.56 ms against 1.55 static; row split 1.78), so the split is static;
-- X is transposed per chunk with contiguous writes and strided reads (0.3 ns a float); reads in
-  order and strided writes were 2-3.5x slower, an unsliced X[c0 + j, i] 2x.
+Which kernel runs for a layer is decided by the plan (plan.py) and passed in as a code (SPMV,
+SPMV_PANELS, ROWS8, PANELS, TILES, | PARALLEL); nothing here re-decides. Rules the loops follow
+(figures: docs/perf-notes.md):
+- rows are sliced (d = data[lo:hi]) and walked from 0, indices are unsigned: Numba adds a
+  wraparound select to data[k] when it cannot prove k >= 0;
+- SpMM sums 8 non-zeros per pass over the output row (one load/store of out[i, :] per 8 FMAs);
+- column panels keep a panel's slice of HT in L1 for dense-ish layers;
+- callers pass 64-byte aligned HT/out rows;
+- SpMV keeps 4 partial sums; only FMA contraction is allowed (no reassociation: results stay
+  within float32 rounding of the reference and NaN/inf propagate);
+- csr_forward_chunks splits the batch statically, one chunk through every layer per thread,
+  transposing its own columns (contiguous writes, strided reads).
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np

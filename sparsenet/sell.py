@@ -10,14 +10,14 @@ slot_ptr[e] : slot_ptr[e + 1]; slot s holds one non-zero per lane:
 
 so the kernel (sell_kernels.py) loads x[32 b : 32 b + 32] into two registers once per entry and
 turns every slot into one in-register permute (vpermt2ps) and one FMA: no scalar load per
-non-zero, the limit of a CSR SpMV (3 loads per non-zero, ~1 cycle). The price is the padding:
-an entry has as many slots as its fullest row needs. Two orderings keep it and its cost down:
-- rows of a layer sorted by their non-zero count put rows of similar density in a chunk
-  (measured on the trained net, stored lanes per non-zero at 90 %: 2.55 unsorted, 2.05 sorted;
-  50 %: 1.42, 1.32); `net_layout` sorts every hidden layer and permutes the next layer's
-  columns to match, so the forward pass never permutes at run time;
+non-zero, the limit of a CSR SpMV (3 loads per non-zero). The price is the padding: an entry has
+as many slots as its fullest row needs. Two orderings keep it and its cost down (figures:
+docs/perf-notes.md):
+- rows of a layer sorted by their non-zero count put rows of similar density in a chunk;
+  `net_layout` sorts every hidden layer and permutes the next layer's columns to match, so the
+  forward pass never permutes at run time;
 - a chunk's entries are sorted by slot count (then block), so the slot loop's trip count
-  changes rarely and its exit branch is predicted (at 97 % most entries have 1-3 slots).
+  changes rarely and its exit branch is predicted.
 """
 from __future__ import annotations
 

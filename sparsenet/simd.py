@@ -2,23 +2,15 @@
 
 A Numba @intrinsic receives an llvmlite IRBuilder; `IR` wraps the few things our kernels do with
 it: raw data pointers of array arguments, i64 arithmetic, unaligned <16 x float> loads and
-stores, broadcasts, FMAs. Two kernels use it: `csr_rows` here (batch > 1) and the SELL chunk
-(sell_kernels.py, batch 1). Both are inlined into the Numba function that calls them.
+stores, broadcasts, fused multiply-adds (llvm.fmuladd). `require_arrays` is every intrinsic's
+typing-time check of its array arguments (raw pointers would misread a float64 or strided array).
 
 csr_rows: out[i, col0:col0 + 16 W] = (relu)(bias[i] + sum_k data[k] * HT[indices[k], col0:][:16 W])
 for rows r0..r1-1, on W <16 x float> accumulator registers per partial sum (2 partial sums over
-alternate non-zeros, against the FMA latency). The loop Numba makes of kernels._row_acc8 keeps
-out[i, :] in memory and re-checks aliasing per group of 8 non-zeros; here a row's tile stays in
-registers from its first non-zero to its store. One core, 1000 x 1000 layer of the trained net,
-a (1000, Bc) activation block, GFLOP/s (this / csr_matmul_bias_relu_serial on the same Bc):
-
-    sparsity   Bc = 16 (W=1)   Bc = 32 (W=2)   Bc = 64 (W=4)
-    50 %       32 / 16         51 / 30         48 / 34
-    90 %       39 / 17         70 / 30         41 / 28
-    99 %       36 / 12         41 / 18         64 / 31
-
-so the batch-split forward runs plain layers in 32-column tiles (kernels._forward_serial).
-Plain LLVM vector IR (no target intrinsic): AVX2 machines get it as pairs of 256-bit operations.
+alternate non-zeros, against the FMA latency): a row's tile stays in registers from its first
+non-zero to its store (the loop Numba makes of kernels._row_acc8 keeps out[i, :] in memory and
+re-checks aliasing per 8 non-zeros). Plain LLVM vector IR, no target intrinsic: AVX2 gets it as
+pairs of 256-bit operations, aarch64 as NEON (tests/test_portability.py). Figures: docs/perf-notes.md.
 """
 from __future__ import annotations
 
