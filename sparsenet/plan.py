@@ -52,6 +52,11 @@ class Tuning:
     min_parallel_slots: int = 3000
     # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
     sell_cache_bytes: int = 8 * 2 ** 20
+    # the dense engines' one-call Numba forward runs batches up to this size (BLAS per layer above),
+    # unless they skip zero inputs (then always)
+    max_fused_batch: int = 16
+    # a dense layer's output blocks run on all threads when n_in * n_out * batch reaches this
+    min_parallel_dense: int = 65_536
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -179,6 +184,28 @@ def blas_plan(engine: str, batch: int, threads: int, n_layers: int, nbytes: int)
     return Plan(engine=engine, batch=batch, threads=threads, isa=cpu().isa, layout="dense", split="blas",
                 layers=tuple(LayerPlan(kernel, threads > 1) for _ in range(n_layers)),
                 reasons=(f"numpy matmul per layer on {threads} BLAS thread(s)",), nbytes=nbytes)
+
+
+def fused_dense_plan(engine: str, batch: int, threads: int, shapes: Sequence[tuple], nbytes: int,
+                     t: Tuning, skip_zeros: bool) -> Plan:
+    """The plan of a one-call dense engine: dense_kernels tiles at small batches (or always when it
+    skips zero inputs), numpy's BLAS chain above tuning.max_fused_batch."""
+    B = int(batch)
+    if not skip_zeros and B > t.max_fused_batch:
+        p = blas_plan(engine, B, threads, len(shapes), nbytes)
+        return Plan(**{**asdict(p), "layers": p.layers, "reasons": (
+            f"batch > {t.max_fused_batch}: numpy matmul per layer (BLAS)",) + p.reasons})
+    kernel = "dense-tiles-skip" if skip_zeros else "dense-tiles"
+    layers = tuple(LayerPlan(kernel, threads > 1 and m * n * B >= t.min_parallel_dense) for m, n in shapes)
+    reasons = ["the whole net in one compiled call (no per-layer numpy overhead)"]
+    if skip_zeros:
+        reasons.append("inputs that are zero in every row of the batch are skipped (their weight rows never read)")
+    if threads > 1:
+        reasons.append(f"a layer's output blocks run on {threads} threads when n_in * n_out * batch >= "
+                       f"{t.min_parallel_dense}")
+    return Plan(engine=engine, batch=B, threads=threads, isa=cpu().isa, layout="dense",
+                split="blocks" if any(l.parallel for l in layers) else "none", layers=layers,
+                reasons=tuple(reasons), nbytes=nbytes)
 
 
 def scipy_plan(batch: int, threads: int, n_layers: int, nbytes: int) -> Plan:
