@@ -1,15 +1,26 @@
 """Masks and pruning: pure functions (inputs are never modified, outputs never share their arrays).
 
-Two methods, with the semantics of torch's reference pruning functions (torch is not a dependency):
+Four methods, from the finest granularity to the coarsest. The first two have the semantics of
+torch's reference pruning functions (torch is not a dependency):
 - weight pruning = ``torch.nn.utils.prune.l1_unstructured(w, amount=s)`` on each weight matrix
   (``scope="global"``: ``global_unstructured`` over all prunable matrices together);
 - neuron pruning = ``ln_structured(w, amount=s, n=2, dim=0)`` on each ``(n_out, n_in)`` matrix:
   the rows (neurons) with the smallest L2 norm of incoming weights are removed; their bias is
-  masked too.
+  masked too;
+- N:M pruning (nm_mask): in every group of m consecutive weights of a row (along the input
+  dimension) the n largest |w| are kept (2:4 is PyTorch's semi-structured sparsity). A width that
+  is not a multiple of m ends in a tail group of t < m weights, treated as a group of m padded with
+  zero columns that are never kept: it keeps min(n, t) weights (all of them when t <= n);
+- block pruning (block_mask): each matrix is cut into r x c blocks (row-major from (0, 0); blocks
+  on the bottom and right edges are partial when n_out % r or n_in % c != 0) and the
+  round(s * n_blocks) blocks with the smallest L2 norm are removed, partial blocks ranked by the
+  norm of the entries they hold (equal to the norm of the block zero-padded to r x c, which is
+  what a BSR layout stores). Biases are kept.
 
 Counts are exact: ``n_prune = round(s * size)`` with Python's ``round`` (banker's rounding, half to
 even, as torch does for float amounts), and ties are broken by a stable sort (among equal values the
-lowest flat index is pruned first), never by a quantile threshold. The output layer is not pruned
+lowest flat index is pruned first; for N:M, the lowest column within the group; for blocks, the
+lowest row-major block index), never by a quantile threshold. The output layer is not pruned
 unless ``prune_output=True``.
 
 A mask is a tuple per layer of ``(keep_weight bool (n_out, n_in), keep_bias bool (n_out,) or None)``.
@@ -26,6 +37,7 @@ from sparsenet.model import Layer, layer_sizes
 
 SCOPES = ("layer", "global")
 NEURON_SCOPES = ("layer",)          # neuron pruning ranks rows within each matrix only
+DEFAULT_BLOCK = (1, 4)              # block shape of block_mask and make_masks(..., "block", ...)
 
 
 def check_sparsity(sparsity) -> float:
@@ -128,6 +140,91 @@ def neuron_mask(params: Sequence[Layer], sparsity, prune_output: bool = False) -
     return tuple(masks)
 
 
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_nm(n, m) -> tuple:
+    """Validate an N:M pattern (integers, 1 <= n <= m) once, at the entry; return (n, m) as ints."""
+    n, m = _positive_int("n", n), _positive_int("m", m)
+    if n > m:
+        raise ValueError(f"n must be at most m (keep n of every m weights), got n={n}, m={m}")
+    return n, m
+
+
+def check_block(block) -> tuple:
+    """Validate a block shape (a pair of positive integers (r, c)); return it as a tuple of ints."""
+    if not isinstance(block, (tuple, list)) or len(block) != 2:
+        raise ValueError(f"block must be a pair (r, c) of positive integers, got {block!r}")
+    return _positive_int("block rows r", block[0]), _positive_int("block columns c", block[1])
+
+
+def nm_keep(w: np.ndarray, n: int, m: int) -> np.ndarray:
+    """keep mask (n_out, n_in) of one matrix: per row, the n largest |w| of every m consecutive
+    columns (ties: the lower column is pruned first); a tail group of t < m columns keeps min(n, t)."""
+    n_out, n_in = w.shape
+    mag = _magnitude(w)
+    keep = np.ones(w.shape, dtype=bool)
+    full = n_in - n_in % m
+    if full and n < m:
+        groups = mag[:, :full].reshape(n_out, full // m, m)              # (n_out, G, m)
+        drop = np.argsort(groups, axis=-1, kind="stable")[..., :m - n]   # m - n smallest, stable
+        kg = np.ones(groups.shape, dtype=bool)
+        np.put_along_axis(kg, drop, False, axis=-1)
+        keep[:, :full] = kg.reshape(n_out, full)
+    t = n_in - full
+    if t > n:                                                           # tail: keep min(n, t)
+        drop = np.argsort(mag[:, full:], axis=-1, kind="stable")[:, :t - n]
+        kt = np.ones((n_out, t), dtype=bool)
+        np.put_along_axis(kt, drop, False, axis=-1)
+        keep[:, full:] = kt
+    return keep
+
+
+def nm_mask(params: Sequence[Layer], n: int = 2, m: int = 4, prune_output: bool = False) -> tuple:
+    """Masks keeping, per prunable matrix, the n largest |w| in every group of m consecutive weights
+    of a row (N:M semi-structured sparsity; tail groups: see nm_keep). Biases are kept."""
+    n, m = check_nm(n, m)
+    masks = [_full_mask(layer) for layer in params]
+    for i in _prunable(params, prune_output):
+        masks[i] = (nm_keep(params[i].weight, n, m), masks[i][1])
+    return tuple(masks)
+
+
+def block_norms(w: np.ndarray, block: tuple) -> np.ndarray:
+    """L2 norm of each r x c block of w, (ceil(n_out / r), ceil(n_in / c)) float64; edge blocks
+    are partial (the norm of the entries they hold)."""
+    r, c = block
+    n_out, n_in = w.shape
+    Rb, Cb = -(-n_out // r), -(-n_in // c)
+    padded = np.zeros((Rb * r, Cb * c), np.float64)
+    padded[:n_out, :n_in] = w
+    return np.sqrt(np.square(padded).reshape(Rb, r, Cb, c).sum(axis=(1, 3)))
+
+
+def block_keep(w: np.ndarray, sparsity: float, block: tuple) -> np.ndarray:
+    """keep mask (n_out, n_in) of one matrix dropping the round(s * n_blocks) blocks of smallest L2
+    norm (ties: the lowest row-major block index first)."""
+    r, c = block
+    norms = block_norms(w, block)                                      # (Rb, Cb)
+    keep_blocks = _drop_smallest(norms.ravel(), n_to_prune(sparsity, norms.size)).reshape(norms.shape)
+    keep = np.repeat(np.repeat(keep_blocks, r, axis=0), c, axis=1)
+    return np.ascontiguousarray(keep[:w.shape[0], :w.shape[1]])
+
+
+def block_mask(params: Sequence[Layer], sparsity, block=DEFAULT_BLOCK, prune_output: bool = False) -> tuple:
+    """Masks dropping, per prunable matrix, the round(s * n_blocks) r x c blocks with the smallest
+    L2 norm (partial edge blocks ranked by the norm of their entries). Biases are kept."""
+    s = check_sparsity(sparsity)
+    block = check_block(block)
+    masks = [_full_mask(layer) for layer in params]
+    for i in _prunable(params, prune_output):
+        masks[i] = (block_keep(params[i].weight, s, block), masks[i][1])
+    return tuple(masks)
+
+
 def _check_mask(i: int, name: str, keep, target: np.ndarray) -> None:
     if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
         raise ValueError(f"layer {i}: {name} mask must be a bool ndarray, got "
@@ -163,20 +260,47 @@ def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
     return tuple(out)
 
 
-METHODS = ("weight", "neuron")
+METHODS = ("weight", "neuron")          # the accuracy sweep's methods (any sparsity in [0, 1))
+# N:M fixes its sparsity by (n, m), so it cannot run at every k of a sweep: these two are not in
+# METHODS (the study's default), but make_masks runs them (issue 13 item 3 wires them into the study)
+STRUCTURED_METHODS = ("nm", "block")
+ALL_METHODS = METHODS + STRUCTURED_METHODS
+
+
+def nm_from_sparsity(sparsity, m: int) -> int:
+    """n of an N:M pattern pruning round(s * m) of every m weights: m - round(s * m) (>= 1)."""
+    s = check_sparsity(sparsity)
+    _, m = check_nm(1, m)
+    n = m - n_to_prune(s, m)
+    if n < 1:
+        raise ValueError(f"sparsity {s} prunes all {m} weights of every group (n = 0); "
+                         f"choose a larger m or a sparsity below {(m - 0.5) / m}")
+    return n
 
 
 def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
-               prune_output: bool = False) -> tuple:
-    """Masks for one method ("weight" or "neuron") at one sparsity. `scope` is weight pruning's
-    (see SCOPES); neuron pruning supports only "layer" (NEURON_SCOPES)."""
+               prune_output: bool = False, *, n=None, m: int = 4, block=DEFAULT_BLOCK) -> tuple:
+    """Masks for one method (see ALL_METHODS) at one sparsity. `scope` is weight pruning's
+    (see SCOPES); the other methods rank within each matrix only ("layer").
+
+    "nm": keep n of every m (n defaults to m - round(s * m), e.g. 2:4 at s=0.5, 1:4 at s=0.75; an
+    explicit n must agree with the sparsity). "block": r x c blocks, block=(r, c).
+    """
     if method == "weight":
         return weight_mask(params, sparsity, scope=scope, prune_output=prune_output)
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
+    if scope not in NEURON_SCOPES:
+        raise ValueError(f"scope for {method} pruning must be one of {NEURON_SCOPES}, got {scope!r}")
     if method == "neuron":
-        if scope not in NEURON_SCOPES:
-            raise ValueError(f"scope for neuron pruning must be one of {NEURON_SCOPES}, got {scope!r}")
         return neuron_mask(params, sparsity, prune_output=prune_output)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "block":
+        return block_mask(params, sparsity, block=block, prune_output=prune_output)
+    n_s = nm_from_sparsity(sparsity, m)
+    if n is not None and check_nm(n, m)[0] != n_s:
+        raise ValueError(f"n={n} with m={m} prunes {m - n} of every {m} weights, but sparsity "
+                         f"{check_sparsity(sparsity)} prunes {m - n_s}; pass n or the sparsity that matches")
+    return nm_mask(params, n_s, m, prune_output=prune_output)
 
 
 def weight_prune(params: Sequence[Layer], sparsity, scope: str = "layer",
@@ -188,6 +312,16 @@ def weight_prune(params: Sequence[Layer], sparsity, scope: str = "layer",
 def neuron_prune(params: Sequence[Layer], sparsity, prune_output: bool = False) -> tuple:
     """Neuron (L2 structured, rows) pruning; see neuron_mask."""
     return apply_masks(params, neuron_mask(params, sparsity, prune_output=prune_output))
+
+
+def nm_prune(params: Sequence[Layer], n: int = 2, m: int = 4, prune_output: bool = False) -> tuple:
+    """N:M semi-structured pruning; see nm_mask."""
+    return apply_masks(params, nm_mask(params, n, m, prune_output=prune_output))
+
+
+def block_prune(params: Sequence[Layer], sparsity, block=DEFAULT_BLOCK, prune_output: bool = False) -> tuple:
+    """Block pruning (r x c blocks by L2 norm); see block_mask."""
+    return apply_masks(params, block_mask(params, sparsity, block=block, prune_output=prune_output))
 
 
 def _dead_rows(layer: Layer) -> np.ndarray:

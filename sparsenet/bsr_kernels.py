@@ -1,0 +1,229 @@
+"""Numba kernels for BSR inference (bsr.py layout): raw arrays in, preallocated output out.
+
+Activations are transposed, HT (n_features, B) C-contiguous as in kernels.py. Block k of block row
+ib (r x c entries at block column indices[k]) adds, for its rows ib*r + rr,
+    out[ib*r + rr, :] += sum_cc data[k, rr, cc] * HT[indices[k]*c + cc, :]
+so a block of r rows reuses every HT row it loads r times: an r x 1 block is r FMAs per load where
+CSR does one (register tiles below, `bsr_tile{RT}`: RT rows of a block x 32 columns in registers).
+
+Edge blocks: the kernels compute on the padded shape (rows ceil(n_out / r) * r, columns
+ceil(n_in / c) * c); the stored padding is zero (bsr.BSR.check), the padded biases are zero, and
+the drivers zero the activation rows past n_out that the next layer's padded columns read, so
+the padding never leaks (not even a stale inf from an earlier call: 0 * inf would be NaN).
+Nothing is compiled at import (cache=True, lazily on first call).
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from sparsenet.kernels import _gather_columns
+from sparsenet.simd import IR, LANES, VF, require_arrays
+
+_OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
+W = 2                       # 16-float vectors per tile row: 32 batch columns
+TILE = LANES * W            # columns per register tile; chunk widths are multiples of it
+
+_TILE_ARGS = (("data", types.float32, 1), ("indices", types.Integer, 1), ("indptr", types.Integer, 1),
+              ("bias", types.float32, 1), ("HT", types.float32, 2), ("out", types.float32, 2))
+
+
+def _make_bsr_tile(RT):
+    """Intrinsic: rows rs0..rs0+RT-1 of every block of block rows br0..br1-1, on columns
+    col0..col0+31; RT x 2 accumulator vectors (x2 partial sums over alternate blocks when
+    RT < 4, against the FMA latency). r, c at run time, with a c == 1 fast path (no column loop)."""
+    n_acc = 2 if RT * W < 8 else 1
+
+    @intrinsic
+    def bsr_tile(typingctx, data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, ld_h, ld_o,
+                 col0, relu):
+        require_arrays(f"bsr_kernels.bsr_tile{RT}", _TILE_ARGS, (data, indices, indptr, bias, HT, out))
+        sig = types.void(data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, ld_h, ld_o, col0, relu)
+
+        def codegen(context, builder, sig, args):
+            g = IR(context, builder, sig, args)
+            p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
+            br0, br1, r, c, rs0, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:14])
+            rc = builder.mul(r, c)
+            accs = [[g.zeroed(W) for _ in range(RT)] for _ in range(n_acc)]     # [u][rr][w]
+            with cgutils.for_range_slice(builder, br0, br1, g.const(1), inc=True) as (ib, _):
+                for acc in accs:
+                    for row in acc:
+                        for a in row:
+                            builder.store(ir.Constant(VF, None), a)
+
+                def column(k, u, cc):
+                    col = builder.add(builder.mul(g.at(p_idx, k, signed=False), c), cc)
+                    h0 = builder.add(builder.mul(col, ld_h), col0)
+                    hs = [g.vload(p_h, builder.add(h0, g.const(LANES * w))) for w in range(W)]
+                    d0 = builder.add(builder.add(builder.mul(k, rc), builder.mul(rs0, c)), cc)
+                    for rr in range(RT):
+                        d = g.broadcast(builder.load(builder.gep(p_data, [builder.add(d0, builder.mul(g.const(rr), c))])))
+                        for w in range(W):
+                            a = accs[u][rr][w]
+                            builder.store(g.fma(d, hs[w], builder.load(a)), a)
+
+                def block_c1(k, u):
+                    column(k, u, g.const(0))
+
+                def block(k, u):
+                    with cgutils.for_range_slice(builder, g.const(0), c, g.const(1), inc=True) as (cc, _):
+                        column(k, u, cc)
+
+                lo, hi = g.at(p_ptr, ib), g.at(p_ptr, builder.add(ib, g.const(1)))
+                with builder.if_else(builder.icmp_signed("==", c, g.const(1))) as (then, other):
+                    with then:
+                        g.pairs(lo, hi, block_c1, n_acc)
+                    with other:
+                        g.pairs(lo, hi, block, n_acc)
+                for rr in range(RT):
+                    row = builder.add(builder.add(builder.mul(ib, r), rs0), g.const(rr))
+                    b = g.broadcast(builder.load(builder.gep(p_bias, [row])))
+                    o = builder.add(builder.mul(row, ld_o), col0)
+                    for w in range(W):
+                        t = builder.fadd(g.sum([acc[rr][w] for acc in accs]), b)
+                        g.vstore(g.relu_if(args[14], t), p_out, builder.add(o, g.const(LANES * w)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return bsr_tile
+
+
+bsr_tile1 = _make_bsr_tile(1)
+bsr_tile2 = _make_bsr_tile(2)
+bsr_tile4 = _make_bsr_tile(4)
+bsr_tile8 = _make_bsr_tile(8)
+
+
+def rows_per_tile(r: int) -> int:
+    """Rows of a block one register tile holds: the largest of 8, 4, 2, 1 dividing r."""
+    return 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+
+
+@njit(**_OPTS)
+def bsr_matmul_bias_relu(data, indices, indptr, bias, HT, out, r, c, relu):
+    """out = (relu)(W @ HT + bias[:, None]) on padded shapes; (n_in_p, Bc) -> (n_out_p, Bc), Bc a
+    multiple of 32. data flat (nblocks * r * c,), bias padded to n_out_p = (len(indptr) - 1) * r."""
+    Rb = indptr.shape[0] - 1
+    Bc = HT.shape[1]
+    RT = 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+    for t in range(Bc // 32):
+        for rs0 in range(0, r, RT):
+            if RT == 8:
+                bsr_tile8(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+            elif RT == 4:
+                bsr_tile4(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+            elif RT == 2:
+                bsr_tile2(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+            else:
+                bsr_tile1(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+
+
+@njit(inline="always", **_OPTS)
+def _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib):
+    """Rows of block row ib: out[ib*r:(ib+1)*r] = (relu)(bias + blocks @ x)."""
+    o = out[ib * r:(ib + 1) * r]
+    for rr in range(r):
+        o[rr] = bias[ib * r + rr]
+    for k in range(indptr[ib], indptr[ib + 1]):
+        col = np.int64(indices[k]) * c
+        xb = x[col:col + c]
+        d = data[k * r * c:(k + 1) * r * c]
+        for rr in range(r):
+            s = np.float32(0.0)
+            for cc in range(c):
+                s += d[rr * c + cc] * xb[cc]
+            o[rr] += s
+    if relu:
+        for rr in range(r):
+            o[rr] = max(o[rr], np.float32(0.0))
+
+
+@njit(parallel=True, **_OPTS)
+def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu):
+    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over threads."""
+    for ib in prange(indptr.shape[0] - 1):
+        _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib)
+
+
+@njit(**_OPTS)
+def bsr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, r, c, relu):
+    """Single-threaded bsr_matvec_bias_relu."""
+    for ib in range(indptr.shape[0] - 1):
+        _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib)
+
+
+@njit(inline="always", **_OPTS)
+def _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, layer, buf0, buf1, Bc):
+    """Layer `layer` of the concatenated net (layout: bsr_forward_chunks) and its output block:
+    (n_out, data, indices, indptr, bias, relu, out (rows[layer + 1], Bc))."""
+    n_out = sizes[layer + 1]
+    buf = buf0 if layer % 2 == 0 else buf1
+    lo, hi = blk_off[layer], blk_off[layer + 1]
+    return (n_out, data[lo * r * c:hi * r * c], indices[lo:hi], indptr[ptr_off[layer]:ptr_off[layer + 1]],
+            bias[bias_off[layer]:bias_off[layer + 1]], layer < sizes.shape[0] - 2,
+            buf[:rows[layer + 1] * Bc].reshape((rows[layer + 1], Bc)))
+
+
+@njit(**_OPTS)
+def _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, HT, buf0, buf1):
+    """Every layer on the calling thread: (rows[0], Bc) -> (rows[-1], Bc), a buffer view."""
+    Bc = HT.shape[1]
+    h = HT
+    for layer in range(sizes.shape[0] - 1):
+        n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
+                                                rows, r, c, layer, buf0, buf1, Bc)
+        bsr_matmul_bias_relu(d, ix, ip, b, h, out, r, c, relu)
+        out[n_out:] = np.float32(0.0)          # the next layer's padded columns read zeros
+        h = out
+    return h
+
+
+@njit(parallel=True, **_OPTS)
+def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
+                       X, HT, buf0, buf1, out):
+    """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
+
+    Layers are concatenated: layer l owns blocks blk_off[l]:blk_off[l+1] (data flat, r * c floats a
+    block), its row pointers indptr[ptr_off[l]:ptr_off[l+1]] (offsets into its own blocks) and
+    bias[bias_off[l]:bias_off[l+1]] (padded to its block rows * r with zeros). rows[l] is the
+    activation rows layer l reads or writes: >= sizes[l] rounded up to r (as an output) and to c
+    (as an input). Worker w owns HT[w] (rows[0], Bc: its rows past n_in stay zero) and buf0[w],
+    buf1[w] (>= max(rows) * Bc floats) and runs chunks of Bc columns (a multiple of 32) as
+    kernels.csr_forward_chunks does: transpose, every layer on one thread, write the logits back.
+    """
+    B = X.shape[0]
+    n_workers, n_in_p, Bc = HT.shape
+    n_out = sizes[sizes.shape[0] - 1]
+    n_chunks = -(-B // Bc)
+    for w in prange(n_workers):
+        for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
+            c0 = ch * Bc
+            _gather_columns(X, c0, HT[w][:sizes[0]])
+            o = _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
+                                HT[w], buf0[w], buf1[w])
+            oc = out[c0:c0 + Bc]
+            for j in range(oc.shape[0]):
+                for i in range(n_out):
+                    oc[j, i] = o[i, j]
+
+
+@njit(**_OPTS)
+def bsr_forward_vec(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
+                    parallel):
+    """Whole MLP at batch 1: x (rows[0],) zero past n_in -> (rows[-1],) a view of buf0/buf1 (logits
+    first). parallel[l]: layer l's block rows are split over the threads."""
+    h = x
+    for layer in range(sizes.shape[0] - 1):
+        n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
+                                                rows, r, c, layer, buf0, buf1, 1)
+        o = out.reshape(out.shape[0])
+        if parallel[layer]:
+            bsr_matvec_bias_relu(d, ix, ip, b, h, o, r, c, relu)
+        else:
+            bsr_matvec_bias_relu_serial(d, ix, ip, b, h, o, r, c, relu)
+        o[n_out:] = np.float32(0.0)
+        h = o
+    return h

@@ -1,0 +1,274 @@
+"""Engines for structured sparsity: BSR blocks (bsr), N:M groups (nm) and the scipy BSR baseline.
+
+    eng = BSREngine(params, threads=2, block=(8, 1))   # any weights: whole blocks are stored
+    eng = NMEngine(params, threads=2, n=2, m=4)        # weights with <= n non-zeros per group of m
+    logits = eng(X)                                    # (B, n_in) -> (B, n_out)
+    print(eng.plan(256).describe())
+
+Batch 1 runs one matrix-vector kernel per layer (rows split over the threads for big layers);
+batches > 1 are cut into chunks of a multiple of 32 columns, each chunk run through every layer on
+one thread on register tiles (bsr_kernels / nm_kernels), like the csr engine's batch split.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from sparsenet import bsr_kernels, nm_kernels
+from sparsenet.bsr import BSR
+from sparsenet.csr_engine import _aligned_zeros
+from sparsenet.engine_base import Engine
+from sparsenet.model import layer_sizes
+from sparsenet.nm import NM, check_nm
+from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu
+from sparsenet.prune import DEFAULT_BLOCK, check_block
+
+TILE = 32                  # columns of a register tile: chunk widths are multiples of it
+
+
+def chunk_columns(B: int, threads: int, max_chunk: int = Tuning.max_chunk) -> int:
+    """Columns per chunk of the batch split (a multiple of TILE; the last chunk is zero-padded)."""
+    Bc = max(batch_chunk(B, threads, max_chunk), 1)
+    return -(-Bc // TILE) * TILE
+
+
+class _Chunked(Engine):
+    """What bsr and nm share: the batch split's per-thread buffers and the plan."""
+
+    uses_numba = True
+    layout_name = "?"
+
+    def __init__(self, params, threads: Optional[int] = None, tuning: Optional[Tuning] = None):
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise ValueError(f"tuning must be a plan.Tuning, got {type(tuning).__name__}")
+        self.tuning = tuning or Tuning()
+        self._plans = {}
+        self._chunk_bufs = None
+        super().__init__(params, threads)
+
+    def _chunk_buffers(self, Bc):
+        """HT (threads, in_rows, Bc), buf0/buf1 (threads, width * Bc): 64-byte aligned, zeroed,
+        cached for the last chunk width."""
+        if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
+            n = self.threads
+            self._chunk_bufs = (Bc, _aligned_zeros((n, self._in_rows, Bc)),
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+        return self._chunk_bufs[1:]
+
+    def _parallel_layers(self):
+        """Batch 1: which layers split their rows over the threads (enough stored multiply-adds)."""
+        return np.asarray([self.threads > 1 and s >= self.tuning.min_parallel_work for s in self._stored],
+                          np.bool_)
+
+    def plan(self, batch: int) -> Plan:
+        B = int(batch)
+        p = self._plans.get(B)
+        if p is None:
+            p = self._plans[B] = self._make_plan(B)
+        return p
+
+    def _make_plan(self, B: int) -> Plan:
+        common = dict(engine=self.name, batch=B, threads=self.threads, isa=cpu().isa,
+                      layout=self.layout_name, nbytes=self.nbytes)
+        if B == 1:
+            par = self._parallel_layers()
+            layers = tuple(LayerPlan(f"{self.layout_name}-spmv", bool(p)) for p in par)
+            why = (f"batch 1: one matrix-vector kernel per layer; rows split over {self.threads} threads "
+                   f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
+                   else "batch 1: one matrix-vector kernel per layer, one thread",)
+            return Plan(split="none", layers=layers, reasons=why, **common)
+        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        layers = tuple(LayerPlan(k, False) for k in self._tile_kernels())
+        why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
+               f"zero-padded), each through every layer on one thread",
+               f"register tiles of {TILE} columns: {self._tile_reason()}")
+        return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
+
+
+class BSREngine(_Chunked):
+    """Our Numba BSR kernels. block=(r, c): any weights are stored, as whole r x c blocks."""
+
+    name = "bsr"
+    layout_name = "bsr"
+
+    def __init__(self, params, threads: Optional[int] = None, block=DEFAULT_BLOCK,
+                 tuning: Optional[Tuning] = None):
+        self.block = check_block(block)
+        super().__init__(params, threads, tuning)
+
+    def _build(self, params):
+        r, c = self.block
+        self.bsr = tuple(BSR.from_dense(l.weight, self.block).check() for l in params)
+        sizes = layer_sizes(params)
+        self.layer_sizes = sizes
+        out_rows = [-(-n // r) * r for n in sizes]                     # padded as an output
+        in_rows = [-(-n // c) * c for n in sizes]                      # padded as an input
+        self._rows = np.asarray([max(o, i) for o, i in zip(out_rows, in_rows)], np.int64)
+        self._in_rows = int(self._rows[0])
+        self._width = int(self._rows[1:].max())
+        self._data = np.concatenate([b.data.ravel() for b in self.bsr]).astype(np.float32)
+        self._indices = np.concatenate([b.indices.astype(np.int32) for b in self.bsr])
+        self._indptr = np.concatenate([b.indptr.astype(np.int64) for b in self.bsr])
+        self._blk_off = np.concatenate([[0], np.cumsum([b.nblocks for b in self.bsr])]).astype(np.int64)
+        self._ptr_off = np.concatenate([[0], np.cumsum([b.indptr.size for b in self.bsr])]).astype(np.int64)
+        biases = []
+        for n, o, l in zip(sizes[1:], out_rows[1:], params):
+            b = np.zeros(o, np.float32)
+            if l.bias is not None:
+                b[:n] = l.bias
+            biases.append(b)
+        self._bias = np.concatenate(biases)
+        self._bias_off = np.concatenate([[0], np.cumsum(out_rows[1:])]).astype(np.int64)
+        self._sizes = np.asarray(sizes, np.int64)
+        self._stored = [b.nnz for b in self.bsr]
+        self.nblocks = int(self._blk_off[-1])
+        self.nnz = int(sum(self._stored))                            # stored entries (whole blocks)
+        self.n_weights = self.nnz                                    # multiply-adds a call does
+        self.n_useful = int(sum(np.count_nonzero(l.weight) for l in params))
+        self.nbytes = int(sum(b.nbytes for b in self.bsr) + sum(l.bias.nbytes for l in params if l.bias is not None))
+        self.index_dtype = str(self.bsr[0].indices.dtype)
+        self._vec = (_aligned_zeros(self._in_rows), _aligned_zeros(self._width), _aligned_zeros(self._width))
+
+    def _tile_kernels(self):
+        RT = bsr_kernels.rows_per_tile(self.block[0])
+        return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{TILE}"] * len(self.bsr)
+
+    def _tile_reason(self):
+        RT = bsr_kernels.rows_per_tile(self.block[0])
+        return f"{RT} block row(s) x {TILE} columns in registers, each loaded activation row used {RT} times"
+
+    def describe(self) -> dict:
+        return dict(super().describe(), block=list(self.block), nblocks=self.nblocks, n_useful=self.n_useful)
+
+    def _args(self):
+        r, c = self.block
+        return (self._data, self._indices, self._indptr, self._bias, self._sizes, self._blk_off,
+                self._ptr_off, self._bias_off, self._rows, r, c)
+
+    def _forward(self, X):
+        B = X.shape[0]
+        p = self._plans.get(B) or self.plan(B)
+        out = np.empty((B, self.n_out), np.float32)
+        if p.split == "none":
+            x, buf0, buf1 = self._vec
+            x[:self.n_in] = X[0]                                    # rows past n_in stay zero
+            o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers())
+            out[0] = o[:self.n_out]
+            return out
+        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
+        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out)
+        return out
+
+
+class NMEngine(_Chunked):
+    """Our Numba N:M kernels. n, m: the weights must hold at most n non-zeros in every group of m
+    consecutive inputs (prune.nm_prune); others are refused naming the layer, row and group. As in
+    prune, the output layer is not held to the pattern unless prune_output=True: it is stored m:m
+    (every weight; it is small)."""
+
+    name = "nm"
+    layout_name = "nm"
+
+    def __init__(self, params, threads: Optional[int] = None, n: int = 2, m: int = 4,
+                 prune_output: bool = False, tuning: Optional[Tuning] = None):
+        self.n, self.m = check_nm(n, m)
+        self.prune_output = bool(prune_output)
+        super().__init__(params, threads, tuning)
+
+    def _build(self, params):
+        last = len(params) - 1
+        self.ns = tuple(self.n if i < last or self.prune_output else self.m for i in range(len(params)))
+        self._ns = np.asarray(self.ns, np.int64)
+        layers = []
+        for i, l in enumerate(params):
+            try:
+                layers.append(NM.from_dense(l.weight, self.ns[i], self.m).check())
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+        self.nm = tuple(layers)
+        sizes = layer_sizes(params)
+        self.layer_sizes = sizes
+        self._in_rows = sizes[0]
+        self._width = max(sizes[1:])
+        self._values = np.concatenate([a.values.ravel() for a in self.nm])
+        self._idx = np.concatenate([a.idx.ravel() for a in self.nm])
+        self._val_off = np.concatenate([[0], np.cumsum([a.nnz for a in self.nm])]).astype(np.int64)
+        self._bias = np.concatenate([np.zeros(n, np.float32) if l.bias is None else l.bias
+                                     for n, l in zip(sizes[1:], params)]).astype(np.float32)
+        self._sizes = np.asarray(sizes, np.int64)
+        self._stored = [a.nnz for a in self.nm]
+        self.nnz = int(sum(self._stored))                            # slots (padding included)
+        self.n_weights = self.nnz
+        self.n_useful = int(sum(np.count_nonzero(l.weight) for l in params))
+        self.nbytes = int(sum(a.nbytes for a in self.nm) + sum(l.bias.nbytes for l in params if l.bias is not None))
+        self.index_dtype = "uint8"
+        self._vec = (_aligned_zeros(self._width), _aligned_zeros(self._width))
+
+    def _tile_kernels(self):
+        return [f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{TILE}" for n in self.ns]
+
+    def _tile_reason(self):
+        return f"a row's {TILE} columns in registers over its {self.n} of every {self.m} slots"
+
+    def describe(self) -> dict:
+        return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)
+
+    def _forward(self, X):
+        B = X.shape[0]
+        p = self._plans.get(B) or self.plan(B)
+        out = np.empty((B, self.n_out), np.float32)
+        args = (self._values, self._idx, self._bias, self._sizes, self._val_off, self._ns, self.m)
+        if p.split == "none":
+            buf0, buf1 = self._vec
+            out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
+            return out
+        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
+        nm_kernels.nm_forward_chunks(*args, X, HT, buf0, buf1, out)
+        return out
+
+
+class ScipyBSREngine(Engine):
+    """The baseline: scipy.sparse.bsr_array @ dense per layer (transposed activations, padded shapes)."""
+
+    name = "bsr-scipy"
+
+    def __init__(self, params, threads: Optional[int] = None, block=DEFAULT_BLOCK):
+        self.block = check_block(block)
+        super().__init__(params, threads)
+
+    def _build(self, params):
+        self.bsr = tuple(BSR.from_dense(l.weight, self.block).check() for l in params)
+        self._S = [b.to_scipy() for b in self.bsr]
+        self._b = [None if l.bias is None else l.bias[:, None] for l in params]
+        self.layer_sizes = layer_sizes(params)
+        self.nnz = int(sum(b.nnz for b in self.bsr))
+        self.n_weights = self.nnz
+        self.nbytes = int(sum(S.data.nbytes + S.indices.nbytes + S.indptr.nbytes for S in self._S)
+                          + sum(b.nbytes for b in self._b if b is not None))
+        self.index_dtype = str(self._S[0].indices.dtype)
+
+    def plan(self, batch: int) -> Plan:
+        return Plan(engine=self.name, batch=int(batch), threads=self.threads, isa=cpu().isa, layout="scipy-bsr",
+                    split="none", layers=tuple(LayerPlan("scipy-bsr", False) for _ in self._S),
+                    reasons=(f"scipy.sparse BSR ({self.block[0]}x{self.block[1]}) @ dense per layer "
+                             "(scipy's own loop, one thread)",), nbytes=self.nbytes)
+
+    def _forward(self, X):
+        last = len(self._S) - 1
+        h = X.T                                                     # (n_in, B)
+        for i, (S, b) in enumerate(zip(self._S, self._b)):
+            n_out = self.layer_sizes[i + 1]
+            if S.shape[1] != h.shape[0]:                            # pad the inputs to whole blocks
+                hp = np.zeros((S.shape[1], h.shape[1]), np.float32)
+                hp[:h.shape[0]] = h
+                h = hp
+            h = (S @ np.ascontiguousarray(h))[:n_out]               # (n_in_p, B) -> (n_out, B)
+            if b is not None:
+                h = h + b
+            if i < last:
+                h = np.maximum(h, 0.0)
+        return np.ascontiguousarray(h.T, dtype=np.float32)
+
+
+ENGINE_CLASSES = {"bsr": BSREngine, "nm": NMEngine, "bsr-scipy": ScipyBSREngine}
