@@ -31,7 +31,7 @@ SPMV = 0          # batch 1: csr_matvec_bias_relu(_serial)
 SPMV_PANELS = 1   # batch 1 on column panels: csr_panels_matvec_bias_relu
 ROWS8 = 2         # csr_matmul_bias_relu(_serial): 8 non-zeros per pass over an output row
 PANELS = 3        # column panels: csr_panels_matmul_bias_relu(_serial)
-TILES = 4         # register tiles (simd.py): 32 columns, then 16; the batch split's chunk width % 16 == 0
+TILES = 4         # register tiles (simd.py): 32 columns, then 16; needs a batch (or chunk) of >= 16 columns
 PARALLEL = 16     # flag: the layer's rows are split over the threads (row split only)
 NEVER = np.iinfo(np.int64).max   # a work threshold no layer reaches: never parallel
 
@@ -199,6 +199,28 @@ def csr_panels_matvec_bias_relu(data, indices, indptr, panel, bias, x, out, relu
 
 
 @njit(inline="always", **_OPTS)
+def _tiles(d, c, ip, b, h, out, r0, r1, relu):
+    """Rows r0:r1 of out = (relu)(W @ h + b) on register tiles: 32 columns, then 16 (B % 16 == 0,
+    or B >= 16: the last 16-column tile overlaps the one before it)."""
+    B = h.shape[1]
+    for t in range(B // 32):
+        csr_rows32(d, c, ip, b, h, out, r0, r1, B, B, 32 * t, relu)
+    if B % 32:
+        csr_rows16(d, c, ip, b, h, out, r0, r1, B, B, B - 16, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def csr_tiles_bias_relu(data, indices, indptr, bias, HT, out, relu, n_blocks):
+    """out = (relu)(W @ HT + bias[:, None]) on register tiles (simd.py), rows cut into n_blocks
+    blocks over the threads (one parallel region); (n_in, B) -> (n_out, B), B >= 16."""
+    n_out = out.shape[0]
+    n_blocks = max(1, min(n_blocks, n_out))
+    for blk in prange(n_blocks):
+        _tiles(data, indices, indptr, bias, HT, out, blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks,
+               relu)
+
+
+@njit(inline="always", **_OPTS)
 def _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, layer, r, buf0, buf1, B):
     """Layer `layer` of the concatenated net (layout: csr_forward) and its output block in the
     ping-pong buffers: (n_out, data, indices, indptr, bias, relu, out (n_out, B))."""
@@ -219,7 +241,7 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     (panels[l] >= n_in, ptr_off[l+1] - ptr_off[l] == n_out + 1), else column-panelled (see
     csr_panels_matmul_bias_relu). buf0/buf1 hold >= max(hidden sizes) * B floats (ping-pong); the
     result is a view into one of them. codes[l] is layer l's kernel (SPMV, SPMV_PANELS, ROWS8,
-    PANELS) | PARALLEL when its rows run on all threads: the plan decides; n_threads is the
+    PANELS, TILES) | PARALLEL when its rows run on all threads: the plan decides; n_threads is the
     caller's Numba thread count (panelled layers split their rows that many ways).
     """
     B = HT.shape[1]
@@ -243,6 +265,8 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
                 csr_matvec_bias_relu(d, c, ip, b, x, o, relu)
             else:
                 csr_matvec_bias_relu_serial(d, c, ip, b, x, o, relu)
+        elif kind == TILES:
+            csr_tiles_bias_relu(d, c, ip, b, h, out, relu, n_threads if parallel else 1)
         elif parallel:
             csr_matmul_bias_relu(d, c, ip, b, h, out, relu)
         else:
@@ -267,10 +291,7 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
         if kind == PANELS:
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
         elif kind == TILES:                      # register tiles (simd.py): 32 columns, then 16
-            for t in range(Bc // 32):
-                csr_rows32(d, c, ip, b, h, out, 0, n_out, Bc, Bc, 32 * t, relu)
-            if Bc % 32:
-                csr_rows16(d, c, ip, b, h, out, 0, n_out, Bc, Bc, Bc - 16, relu)
+            _tiles(d, c, ip, b, h, out, 0, n_out, relu)
         else:
             csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)
         h = out

@@ -316,9 +316,12 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         if panels_on and P < n:
             layers.append(LayerPlan("spmv-panels" if B == 1 else "panels", threads > 1, P,
                                     kernels.SPMV_PANELS if B == 1 else kernels.PANELS))
+        elif B == 1:
+            layers.append(LayerPlan("spmv", par, 0, kernels.SPMV))
+        elif Bp >= t.tile_min_chunk and Bp % 16 == 0:
+            layers.append(LayerPlan("tiles", par, 0, kernels.TILES))
         else:
-            layers.append(LayerPlan("spmv" if B == 1 else "rows8", par, 0,
-                                    kernels.SPMV if B == 1 else kernels.ROWS8))
+            layers.append(LayerPlan("rows8", par, 0, kernels.ROWS8))
     if threads > 1:
         if B > 1:
             reasons.append(f"row split: chunks of this batch would be too narrow for {threads} threads")

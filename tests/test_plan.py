@@ -84,7 +84,7 @@ def test_two_thread_plans(nets):
     assert [l.parallel for l in p1.layers] == [True, True, True, False, False]   # nnz >= 20000
     assert p1.split == "rows"
     p16 = sparse.plan(16)
-    assert p16.split == "rows" and [l.kernel for l in p16.layers] == ["rows8"] * 5
+    assert p16.split == "rows" and [l.kernel for l in p16.layers] == ["tiles"] * 5      # register tiles
     p256 = sparse.plan(256)
     assert (p256.split, p256.chunk, p256.layout) == ("batch", 32, "csr")
     assert [l.kernel for l in p256.layers] == ["tiles"] * 5 and not any(l.parallel for l in p256.layers)
