@@ -3,31 +3,24 @@
     python -m pytest bench/bench_inference.py --benchmark-group-by=group \
         --benchmark-columns=min,median,max,rounds,iterations
 
-dense, csr and csr-scipy run the weight-pruned net, shrunk the neuron-pruned one (see bench.py).
+Each engine runs the net of its pruning method (names.ENGINE_METHOD: shrunk the neuron-pruned net,
+the others the weight-pruned one); dense is timed at every k here (the study times it at k = 0).
 """
 import pytest
 
-from conftest import BATCHES, MAX_CALL_S, SPARSITIES, THREADS, mlp_params, pruned_net, run_case
-from sparsenet import bench
+from conftest import BATCHES, MAX_CALL_S, SPARSITIES, THREADS, grid_params, mlp_params, pruned_net, run_case
+from sparsenet import grid, names, timing
 
-ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
-
-
-def _params():
-    for engine in ENGINES:
-        for k in SPARSITIES:
-            for b in BATCHES:
-                for t in THREADS:
-                    yield pytest.param(engine, k, b, t, id=f"{engine}-s{round(k * 100)}-b{b}-t{t}",
-                                       marks=pytest.mark.benchmark(group=f"batch {b}"))
+GRID = grid.MLPGrid(mlp_params(), names.ENGINES, SPARSITIES, BATCHES, THREADS, dense_every_k=True,
+                    max_call_s=MAX_CALL_S)
 
 
-@pytest.mark.parametrize("engine, sparsity, batch, threads", list(_params()))
-def test_inference(benchmark, engine, sparsity, batch, threads):
-    reason = bench.mlp_skip(mlp_params(), max_call_s=MAX_CALL_S)(engine, sparsity, batch, threads)
+@pytest.mark.parametrize("point", grid_params(GRID, lambda p: f"batch {p.batch}"))
+def test_inference(benchmark, point):
+    reason = GRID.skip(point)
     if reason:
         pytest.skip(reason)
-    method = bench.method_for(engine)
-    case = bench.make_case(engine, pruned_net(method, sparsity), method=method, sparsity=sparsity,
-                           batch=batch, threads=threads)
+    method = GRID.method(point.engine)
+    case = timing.make_case(point.engine, pruned_net(method, point.sparsity), method=method,
+                            sparsity=point.sparsity, batch=point.batch, threads=point.threads)
     run_case(benchmark, case)

@@ -3,40 +3,32 @@
     python -m pytest bench/bench_scaling.py --benchmark-group-by=group
 
 Cases too large (memory) or predicted too slow per call are skipped with the reason
-(bench.scaling_skip); the study's scaling stage uses the same layer builder and rule.
+(grid.scaling_skip); the study's scaling stage uses the same grid, layer builder and rule.
 """
 import functools
 
 import pytest
 
-from conftest import BATCHES, MAX_CALL_S, SCALING_THREADS, SPARSITIES, WIDTHS, run_case
-from sparsenet import bench
+from conftest import BATCHES, MAX_CALL_S, SCALING_THREADS, SPARSITIES, WIDTHS, grid_params, run_case
+from sparsenet import grid, names, timing
 
-ENGINES = ("dense", "csr")
+# width, then k outermost: each layer is built once
+GRID = grid.ScalingGrid(names.SCALING_ENGINES, SPARSITIES, BATCHES, SCALING_THREADS, widths=WIDTHS,
+                        dense_every_k=True, max_call_s=MAX_CALL_S)
 
 
 @functools.lru_cache(maxsize=1)
 def layer(width, sparsity):
     """The pruned layer of one (width, k), built once (a 16k layer takes seconds to prune)."""
-    return bench.scaling_params(width, sparsity)
+    return grid.scaling_params(width, sparsity)
 
 
-def _params():
-    for w in WIDTHS:                  # width, then k outermost: each layer is built once
-        for k in SPARSITIES:
-            for engine in ENGINES:
-                for b in BATCHES:
-                    for t in SCALING_THREADS:
-                        yield pytest.param(w, engine, k, b, t,
-                                           id=f"{engine}-s{round(k * 100)}-b{b}-t{t}-w{w}",
-                                           marks=pytest.mark.benchmark(group=f"width {w}, batch {b}"))
-
-
-@pytest.mark.parametrize("width, engine, sparsity, batch, threads", list(_params()))
-def test_scaling(benchmark, width, engine, sparsity, batch, threads):
-    reason = bench.scaling_skip(engine, sparsity, batch, width, max_call_s=MAX_CALL_S)
+@pytest.mark.parametrize("point", grid_params(GRID, lambda p: f"width {p.width}, batch {p.batch}"))
+def test_scaling(benchmark, point):
+    reason = GRID.skip(point)
     if reason:
         pytest.skip(reason)
-    case = bench.make_case(engine, layer(width, sparsity), method="weight", sparsity=sparsity,
-                           batch=batch, threads=threads, width=width)
+    case = timing.make_case(point.engine, layer(point.width, point.sparsity), method=GRID.method(point.engine),
+                            sparsity=point.sparsity, batch=point.batch, threads=point.threads,
+                            width=point.width)
     run_case(benchmark, case)

@@ -2,7 +2,7 @@
 
     pytest bench/bench_train.py --benchmark-group-by=group --benchmark-columns=min,median,max
 
-Threads are set per case with threadpoolctl (BLAS), numba.set_num_threads and
+Threads are set per case with sparsenet.threads.limit (BLAS and Numba) and
 torch.set_num_threads; `threads` is in extra_info. Inputs are random arrays of MNIST's shape
 (dense matmul time does not depend on the values). One warm call (the compile) runs outside
 the timer; compile times are measured in a fresh process with an empty Numba cache.
@@ -20,7 +20,8 @@ import pytest
 
 from sparsenet import train_kernels as K
 from sparsenet.model import DEFAULT_SIZES, he_init
-from sparsenet.train import KERNELS, TrainConfig, _Trainer, fit, threads_limited
+from sparsenet.threads import limit as threads_limited
+from sparsenet.train import KERNELS, TrainConfig, _Trainer, fit
 
 QUICK = os.environ.get("SPARSENET_BENCH_QUICK", "") not in ("", "0")   # CI: one thread, a short "epoch"
 THREADS = [int(t) for t in os.environ.get("SPARSENET_BENCH_THREADS", "1" if QUICK else "1,2").split(",")]

@@ -5,8 +5,9 @@
 
 Env knobs: SPARSENET_BENCH_QUICK=1 (k {0, 90}, batch {1, 256}, threads {1}, width {1024}),
 SPARSENET_MODEL=<checkpoint.npz> (time a trained net instead of a He-initialised one).
-Every case is timed by sparsenet.bench, as the study times it: one warm call outside the timer,
-calls per round from its calibration, thread limits held around the rounds, result checked after.
+The grids are sparsenet.grid's (names.py holds their defaults), and every case is timed by
+sparsenet.timing, as the study times it: one warm call outside the timer, calls per round from its
+calibration, thread limits held around the rounds, result checked after.
 """
 from __future__ import annotations
 
@@ -23,16 +24,16 @@ try:
 except ImportError:          # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparsenet import bench  # noqa: E402
+from sparsenet import grid, names, timing  # noqa: E402
 
 QUICK = os.environ.get("SPARSENET_BENCH_QUICK", "") not in ("", "0")
-SPARSITIES = (0.0, 0.9) if QUICK else (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-BATCHES = (1, 256) if QUICK else (1, 16, 256, 4096)
-THREADS = (1,) if QUICK else (1, 2)
-WIDTHS = (1024,) if QUICK else (1024, 4096, 16384)
-SCALING_THREADS = (1,)    # as the study's scaling stage (StudyConfig.scaling_threads)
-ROUNDS = 3 if QUICK else bench.ROUNDS
-MAX_CALL_S = 2.0          # cases predicted slower than this per call are skipped (bench.skip_reason)
+SPARSITIES = (0.0, 0.9) if QUICK else names.SPARSITIES
+BATCHES = names.QUICK_BATCHES if QUICK else names.BATCHES
+THREADS = names.QUICK_THREADS if QUICK else names.THREADS
+WIDTHS = names.QUICK_WIDTHS if QUICK else names.WIDTHS
+SCALING_THREADS = names.SCALING_THREADS   # as the study's scaling stage
+ROUNDS = 3 if QUICK else timing.ROUNDS
+MAX_CALL_S = 2.0          # cases predicted slower than this per call are skipped (grid.skip_reason)
 
 
 def pytest_collect_file(file_path, parent):
@@ -60,19 +61,24 @@ def mlp_params():
 @functools.lru_cache(maxsize=32)
 def pruned_net(method: str, sparsity: float):
     """The pruned MLP of one (method, k), built once (2 methods x 10 k x ~10 MB)."""
-    return bench.pruned(mlp_params(), method, sparsity)
+    return grid.pruned(mlp_params(), method, sparsity)
 
 
-def run_case(benchmark, case, rounds: int = ROUNDS, min_time: float = bench.MIN_TIME):
+def grid_params(g, group):
+    """pytest params of every point of grid `g` (ids like csr-s90-b256-t2), grouped by group(point)."""
+    return [pytest.param(p, id=p.id, marks=pytest.mark.benchmark(group=group(p))) for p in g.all_points()]
+
+
+def run_case(benchmark, case, rounds: int = ROUNDS, min_time: float = timing.MIN_TIME):
     """Warm call, calibration, pedantic timing with threads held and GC off, context, check."""
-    bench.warm(case)
-    benchmark.extra_info.update(bench.extra_info(case))
+    timing.warm(case)
+    benchmark.extra_info.update(timing.extra_info(case))
     if benchmark.disabled:            # --benchmark-disable: one call, still checked
         kwargs = {"args": (case.X,), "iterations": 1, "rounds": 1}
     else:
-        kwargs = bench.pedantic_kwargs(case, rounds=rounds, min_time=min_time)
+        kwargs = timing.pedantic_kwargs(case, rounds=rounds, min_time=min_time)
     benchmark.extra_info["calls"] = kwargs["iterations"]
-    with bench.threads_held(case), bench.gc_off():
+    with timing.threads_held(case), timing.gc_off():
         out = benchmark.pedantic(case.engine, **kwargs)
-    bench.check_case(case, out)
+    timing.check_case(case, out)
     return out

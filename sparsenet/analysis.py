@@ -3,19 +3,19 @@
 No file I/O, Markdown or figures here: `sparsenet.report`, `sparsenet.plots` and the notebook all call these
 functions, so no number in the report is computed anywhere else.
 
-Timing conventions: a weight-pruned net is run by `dense`, `csr` and `csr-scipy`; a neuron-pruned net by
-`shrunk` (BLAS on the physically smaller net). "Speed-up" is dense time / engine time, with the dense time
+Timing conventions: each engine runs the net of its method (names.ENGINE_METHOD: a weight-pruned net on
+`dense`, `csr` and `csr-scipy`, a neuron-pruned one on `shrunk`, BLAS on the physically smaller net). "Speed-up" is dense time / engine time, with the dense time
 taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net.
 """
 from __future__ import annotations
 
 import math
-from statistics import mean, median, pstdev
+from statistics import mean, median, median_high, pstdev
+
+from sparsenet.names import ENGINES, UNPRUNED, engine_rank, engines_of, method_of
 
 CLAIM = ("below 50% sparsity neuron pruning is more computationally efficient [than weight pruning], "
          "as we always deal with dense matrices")
-ENGINE_ORDER = ("dense", "csr", "csr-scipy", "shrunk")
-METHOD_ENGINES = {"weight": ("dense", "csr", "csr-scipy"), "neuron": ("shrunk",), "none": ("dense",)}
 
 # ---------------------------------------------------------------- timing queries
 
@@ -49,16 +49,6 @@ def records_of(timings) -> list:
     return list((timings or {}).get("records", []))
 
 
-def engine_method(engine) -> str:
-    """The pruning method whose net an engine runs: shrunk runs neuron-pruned nets, the others weight-pruned."""
-    return "neuron" if engine == "shrunk" else "weight"
-
-
-def engine_rank(engine) -> int:
-    """Sort key of an engine: the canonical order, unknown engines last."""
-    return ENGINE_ORDER.index(engine) if engine in ENGINE_ORDER else 99
-
-
 def thread_counts(timings) -> list:
     """Sorted thread counts present in the timings."""
     return sorted({int(r["threads"]) for r in records_of(timings)})
@@ -78,7 +68,7 @@ def default_threads(timings):
 def engines_present(timings) -> list:
     """Engines with at least one record, in the canonical order (unknown engines last)."""
     seen = {r["engine"] for r in records_of(timings)}
-    return [e for e in ENGINE_ORDER if e in seen] + sorted(seen - set(ENGINE_ORDER))
+    return [e for e in ENGINES if e in seen] + sorted(seen - set(ENGINES))
 
 
 def dense_reference(timings, batch, threads):
@@ -140,12 +130,12 @@ def break_even(timings, engine, method, batch, threads=None):
 
 def speedup_curves(timings, method=None) -> list:
     """[{"engine", "batch", "threads", "speedups", "break_even"}] of every non-dense engine, batch and thread
-    count with at least one speed-up, in that order. `method` None: the engine's own (`engine_method`)."""
+    count with at least one speed-up, in that order. `method` None: the engine's own (names.method_of)."""
     out = []
     for engine in engines_present(timings):
         if engine == "dense":
             continue
-        m = engine_method(engine) if method is None else method
+        m = method_of(engine) if method is None else method
         for b in batch_sizes(timings):
             for t in thread_counts(timings):
                 sp = speedups(timings, engine, m, b, t)
@@ -179,6 +169,24 @@ def baseline_accuracy(accuracy):
     return mean(accs) if accs else None
 
 
+def preferred_sparsity(ks, preferred=0.9) -> float:
+    """`preferred` when it is among `ks` (compared rounded), else the largest k."""
+    return preferred if any(sparsity_key(k) == sparsity_key(preferred) for k in ks) else max(ks)
+
+
+def accuracy_at(accuracy, sparsity=None) -> dict:
+    """{"sparsity", "dense", "curves": [{"method", "recovery", "accuracy"}]}: mean accuracies over seeds
+    of the unpruned net and of every curve that has `sparsity` (default: 90%, else the largest k)."""
+    k = preferred_sparsity(accuracy["sparsities"]) if sparsity is None else sparsity
+    base = baseline_accuracy(accuracy)
+    curves = []
+    for curve in accuracy.get("curves", []):
+        row = next((r for r in curve_stats(accuracy, curve) if r["sparsity"] == sparsity_key(k)), None)
+        if row is not None:
+            curves.append({"method": curve["method"], "recovery": curve["recovery"], "accuracy": row["accuracy"]})
+    return {"sparsity": k, "dense": math.nan if base is None else base, "curves": curves}
+
+
 # ---------------------------------------------------------------- accuracy x latency
 
 def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> list:
@@ -191,13 +199,13 @@ def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> l
     base = baseline_accuracy(accuracy)
     ref = dense_reference(timings, batch, threads)
     if base is not None and ref is not None:
-        out.append({"method": "none", "recovery": "-", "sparsity": 0.0, "engine": "dense", "accuracy": base,
+        out.append({"method": UNPRUNED, "recovery": "-", "sparsity": 0.0, "engine": "dense", "accuracy": base,
                     "seconds": ref, "speedup": 1.0})
     for curve in (accuracy or {}).get("curves", []):
         for row in curve_stats(accuracy, curve):
             if row["sparsity"] == 0:
                 continue
-            for engine in METHOD_ENGINES.get(curve["method"], ()):
+            for engine in engines_of(curve["method"]):
                 if engine == "dense" and not include_dense:
                     continue
                 t = engine_time(timings, engine, curve["method"], row["sparsity"], batch, threads)
@@ -221,6 +229,35 @@ def pareto_front(accuracy, timings, batch, threads=None, points=None) -> list:
             front.append(p)
             best = p["accuracy"]
     return front
+
+
+def times_at(timings, sparsity=None, batch=None, threads=None) -> dict:
+    """Median seconds of every engine (on its own method's net) at one (k, batch, threads), with the dense
+    reference: {"sparsity", "batch", "threads", "seconds": {engine: s}, "dense_s", "dense_sparsity"}.
+
+    Defaults: k = 90% (else the largest timed), the smallest batch and thread count. `dense_s` is dense at
+    that k when timed there, else the dense reference (dense_reference) timed at k = `dense_sparsity`."""
+    recs = records_of(timings)
+    batch = min(batch_sizes(timings)) if batch is None else batch
+    threads = min(thread_counts(timings)) if threads is None else threads
+    k = preferred_sparsity({r["sparsity"] for r in recs}) if sparsity is None else sparsity
+    at = select(recs, sparsity=k, batch=batch, threads=threads)
+    seconds = {}
+    for r in at:
+        if r["engine"] not in seconds:
+            seconds[r["engine"]] = engine_time(timings, r["engine"], r["method"], k, batch, threads)
+    dense = select(recs, engine="dense", batch=batch, threads=threads)
+    dense_s = seconds.get("dense", dense_reference(timings, batch, threads))
+    return {"sparsity": k, "batch": batch, "threads": threads, "seconds": seconds, "dense_s": dense_s,
+            "dense_sparsity": min((r["sparsity"] for r in dense), default=None)}
+
+
+def timing_quality(records) -> dict:
+    """{"n", "flagged", "median_spread", "worst_spread"} of timing records (median: the upper one)."""
+    spreads = [r["spread"] for r in records]
+    return {"n": len(records), "flagged": sum(bool(r.get("flagged")) for r in records),
+            "median_spread": median_high(spreads) if spreads else math.nan,
+            "worst_spread": max(spreads, default=math.nan)}
 
 
 # ---------------------------------------------------------------- roofline

@@ -1,4 +1,4 @@
-"""The command line: `sparsenet {fetch,train,study,report}` (also `python -m sparsenet`).
+"""The command line: `sparsenet {fetch,train,study,report,plan}` (also `python -m sparsenet`).
 
 Heavy modules are imported inside each command, so `sparsenet --help` is instant.
 """
@@ -60,8 +60,34 @@ def _or_unset(parse, word: str):
     return convert
 
 
+# how the text of a `sparsenet study` option parses, by study_config.Option.kind
+KINDS = {"str": str, "int": int, "float": float, "ints": _ints, "names": _names, "sparsities": _sparsities,
+         "dataset": str}
+
+
+def _add_study_options(p):
+    """One option per StudyConfig field (study_config.OPTIONS), so the report's reproduce command
+    (report.reproduce_command) gives back the exact configuration."""
+    from sparsenet import names
+    from sparsenet.study_config import OPTIONS
+
+    for opt in OPTIONS:
+        kw = {"dest": opt.field, "help": opt.help}
+        if opt.kind == "bool":
+            p.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=None, **kw)
+            continue
+        parse = KINDS[opt.kind]
+        if opt.unset is not None:
+            parse = _or_unset(parse, opt.unset)
+        if opt.kind == "dataset":
+            kw["choices"] = names.DATASETS
+        p.add_argument(opt.flag, type=parse, **kw)
+
+
 def _add_data_args(p):
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    from sparsenet.names import DATASETS
+
+    p.add_argument("--dataset", default="mnist", choices=DATASETS)
     p.add_argument("--data-dir", help="folder holding the four IDX files (else $SPARSENET_DATA_DIR, "
                                        "the cache, a download, then the offline copies)")
     p.add_argument("--cache-dir", help="data cache (default: ~/.cache/sparsenet)")
@@ -109,11 +135,11 @@ def cmd_train(args) -> int:
 
 def study_config(args):
     """The StudyConfig of parsed `sparsenet study` arguments (omitted options keep the defaults)."""
-    from sparsenet import study
+    from sparsenet.study_config import QUICK_FIELD, StudyConfig
 
-    fields = {f.name for f in dataclasses.fields(study.StudyConfig)} - {"is_quick"}
+    fields = {f.name for f in dataclasses.fields(StudyConfig)} - {QUICK_FIELD}
     overrides = {k: None if v is UNSET else v for k, v in vars(args).items() if k in fields and v is not None}
-    return study.StudyConfig.quick(**overrides) if args.quick else study.StudyConfig(**overrides)
+    return StudyConfig.quick(**overrides) if args.quick else StudyConfig(**overrides)
 
 
 def cmd_study(args) -> int:
@@ -131,7 +157,60 @@ def cmd_report(args) -> int:
     return 0
 
 
+def plan_net(args):
+    """(params, description) of `sparsenet plan`: the checkpoint's net or a He-initialised default one,
+    pruned to --sparsity by the engine's method (names.ENGINE_METHOD) unless --method says otherwise."""
+    from sparsenet import checkpoint, names
+    from sparsenet.grid import pruned
+    from sparsenet.model import he_init, layer_sizes
+
+    if args.checkpoint:
+        params, _meta = checkpoint.load(args.checkpoint)
+        source = str(args.checkpoint)
+    else:
+        params, source = he_init(seed=0), "He-initialised default net (seed 0)"
+    method = args.method or names.method_of(args.engine)
+    net = pruned(params, method, args.sparsity)
+    n_weights = sum(layer.weight.size for layer in net)
+    nnz = sum(int((layer.weight != 0).sum()) for layer in net)
+    return net, {"source": source, "layer_sizes": list(layer_sizes(net)), "method": method,
+                 "sparsity": args.sparsity, "nnz": nnz, "n_weights": n_weights}
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from sparsenet.engines import make_engine
+    from sparsenet.plan import cpu
+    from sparsenet.threads import check_threads, max_threads
+
+    threads = args.threads or tuple(sorted({1, max_threads()}))
+    for t in threads:
+        check_threads(t, "--threads")
+    net, about = plan_net(args)
+    target = cpu()
+    plans = []
+    for t in threads:
+        engine = make_engine(args.engine, net, threads=t)
+        plans += [engine.plan(b) for b in args.batch]
+    if args.json:
+        print(json.dumps({"net": about, "cpu": {"name": target.name, "machine": target.machine, "isa": target.isa,
+                                                "avx512f": target.avx512f, "avx2": target.avx2, "fma": target.fma},
+                          "plans": [p.to_dict() for p in plans]}, indent=2))
+        return 0
+    print(f"net: {about['source']}, layers {'-'.join(map(str, about['layer_sizes']))}, {about['method']}-pruned "
+          f"to k={100 * about['sparsity']:g}% ({about['nnz']} of {about['n_weights']} weights kept)")
+    print(f"CPU: Numba target {target.name} ({target.machine}), kernels for {target.isa}"
+          f" (avx512f={target.avx512f}, avx2={target.avx2}, fma={target.fma})")
+    for p in plans:
+        print()
+        print(p.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sparsenet.names import ENGINES, METHODS
+
     parser = argparse.ArgumentParser(prog="sparsenet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -156,40 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="the whole study: train, prune, time every engine, report")
     p.add_argument("--quick", action="store_true", help="small grid and training subset: a first look")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"))
-    p.add_argument("--data-dir")
-    # every StudyConfig field that shapes the results has an option, so the report's reproduce
-    # command (report.reproduce_command) can give back the exact configuration
-    p.add_argument("--seeds", type=_ints, help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--sparsities", type=_sparsities, help="e.g. 0,25,50,90 (percent) or 0,0.5,0.9")
-    p.add_argument("--methods", type=_names, help="pruning methods of the accuracy sweep, e.g. weight,neuron")
-    p.add_argument("--engines", type=_names, help="engines to time, e.g. dense,csr,shrunk")
-    p.add_argument("--batches", type=_ints, help="batch sizes to time, e.g. 1,256")
-    p.add_argument("--threads", type=_ints, help="thread counts to time, e.g. 1,2")
-    p.add_argument("--widths", type=_ints, help="scaling study layer widths, e.g. 1024,4096 ('' skips it)")
-    p.add_argument("--scaling-threads", type=_ints, help="thread counts of the scaling study, e.g. 1")
-    p.add_argument("--scaling-sparsities", type=_or_unset(_sparsities, "same"),
-                   help="k of the scaling study ('same': those of --sparsities)")
-    p.add_argument("--epochs", type=_or_unset(int, "default"),
-                   help="training epochs per seed ('default': the trainer's)")
-    p.add_argument("--train-subset", type=_or_unset(int, "all"),
-                   help="train on the first N training images ('all': every one)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (0: one-shot only)")
-    p.add_argument("--finetune-sparsities", type=_or_unset(_sparsities, "all"),
-                   help="k that are fine-tuned ('all': every k of --sparsities)")
-    p.add_argument("--finetune-lr", type=float, help="fine-tuning peak learning rate")
-    p.add_argument("--rounds", type=int, help="timing rounds per case")
-    p.add_argument("--min-time", type=float, help="seconds per timing round per case")
-    p.add_argument("--max-case-s", type=float, help="time budget of one case (a slow case gets fewer rounds)")
-    p.add_argument("--max-call-s", type=float, help="skip a case predicted slower than this per call")
-    p.add_argument("--dense-every-k", action=argparse.BooleanOptionalAction, default=None,
-                   help="time dense at every k, not only at the smallest")
-    p.add_argument("--model-cache", dest="cache_dir", help="trained-model cache folder")
-    p.add_argument("--results-dir", help="parent folder of the run folders (default results/)")
-    p.add_argument("--run-id", help="name of the run folder (default: from the configuration, so a "
-                                    "re-run resumes)")
+    _add_study_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("plan", help="print which kernels an engine runs on this machine, per batch and "
+                                    "threads, and why")
+    p.add_argument("--engine", default="csr", choices=ENGINES, help="engine (default csr)")
+    p.add_argument("--batch", type=_ints, default=(1, 16, 256), help="batch sizes, e.g. 1,16,256 (the default)")
+    p.add_argument("--threads", type=_ints, help="thread counts, e.g. 1,2 (default: 1 and all available)")
+    p.add_argument("--sparsity", type=_sparsity, default=0.0, help="prune to this k first, e.g. 90 or 0.9")
+    p.add_argument("--method", choices=METHODS, help="pruning method (default: the engine's, weight for csr)")
+    p.add_argument("--checkpoint", help="a trained net (.npz from `sparsenet train`) instead of a "
+                                        "He-initialised default one")
+    p.add_argument("--json", action="store_true", help="the plans as JSON (Plan.to_dict)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="(re)build the efficiency report of a results folder")
     p.add_argument("results", help="a results folder, e.g. results/<run id>")

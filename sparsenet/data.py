@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from sparsenet import names
 from sparsenet.files import atomic_write_bytes, read_json, write_json
 
 
@@ -94,6 +95,8 @@ DATASETS = {
         offline="debian",
         fix="install the Debian package: apt-get install dataset-fashion-mnist"),
 }
+# the names are the vocabulary's (names.DATASETS); this table holds where each comes from
+assert tuple(DATASETS) == names.DATASETS, "data.DATASETS and names.DATASETS must name the same data sets"
 
 DOWNLOAD_TIMEOUT = 15.0  # seconds per request; a closed network fails fast or at this limit
 

@@ -2,7 +2,7 @@
 
 Peaks, measured with NumPy so they say what this Python stack can reach:
 - ``sgemm_gflops[str(t)]``: float32 ``A @ B`` of two n x n matrices (n = 2048; 1024 when quick)
-  under a threadpoolctl limit of t threads; 2 n^3 flops per product; median of repeats;
+  under a BLAS limit of t threads (threads.limit); 2 n^3 flops per product; median of repeats;
 - ``bandwidth_gbs``: ``np.copyto(dst, src)`` of a 256 MB float32 array (64 MB when quick), one
   thread; bytes moved = 2 x nbytes (read src + write dst; write-allocate traffic not counted);
   median of repeats.
@@ -70,6 +70,9 @@ def machine_info(peaks=None) -> dict:
     """machine.json (see results.py); `peaks` (a measure_peaks() dict) is included when given."""
     import threadpoolctl
     import numba
+
+    from sparsenet.plan import cpu
+    target = cpu()
     info = {
         "cpu": cpu_model(),
         "n_cores": n_cores(),
@@ -80,6 +83,8 @@ def machine_info(peaks=None) -> dict:
         "env": {k: os.environ.get(k) for k in ENV_VARS},
         "cpu_flags": cpu_flags(),
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "isa": target.isa,                   # ISA level of the kernels the plans choose (plan.CPU.isa)
+        "numba_cpu": target.name,            # the CPU Numba compiles for (NUMBA_CPU_NAME, else the host)
     }
     if peaks is not None:
         info["peaks"] = peaks
@@ -98,12 +103,12 @@ def _median_time(fn, repeats: int) -> float:
 
 def sgemm_gflops(n: int = 2048, threads: int = 1, repeats: int = 5) -> float:
     """Float32 matrix-product rate (GFLOP/s) of n x n @ n x n under a `threads` BLAS limit."""
-    from threadpoolctl import threadpool_limits
+    from sparsenet.threads import limit
     rng = np.random.default_rng(0)
     A = rng.random((n, n), dtype=np.float32)
     B = rng.random((n, n), dtype=np.float32)
     C = np.empty((n, n), dtype=np.float32)
-    with threadpool_limits(limits=int(threads)):
+    with limit(int(threads), numba_threads=False):       # BLAS threads only (threads.py owns limits)
         secs = _median_time(lambda: np.matmul(A, B, out=C), repeats)
     return 2.0 * n ** 3 / secs / 1e9
 

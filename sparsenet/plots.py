@@ -15,10 +15,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sparsenet.files import atomic_write_bytes
 from sparsenet.analysis import (
-    METHOD_ENGINES, baseline_accuracy, batch_sizes, break_even, call_bytes, candidates, curve_stats, default_threads,
-    dense_reference, engine_method, engine_rank, engines_present, has_rate, pareto_front, records_of, select,
+    baseline_accuracy, batch_sizes, break_even, call_bytes, candidates, curve_stats, default_threads,
+    dense_reference, engines_present, has_rate, pareto_front, records_of, select,
     sgemm_peak, sparsity_key, speedups, threads_word,
 )
+from sparsenet.names import engine_rank, engines_of, method_of
 
 DPI = 120
 ENGINE_COLORS = {"dense": "#333333", "csr": "tab:green", "csr-scipy": "tab:orange", "shrunk": "tab:blue"}
@@ -184,7 +185,7 @@ def plot_speedup(timings, path, threads=None) -> Path:
     for ax, batch in panels:
         ax.axhline(1.0, color=ENGINE_COLORS["dense"], ls="--", lw=1.2, label="dense (= 1)")
         for engine in (e for e in engines_present(timings) if e != "dense"):
-            method = engine_method(engine)
+            method = method_of(engine)
             rows = speedups(timings, engine, method, batch, threads)
             if not rows:
                 continue
@@ -346,7 +347,7 @@ def plot_scaling(scaling, path, threads=None) -> Path:
         ax.axhline(1.0, color=ENGINE_COLORS["dense"], ls="--", lw=1.0, label="dense (= 1)")
         for i, width in enumerate(widths):
             sub = {"records": [r for r in recs if r.get("width") == width]}
-            for engine in (e for e in METHOD_ENGINES["weight"] if e != "dense"):
+            for engine in (e for e in engines_of("weight") if e != "dense"):
                 rows = speedups(sub, engine, "weight", batch, threads)
                 if rows:
                     ax.plot([100 * r["sparsity"] for r in rows], [r["speedup"] for r in rows],

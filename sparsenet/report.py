@@ -13,12 +13,14 @@ from statistics import mean
 
 from sparsenet import plots
 from sparsenet.analysis import (
-    above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, engine_rank, has_rate,
+    above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, has_rate,
     pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
     verdict,
 )
 from sparsenet.files import atomic_write_bytes, make_dirs, write_json
+from sparsenet.names import engine_rank
 from sparsenet.results import load_results, missing_parts
+from sparsenet.study_config import OPTIONS
 
 HOW_TO = {
     "accuracy": "the study's training and pruning sweep writes it",
@@ -27,20 +29,6 @@ HOW_TO = {
     "machine": "the study writes it with the measured sgemm and bandwidth peaks",
     "config": "the study writes it when it starts",
 }
-
-
-# (StudyConfig field, `sparsenet study` option, the option's word for None) in command order;
-# tests/test_cli.py parses the command back into the same StudyConfig
-_STUDY_OPTIONS = (
-    ("dataset", "--dataset", None), ("data_dir", "--data-dir", None), ("seeds", "--seeds", None),
-    ("sparsities", "--sparsities", None), ("methods", "--methods", None), ("engines", "--engines", None),
-    ("batches", "--batches", None), ("threads", "--threads", None), ("widths", "--widths", None),
-    ("scaling_threads", "--scaling-threads", None), ("scaling_sparsities", "--scaling-sparsities", "same"),
-    ("epochs", "--epochs", "default"), ("train_subset", "--train-subset", "all"),
-    ("finetune_epochs", "--finetune-epochs", None), ("finetune_sparsities", "--finetune-sparsities", "all"),
-    ("finetune_lr", "--finetune-lr", None), ("rounds", "--rounds", None), ("min_time", "--min-time", None),
-    ("max_case_s", "--max-case-s", None), ("max_call_s", "--max-call-s", None), ("cache_dir", "--model-cache", None),
-)
 
 
 def _option_text(value) -> str:
@@ -52,22 +40,28 @@ def _option_text(value) -> str:
     return str(value)
 
 
+_FROM_FOLDER = ("results_dir", "run_id")   # given as the folder the command writes
+
+
 def reproduce_command(config, folder) -> str:
     """The `sparsenet study` command that (re)creates `folder`; re-running it resumes and fills missing parts.
 
     Every recorded setting is given explicitly (not left to defaults, which may change), so the command
-    reproduces the configuration exactly; a setting missing from an older config.json is left out."""
+    reproduces the configuration exactly; a setting missing from an older config.json is left out. The
+    options are study_config.OPTIONS, which the CLI parses back (tests/test_cli.py)."""
     folder = Path(folder)
     study = (config or {}).get("study") or {}
     args = ["sparsenet", "study"]
     if study.get("is_quick"):
         args.append("--quick")
-    for name, option, none_word in _STUDY_OPTIONS:
-        if name not in study or (study[name] is None and none_word is None):
+    for opt in OPTIONS:
+        value = study.get(opt.field)
+        if opt.field in _FROM_FOLDER or opt.field not in study or (value is None and opt.unset is None):
             continue
-        args += [option, none_word if study[name] is None else _option_text(study[name])]
-    if "dense_every_k" in study:
-        args.append("--dense-every-k" if study["dense_every_k"] else "--no-dense-every-k")
+        if opt.kind == "bool":
+            args.append(opt.flag if value else "--no-" + opt.flag[2:])
+        else:
+            args += [opt.flag, opt.unset if value is None else _option_text(value)]
     args += ["--results-dir", str(folder.parent), "--run-id", folder.name]
     return " ".join(shlex.quote(a) for a in args)
 

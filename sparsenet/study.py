@@ -1,185 +1,67 @@
-"""`sparsenet study`: the whole study in one resumable run, written to ``results/<run_id>/``.
+"""`sparsenet study`: the stages of the whole study in one resumable run, written to ``results/<run_id>/``.
 
 Stages, each writing its part of the results folder atomically (schema in results.py):
 config -> data -> train one net per seed (cached) -> accuracy sweep (one-shot and fine-tuned) ->
-machine info and peaks -> timings of every engine over the grid (seed-0 net: weight-pruned for
-dense/csr/csr-scipy, neuron-pruned for shrunk) -> one-layer scaling -> report.
+machine info and peaks -> timings of every engine over the grid (seed-0 net, pruned as
+names.ENGINE_METHOD says) -> one-layer scaling -> report.
+
+What is measured is a StudyConfig (study_config.py); which cases are timed is a grid (grid.py);
+the work the stages delegate (loading data, training, the sweep, peaks, timing, engines, the
+report) is a `Stages`, which tests replace piece by piece.
 
 Re-running the same configuration resumes: a finished part whose recorded config matches is
-skipped; the timing stages save their records after every sparsity (or width, sparsity) and pick
-up from them.
+skipped; the timing stages save their records after every unit of their grid and pick up from them.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from sparsenet import __version__
-from sparsenet.results import part_path, save_part
+from sparsenet import __version__, names
 from sparsenet.files import check_folder_writable, make_dirs, read_json
-from sparsenet.prune import METHODS
+from sparsenet.grid import MLPGrid, ScalingGrid, record_key
+from sparsenet.progress import bar, say
+from sparsenet.results import part_path, save_part
+from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
+from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
+    PLACE_FIELDS, StudyConfig, finetune_config, model_cache, train_config,
+)
 
-SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
-DATASETS = ("mnist", "fashion-mnist")
-SCALING_ENGINES = ("dense", "csr")
 
-# fields that say where things go, not what is measured: left out of the run id and config checks
-_PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir")
+def _default(module: str, name: str) -> Callable:
+    """The real `sparsenet.<module>.<name>`, imported when first called (keeps `import study` light)."""
+    def call(*args, **kwargs):
+        import importlib
+        return getattr(importlib.import_module(f"sparsenet.{module}"), name)(*args, **kwargs)
+    call.__name__ = f"{module}.{name}"
+    return call
 
 
 @dataclass(frozen=True)
-class StudyConfig:
-    dataset: str = "mnist"                   # data set name: mnist | fashion-mnist
-    data_dir: Optional[str] = None           # folder with the four IDX files (None: cache, download, offline copy)
-    seeds: tuple = (0, 1, 2)                 # one trained net per seed; seed 0's net is the one timed
-    sparsities: tuple = SPARSITIES           # k: fraction of weights / neurons removed, each in [0, 1)
-    methods: tuple = METHODS                 # pruning methods of the accuracy sweep: weight | neuron
-    engines: tuple = ENGINES                 # inference engines timed: dense | csr | csr-scipy | shrunk
-    batches: tuple = (1, 16, 256, 4096)      # batch sizes timed
-    threads: tuple = (1, 2)                  # thread limits timed (BLAS and Numba alike)
-    widths: tuple = (1024, 4096, 16384)      # scaling study: one square layer of each width (empty: skip)
-    scaling_threads: tuple = (1,)            # thread limits of the scaling study
-    scaling_sparsities: Optional[tuple] = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)  # k of the scaling study
-                                             # (None: the sparsities above); a 16k layer costs ~20 s per k
-    epochs: Optional[int] = None             # training epochs per seed (None: TrainConfig's default, the net
-                                             # that reaches >= 98.2% on MNIST)
-    train_subset: Optional[int] = None       # train on the first N training images (None: all 60000)
-    finetune_epochs: int = 2                 # fine-tuning epochs with the mask fixed (0: one-shot only)
-    finetune_sparsities: Optional[tuple] = (0.8, 0.9, 0.95)  # k fine-tuned (None: all); each costs
-                                             # finetune_epochs x seeds x methods epochs
-    finetune_lr: float = 1e-3                # fine-tuning peak learning rate (3e-4 recovers too little in 1-2 epochs)
-    results_dir: str = "results"             # parent folder of the run folders
-    run_id: Optional[str] = None             # run folder name; None: dataset + config hash (re-run resumes)
-    cache_dir: Optional[str] = None          # trained-model cache; None: <data cache>/models
-    is_quick: bool = False                   # the small first-look study (set by StudyConfig.quick())
-    rounds: int = 7                          # timing rounds per case (interleaved across engines)
-    min_time: float = 0.02                   # seconds per round per case (cheap calls are looped)
-    max_case_s: float = 1.5                  # a slow case gets fewer rounds (>= 3) to stay near this budget
-    max_call_s: float = 2.0                  # skip a case predicted slower than this per call (reason kept)
-    dense_every_k: bool = False              # time dense at every k (its time does not depend on k:
-                                             # BLAS multiplies the zeros); False: at k = 0 only
+class Stages:
+    """The work the study delegates; each field may be replaced (tests pass stand-ins)."""
 
-    def __post_init__(self):
-        from sparsenet.prune import check_sparsity
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
-        for name in ("seeds", "batches", "threads", "widths", "scaling_threads"):
-            value = _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1)
-            object.__setattr__(self, name, value)
-        available = available_threads()
-        for name in ("threads", "scaling_threads"):
-            over = [t for t in getattr(self, name) if t > available]
-            if over:
-                # checked here, not at the timing stage: after training, the sweep and a peak
-                # "measured" at an impossible thread count
-                raise ValueError(f"{name} {', '.join(map(str, over))} exceed the {available} threads "
-                                 f"available (NUMBA_NUM_THREADS); use at most {available}")
-        for name in ("seeds", "batches", "threads"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
-            if len(set(getattr(self, name))) != len(getattr(self, name)):
-                raise ValueError(f"{name} has duplicates: {getattr(self, name)}")
-        for name in ("sparsities", "finetune_sparsities", "scaling_sparsities"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            value = tuple(check_sparsity(s) for s in _seq(name, value))
-            if name == "sparsities" and not value:
-                raise ValueError("sparsities must not be empty")
-            object.__setattr__(self, name, value)
-        for name, allowed in (("methods", METHODS), ("engines", ENGINES)):
-            value = tuple(_seq(name, getattr(self, name)))
-            bad = [v for v in value if v not in allowed]
-            if bad or not value:
-                raise ValueError(f"unknown {name} {bad or value}; expected some of {', '.join(allowed)}")
-            object.__setattr__(self, name, value)
-        if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0):
-            raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
-        if self.train_subset is not None and not (isinstance(self.train_subset, int)
-                                                  and 100 <= self.train_subset <= 60000):
-            raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
-        if not (isinstance(self.rounds, int) and self.rounds >= 1):
-            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        for name in ("min_time", "max_case_s", "max_call_s", "finetune_lr"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id in (".", "..")):
-            raise ValueError(f"run_id must be a plain folder name, got {self.run_id!r}")
-
-    @classmethod
-    def quick(cls, **overrides) -> "StudyConfig":
-        """A first look in about 2 minutes: one seed, 1 epoch on 5000 images, a small timing grid."""
-        base = dict(seeds=(0,), sparsities=(0.0, 0.5, 0.9), batches=(1, 256), threads=(1,),
-                    widths=(1024,), scaling_sparsities=None, epochs=1, train_subset=5000, finetune_epochs=1,
-                    finetune_sparsities=(0.9,), rounds=3, min_time=0.01, max_case_s=1.0,
-                    max_call_s=0.5)
-        base.update(overrides)
-        base.pop("quick", None)
-        base["is_quick"] = True
-        return cls(**base)
-
-    def measured(self) -> dict:
-        """The fields that define what is measured (the run id hashes these)."""
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k not in _PLACE_FIELDS}
-
-    def config_hash(self, data_fingerprint: str = "") -> str:
-        """Short hash of the measured fields, the data's fingerprint and the sparsenet version."""
-        text = json.dumps({"study": self.measured(), "data": data_fingerprint, "version": __version__},
-                          sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-    def folder(self, data_fingerprint: str = "") -> Path:
-        """results_dir / run_id (default run id: dataset[-quick]-<hash of the config and the data>).
-
-        data_fingerprint: that of the data loaded (data.Dataset.fingerprint), so other files under
-        the same data set name (say, a --data-dir with other labels) get their own folder."""
-        run_id = self.run_id or (f"{self.dataset}{'-quick' if self.is_quick else ''}-"
-                                 f"{self.config_hash(data_fingerprint)}")
-        return Path(self.results_dir) / run_id
+    load_data: Callable = _default("data", "load")              # (name, data_dir=, progress=) -> Dataset
+    train: Callable = _default("train", "cached_train")         # (ds, TrainConfig, cache_dir, progress=) -> (params, meta)
+    sweep: Callable = _default("sweep", "run_and_save")         # (folder, models, X.., **kw) -> accuracy dict
+    peaks: Callable = _default("machine", "measure_peaks")      # (threads=, quick=) -> peaks dict
+    time_cases: Callable = _default("timing", "time_cases")     # (cases, **kw) -> TIMING records
+    make_engine: Optional[Callable] = None                      # (name, params, threads=) -> engine; None: engines.make_engine
+    report: Callable = _default("report", "build_report")       # (folder) -> report path
 
 
-def available_threads() -> int:
-    """The most threads Numba (and so a timed engine) can use in this process."""
-    import numba
-    return int(numba.config.NUMBA_NUM_THREADS)
-
-
-def _seq(name, value):
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a sequence, got {value!r}")
-    return list(value)
-
-
-def _int_tuple(name, value, minimum) -> tuple:
-    out = []
-    for v in _seq(name, value):
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{name} must hold integers >= {minimum}, got {v!r}")
-        out.append(int(v))
-    return tuple(out)
+def _say(progress, msg):
+    say("study", msg, progress)
 
 
 # --- stages --------------------------------------------------------------------------------------
-
-def _say(progress, msg):
-    if progress:
-        print(f"[study] {msg}", file=sys.stderr, flush=True)
-
 
 def write_config(cfg: StudyConfig, folder: Path, ds=None) -> None:
     """config.json; an existing one must record the same measured configuration and data."""
@@ -189,7 +71,7 @@ def write_config(cfg: StudyConfig, folder: Path, ds=None) -> None:
     if path.exists():
         recorded = read_json(path)
         old = recorded.get("study", {}) if isinstance(recorded, dict) else {}
-        same = {k: v for k, v in old.items() if k not in _PLACE_FIELDS}
+        same = {k: v for k, v in old.items() if k not in PLACE_FIELDS}
         if json.loads(json.dumps(cfg.measured())) != same:
             raise ValueError(f"{folder} holds results of another configuration; choose another "
                              f"--run-id or results folder")
@@ -211,23 +93,10 @@ def _data_info(ds) -> dict:
     return {"fingerprint": ds.fingerprint, "md5": list(ds.md5), "source": ds.source}
 
 
-def train_config(cfg: StudyConfig, seed: int, n_train: int):
-    """The TrainConfig of one seed's net; n_train: training images loaded (the split holds out a tenth)."""
-    from sparsenet.train import TrainConfig, default_n_val
-    epochs = {} if cfg.epochs is None else {"epochs": cfg.epochs}
-    return TrainConfig(seed=int(seed), n_val=default_n_val(n_train), **epochs)
-
-
-def finetune_config(cfg: StudyConfig, n_train: int):
-    from sparsenet.train import TrainConfig, default_n_val
-    return TrainConfig(epochs=max(cfg.finetune_epochs, 1), lr=cfg.finetune_lr, n_val=default_n_val(n_train))
-
-
-def load_data(cfg: StudyConfig):
+def load_data(cfg: StudyConfig, stages: Stages = Stages()):
     """The data set; with train_subset, its first N training images under a distinct name
     (``mnist-sub5000``) so cached models of the subset and of the full set never mix."""
-    from sparsenet import data
-    ds = data.load(cfg.dataset, data_dir=cfg.data_dir, progress=False)
+    ds = stages.load_data(cfg.dataset, data_dir=cfg.data_dir, progress=False)
     if cfg.train_subset:
         n = cfg.train_subset
         ds = ds._replace(name=f"{ds.name}-sub{n}", train_images=ds.train_images[:n],
@@ -235,20 +104,12 @@ def load_data(cfg: StudyConfig):
     return ds
 
 
-def model_cache(cfg: StudyConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    from sparsenet.data import cache_root
-    return cache_root() / "models"
-
-
-def train_models(cfg: StudyConfig, ds, progress=True) -> list:
+def train_models(cfg: StudyConfig, ds, progress=True, stages: Stages = Stages()) -> list:
     """One trained net per seed (train.cached_train reuses a cached net of the same config)."""
-    from sparsenet.train import cached_train
     models = []
     for seed in cfg.seeds:
         t0 = time.perf_counter()
-        params, meta = cached_train(ds, train_config(cfg, seed, len(ds.train_images)), model_cache(cfg),
+        params, meta = stages.train(ds, train_config(cfg, seed, len(ds.train_images)), model_cache(cfg),
                                     progress=progress)
         _say(progress, f"seed {seed}: test accuracy {meta.get('test_acc', float('nan')):.4f} "
                        f"({time.perf_counter() - t0:.0f} s)")
@@ -256,9 +117,8 @@ def train_models(cfg: StudyConfig, ds, progress=True) -> list:
     return models
 
 
-def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True) -> None:
+def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stages: Stages = Stages()) -> None:
     """accuracy.json via sweep.run_and_save (resumable on its own)."""
-    from sparsenet import sweep
     from sparsenet.data import to_float
     from sparsenet.train import split_train_val
     path = part_path(folder, "accuracy")
@@ -271,88 +131,66 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True) -> N
     # and test accuracy (what the sweep reports) never touches it
     tr, val = split_train_val(len(X), ft.n_val, 0)
     recoveries = ("oneshot", "finetuned") if cfg.finetune_epochs > 0 else ("oneshot",)
-    sweep.run_and_save(folder, models, X[tr], y[tr], X[val], y[val],
-                       to_float(ds.test_images), ds.test_labels, sparsities=cfg.sparsities,
-                       methods=cfg.methods, recoveries=recoveries,
-                       finetune_cfg=ft if cfg.finetune_epochs > 0 else None,
-                       finetune_sparsities=cfg.finetune_sparsities, seeds=cfg.seeds,
-                       dataset=cfg.dataset, progress=progress)
+    stages.sweep(folder, models, X[tr], y[tr], X[val], y[val],
+                 to_float(ds.test_images), ds.test_labels, sparsities=cfg.sparsities,
+                 methods=cfg.methods, recoveries=recoveries,
+                 finetune_cfg=ft if cfg.finetune_epochs > 0 else None,
+                 finetune_sparsities=cfg.finetune_sparsities, seeds=cfg.seeds,
+                 dataset=cfg.dataset, progress=progress)
 
 
-def run_machine(cfg: StudyConfig, folder: Path, progress=True) -> dict:
-    from sparsenet.machine import machine_info, measure_peaks
+def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
+    """machine.json: the machine, its BLAS and ISA, and the peaks measured at every thread count timed."""
+    from sparsenet.machine import machine_info
     path = part_path(folder, "machine")
     if path.exists():
         _say(progress, "machine: done before, skipped")
         return read_json(path)
     threads = sorted(set(cfg.threads) | set(cfg.scaling_threads))
-    info = machine_info(measure_peaks(threads=threads, quick=cfg.is_quick))
+    info = machine_info(stages.peaks(threads=threads, quick=cfg.is_quick))
     save_part(folder, "machine", info)
     return info
 
 
 def _timing_config(cfg: StudyConfig, scaling: bool) -> dict:
+    """What a timings (scaling) file records it was made with; a resume needs it unchanged."""
     keys = ["engines", "sparsities", "batches", "threads", "rounds", "min_time", "max_case_s",
             "max_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset"]
     d = {k: getattr(cfg, k) for k in keys}
     if scaling:
-        d.update(widths=cfg.widths, threads=cfg.scaling_threads, engines=SCALING_ENGINES,
-                 sparsities=scaling_ks(cfg))
+        d.update(widths=cfg.widths, threads=cfg.scaling_threads, engines=names.SCALING_ENGINES,
+                 sparsities=cfg.scaling_ks())
     return json.loads(json.dumps(d))
 
 
-def _key(rec) -> tuple:
-    return (rec["engine"], round(rec["sparsity"], 6), rec["batch"], rec["threads"], rec.get("width"))
+def timing_grid(cfg: StudyConfig, params, make_engine=None) -> MLPGrid:
+    """The grid of the timings stage: cfg's engines x sparsities x batches x threads on `params`."""
+    return MLPGrid(params, cfg.engines, cfg.sparsities, cfg.batches, cfg.threads,
+                   dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s, make_engine=make_engine)
 
 
-def scaling_ks(cfg: StudyConfig) -> tuple:
-    return cfg.sparsities if cfg.scaling_sparsities is None else cfg.scaling_sparsities
+def scaling_grid(cfg: StudyConfig, make_engine=None) -> ScalingGrid:
+    """The grid of the scaling stage: one square layer per width, names.SCALING_ENGINES."""
+    return ScalingGrid(names.SCALING_ENGINES, cfg.scaling_ks(), cfg.batches, cfg.scaling_threads,
+                       widths=cfg.widths, dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s,
+                       make_engine=make_engine)
 
 
-def engines_at(cfg: StudyConfig, engines, sparsity, ks=None) -> tuple:
-    """The engines timed at one k of `ks` (default cfg.sparsities): dense only at the smallest k
-    (normally 0) unless cfg.dense_every_k."""
-    first = min(cfg.sparsities if ks is None else ks)
-    if cfg.dense_every_k or sparsity == first:
-        return tuple(engines)
-    return tuple(e for e in engines if e != "dense")
-
-
-def run_timings(cfg: StudyConfig, folder: Path, params, progress=True) -> dict:
+def run_timings(cfg: StudyConfig, folder: Path, params, progress=True, stages: Stages = Stages()) -> dict:
     """timings.json: every engine x sparsity x batch x threads on the seed-0 net, saved per k."""
-    from sparsenet import bench
-    config = _timing_config(cfg, scaling=False)
-    return _run_grid(cfg, folder, "timings", config, progress,
-                     units=[(None, k) for k in cfg.sparsities],
-                     build=lambda w, k, skip: bench.mlp_cases(params, engines_at(cfg, cfg.engines, k),
-                                                              k, cfg.batches,
-                                                              cfg.threads, skip=skip),
-                     skip=bench.mlp_skip(params, cfg.max_call_s), grid=lambda: [
-                         (e, k, b, t, None) for k in cfg.sparsities for e in engines_at(cfg, cfg.engines, k)
-                         for t in cfg.threads for b in cfg.batches])
+    return run_grid(cfg, folder, "timings", _timing_config(cfg, scaling=False),
+                    timing_grid(cfg, params, stages.make_engine), progress, stages)
 
 
-def run_scaling(cfg: StudyConfig, folder: Path, progress=True) -> dict:
+def run_scaling(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
     """scaling.json: one square layer per width, dense vs csr, saved per (width, k)."""
-    from sparsenet import bench
-    config = _timing_config(cfg, scaling=True)
-
-    def skip(engine, sparsity, batch, threads, width):
-        return bench.scaling_skip(engine, sparsity, batch, width, max_call_s=cfg.max_call_s)
-    ks = scaling_ks(cfg)
-    return _run_grid(cfg, folder, "scaling", config, progress,
-                     units=[(w, k) for w in cfg.widths for k in ks],
-                     build=lambda w, k, skip: bench.scaling_cases(
-                         w, k, engines_at(cfg, SCALING_ENGINES, k, ks), cfg.batches,
-                         cfg.scaling_threads, skip=skip),
-                     skip=skip, grid=lambda: [
-                         (e, k, b, t, w) for w in cfg.widths for k in ks
-                         for e in engines_at(cfg, SCALING_ENGINES, k, ks) for t in cfg.scaling_threads
-                         for b in cfg.batches])
+    return run_grid(cfg, folder, "scaling", _timing_config(cfg, scaling=True),
+                    scaling_grid(cfg, stages.make_engine), progress, stages)
 
 
-def _run_grid(cfg, folder, part, config, progress, units, build, skip, grid) -> dict:
-    from sparsenet import bench
+def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = Stages()) -> dict:
+    """Time every point of `grid` not yet in `folder/<part>.json`, unit by unit, saving after each."""
+    from sparsenet.timing import check_case
     path = part_path(folder, part)
     state = {"records": [], "skipped": [], "compile_s": {}, "config": config, "complete": False,
              "loadavg": []}
@@ -365,41 +203,38 @@ def _run_grid(cfg, folder, part, config, progress, units, build, skip, grid) -> 
             state.update({k: old.get(k, state[k]) for k in ("records", "skipped", "compile_s", "loadavg")})
         else:
             _say(progress, f"{part}: existing file has another config; starting over")
-    done = {_key(r) for r in state["records"]} | {_key(s) for s in state["skipped"]}
-    skipped_keys = {_key(s) for s in state["skipped"]}
-
-    def skip_and_log(engine, sparsity, batch, threads, width):
-        reason = skip(engine, sparsity, batch, threads, width)
-        key = (engine, round(sparsity, 6), batch, threads, width)
-        if reason and key not in skipped_keys:
-            skipped_keys.add(key)
-            state["skipped"].append({"engine": engine, "sparsity": sparsity, "batch": batch,
-                                     "threads": threads, "width": width, "reason": reason})
-        return reason or key in done
-
-    todo = [u for u in units
-            if any((e, round(k, 6), b, t, w) not in done for e, k, b, t, w in grid()
-                   if (w, k) == u)]
-    bar = _tqdm(progress, total=len(units), initial=len(units) - len(todo), desc=part)
-    state.setdefault("loadavg", [])
-    for width, k in todo:
+    done = {record_key(r) for r in state["records"]} | {record_key(s) for s in state["skipped"]}
+    units = grid.units()
+    todo = [u for u in units if any(p.key() not in done for p in grid.points(u))]
+    progress_bar = bar(progress, total=len(units), initial=len(units) - len(todo), desc=part)
+    for unit in todo:
         load = _loadavg()
         if load is not None and load > 1.0 * _cores() and not state["loadavg"]:
             _say(progress, f"{part}: the machine is busy (1-min load {load:.1f} on {_cores()} "
                            f"cores): timings will be noisy and many flagged")
-        cases = build(width, k, skip_and_log)
+        points = []
+        for p in grid.points(unit):
+            if p.key() in done:
+                continue
+            reason = grid.skip(p)
+            if reason:
+                done.add(p.key())
+                state["skipped"].append({**p._asdict(), "reason": reason})
+            else:
+                points.append(p)
+        cases = grid.cases(unit, points)
         for case in cases:
             if case.name not in state["compile_s"]:
                 state["compile_s"][case.name] = _compile_seconds(case)
-        state["records"] += bench.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time,
-                                             max_case_s=cfg.max_case_s, progress=False)
+        state["records"] += stages.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time,
+                                              max_case_s=cfg.max_case_s, progress=False)
         for case in cases:
-            bench.check_case(case)
+            check_case(case)
         # 1-min load average when each unit started: a busy machine explains flagged timings
-        state["loadavg"].append({"width": width, "sparsity": k, "load": load})
+        state["loadavg"].append({"width": unit[0], "sparsity": unit[1], "load": load})
         save_part(folder, part, state)
-        bar.update(1)
-    bar.close()
+        progress_bar.update(1)
+    progress_bar.close()
     state["complete"] = True
     save_part(folder, part, state)
     return state
@@ -425,24 +260,17 @@ def _compile_seconds(case) -> float:
     warmup = getattr(case.engine, "warmup", None)
     if callable(warmup):
         return float(warmup(batch=1) + warmup(batch=256))
-    from sparsenet.bench import warm
+    from sparsenet.timing import warm
     return warm(case)
 
 
-def _tqdm(progress, **kw):
-    from tqdm.auto import tqdm
-    return tqdm(disable=not progress, **kw)
-
-
-def run_report(folder: Path, progress=True) -> Optional[Path]:
-    """report.build_report on the run folder; a failure is reported, not raised (results stay)."""
+def run_report(folder: Path, progress=True, stages: Stages = Stages()) -> Optional[Path]:
+    """The report of the run folder; a failure is reported, not raised (results stay)."""
     try:
-        from sparsenet.report import build_report
+        return stages.report(folder)
     except ImportError as exc:
         _say(progress, f"report skipped: sparsenet.report not importable ({exc})")
         return None
-    try:
-        return build_report(folder)
     except Exception as exc:  # the measurements are saved; the report can be rebuilt alone
         print(f"[study] report failed: {type(exc).__name__}: {exc}; rebuild it with "
               f"`sparsenet report {folder}`", file=sys.stderr)
@@ -451,79 +279,6 @@ def run_report(folder: Path, progress=True) -> Optional[Path]:
 
 # --- the whole study -----------------------------------------------------------------------------
 
-class FolderBusy(RuntimeError):
-    """Another study is running in the same run folder."""
-
-
-@contextmanager
-def run_lock(folder: Path):
-    """Hold an flock on ``<folder>/.lock`` for the run, the holder's pid and start time written in it:
-    two studies in one folder would write the same files and time on the same cores at once."""
-    try:
-        import fcntl
-    except ImportError:                    # no flock (Windows): run unlocked, as before
-        yield
-        return
-    f = _take_lock(Path(folder) / ".lock", fcntl)
-    try:
-        yield
-    finally:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        f.close()
-
-
-def _take_lock(path: Path, fcntl):
-    """The open, flocked lock file; FolderBusy naming the holder when a live process holds it."""
-    for _ in range(5):
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(f)
-            f.close()
-            if holder.get("pid") is None or _alive(holder["pid"]):
-                raise FolderBusy(f"{path.parent} is in use by another study (pid {holder.get('pid', '?')}, "
-                                 f"started {holder.get('started', '?')}); wait for it to end, or give this "
-                                 f"run another --run-id or --results-dir") from None
-            # held, but its study is gone (a child process kept the file open): a fresh file takes over
-            path.unlink(missing_ok=True)
-            continue
-        try:
-            same = os.fstat(f.fileno()).st_ino == path.stat().st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:                       # replaced by a take-over between open and flock: retry
-            f.close()
-            continue
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(),
-                            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
-        f.flush()
-        return f
-    raise FolderBusy(f"{path.parent}: could not take the lock {path}; try again")
-
-
-def _lock_holder(f) -> dict:
-    """What the lock file says of its holder ({} when unreadable: it may be writing it just now)."""
-    try:
-        f.seek(0)
-        holder = json.loads(f.read() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:                # alive, another user's
-        return True
-    return True
-
-
 def check_outputs(cfg: StudyConfig) -> None:
     """An OSError naming the folder unless the results folder and the model cache can be written:
     found before the data, training and timings, not when their results are saved."""
@@ -531,7 +286,7 @@ def check_outputs(cfg: StudyConfig) -> None:
     check_folder_writable(model_cache(cfg))
 
 
-def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
+def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages()) -> Path:
     """Run (or resume) every stage; returns the run folder."""
     check_outputs(cfg)
     t_start = time.perf_counter()
@@ -540,7 +295,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     def stage(name, fn, *args):
         t0 = time.perf_counter()
         _say(progress, f"{name} ...")
-        out = fn(*args)
+        out = fn(*args, stages=stages)
         times[name] = time.perf_counter() - t0
         _say(progress, f"{name}: {times[name]:.1f} s")
         return out
@@ -569,47 +324,29 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
 
 
 def summary(folder) -> list:
-    """Three lines: accuracy at 90% (or the largest k), a speed comparison, timing quality."""
+    """Three lines: accuracy at 90% (or the largest k), a speed comparison, timing quality
+    (every number from sparsenet.analysis)."""
+    from sparsenet import analysis
     from sparsenet.results import load_results
     res = load_results(folder)
     lines = []
     acc = res.get("accuracy")
     if acc:
-        dense = [a for a in acc["dense"]["accuracy"] if a is not None]
-        ks = acc["sparsities"]
-        k = 0.9 if any(abs(x - 0.9) < 1e-9 for x in ks) else max(ks)
-        parts = [f"dense {_mean(dense):.4f}"]
-        for c in acc["curves"]:
-            cks = c.get("sparsities", ks)
-            j = next((i for i, x in enumerate(cks) if abs(x - k) < 1e-9), None)
-            if j is not None:
-                vals = [a for a in c["accuracy"][j] if a is not None]
-                if vals:
-                    parts.append(f"{c['method']}/{c['recovery']} {_mean(vals):.4f}")
-        lines.append(f"accuracy at k={k:g}: " + ", ".join(parts))
+        s = analysis.accuracy_at(acc)
+        parts = [f"dense {s['dense']:.4f}"] + [f"{c['method']}/{c['recovery']} {c['accuracy']:.4f}"
+                                               for c in s["curves"]]
+        lines.append(f"accuracy at k={s['sparsity']:g}: " + ", ".join(parts))
     tim = res.get("timings")
     if tim and tim.get("records"):
-        recs = tim["records"]
-        b, t = min(r["batch"] for r in recs), min(r["threads"] for r in recs)
-        ks = sorted({r["sparsity"] for r in recs})
-        k = 0.9 if any(abs(x - 0.9) < 1e-9 for x in ks) else max(ks)
-        sel = {r["engine"]: r["median_s"] for r in recs
-               if r["batch"] == b and r["threads"] == t and abs(r["sparsity"] - k) < 1e-9}
-        dense = sorted((r["sparsity"], r["median_s"]) for r in recs if r["engine"] == "dense"
-                       and r["batch"] == b and r["threads"] == t)
-        base = sel.get("dense") or (dense[0][1] if dense else None)
-        if "dense" not in sel and dense:
-            sel = {f"dense (k={dense[0][0]:g})": base, **sel}
+        s = analysis.times_at(tim)
+        base = s["dense_s"]
+        sel = dict(s["seconds"])
+        if "dense" not in sel and base is not None:
+            sel = {f"dense (k={s['dense_sparsity']:g})": base, **sel}
         txt = ", ".join(f"{e} {v * 1e6:.0f} us" + (f" ({base / v:.1f}x)" if base else "")
                         for e, v in sel.items())
-        lines.append(f"batch {b}, {t} thread(s), k={k:g}: {txt}")
-        all_recs = recs + (res.get("scaling") or {}).get("records", [])
-        flagged = sum(r["flagged"] for r in all_recs)
-        spreads = sorted(r["spread"] for r in all_recs)
-        lines.append(f"{len(all_recs)} timings, {flagged} flagged (spread > 1.2); median spread "
-                     f"{spreads[len(spreads) // 2]:.3f}, worst {spreads[-1]:.2f}")
+        lines.append(f"batch {s['batch']}, {s['threads']} thread(s), k={s['sparsity']:g}: {txt}")
+        q = analysis.timing_quality(analysis.records_of(tim) + analysis.records_of(res.get("scaling")))
+        lines.append(f"{q['n']} timings, {q['flagged']} flagged (spread > 1.2); median spread "
+                     f"{q['median_spread']:.3f}, worst {q['worst_spread']:.2f}")
     return lines
-
-
-def _mean(xs):
-    return sum(xs) / len(xs) if xs else float("nan")

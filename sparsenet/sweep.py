@@ -10,18 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from sparsenet.files import read_json, write_json
 from sparsenet.model import evaluate
-from sparsenet.prune import METHODS, apply_masks, check_sparsity, make_masks, shrink
+from sparsenet.names import METHODS, RECOVERIES, SPARSITIES as SWEEP_SPARSITIES
+from sparsenet.progress import say
+from sparsenet.prune import apply_masks, check_sparsity, make_masks, shrink
 from sparsenet.train import fit
-
-SWEEP_SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-RECOVERIES = ("oneshot", "finetuned", "gradual")
 
 
 def evaluate_pruned(params, X, y, batch: int = 10000):
@@ -279,10 +277,8 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
                 curve["accuracy"][j].append(acc[j])
                 curve["loss"][j].append(loss[j])
             curve["seeds"].append(seed)
-            if progress:
-                print(f"[sweep] {curve['recovery']}/{curve['method']} seed {seed}: "
-                      f"{time.perf_counter() - t:.1f} s, acc " +
-                      " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), file=sys.stderr, flush=True)
+            say("sweep", f"{curve['recovery']}/{curve['method']} seed {seed}: {time.perf_counter() - t:.1f} s, acc "
+                + " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), progress)
             update(result)
     _reorder_seeds(result)
     result["complete"] = True

@@ -6,24 +6,22 @@ The step keeps matmuls in BLAS (into preallocated buffers) and uses the Numba ke
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import sys
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from sparsenet import __version__
 from sparsenet import train_kernels as K
 from sparsenet.data import to_float
+from sparsenet.hashing import short_hash
+from sparsenet.progress import bar as progress_bar, say
 from sparsenet.model import DEFAULT_SIZES, Layer, evaluate, he_init, layer_sizes
+from sparsenet.threads import limit
 
 
 class TrainingError(RuntimeError):
@@ -198,21 +196,9 @@ class _Trainer:
         return loss, n_correct
 
 
-@contextmanager
 def threads_limited(n: Optional[int]):
-    """BLAS and Numba use `n` threads inside the block (None: leave them as they are)."""
-    if n is None:
-        yield
-        return
-    import numba
-
-    old = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        with threadpool_limits(n):
-            yield
-    finally:
-        numba.set_num_threads(old)
+    """BLAS and Numba use `n` threads inside the block (None: leave them as they are); threads.limit."""
+    return nullcontext() if n is None else limit(int(n))
 
 
 def _copy(params):
@@ -262,8 +248,8 @@ def _fit(params, X_train, y_train, X_val, y_val, cfg, masks, mask_schedule, prog
         order = rng.permutation(n)
         loss_sum = correct = seen = 0
         masks_changed = False
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=True, file=sys.stderr, mininterval=0.5)
+        bar = progress_bar(progress, iterable=range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           leave=True, mininterval=0.5)
         for s in bar:
             if mask_schedule is not None:
                 with _ReadOnly(tr.params):
@@ -344,9 +330,8 @@ def _train(dataset, cfg, progress, threads):
                           progress=progress)
     test_acc, test_loss = evaluate(params, to_float(dataset.test_images), dataset.test_labels)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-    if progress:
-        print(f"{dataset.name} seed {cfg.seed}: test accuracy {test_acc:.4f} "
-              f"(loss {test_loss:.4f}), {seconds:.0f} s", file=sys.stderr)
+    say("", f"{dataset.name} seed {cfg.seed}: test accuracy {test_acc:.4f} (loss {test_loss:.4f}), "
+            f"{seconds:.0f} s", progress)
     best = history["best_epoch"] - 1
     meta = {"dataset": dataset.name, "source": getattr(dataset, "source", None), "sizes": list(cfg.sizes),
             "bias": cfg.bias, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
@@ -367,9 +352,8 @@ def fingerprint(dataset) -> str:
 def config_hash(cfg: TrainConfig, dataset_name: str, data_fingerprint: str = "") -> str:
     """Short hash of every config field, the dataset name, the data's fingerprint and the sparsenet
     version: other files under the same name (say, other labels) get another hash."""
-    text = json.dumps({"config": dataclasses.asdict(cfg), "dataset": dataset_name, "data": data_fingerprint,
-                       "version": __version__}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_hash({"config": dataclasses.asdict(cfg), "dataset": dataset_name, "data": data_fingerprint,
+                       "version": __version__}, 16)
 
 
 def cached_train(dataset, cfg: TrainConfig, cache_dir, progress: bool = True,
@@ -386,7 +370,7 @@ def cached_train(dataset, cfg: TrainConfig, cache_dir, progress: bool = True,
                                                  "data_fingerprint": fingerprint(dataset),
                                                  "sizes": list(cfg.sizes)})
         except checkpoint.CheckpointError as exc:
-            print(f"retraining: {exc}", file=sys.stderr)
+            say("", f"retraining: {exc}")
     params, meta = train(dataset, cfg, progress=progress, threads=threads)
     checkpoint.save(path, params, meta)
     return params, meta

@@ -13,6 +13,9 @@ def test_machine_info_keys():
         assert pkg in info["versions"]
     assert set(info["env"]) >= {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
     assert "peaks" not in info
+    from sparsenet.plan import cpu
+    assert info["isa"] == cpu().isa in ("avx512", "avx2", "neon", "generic")
+    assert info["numba_cpu"] == cpu().name
     json.dumps(info)                                   # JSON-ready as is
 
 

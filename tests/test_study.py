@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 
-from sparsenet import bench, study
+import dataclasses
+
+from sparsenet import grid, names, study
 from sparsenet.files import read_json
-from sparsenet.model import he_init, layer_sizes
+from sparsenet.model import he_init
+from sparsenet.study_config import StudyConfig
 
 SIZES = (784, 48, 32, 10)
 
@@ -30,83 +33,74 @@ SIZES = (784, 48, 32, 10)
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        study.StudyConfig(**kwargs)
+        StudyConfig(**kwargs)
 
 
 def test_config_defaults_and_quick(tmp_path):
-    cfg = study.StudyConfig()
+    cfg = StudyConfig()
     assert cfg.seeds == (0, 1, 2) and len(cfg.sparsities) == 10 and cfg.batches == (1, 16, 256, 4096)
-    q = study.StudyConfig.quick(results_dir=str(tmp_path), sparsities=[0, 0.9])
+    q = StudyConfig.quick(results_dir=str(tmp_path), sparsities=[0, 0.9])
     assert q.is_quick and q.sparsities == (0.0, 0.9) and q.threads == (1,) and q.train_subset
     # the run id follows the measured config, not where results go
-    assert study.StudyConfig(results_dir="x").folder().name == study.StudyConfig().folder().name
-    assert study.StudyConfig(seeds=(0,)).folder().name != cfg.folder().name
-    assert study.StudyConfig(run_id="mine").folder().name == "mine"
+    assert StudyConfig(results_dir="x").folder().name == StudyConfig().folder().name
+    assert StudyConfig(seeds=(0,)).folder().name != cfg.folder().name
+    assert StudyConfig(run_id="mine").folder().name == "mine"
 
 
 # --- a tiny study ------------------------------------------------------------------------------
 
 @pytest.fixture
-def tiny(monkeypatch, tmp_path):
-    """Synthetic data, a small untrained net instead of training, quick peaks; call counters."""
-    from sparsenet import data, machine, train
+def tiny(tmp_path):
+    """Synthetic data, a small untrained net instead of training, quick peaks, no report; call
+    counters. Returns (cfg, calls, stages): pass `stages` to run_study."""
+    from sparsenet import data, sweep, timing
     calls = {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
     rng = np.random.default_rng(0)
     ds = data.Dataset("mnist", rng.integers(0, 256, (600, 784), dtype=np.uint8),
                       rng.integers(0, 10, 600).astype(np.uint8),
                       rng.integers(0, 256, (200, 784), dtype=np.uint8),
                       rng.integers(0, 10, 200).astype(np.uint8), "synthetic")
-    monkeypatch.setattr(data, "load", lambda *a, **k: ds)
 
     def cached_train(dataset, cfg, cache_dir, progress=True):
         calls["train"] += 1
         return he_init(SIZES, seed=cfg.seed), {"test_acc": 0.1}
-    monkeypatch.setattr(train, "cached_train", cached_train)
-
-    from sparsenet import sweep
-    real_sweep = sweep.run_and_save
 
     def run_and_save(*a, **k):
         calls["sweep"] += 1
-        return real_sweep(*a, **k)
-    monkeypatch.setattr(sweep, "run_and_save", run_and_save)
+        return sweep.run_and_save(*a, **k)
 
     def peaks(threads=(1,), quick=False):
         calls["peaks"] += 1
         return {"sgemm_gflops": {str(t): 1.0 for t in threads}, "bandwidth_gbs": 1.0}
-    monkeypatch.setattr(machine, "measure_peaks", peaks)
-
-    from sparsenet import report
 
     def build_report(folder):
         calls["report"] += 1                    # the report has its own tests; here: it is called
         return folder / "report" / "report.md"
-    monkeypatch.setattr(report, "build_report", build_report)
-
-    real_time = bench.time_cases
 
     def time_cases(cases, **k):
         calls["time_cases"] += 1
-        return real_time(cases, **k)
-    monkeypatch.setattr(bench, "time_cases", time_cases)
-    cfg = study.StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
-                            widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
-                            finetune_epochs=1,
-                            finetune_sparsities=(0.5,), rounds=2, min_time=0.0005,
-                            results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
-    return cfg, calls
+        return timing.time_cases(cases, **k)
+
+    stages = study.Stages(load_data=lambda *a, **k: ds, train=cached_train, sweep=run_and_save, peaks=peaks,
+                          time_cases=time_cases, report=build_report)
+    cfg = StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
+                      widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
+                      finetune_epochs=1,
+                      finetune_sparsities=(0.5,), rounds=2, min_time=0.0005,
+                      results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
+    return cfg, calls, stages
 
 
 def test_tiny_study_writes_all_parts_and_resumes(tiny):
-    cfg, calls = tiny
-    folder = study.run_study(cfg, progress=False)
+    cfg, calls, stages = tiny
+    folder = study.run_study(cfg, progress=False, stages=stages)
     for part in ("config", "machine", "accuracy", "timings", "scaling"):
         assert (folder / f"{part}.json").exists(), part
     assert read_json(folder / "config.json")["study"]["seeds"] == [0, 1]
     timings = read_json(folder / "timings.json")
     assert timings["complete"] and set(timings["compile_s"]) == set(cfg.engines)
     recs = timings["records"]
-    n_engines = sum(len(study.engines_at(cfg, cfg.engines, k)) for k in cfg.sparsities)
+    n_engines = sum(len(grid.engines_at(cfg.engines, k, cfg.sparsities)) for k in cfg.sparsities)
     assert n_engines == 4 + 3 + 3                          # dense at k = 0 only by default
     assert len(recs) == n_engines * 2                       # engines x batches (1 thread)
     by = {(r["engine"], r["sparsity"], r["batch"]): r for r in recs}
@@ -124,60 +118,54 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert calls["report"] == 1
     assert len(study.summary(folder)) == 3
 
-    study.run_study(cfg, progress=False)                    # everything done: nothing re-measured
+    study.run_study(cfg, progress=False, stages=stages)                    # everything done: nothing re-measured
     assert calls["sweep"] == 1 and calls["peaks"] == 1 and calls["time_cases"] == 6
 
 
-def test_interrupted_timings_resume(tiny, monkeypatch):
-    cfg, calls = tiny
-    real = bench.time_cases
+def test_interrupted_timings_resume(tiny):
+    cfg, calls, stages = tiny
+    from sparsenet import timing
 
     def failing(cases, **k):
         if calls["time_cases"] >= 1:
             raise KeyboardInterrupt
         calls["time_cases"] += 1
-        return real(cases, **k)
-    monkeypatch.setattr(bench, "time_cases", failing)
+        return timing.time_cases(cases, **k)
     with pytest.raises(KeyboardInterrupt):
-        study.run_study(cfg, progress=False)
+        study.run_study(cfg, progress=False, stages=dataclasses.replace(stages, time_cases=failing))
     part = read_json(cfg.folder() / "timings.json")
     assert not part["complete"] and {r["sparsity"] for r in part["records"]} == {0.0}
 
-    monkeypatch.setattr(bench, "time_cases", real)
-    calls["time_cases"] = 0
     timed = []
-    monkeypatch.setattr(bench, "time_cases",
-                        lambda cases, **k: timed.append({c.sparsity for c in cases}) or real(cases, **k))
-    study.run_study(cfg, progress=False)
+    resumed = dataclasses.replace(
+        stages, time_cases=lambda cases, **k: timed.append({c.sparsity for c in cases}) or timing.time_cases(cases, **k))
+    study.run_study(cfg, progress=False, stages=resumed)
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
     assert part["complete"] and len(part["records"]) == (4 + 3 + 3) * 2
 
 
-def test_engines_at():
-    cfg = study.StudyConfig(sparsities=(0.0, 0.5))
-    assert study.engines_at(cfg, cfg.engines, 0.0) == cfg.engines
-    assert "dense" not in study.engines_at(cfg, cfg.engines, 0.5)
-    every = study.StudyConfig(sparsities=(0.0, 0.5), dense_every_k=True)
-    assert study.engines_at(every, every.engines, 0.5) == every.engines
+def test_the_grid_builds_and_resumes_from_one_source(tiny):
+    """The grid the timings stage walks is the one its records are checked against on resume."""
+    cfg, _, stages = tiny
+    g = study.timing_grid(cfg, he_init(SIZES))
+    assert [p.key() for p in g.all_points()] == [
+        (e, k, b, 1, None) for k in cfg.sparsities for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
+        for b in cfg.batches]
+    every = study.timing_grid(dataclasses.replace(cfg, dense_every_k=True), he_init(SIZES))
+    assert len(every.all_points()) == 4 * 3 * 2
+    s = study.scaling_grid(cfg)
+    assert s.units() == [(64, k) for k in cfg.sparsities] and s.engines == ("dense", "csr")
 
 
 def test_other_config_in_folder_is_refused(tiny):
-    cfg, _ = tiny
+    cfg, _, stages = tiny
     folder = cfg.folder()
     folder.mkdir(parents=True)
     study.write_config(cfg, folder)
-    import dataclasses
     other = dataclasses.replace(cfg, rounds=5, run_id=folder.name)
     with pytest.raises(ValueError, match="another configuration"):
         study.write_config(other, folder)
-
-
-def test_scaling_cases_skip_reasons():
-    cases = bench.scaling_cases(64, 0.5, ("dense", "csr"), (1, 4), (1,),
-                                skip=lambda e, k, b, t, w: "too big" if e == "dense" and b == 4 else None)
-    assert [(c.name, c.batch) for c in cases] == [("dense", 1), ("csr", 1), ("csr", 4)]
-    assert layer_sizes(cases[0].params) == (64, 64) and cases[0].width == 64
 
 
 @pytest.mark.slow
@@ -189,7 +177,9 @@ def test_quick_study_end_to_end(quick_study_folder):
     acc = read_json(folder / "accuracy.json")
     assert acc["complete"] and acc["dense"]["accuracy"][0] > 0.9      # the synthetic classes are learnable
     timings = read_json(folder / "timings.json")
-    assert {r["engine"] for r in timings["records"]} == set(study.ENGINES)
+    assert {r["engine"] for r in timings["records"]} == set(names.ENGINES)
+    assert all(r["kernel"] and r["isa"] and r["plan"]["layers"] for r in timings["records"])
+    assert read_json(folder / "machine.json")["isa"] == timings["records"][0]["isa"]
     assert all(r["median_s"] > 0 and r["spread"] >= 1 for r in timings["records"])
     summary = read_json(folder / "report" / "summary.json")
     assert summary["verdict"]["answer"] in ("true", "false", "partly")
@@ -204,42 +194,39 @@ def test_threads_beyond_the_available_are_refused_in_the_config(monkeypatch, kwa
     import numba
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
     with pytest.raises(ValueError, match=match + r" \(NUMBA_NUM_THREADS\)"):
-        study.StudyConfig(**kwargs)
+        StudyConfig(**kwargs)
 
 
 def test_too_many_threads_stop_the_study_before_any_stage(tiny, monkeypatch):
     """Not after data, training, the sweep and a 99-thread 'peak' in machine.json."""
-    import dataclasses
     import numba
-    cfg, calls = tiny
+    cfg, calls, stages = tiny
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
     with pytest.raises(ValueError, match="threads 99 exceed"):
-        study.run_study(dataclasses.replace(cfg, threads=(1, 99)), progress=False)
+        study.run_study(dataclasses.replace(cfg, threads=(1, 99)), progress=False, stages=stages)
     assert calls == {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
     assert not (tiny[0].folder().parent).exists()
 
 
-def test_other_data_under_the_same_name_gets_its_own_run_folder(tiny, monkeypatch):
+def test_other_data_under_the_same_name_gets_its_own_run_folder(tiny):
     """A --data-dir of non-official files (other labels) does not share the official run's folder."""
-    import dataclasses
-    from sparsenet import data
-    cfg, calls = tiny
-    official = data.load()
+    cfg, calls, stages = tiny
+    official = stages.load_data("mnist")
     other = official._replace(train_labels=(official.train_labels + 1) % 10, md5=("b" * 32,) * 4)
     official = official._replace(md5=("a" * 32,) * 4)
-    seen = []
-    monkeypatch.setattr(data, "load", lambda name, data_dir=None, **k: other if data_dir else official)
-    from sparsenet import train
-    real = train.cached_train
-    monkeypatch.setattr(train, "cached_train", lambda ds, *a, **k: seen.append(ds.fingerprint) or real(ds, *a, **k))
-    a = study.run_study(cfg, progress=False)
-    b = study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere"), progress=False)
+    seen, base = [], stages
+    stages = dataclasses.replace(
+        base, load_data=lambda name, data_dir=None, **k: other if data_dir else official,
+        train=lambda ds, *a, **k: seen.append(ds.fingerprint) or base.train(ds, *a, **k))
+    a = study.run_study(cfg, progress=False, stages=stages)
+    b = study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere"), progress=False, stages=stages)
     assert a != b and calls["sweep"] == 2                                  # b measured afresh
     assert read_json(a / "config.json")["data"]["fingerprint"] == official.fingerprint
     assert read_json(b / "config.json")["data"]["fingerprint"] == other.fingerprint
     assert seen == [official.fingerprint] * 2 + [other.fingerprint] * 2    # the nets see their own data
     with pytest.raises(ValueError, match="holds results of other data .*fingerprint"):
-        study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere", run_id=a.name), progress=False)
+        study.run_study(dataclasses.replace(cfg, data_dir="/elsewhere", run_id=a.name), progress=False,
+                        stages=stages)
 
 
 # --- one study per run folder ------------------------------------------------------------------
@@ -267,12 +254,12 @@ def _dead_pid() -> int:
 
 def test_a_second_study_on_the_same_folder_is_refused(tiny):
     import os
-    cfg, calls = tiny
+    cfg, calls, stages = tiny
     lock = _hold_lock(cfg.folder() / ".lock", os.getpid())
     try:
         with pytest.raises(RuntimeError, match=rf"in use by another study \(pid {os.getpid()}, started "
                                                r"2024-01-01T00:00:00\+00:00\)"):
-            study.run_study(cfg, progress=False)
+            study.run_study(cfg, progress=False, stages=stages)
     finally:
         lock.close()
     assert calls["train"] == 0 and not (cfg.folder() / "config.json").exists()
@@ -281,30 +268,27 @@ def test_a_second_study_on_the_same_folder_is_refused(tiny):
 def test_the_lock_names_the_holder_and_is_released(tiny):
     import json
     import os
-    cfg, _ = tiny
+    cfg, _, stages = tiny
     seen = {}
-    real = study.write_config
 
-    def spy(cfg, folder, ds=None):
-        seen.update(json.loads((folder / ".lock").read_text()))
-        return real(cfg, folder, ds)
-    import unittest.mock
-    with unittest.mock.patch.object(study, "write_config", spy):
-        folder = study.run_study(cfg, progress=False)
+    def train(ds, train_cfg, cache_dir, progress=True):        # runs inside the lock
+        seen.update(json.loads((cfg.folder(ds.fingerprint) / ".lock").read_text()))
+        return stages.train(ds, train_cfg, cache_dir, progress=progress)
+    folder = study.run_study(cfg, progress=False, stages=dataclasses.replace(stages, train=train))
     assert seen["pid"] == os.getpid() and seen["started"]
     _hold_lock(folder / ".lock", os.getpid()).close()                   # released after the run
 
 
 def test_a_stale_lock_is_taken_over(tiny):
-    cfg, calls = tiny
+    cfg, calls, stages = tiny
     dead = _dead_pid()
     # holder gone, flock not held: only the file is left
     _hold_lock(cfg.folder() / ".lock", dead).close()
-    study.run_study(cfg, progress=False)
+    study.run_study(cfg, progress=False, stages=stages)
     # flock still held (say, by a child that inherited it), but the pid written is dead
     lock = _hold_lock(cfg.folder() / ".lock", dead)
     try:
-        study.run_study(cfg, progress=False)
+        study.run_study(cfg, progress=False, stages=stages)
     finally:
         lock.close()
     assert calls["train"] == 2 * len(cfg.seeds)

@@ -7,25 +7,29 @@ Method (one place, so the study and the pytest-benchmark suites agree):
   ``min_time`` (a batch-1 call of a few microseconds is timed in a loop; per-call time = loop / calls);
 - rounds are interleaved: round r times every case once, in an order shuffled by (seed, r), so slow
   drift (turbo, a neighbour's load) hits all engines alike;
-- thread limits (BLAS through threadpoolctl, Numba through ``numba.set_num_threads``) are held around
-  each case's timing loop, not per call; the garbage collector is off inside a loop;
+- thread limits (threads.limit, or the engine's threads_context) are held around each case's
+  timing loop, not per call; the garbage collector is off inside a loop;
 - ``median_s`` is the median over rounds of the per-call time, ``min_s``/``max_s`` the extremes,
-  ``spread = max_s / min_s`` and ``flagged = spread > SPREAD_LIMIT`` (results.py has the schema).
+  ``spread = max_s / min_s`` and ``flagged = spread > SPREAD_LIMIT``; every record also names the
+  kernel plan of the timed call (results.py has the schema).
+
+Which cases to time is grid.py's job; this module times whatever cases it is given.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from sparsenet.model import Layer, forward, layer_sizes
+from sparsenet.model import forward, layer_sizes
+from sparsenet.progress import bar as progress_bar
 from sparsenet.results import SPREAD_LIMIT
+from sparsenet.threads import blas_library, limit
 
 ROUNDS = 7          # default rounds per case
 MIN_TIME = 0.02     # default seconds per round (per case)
@@ -82,21 +86,13 @@ def make_case(name: str, params, *, method: str, sparsity: float, batch: int, th
                 threads=int(threads), params=tuple(params), width=width)
 
 
-# --- thread limits -------------------------------------------------------------------------------
-
-def hold_threads(n: int):
-    """Limit BLAS and Numba to `n` threads inside the block (threads.limit: the one owner)."""
-    from sparsenet.threads import limit
-    return limit(int(n))
-
+# --- thread limits and the loop ------------------------------------------------------------------
 
 def threads_held(case):
-    """Context holding a case's thread limits: the engine's own threads_context when it has one."""
+    """Context holding a case's thread limits: the engine's own threads_context when it has one,
+    else threads.limit (the one owner of BLAS and Numba thread limits)."""
     ctx = getattr(case.engine, "threads_context", None)
-    return ctx() if callable(ctx) else hold_threads(case.threads)
-
-
-_hold = threads_held
+    return ctx() if callable(ctx) else limit(case.threads)
 
 
 @contextlib.contextmanager
@@ -128,7 +124,7 @@ def calibrate(case: Case, min_time: float = MIN_TIME, max_calls: int = MAX_CALLS
     ``case.round_s`` keeps the estimated seconds of one round.
     """
     n = 1
-    with _hold(case), gc_off():
+    with threads_held(case), gc_off():
         while True:
             t = _loop(case.engine, case.X, n)
             if t >= min_time / 5 or n >= max_calls:
@@ -138,9 +134,11 @@ def calibrate(case: Case, min_time: float = MIN_TIME, max_calls: int = MAX_CALLS
     case.calls = int(min(max(calls, 1), max_calls))
     case.round_s = t / n * case.calls
     return case.calls
+
+
 def warm(case: Case) -> float:
     """One call outside the timer (the compile, for a Numba engine); its seconds."""
-    with _hold(case):
+    with threads_held(case):
         t0 = time.perf_counter()
         case.engine(case.X)
         return time.perf_counter() - t0
@@ -207,7 +205,7 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
     cases = list(cases)
     if rounds < 1 or min_time < 0:
         raise ValueError(f"need rounds >= 1 and min_time >= 0, got {rounds}, {min_time}")
-    bar = _bar(progress, total=len(cases) * (rounds + 1), desc="timing")
+    bar = progress_bar(progress, total=len(cases) * (rounds + 1), desc="timing", leave=False)
     n_rounds = []
     for case in cases:
         for _ in range(warmup):
@@ -229,7 +227,7 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
             case = cases[i]
             settle(previous, case)
             previous = case
-            with _hold(case), gc_off():
+            with threads_held(case), gc_off():
                 t = _loop(case.engine, case.X, case.calls)
             per_call[i].append(t / case.calls)
             bar.update(1)
@@ -256,22 +254,8 @@ def settle(previous: Optional[Case], case: Case) -> None:
 
 def _probe(case: Case) -> float:
     """Seconds of one round of `case` (calibrated calls), measured once."""
-    with _hold(case), gc_off():
+    with threads_held(case), gc_off():
         return _loop(case.engine, case.X, case.calls)
-
-
-def _bar(progress, total, desc):
-    if progress:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, leave=False)
-
-    class _Null:
-        def update(self, n=1):
-            pass
-
-        def close(self):
-            pass
-    return _Null()
 
 
 # --- checking and context ------------------------------------------------------------------------
@@ -291,7 +275,7 @@ def check_case(case: Case, out: Optional[np.ndarray] = None, rtol: float = 1e-4,
     with its terms).
     """
     if out is None:
-        with _hold(case):
+        with threads_held(case):
             out = case.engine(case.X)
     out = np.asarray(out)
     if out.shape[0] != case.batch:
@@ -307,16 +291,6 @@ def check_case(case: Case, out: Optional[np.ndarray] = None, rtol: float = 1e-4,
                              f"(scale {scale:.3g})")
 
 
-def blas_info() -> dict:
-    """The BLAS library threadpoolctl sees: its name, version and `architecture` (kernel)."""
-    from threadpoolctl import threadpool_info
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas":
-            return {"blas": lib.get("internal_api"), "blas_version": lib.get("version"),
-                    "blas_architecture": lib.get("architecture")}
-    return {"blas": None, "blas_version": None, "blas_architecture": None}
-
-
 def extra_info(case: Case) -> dict:
     """Context for pytest-benchmark's extra_info: sizes, counts, threads, BLAS kernel, numba."""
     import numba
@@ -325,7 +299,7 @@ def extra_info(case: Case) -> dict:
                                 "nbytes", "call_nbytes", "layout", "flops", "layer_sizes", "width")}
     info.update({k: rec[k] for k in ("kernel", "isa") if k in rec})
     info["calls"] = case.calls
-    info.update(blas_info())
+    info.update(blas_library())
     info["numba"] = numba.__version__
     return info
 
@@ -338,161 +312,3 @@ def pedantic_kwargs(case: Case, rounds: int = ROUNDS, min_time: float = MIN_TIME
     if case.calls is None:
         calibrate(case, min_time)
     return {"args": (case.X,), "iterations": case.calls, "rounds": rounds, "warmup_rounds": 0}
-
-
-# --- grids of cases ------------------------------------------------------------------------------
-
-def pruned(params, method: str, sparsity: float):
-    """The net an engine is built from: weight-pruned, neuron-pruned, or as is (k = 0 / none)."""
-    from sparsenet import prune
-    if method == "none":
-        return tuple(params)
-    return prune.apply_masks(params, prune.make_masks(params, method, sparsity))
-
-
-def method_for(engine: str) -> str:
-    """Neuron pruning feeds the shrunk engine; weight pruning feeds every other one."""
-    return "neuron" if engine == "shrunk" else "weight"
-
-
-SHARE_BYTES = 256 * 2 ** 20   # engines above this size are shared across batch sizes
-
-
-def _engines_for(name, params, threads, batches, nbytes_estimate):
-    """{batch: engine}: one engine per batch size (an engine may keep buffers sized for the last
-    batch it ran, and interleaved rounds would otherwise re-allocate them inside the timer), or one
-    shared engine when it is too large to build several times."""
-    from sparsenet.engines import make_engine
-    if nbytes_estimate > SHARE_BYTES:
-        engine = make_engine(name, params, threads=threads)
-        return {b: engine for b in batches}
-    return {b: make_engine(name, params, threads=threads) for b in batches}
-
-
-def _estimate_nbytes(params) -> int:
-    return sum(8 * int(np.count_nonzero(layer.weight)) for layer in params)
-
-
-def mlp_cases(params, engines: Iterable[str], sparsity: float, batches: Iterable[int],
-              threads: Iterable[int], seed: int = 0, skip: Optional[Callable] = None) -> list:
-    """Cases for one sparsity: every engine x threads x batch, one input per batch size.
-
-    `skip(engine, sparsity, batch, threads, width)` may return a reason to leave a case out.
-    """
-    batches, threads = list(batches), list(threads)
-    n_in = layer_sizes(params)[0]
-    inputs = {b: make_input(b, n_in, seed) for b in batches}
-    nets, out = {}, []
-    for name in engines:
-        method = method_for(name)
-        for t in threads:
-            keep = [b for b in batches if not (skip and skip(name, sparsity, b, t, None))]
-            if not keep:
-                continue
-            if method not in nets:
-                nets[method] = pruned(params, method, sparsity)
-            net = nets[method]
-            built = _engines_for(name, net, t, keep, _estimate_nbytes(net))
-            out += [make_case(name, net, method=method, sparsity=sparsity, batch=b, threads=t,
-                              engine=built[b], X=inputs[b]) for b in keep]
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _base_layer(width: int, seed: int) -> np.ndarray:
-    """He-normal (width, width) float32 weights, kept for the sparsities of one width."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((width, width), dtype=np.float32)
-    w *= np.float32(np.sqrt(2.0 / width))
-    w.flags.writeable = False
-    return w
-
-
-EXACT_PRUNE_SIZE = 2 ** 25      # above this many weights, the threshold comes from a sample
-
-
-def scaling_params(width: int, sparsity: float, seed: int = 0) -> tuple:
-    """One layer, n_in = n_out = width, He-normal and magnitude-pruned to `sparsity` (linear, no ReLU).
-
-    prune.weight_prune's stable argsort would take minutes at width 16384 (268M weights), so this
-    prunes below a threshold: from np.partition of all |w| up to EXACT_PRUNE_SIZE weights (exact
-    count up to ties, which random float32 normals almost never have), beyond that from a sorted
-    random sample of 2^24 |w| (sparsity within ~0.0003 of the target; records carry the real nnz).
-    The weights of a width are generated once (cached).
-    """
-    w = _base_layer(int(width), int(seed))
-    n_prune = round(float(sparsity) * w.size)
-    if n_prune == 0:
-        return (Layer(w.copy(), None),)
-    a = np.abs(w).ravel()
-    if w.size <= EXACT_PRUNE_SIZE:
-        threshold = np.partition(a, n_prune - 1)[n_prune - 1]     # the largest pruned magnitude
-    else:
-        sample = np.sort(a[np.random.default_rng(seed).integers(0, a.size, 2 ** 24)])
-        threshold = sample[min(round(sparsity * sample.size), sample.size - 1)]
-    del a
-    return (Layer(np.where(np.abs(w) > threshold, w, np.float32(0)), None),)
-
-
-RATES_GFLOPS = {"dense": 40.0, "csr": 8.0, "csr-scipy": 4.0, "shrunk": 40.0}
-# conservative 1-thread rates: measured on the MLP at batch 4096 on a busy Zen4 core dense 42,
-# csr 10-12, csr-scipy 6 GFLOP/s; used only to predict (and skip) very slow cases
-
-
-def skip_reason(engine: str, n_weights: int, sparsity: float, batch: int, n_io: int,
-                max_bytes: float = 2e9, max_call_s: float = 2.0) -> Optional[str]:
-    """Why a case should not be timed (too much memory, or a call predicted too slow), or None.
-
-    Memory: weights (dense 4 B/entry; CSR 8 B/nonzero) + input and output (n_io floats per row);
-    the limit leaves room for the temporaries of building an engine (a dense copy, CSR indices).
-    Time: flops (all weights for dense/shrunk, nonzeros for CSR) over RATES_GFLOPS.
-    """
-    nnz = round((1.0 - sparsity) * n_weights)
-    dense = engine in ("dense", "shrunk")
-    mem = (4 * n_weights if dense else 8 * nnz) + 4 * batch * n_io
-    if mem > max_bytes:
-        return f"{mem / 1e9:.1f} GB > {max_bytes / 1e9:.1f} GB"
-    secs = 2.0 * batch * (n_weights if dense else nnz) / (RATES_GFLOPS.get(engine, 1.0) * 1e9)
-    if secs > max_call_s:
-        return f"predicted {secs:.1f} s per call > {max_call_s:g} s"
-    return None
-
-
-def scaling_skip(engine: str, sparsity: float, batch: int, width: int, max_bytes: float = 1.2e9,
-                 max_call_s: float = 2.0) -> Optional[str]:
-    """skip_reason for one square layer of `width`."""
-    return skip_reason(engine, width * width, sparsity, batch, 2 * width, max_bytes, max_call_s)
-
-
-def mlp_skip(params, max_call_s: float = 2.0, max_bytes: float = 1.2e9) -> Callable:
-    """skip(engine, sparsity, batch, threads, width) for the MLP grid (csr-scipy and csr at batch
-    4096 and low k, mainly)."""
-    sizes = layer_sizes(params)
-    n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def skip(engine, sparsity, batch, threads, width=None):
-        return skip_reason(engine, n_weights, sparsity, batch, sizes[0] + sizes[-1] + 2 * max(sizes),
-                           max_bytes, max_call_s)
-    return skip
-
-
-def scaling_cases(width: int, sparsity: float, engines: Iterable[str], batches: Iterable[int],
-                  threads: Iterable[int], seed: int = 0, skip: Optional[Callable] = None) -> list:
-    """Cases for one (width, sparsity) of the one-layer scaling study; skip(...) as in mlp_cases."""
-    batches, threads = list(batches), list(threads)
-    params = None
-    inputs, out = {}, []
-    for name in engines:
-        for t in threads:
-            keep = [b for b in batches if not (skip and skip(name, sparsity, b, t, width))]
-            if not keep:
-                continue
-            if params is None:
-                params = scaling_params(width, sparsity, seed)
-            built = _engines_for(name, params, t, keep, _estimate_nbytes(params))
-            for b in keep:
-                if b not in inputs:
-                    inputs[b] = make_input(b, width, seed)
-                out.append(make_case(name, params, method="weight", sparsity=sparsity, batch=b,
-                                     threads=t, width=width, engine=built[b], X=inputs[b]))
-    return out

@@ -1,0 +1,67 @@
+"""The vocabulary: engine, pruning-method and data-set names, the default grids, and which pruning
+each engine is timed on. Every other module imports these; adding an engine, a method or a data set
+is one edit here plus its implementation (engines.py, prune.py, data.py).
+
+Pure constants and lookups: no imports beyond the standard library, so anything may import it.
+"""
+from __future__ import annotations
+
+# --- names ---------------------------------------------------------------------------------------
+
+ENGINES = ("dense", "csr", "csr-scipy", "shrunk")   # inference engines, in the order reports use
+METHODS = ("weight", "neuron")                     # pruning methods (prune.make_masks)
+UNPRUNED = "none"                                  # the method of a net nobody pruned
+DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
+RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the accuracy sweep
+
+# which pruning each engine is timed on: shrunk runs the neuron-pruned net (physically smaller);
+# the others run the weight-pruned net (dense multiplies its zeros, the sparse engines skip them)
+ENGINE_METHOD = {"dense": "weight", "csr": "weight", "csr-scipy": "weight", "shrunk": "neuron"}
+SCALING_ENGINES = ("dense", "csr")                 # engines of the one-layer width-scaling study
+
+# --- default grids -------------------------------------------------------------------------------
+
+SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)  # k: fraction removed
+BATCHES = (1, 16, 256, 4096)                       # batch sizes timed
+THREADS = (1, 2)                                   # thread limits timed (BLAS and Numba alike)
+WIDTHS = (1024, 4096, 16384)                       # scaling study: one square layer of each width
+SCALING_THREADS = (1,)                             # thread limits of the scaling study
+SCALING_SPARSITIES = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)  # k of the scaling study (a 16k layer: ~20 s per k)
+FINETUNE_SPARSITIES = (0.8, 0.9, 0.95)             # k fine-tuned after pruning
+
+# the small grids of `--quick` (StudyConfig.quick) and SPARSENET_BENCH_QUICK=1 (bench/)
+QUICK_SPARSITIES = (0.0, 0.5, 0.9)
+QUICK_BATCHES = (1, 256)
+QUICK_THREADS = (1,)
+QUICK_WIDTHS = (1024,)
+
+assert set(ENGINE_METHOD) == set(ENGINES) and set(ENGINE_METHOD.values()) <= set(METHODS)
+assert set(SCALING_ENGINES) <= set(ENGINES)
+
+
+def method_of(engine: str) -> str:
+    """The pruning method whose net `engine` is timed on (unknown engines: weight)."""
+    return ENGINE_METHOD.get(engine, "weight")
+
+
+def engines_of(method: str) -> tuple:
+    """The engines that run a `method`-pruned net, in ENGINES order; the unpruned net runs on dense."""
+    if method == UNPRUNED:
+        return ("dense",)
+    return tuple(e for e in ENGINES if ENGINE_METHOD[e] == method)
+
+
+def engine_rank(engine: str) -> int:
+    """Sort key of an engine: the order of ENGINES, unknown engines last."""
+    return ENGINES.index(engine) if engine in ENGINES else 99
+
+
+def check_names(what: str, values, allowed) -> tuple:
+    """`values` as a non-empty tuple of names from `allowed`, else a ValueError naming the bad ones."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{what} must be a sequence, got {values!r}")
+    values = tuple(values)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ValueError(f"unknown {what} {bad or values}; expected some of {', '.join(allowed)}")
+    return values

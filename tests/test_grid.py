@@ -1,0 +1,121 @@
+"""The case grid (grid.py): points, skips, nets and cases; one source for building and resuming."""
+import numpy as np
+import pytest
+
+from sparsenet import grid
+from sparsenet.model import forward, he_init, layer_sizes
+from sparsenet.timing import case_id
+
+
+class Built:
+    """A stand-in engine: the reference forward pass, remembering how it was built."""
+
+    def __init__(self, name, params, threads=None):
+        self.name, self.params, self.threads = name, params, threads
+
+    def __call__(self, X):
+        return forward(self.params, X)
+
+
+@pytest.fixture
+def small():
+    return he_init((16, 8, 4), seed=0)
+
+
+def made(log):
+    def make_engine(name, params, threads=None):
+        log.append(name)
+        return Built(name, params, threads)
+    return make_engine
+
+
+def test_point_key_and_id():
+    p = grid.Point("csr", 0.9000000001, 256, 2)
+    assert p.key() == ("csr", 0.9, 256, 2, None) and p.id == "csr-s90-b256-t2"
+    assert grid.Point("csr", 0.9, 256, 2, 4096).id == "csr-s90-b256-t2-w4096"
+    rec = {"engine": "csr", "sparsity": 0.9, "batch": 256, "threads": 2, "width": None, "median_s": 1.0}
+    assert grid.record_key(rec) == p.key()
+    assert grid.record_key({k: v for k, v in rec.items() if k != "width"}) == p.key()   # older records
+
+
+def test_engines_at():
+    engines = ("dense", "csr", "shrunk")
+    assert grid.engines_at(engines, 0.0, (0.0, 0.5)) == engines
+    assert grid.engines_at(engines, 0.5, (0.0, 0.5)) == ("csr", "shrunk")
+    assert grid.engines_at(engines, 0.5, (0.0, 0.5), dense_every_k=True) == engines
+    assert grid.engines_at(engines, 0.5, (0.5, 0.9)) == engines          # the smallest k, not 0
+
+
+def test_points_and_units(small):
+    g = grid.MLPGrid(small, ("dense", "csr"), (0.0, 0.5), (1, 4), (1, 2))
+    assert g.units() == [(None, 0.0), (None, 0.5)]
+    assert [p.id for p in g.points((None, 0.0))][:3] == ["dense-s0-b1-t1", "dense-s0-b4-t1", "dense-s0-b1-t2"]
+    assert len(g.points((None, 0.0))) == 8 and len(g.points((None, 0.5))) == 4    # dense at k = 0 only
+    assert len(g.all_points()) == 12
+    s = grid.ScalingGrid(("dense", "csr"), (0.0, 0.9), (1,), (1,), widths=(64, 128))
+    assert s.units() == [(64, 0.0), (64, 0.9), (128, 0.0), (128, 0.9)]
+    assert {p.width for p in s.points((128, 0.9))} == {128} and s.method("dense") == "weight"
+
+
+def test_scaling_skip():
+    assert grid.scaling_skip("dense", 0.0, 4096, 16384) is not None      # ~2 TFLOP per call
+    assert "GB" in grid.scaling_skip("dense", 0.0, 4096, 32768)
+    assert grid.scaling_skip("csr", 0.99, 1, 1024) is None
+    assert grid.scaling_skip("dense", 0.5, 16, 1024) is None
+
+
+def test_mlp_skip():
+    g = grid.MLPGrid(he_init(seed=0), ("dense", "csr", "csr-scipy"), (0.0, 0.9), (1, 4096), (1, 2), max_call_s=2.0)
+    reason = g.skip(grid.Point("csr-scipy", 0.0, 4096, 1))
+    assert reason and "s per call" in reason
+    assert g.skip(grid.Point("dense", 0.0, 4096, 1)) is None and g.skip(grid.Point("csr", 0.9, 1, 2)) is None
+
+
+def test_scaling_params_exact_count():
+    (layer,) = grid.scaling_params(64, 0.9)
+    assert layer.weight.shape == (64, 64) and layer.bias is None
+    assert np.count_nonzero(layer.weight) == 64 * 64 - round(0.9 * 64 * 64)
+    kept = np.abs(layer.weight[layer.weight != 0]).min()
+    base = grid._base_layer(64, 0)
+    assert kept >= np.abs(base[layer.weight == 0]).max()     # the smallest |w| went
+    assert np.count_nonzero(grid.scaling_params(64, 0.0)[0].weight) == 64 * 64
+
+
+def test_engines_shared_when_large(small, monkeypatch):
+    built = []
+    g = grid.MLPGrid(small, ("dense", "shrunk"), (0.5,), (1, 4), (1,), make_engine=made(built))
+    cases = g.cases((None, 0.5), g.points((None, 0.5)))
+    assert [case_id(c) for c in cases] == ["dense-s50-b1-t1", "dense-s50-b4-t1",
+                                           "shrunk-s50-b1-t1", "shrunk-s50-b4-t1"]
+    assert len(built) == 4 and cases[0].engine is not cases[1].engine   # one engine per batch
+    assert cases[2].method == "neuron" and cases[0].method == "weight"
+    assert cases[0].X is not cases[1].X and cases[0].X is cases[2].X     # inputs shared by batch
+    monkeypatch.setattr(grid, "SHARE_BYTES", 0)
+    cases = g.cases((None, 0.5), g.points((None, 0.5))[:2])
+    assert cases[0].engine is cases[1].engine
+
+
+def test_cases_of_some_points_only(small):
+    """A resumed unit builds only the points still to time, in the grid's order."""
+    built = []
+    g = grid.MLPGrid(small, ("dense", "csr"), (0.0,), (1, 4), (1,), make_engine=made(built))
+    points = g.points((None, 0.0))
+    cases = g.cases((None, 0.0), [points[1], points[3]])
+    assert [case_id(c) for c in cases] == ["dense-s0-b4-t1", "csr-s0-b4-t1"] and built == ["dense", "csr"]
+    np.testing.assert_allclose(cases[1].engine(cases[1].X), forward(cases[1].params, cases[1].X))
+
+
+def test_scaling_cases_skip_and_build():
+    built = []
+    g = grid.ScalingGrid(("dense", "csr"), (0.5,), (1, 4), (1,), widths=(64,), make_engine=made(built))
+    g.skip = lambda p: "too big" if p.engine == "dense" and p.batch == 4 else None
+    cases = grid.make_cases(g)
+    assert [(c.name, c.batch) for c in cases] == [("dense", 1), ("csr", 1), ("csr", 4)]
+    assert layer_sizes(cases[0].params) == (64, 64) and cases[0].width == 64 and cases[0].method == "weight"
+
+
+def test_pruned_by_method(small):
+    w = grid.pruned(small, "weight", 0.5)
+    n = grid.pruned(small, "neuron", 0.5)
+    assert np.count_nonzero(w[0].weight) == 64 and np.count_nonzero(n[0].weight.any(axis=1)) == 4
+    assert grid.pruned(small, "none", 0.5)[0].weight is small[0].weight
