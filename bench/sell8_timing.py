@@ -95,7 +95,7 @@ def run(args) -> None:
     rng = np.random.default_rng(0)
     X = rng.random((1, nets[0][1][0].weight.shape[1])).astype(np.float32)
     header = (f"{'net':10s} {'k':>4s} {'thr':>3s} | {'dense':>7s} {'csr':>7s} {'scipy':>7s} {'sell8':>7s} "
-              f"(25-75% range) | dense/sell8 csr/sell8 scipy/sell8 | pad  MB")
+              f"(25-75% range) | dense/sell8 csr/sell8 scipy/sell8 | pad  MB windows (n 8, w 16 columns)")
     for net_name, params in nets:
         print(header)
         for k in args.sparsity:
@@ -104,12 +104,13 @@ def run(args) -> None:
             Ws = [l.weight for l in net]
             bs = [l.bias for l in net]
             S = [sp.csr_matrix(W) for W in Ws]
-            arrays, (nx, width), layers = flatten(net)
+            arrays, (nx, width), layers = flatten(net, window=args.window)
             bufs = [np.zeros(n, np.float32) for n in (nx, width, width)]
             logits = np.zeros((1, Ws[-1].shape[0]), np.float32)
             nnz = sum(s.nnz for s in layers)
             pad = sum(s.n_units for s in layers) * 16 / max(nnz, 1)
-            mb = (sum(s.nbytes for s in layers) + arrays[3].nbytes) / 1e6
+            mb = (sum(s.nbytes for s in layers) + arrays[4].nbytes) / 1e6
+            wins = "".join("w" if s.window == 16 else "n" for s in layers)
 
             def dense():
                 h = X
@@ -156,7 +157,7 @@ def run(args) -> None:
                 print(f"{net_name:10s} {k * 100:4.0f} {threads:3d} | {med['dense']:7.1f} {med['csr']:7.1f} "
                       f"{med['scipy']:7.1f} {s8:7.1f} ({q['sell8'][0]:.0f}-{q['sell8'][1]:.0f}; dense "
                       f"{q['dense'][0]:.0f}-{q['dense'][1]:.0f}) | {med['dense'] / s8:10.2f} "
-                      f"{med['csr'] / s8:10.2f} {med['scipy'] / s8:11.2f} | {pad:.2f} {mb:.1f}", flush=True)
+                      f"{med['csr'] / s8:10.2f} {med['scipy'] / s8:11.2f} | {pad:.2f} {mb:.1f} {wins}", flush=True)
 
 
 def main() -> None:
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--target-ms", type=float, default=3.0)
     ap.add_argument("--min-parallel-units", type=int, default=4000)
+    ap.add_argument("--window", type=int, choices=(8, 16), help="every layer's window (default: per layer)")
     ap.add_argument("--portable", action="store_true", help="time the portable twin instead of the AVX2 kernel")
     ap.add_argument("--compile", action="store_true", help="print cold and cached compile times, then stop")
     args = ap.parse_args()

@@ -1,30 +1,34 @@
-"""SELL-8 with 8-column windows: the batch-1 layout for AVX2 (8 float32 lanes, no AVX-512).
+"""SELL-8 with x windows: the batch-1 layout for AVX2 (8 float32 lanes, no AVX-512).
 
 Row i of a layer belongs to chunk i // LANES (one 256-bit register, a lane per row). A chunk's
-non-zeros are covered by x windows of WINDOW = 8 columns that start at any STEP = 4-column
-boundary; a window has as many slots as its fullest row has non-zeros in it, and its slots go
+non-zeros are covered by x windows of `window` = 8 or 16 columns (per layer) that start at any
+STEP = 4-column boundary; a window has as many slots as its fullest row needs, and its slots go
 two by two into *units*. A unit is everything the kernel (sell8_kernels.py) needs for 2 slots:
 
     data[u, s, lane]   the value of slot s (0 or 1) in row 8 c + lane (0 in padding)
-    meta[u]            one uint64: bits 3 lane + 24 s hold that value's column within the
-                       window (0..7), bits 48..63 the window's start / STEP
+    meta[u]            uint64: that value's column within the window at bits
+                       b lane + 8 b s, b = 3 (8-column windows) or 4 (16-column windows)
+    start[u]           uint16: the window's first column / STEP
 
-so a unit costs one x-window load, one metadata word decoded by two broadcasts and two variable
-shifts, two permutes (vpermps: each lane picks its x, only the low 3 index bits count) and two
-FMAs -- no scalar load per non-zero. Chunk c owns the units unit_ptr[c] : unit_ptr[c + 1], in
-column order (consecutive units of a window reload the same x window from L1).
+so a unit costs one metadata word (two 32-bit broadcasts shifted per lane: vpsrlvd), the x
+window (one or two 8-float loads), two or four permutes (vpermps: a lane picks its x; only the
+low 3 index bits count; 16-column windows blend the two halves on the 4th bit) and two FMAs -- no
+scalar load per non-zero. Chunk c owns the units unit_ptr[c] : unit_ptr[c + 1], in column order.
 
 Where the windows go (`_place`): a greedy sweep over a chunk's 4-column groups puts a window at
 group p when some lane still has non-zeros there, with as many slots as the fullest lane needs,
-rounded up to whole units; lanes with slots to spare fill them from group p + 1 (windows overlap
-by 4 columns, a non-zero goes to exactly one). He-initialised 784-1000-1000-500-200-10 net, pruned
-per layer, stored lanes per non-zero (units x 16 / nnz) at k = 0/30/50/70/90/95 %:
-    this sweep                                 1.00  1.13  1.27  1.59  2.83  4.58
-    disjoint windows, exact min-units choice   1.00  1.38  1.56  1.88  2.95  4.60
-    fixed 8-column blocks (slots, not units)   -     -     1.49  1.79  2.64  -
+rounded up to whole units; lanes with slots to spare fill them from the next groups the window
+covers, leftmost first (windows overlap; a non-zero goes to exactly one). He-initialised
+784-1000-1000-500-200-10 net, pruned per layer, stored lanes per non-zero (units x 16 / nnz):
 
-Padding lanes hold 0 at index 0, i.e. column 4 p of their window, a real column (< N): the kernel
-never multiplies anything it should not read, only zeros by real inputs.
+    k (%)                                          0     30    50    70    90    95
+    8-column windows, this sweep                   1.00  1.13  1.27  1.59  2.83  4.58
+    8-column, disjoint, exact min-units choice     1.00  1.38  1.56  1.88  2.95  4.60
+    16-column windows, this sweep (simulated)      -     -     1.11  -     1.87  2.73
+    fixed 8-column blocks (slots, not units)       -     -     1.49  1.79  2.64  -
+
+Padding lanes hold 0 at index 0, i.e. the window's first column, a real column (< N): the kernel
+multiplies only real inputs, by zeros where it pads.
 """
 from __future__ import annotations
 
@@ -37,45 +41,56 @@ from sparsenet.csr import CSR
 from sparsenet.sell import row_order
 
 LANES = 8          # rows per chunk: one 256-bit register of float32
-WINDOW = 8         # columns of an x window: the 8-entry table of one vpermps
+WINDOWS = (8, 16)  # columns of an x window: one vpermps table, or two blended
 STEP = 4           # windows start at multiples of STEP columns
 SLOTS = 2          # slots per unit (sharing one x window and one metadata word)
-INDEX_BITS = 3     # bits of a column within its window
-SLOT_BITS = LANES * INDEX_BITS          # 24: the indices of one slot
-START_SHIFT = SLOTS * SLOT_BITS         # 48: window start / STEP in the top 16 bits
-MAX_COLUMNS = STEP * (1 << (64 - START_SHIFT))   # 262144 columns
+MAX_COLUMNS = STEP * (1 << 16)          # start / STEP is a uint16: 262144 columns
 
 
-def _place(counts: np.ndarray) -> tuple:
+def index_bits(window: int) -> int:
+    """Bits of a column within a window of `window` columns (3 or 4)."""
+    return int(window).bit_length() - 1
+
+
+def _place(counts: np.ndarray, window: int) -> tuple:
     """Where the windows go. counts: (n_chunks, LANES, n_groups) non-zeros per row and 4-column group.
 
-    A greedy sweep over the groups: the window at group p (columns 4 p .. 4 p + 7) takes every
-    non-zero of group p not taken yet, with as many slots as the fullest lane needs, rounded up to
-    even (whole units); lanes with slots to spare fill them from group p + 1, leftmost first.
-    Returns (slots, take): slots (n_chunks, n_groups), even, 0 where no window starts; take
-    (n_chunks, LANES, n_groups), how many of each lane's non-zeros in group g the window at g - 1 took.
+    A greedy sweep over the groups: the window at group p (columns 4 p .. 4 p + window - 1) takes
+    every non-zero of group p not taken yet, with as many slots as the fullest lane needs, rounded
+    up to even (whole units); lanes with slots to spare fill them from groups p + 1, p + 2, ... that
+    the window covers, leftmost first. Returns (slots, take): slots (n_chunks, n_groups), even, 0
+    where no window starts; take (n_chunks, LANES, n_groups, span), how many of each lane's
+    non-zeros in group p + j the window at p took (span = window / STEP groups).
     """
     n_chunks, _, n_groups = counts.shape
+    span = window // STEP
     slots = np.zeros((n_chunks, n_groups), np.int64)
-    take = np.zeros(counts.shape, np.int64)
-    rem = counts[:, :, 0].copy() if n_groups else np.zeros((n_chunks, LANES), np.int64)
+    take = np.zeros((n_chunks, LANES, n_groups, span), np.int64)
+    rem = np.zeros((n_chunks, LANES, n_groups + span), np.int64)      # not yet taken
+    rem[:, :, :n_groups] = counts
     for p in range(n_groups):
-        m = rem.max(axis=1)                                           # (n_chunks,)
+        m = rem[:, :, p].max(axis=1)                                  # (n_chunks,)
         slots[:, p] = m + m % SLOTS
-        if p + 1 < n_groups:
-            nxt = counts[:, :, p + 1]
-            take[:, :, p + 1] = np.minimum(slots[:, p, None] - rem, nxt)
-            rem = nxt - take[:, :, p + 1]
+        free = slots[:, p, None] - rem[:, :, p]
+        take[:, :, p, 0] = rem[:, :, p]
+        rem[:, :, p] = 0
+        for j in range(1, span):
+            t = np.minimum(free, rem[:, :, p + j])
+            take[:, :, p, j] = t
+            rem[:, :, p + j] -= t
+            free = free - t
     return slots, take
 
 
 @dataclass(frozen=True, eq=False)
 class SELL8:
-    """One layer in SELL-8 layout with 8-column windows at 4-column offsets (module docstring)."""
+    """One layer in SELL-8 layout with x windows at 4-column offsets (module docstring)."""
 
     data: np.ndarray       # (n_units, SLOTS, LANES) float32, zero in padding
-    meta: np.ndarray       # (n_units,) uint64: 2 x 8 x 3 index bits, window start / STEP in bits 48..63
+    meta: np.ndarray       # (n_units,) uint64: SLOTS x LANES column indices within the window
+    start: np.ndarray      # (n_units,) uint16: first column of the unit's window / STEP
     unit_ptr: np.ndarray   # (n_chunks + 1,) int64, unit offsets of the chunks
+    window: int            # columns of every window of this layer: 8 or 16
     shape: tuple           # (M, N) of the layer
     nnz: int               # non-zeros stored (padding excluded)
 
@@ -90,7 +105,7 @@ class SELL8:
     @property
     def x_len(self) -> int:
         """Floats the kernel may read from x: the last window may start at the last 4-column group."""
-        return STEP * -(-self.shape[1] // STEP) + WINDOW - STEP
+        return STEP * -(-self.shape[1] // STEP) + self.window - STEP
 
     @property
     def padding(self) -> float:
@@ -99,39 +114,51 @@ class SELL8:
 
     @property
     def nbytes(self) -> int:
-        return int(self.data.nbytes + self.meta.nbytes + self.unit_ptr.nbytes)
+        return int(self.data.nbytes + self.meta.nbytes + self.start.nbytes + self.unit_ptr.nbytes)
 
     @classmethod
-    def from_csr(cls, c: CSR) -> "SELL8":
+    def from_csr(cls, c: CSR, window: int = 8) -> "SELL8":
         """The same matrix, rows in their CSR order (columns sorted within a row, as CSR.check wants)."""
         M, N = c.shape
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if N > MAX_COLUMNS:
             raise ValueError(f"SELL8 holds at most {MAX_COLUMNS} columns (16 bits of window start), got {N}")
+        span, bits = window // STEP, index_bits(window)
         nch, ng = -(-M // LANES), -(-N // STEP)
         row = np.repeat(np.arange(M, dtype=np.int64), np.diff(c.indptr))
         col = c.indices.astype(np.int64)
         counts = np.zeros((nch * LANES, max(ng, 1)), np.int64)
         np.add.at(counts, (row, col // STEP), 1)
-        slots, take = _place(counts.reshape(nch, LANES, max(ng, 1))[:, :, :ng])
+        slots, take = _place(counts.reshape(nch, LANES, max(ng, 1))[:, :, :ng], window)
         wc, wp = np.nonzero(slots)                                    # windows by chunk, then column
         wu = slots[wc, wp] // SLOTS                                   # units of each window
         unit_ptr = np.zeros(nch + 1, np.int64)
         np.cumsum(np.bincount(wc, weights=wu, minlength=nch).astype(np.int64), out=unit_ptr[1:])
         first_unit = np.concatenate([[0], np.cumsum(wu)])[:-1].astype(np.int64)
         n_units = int(unit_ptr[-1])
-        window_of = np.full((nch, max(ng, 1)), -1, np.int64)
-        window_of[wc, wp] = np.arange(wc.size)
+        window_of = np.full((nch, max(ng, 1) + span), -1, np.int64)
+        window_of[wc, wp + span] = np.arange(wc.size)                 # shifted: p - j >= -span
         k = np.arange(row.size)
 
         def rank_in_runs(*keys):
             """Place of every non-zero within its run of equal keys (CSR order)."""
             new = np.ones(row.size, bool)
-            new[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0) if row.size > 1 else True
+            if row.size > 1:
+                new[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0)
             return k - np.maximum.accumulate(np.where(new, k, 0))
 
         group, chunk, lane = col // STEP, row // LANES, row % LANES
-        taken = rank_in_runs(row, group) < take.reshape(nch * LANES, -1)[row, group] if row.size else k < 0
-        win = window_of[chunk, group - taken]                         # non-decreasing along a row
+        q = rank_in_runs(row, group)                                  # place within (row, group)
+        # the window of each non-zero: first j (from span - 1 down to 0) whose cumulative take exceeds q
+        win = np.full(row.size, -1, np.int64)
+        cum = np.zeros(row.size, np.int64)
+        for j in range(span - 1, -1, -1):
+            p = group - j
+            t = np.where(p >= 0, take[chunk, lane, np.maximum(p, 0), j], 0)
+            cum += t
+            hit = (win < 0) & (q < cum)
+            win = np.where(hit, window_of[chunk, p + span], win)
         rank = rank_in_runs(row, win)                                 # place within (row, window)
         unit = first_unit[win] + rank // SLOTS
         slot = rank % SLOTS
@@ -139,24 +166,25 @@ class SELL8:
         index = np.zeros((n_units, SLOTS, LANES), np.uint64)
         data[unit, slot, lane] = c.data
         index[unit, slot, lane] = col - STEP * wp[win]
-        meta = np.repeat(wp.astype(np.uint64), wu) << np.uint64(START_SHIFT)     # (n_units,)
+        meta = np.zeros(n_units, np.uint64)
         for s in range(SLOTS):
             for l in range(LANES):
-                meta |= index[:, s, l] << np.uint64(SLOT_BITS * s + INDEX_BITS * l)
-        return cls(data, meta, unit_ptr, (int(M), int(N)), int(c.nnz))
+                meta |= index[:, s, l] << np.uint64(bits * (LANES * s + l))
+        start = np.repeat(wp, wu).astype(np.uint16)
+        return cls(data, meta, start, unit_ptr, int(window), (int(M), int(N)), int(c.nnz))
 
     @classmethod
-    def from_dense(cls, W: np.ndarray) -> "SELL8":
-        return cls.from_csr(CSR.from_dense(W))
+    def from_dense(cls, W: np.ndarray, window: int = 8) -> "SELL8":
+        return cls.from_csr(CSR.from_dense(W), window)
 
     def _coordinates(self) -> tuple:
         """(rows, cols) of every stored lane, each (n_units, SLOTS, LANES), in the padded matrix."""
         chunk = np.repeat(np.arange(self.n_chunks), np.diff(self.unit_ptr))
         rows = np.broadcast_to((chunk[:, None, None] * LANES + np.arange(LANES)), self.data.shape)
-        start = (self.meta >> np.uint64(START_SHIFT)).astype(np.int64) * STEP
-        shifts = (SLOT_BITS * np.arange(SLOTS)[:, None] + INDEX_BITS * np.arange(LANES)[None, :]).astype(np.uint64)
-        index = ((self.meta[:, None, None] >> shifts) & np.uint64(WINDOW - 1)).astype(np.int64)
-        return rows, start[:, None, None] + index
+        bits = index_bits(self.window)
+        shifts = (bits * (LANES * np.arange(SLOTS)[:, None] + np.arange(LANES)[None, :])).astype(np.uint64)
+        index = ((self.meta[:, None, None] >> shifts) & np.uint64(self.window - 1)).astype(np.int64)
+        return rows, self.start.astype(np.int64)[:, None, None] * STEP + index
 
     def to_dense(self) -> np.ndarray:
         """The (M, N) float32 matrix (padding lanes add zeros)."""
@@ -169,6 +197,8 @@ class SELL8:
         """Raise ValueError when the arrays cannot describe a SELL8 matrix of `shape`; else self."""
         M, N = self.shape
         problems = []
+        if self.window not in WINDOWS:
+            problems.append(f"window must be one of {WINDOWS}, got {self.window!r}")
         if self.unit_ptr.shape != (self.n_chunks + 1,) or self.unit_ptr.dtype != np.int64:
             problems.append(f"unit_ptr must be int64 of n_chunks + 1 = {self.n_chunks + 1} entries, got "
                             f"{self.unit_ptr.dtype} {self.unit_ptr.shape}")
@@ -181,7 +211,9 @@ class SELL8:
                             f"got {self.data.dtype} {self.data.shape}")
         if self.meta.shape != (n_units,) or self.meta.dtype != np.uint64:
             problems.append(f"meta must be uint64 of shape ({n_units},), got {self.meta.dtype} {self.meta.shape}")
-        elif self.meta.size and int((self.meta >> np.uint64(START_SHIFT)).max()) * STEP >= max(N, 1):
+        if self.start.shape != (n_units,) or self.start.dtype != np.uint16:
+            problems.append(f"start must be uint16 of shape ({n_units},), got {self.start.dtype} {self.start.shape}")
+        elif self.start.size and int(self.start.max()) * STEP >= max(N, 1):
             problems.append(f"a window starts at or beyond column N = {N}")
         if not problems:
             rows, cols = self._coordinates()
@@ -196,10 +228,25 @@ class SELL8:
         return self
 
 
-def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
+# flatten/net_layout choose 16-column windows for a layer when they need at most this fraction of
+# the units of 8-column ones (a 16-column unit costs two more permutes and a blend; see the timing
+# in sell8_kernels.py)
+WIDE_UNITS = 0.8
+
+
+def layer(c: CSR, window=None) -> SELL8:
+    """SELL8 of a CSR matrix with 8- or 16-column windows, or (window=None) whichever pays (WIDE_UNITS)."""
+    if window is not None:
+        return SELL8.from_csr(c, window)
+    narrow, wide = SELL8.from_csr(c, 8), SELL8.from_csr(c, 16)
+    return wide if wide.n_units <= WIDE_UNITS * narrow.n_units else narrow
+
+
+def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True, window=None) -> tuple:
     """SELL8 layers of an MLP, as sell.net_layout: hidden rows sorted by non-zero count (sort_rows),
     each next layer's columns permuted to match; input columns and output rows keep their order.
-    Returns (layers, perms): perms[l] maps layer l's stored rows to the original ones."""
+    window: 8, 16, or None (per layer, see `layer`). Returns (layers, perms): perms[l] maps layer
+    l's stored rows to the original ones."""
     layers, perms = [], []
     prev: Optional[np.ndarray] = None
     for i, W in enumerate(weights):
@@ -212,32 +259,36 @@ def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
             c = CSR.from_dense(W[perm])
         else:
             perm = np.arange(W.shape[0])
-        layers.append(SELL8.from_csr(c))
+        layers.append(layer(c, window))
         perms.append(perm)
         prev = perm
     return tuple(layers), tuple(perms)
 
 
-def flatten(params, sort_rows: bool = True) -> tuple:
+def flatten(params, sort_rows: bool = True, window=None) -> tuple:
     """The arrays of sell8_kernels.sell8_forward for an MLP, the sizes of its buffers, the layers:
-    ((data, meta, unit_ptr, bias, offsets), (floats of the input buffer, of each ping-pong buffer), layers).
+    ((data, meta, start, unit_ptr, bias, windows, offsets), (floats of the input buffer, of each
+    ping-pong buffer), layers).
 
-    Layers are concatenated; offsets[:, l] = where layer l starts in (units of data/meta, unit_ptr,
-    bias); its unit_ptr counts from 0 within the layer; bias is padded with zeros to 8 n_chunks.
+    Layers are concatenated; offsets[:, l] = where layer l starts in (units of data/meta/start,
+    unit_ptr, bias); its unit_ptr counts from 0 within the layer; bias is padded with zeros to
+    8 n_chunks; windows[l] is layer l's window (8 or 16 columns).
     """
-    layers, perms = net_layout([l.weight for l in params], sort_rows)
+    layers, perms = net_layout([l.weight for l in params], sort_rows, window)
     biases = []
-    for s, perm, layer in zip(layers, perms, params):
+    for s, perm, lay in zip(layers, perms, params):
         b = np.zeros(s.n_chunks * LANES, np.float32)
-        if layer.bias is not None:
-            b[:s.shape[0]] = np.asarray(layer.bias, np.float32)[perm]
+        if lay.bias is not None:
+            b[:s.shape[0]] = np.asarray(lay.bias, np.float32)[perm]
         biases.append(b)
     sizes = [[s.n_units, s.n_chunks + 1, LANES * s.n_chunks] for s in layers]
     offsets = np.zeros((3, len(layers) + 1), np.int64)
     np.cumsum(np.array(sizes, np.int64).T, axis=1, out=offsets[:, 1:])
     arrays = (np.concatenate([s.data.ravel() for s in layers]),
               np.concatenate([s.meta for s in layers]),
+              np.concatenate([s.start for s in layers]),
               np.concatenate([s.unit_ptr for s in layers]),
-              np.concatenate(biases), offsets)
+              np.concatenate(biases),
+              np.array([s.window for s in layers], np.int64), offsets)
     width = max(max(LANES * s.n_chunks, s.x_len) for s in layers)
     return arrays, (layers[0].x_len, width), layers

@@ -1,14 +1,14 @@
 """Numba kernels for SELL8 (sell8.py) at batch 1: an AVX2 permute-and-FMA SpMV, its portable twin,
 and the whole MLP in one call.
 
-AVX2 (`_chunk_avx2`, an LLVM-IR Numba intrinsic; Numba has no SIMD types): per unit of a chunk,
-    two 32-bit broadcasts of the metadata word (bytes 0..3 and 3..6) shifted right by 3 lane bits
-    (vpsrlvd), the window start (bytes 6..7), one 8-float x-window load, two vpermps
-    (llvm.x86.avx2.permps: only the low 3 bits of each lane's index count, so no mask), two
-    8-float data loads, two FMAs;
-four accumulators (two units in flight) against the FMA latency. No scalar load per non-zero.
-`available()` says whether the CPU Numba targets has AVX2 and FMA; the intrinsic's typer refuses
-to compile otherwise, and refuses arrays of the wrong dtype or layout.
+AVX2 (`_chunk8_avx2`, `_chunk16_avx2`: LLVM-IR Numba intrinsics; Numba has no SIMD types): per
+unit of a chunk, the window start (uint16), the x window (one 8-float load, two for 16 columns),
+and per slot: a 32-bit broadcast of its metadata bits shifted right per lane (vpsrlvd), one vpermps
+(llvm.x86.avx2.permps: only the low 3 bits of each lane's index count, so no mask; 16-column
+windows permute both halves and blend on the 4th bit, shifted to the sign), one FMA with the
+slot's 8 values. Four accumulators (two units in flight) against the FMA latency. No scalar load
+per non-zero. `available()` says whether the CPU Numba targets has AVX2 and FMA; the intrinsics'
+typer refuses to compile otherwise, and refuses arrays of the wrong dtype or layout.
 
 Portable twin (`_chunk_portable`, plain Numba, no ISA intrinsic): the same layout and arithmetic
 lane by lane, so any CPU (aarch64 included) tests the layout and the driver.
@@ -25,7 +25,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from sparsenet.sell8 import INDEX_BITS, LANES, SLOTS, START_SHIFT, STEP
+from sparsenet.sell8 import LANES, SLOTS, STEP, index_bits
 from sparsenet.simd import IR, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False)
@@ -43,15 +43,9 @@ def available() -> bool:
     return bool(c.avx2 and c.fma)
 
 
-_CHUNK_ARGS = (("data", types.float32, 1), ("meta", types.uint64, 1), ("unit_ptr", types.int64, 1),
-               ("x", types.float32, 1), ("bias", types.float32, 1), ("out", types.float32, 1))
-
-
-def _check_scalars(c, relu):
-    if not isinstance(c, types.Integer):
-        raise TypingError(f"sell8_kernels._chunk_avx2: the chunk must be an integer, got {c}")
-    if not isinstance(relu, types.Boolean):
-        raise TypingError(f"sell8_kernels._chunk_avx2: relu must be a boolean, got {relu}")
+_CHUNK_ARGS = (("data", types.float32, 1), ("meta", types.uint64, 1), ("start", types.uint16, 1),
+               ("unit_ptr", types.int64, 1), ("x", types.float32, 1), ("bias", types.float32, 1),
+               ("out", types.float32, 1))
 
 
 def _relu_if(builder, flag, v):
@@ -60,72 +54,91 @@ def _relu_if(builder, flag, v):
     return builder.select(flag, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
 
 
-@intrinsic
-def _chunk_avx2(typingctx, data, meta, unit_ptr, x, bias, out, c, relu):
-    """out[8 c : 8 c + 8] = (relu)(bias[8 c:][:8] + SELL8 chunk c @ x); raw 1-d arrays (AVX2)."""
-    if not available():
-        raise TypingError("sell8 AVX2 kernel: Numba's target CPU has no AVX2+FMA "
-                          "(sell8_kernels.available() is False); use the portable kernel")
-    require_arrays("sell8_kernels._chunk_avx2", _CHUNK_ARGS, (data, meta, unit_ptr, x, bias, out))
-    _check_scalars(c, relu)
-    sig = types.void(data, meta, unit_ptr, x, bias, out, c, relu)
+def _make_chunk(window):
+    bits = index_bits(window)
+    name = f"sell8_kernels._chunk{window}"
 
-    def codegen(context, builder, sig, args):
-        g = IR(context, builder, sig, args)
-        p_data, p_meta, p_ptr, p_x, p_bias, p_out = g.ptr[:6]
-        permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V8F, [V8F, V8I]),
-                                                 "llvm.x86.avx2.permps")
-        shifts = ir.Constant(V8I, [INDEX_BITS * lane for lane in range(LANES)])
-        words = builder.bitcast(p_meta, ir.IntType(8).as_pointer())
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(V8F, None)) for _ in range(2 * SLOTS)]
+    @intrinsic
+    def chunk_avx2(typingctx, data, meta, start, unit_ptr, x, bias, out, c, relu):
+        """out[8 c : 8 c + 8] = (relu)(bias[8 c:][:8] + SELL8 chunk c @ x), windows of `window`
+        columns; raw 1-d arrays (AVX2)."""
+        if not available():
+            raise TypingError(f"{name} needs AVX2 and FMA in Numba's target CPU (sell8_kernels.available() "
+                              "is False); use the portable kernel (sell8_forward(..., avx2=False))")
+        require_arrays(name, _CHUNK_ARGS, (data, meta, start, unit_ptr, x, bias, out))
+        if not isinstance(c, types.Integer):
+            raise TypingError(f"{name}: the chunk must be an integer, got {c}")
+        if not isinstance(relu, types.Boolean):
+            raise TypingError(f"{name}: relu must be a boolean, got {relu}")
+        sig = types.void(data, meta, start, unit_ptr, x, bias, out, c, relu)
 
-        def field(word, byte, ty, align):
-            return builder.load(builder.bitcast(builder.gep(word, [g.const(byte)]), ty.as_pointer()), align=align)
+        def codegen(context, builder, sig, args):
+            g = IR(context, builder, sig, args)
+            p_data, p_meta, p_start, p_ptr, p_x, p_bias, p_out = g.ptr[:7]
+            permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V8F, [V8F, V8I]),
+                                                     "llvm.x86.avx2.permps")
+            right = ir.Constant(V8I, [bits * lane for lane in range(LANES)])
+            left = ir.Constant(V8I, [31 - 3 - bits * lane for lane in range(LANES)])   # bit 3 -> sign
+            words = builder.bitcast(p_meta, ir.IntType(8).as_pointer())
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(V8F, None)) for _ in range(2 * SLOTS)]
 
-        def indices(word, byte):
-            """Lane l's index in bits 3 l.. of the i32 at `byte` (vpbroadcastd, vpsrlvd)."""
-            v = builder.insert_element(ir.Constant(V8I, ir.Undefined), field(word, byte, _I32, 1),
-                                       ir.Constant(_I32, 0))
-            return builder.lshr(builder.shuffle_vector(v, v, ir.Constant(V8I, None)), shifts)
+            def broadcast_i32(word, byte):
+                p = builder.bitcast(builder.gep(word, [g.const(byte)]), _I32.as_pointer())
+                v = builder.insert_element(ir.Constant(V8I, ir.Undefined), builder.load(p, align=1),
+                                           ir.Constant(_I32, 0))
+                return builder.shuffle_vector(v, v, ir.Constant(V8I, None))
 
-        def unit(u, k):
-            word = builder.gep(words, [builder.mul(u, g.const(8))])
-            start = builder.zext(field(word, START_SHIFT // 8, _I16, 2), _I64)
-            window = g.vload(p_x, builder.mul(start, g.const(STEP)), V8F)
-            off = builder.mul(u, g.const(_UNIT))
-            for s in range(SLOTS):
-                picked = builder.call(permute, [window, indices(word, 3 * s)])
-                values = g.vload(p_data, builder.add(off, g.const(LANES * s)), V8F)
-                acc = accs[SLOTS * k + s]
-                builder.store(g.fma(values, picked, builder.load(acc)), acc)
+            def unit(u, k):
+                word = builder.gep(words, [builder.mul(u, g.const(8))])
+                x0 = builder.mul(builder.zext(builder.load(builder.gep(p_start, [u])), _I64), g.const(STEP))
+                halves = [g.vload(p_x, builder.add(x0, g.const(LANES * h)), V8F) for h in range(window // LANES)]
+                off = builder.mul(u, g.const(_UNIT))
+                for s in range(SLOTS):
+                    b = broadcast_i32(word, bits * LANES * s // 8)      # slot s: bits * 8 s .. (byte-aligned)
+                    idx = builder.lshr(b, right)
+                    picked = builder.call(permute, [halves[0], idx])
+                    if window == 16:                                   # 4th index bit picks the upper half
+                        upper = builder.call(permute, [halves[1], idx])
+                        high = builder.icmp_signed("<", builder.shl(b, left), ir.Constant(V8I, None))
+                        picked = builder.select(high, upper, picked)
+                    values = g.vload(p_data, builder.add(off, g.const(LANES * s)), V8F)
+                    acc = accs[SLOTS * k + s]
+                    builder.store(g.fma(values, picked, builder.load(acc)), acc)
 
-        chunk = g.i64(args[6])
-        g.pairs(g.at(p_ptr, chunk), g.at(p_ptr, builder.add(chunk, g.const(1))), unit, 2)
-        total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
-                             builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
-        row0 = builder.mul(chunk, g.const(LANES))
-        total = builder.fadd(total, g.vload(p_bias, row0, V8F))
-        g.vstore(_relu_if(builder, args[7], total), p_out, row0)
-        return context.get_dummy_value()
+            chunk = g.i64(args[7])
+            g.pairs(g.at(p_ptr, chunk), g.at(p_ptr, builder.add(chunk, g.const(1))), unit, 2)
+            total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
+                                 builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
+            row0 = builder.mul(chunk, g.const(LANES))
+            total = builder.fadd(total, g.vload(p_bias, row0, V8F))
+            g.vstore(_relu_if(builder, args[8], total), p_out, row0)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return chunk_avx2
+
+
+_chunk8_avx2 = _make_chunk(8)
+_chunk16_avx2 = _make_chunk(16)
 
 
 @njit(inline="always", **_OPTS)
-def _chunk_portable(data, meta, unit_ptr, x, bias, out, c, relu):
-    """_chunk_avx2 in plain Numba, lane by lane (any CPU)."""
+def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu):
+    """The AVX2 chunk kernels in plain Numba, lane by lane (any CPU); wide: 16-column windows."""
+    bits = np.uint64(4) if wide else np.uint64(3)
+    mask = np.uint64(15) if wide else np.uint64(7)
     r0 = c * 8
     o = out[r0:r0 + 8]
     for lane in range(8):
         o[lane] = np.float32(0.0)
     for u in range(unit_ptr[c], unit_ptr[c + 1]):
         m = meta[u]
-        w = (m >> np.uint64(48)) * np.uint64(4)
-        xw = x[w:w + np.uint64(8)]
+        xw = x[np.int64(start[u]) * 4:]
         d = data[u * 16:u * 16 + 16]
         for lane in range(8):
-            a = (m >> np.uint64(3 * lane)) & np.uint64(7)
-            b = (m >> np.uint64(24 + 3 * lane)) & np.uint64(7)
+            a = (m >> (bits * np.uint64(lane))) & mask
+            b = (m >> (bits * np.uint64(8 + lane))) & mask
             o[lane] += d[lane] * xw[a] + d[8 + lane] * xw[b]
     for lane in range(8):
         v = o[lane] + bias[r0 + lane]
@@ -145,36 +158,45 @@ def _part(unit_ptr, t, n_parts):
     return c0, c1
 
 
+@njit(inline="always", **_OPTS)
+def _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1):
+    if wide:
+        for c in range(c0, c1):
+            _chunk16_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
+    else:
+        for c in range(c0, c1):
+            _chunk8_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
+
+
 @njit(**_OPTS)
-def sell8_matvec_bias_relu_serial(data, meta, unit_ptr, bias, x, out, relu):
-    """out[:8 n_chunks] = (relu)(W @ x + bias) for one SELL8 layer (AVX2); x holds >= x_len floats."""
-    for c in range(unit_ptr.shape[0] - 1):
-        _chunk_avx2(data, meta, unit_ptr, x, bias, out, c, relu)
+def sell8_matvec_bias_relu_serial(data, meta, start, unit_ptr, bias, x, out, wide, relu):
+    """out[:8 n_chunks] = (relu)(W @ x + bias) for one SELL8 layer (AVX2; wide: 16-column windows);
+    x holds >= x_len floats."""
+    _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, 0, unit_ptr.shape[0] - 1)
 
 
 @njit(parallel=True, **_OPTS)
-def sell8_matvec_bias_relu(data, meta, unit_ptr, bias, x, out, relu, n_parts):
+def sell8_matvec_bias_relu(data, meta, start, unit_ptr, bias, x, out, wide, relu, n_parts):
     """sell8_matvec_bias_relu_serial on n_parts threads (contiguous chunks of about equal units)."""
     for t in prange(n_parts):
         c0, c1 = _part(unit_ptr, t, n_parts)
-        for c in range(c0, c1):
-            _chunk_avx2(data, meta, unit_ptr, x, bias, out, c, relu)
+        _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1)
 
 
 @njit(fastmath={"contract"}, **_OPTS)
-def sell8_matvec_bias_relu_portable_serial(data, meta, unit_ptr, bias, x, out, relu):
+def sell8_matvec_bias_relu_portable_serial(data, meta, start, unit_ptr, bias, x, out, wide, relu):
     """sell8_matvec_bias_relu_serial on the portable twin."""
     for c in range(unit_ptr.shape[0] - 1):
-        _chunk_portable(data, meta, unit_ptr, x, bias, out, c, relu)
+        _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu)
 
 
 @njit(parallel=True, fastmath={"contract"}, **_OPTS)
-def sell8_matvec_bias_relu_portable(data, meta, unit_ptr, bias, x, out, relu, n_parts):
+def sell8_matvec_bias_relu_portable(data, meta, start, unit_ptr, bias, x, out, wide, relu, n_parts):
     """sell8_matvec_bias_relu on the portable twin."""
     for t in prange(n_parts):
         c0, c1 = _part(unit_ptr, t, n_parts)
         for c in range(c0, c1):
-            _chunk_portable(data, meta, unit_ptr, x, bias, out, c, relu)
+            _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu)
 
 
 @njit(inline="always", **_OPTS)
@@ -195,17 +217,18 @@ def _store_logits(out, logits):
 
 
 @njit(inline="always", **_OPTS)
-def _layer(data, meta, unit_ptr, bias, offsets, layer):
-    """Layer `layer`'s (data, meta, unit_ptr, bias, units) in the concatenated arrays."""
+def _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer):
+    """Layer `layer`'s (data, meta, start, unit_ptr, bias, wide, units) in the concatenated arrays."""
     u0, u1 = offsets[0, layer], offsets[0, layer + 1]
-    return (data[u0 * 16:u1 * 16], meta[u0:u1], unit_ptr[offsets[1, layer]:offsets[1, layer + 1]],
-            bias[offsets[2, layer]:offsets[2, layer + 1]], u1 - u0)
+    return (data[u0 * 16:u1 * 16], meta[u0:u1], start[u0:u1],
+            unit_ptr[offsets[1, layer]:offsets[1, layer + 1]], bias[offsets[2, layer]:offsets[2, layer + 1]],
+            windows[layer] == 16, u1 - u0)
 
 
 # The drivers, one per (kernel, threaded): a driver compiles every kernel it may call, so the serial
 # ones spare a one-thread caller the parallel kernel's compile (~2 s of ~4 s cold).
 @njit(**_OPTS)
-def sell8_forward_avx2(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+def sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
                        n_threads, logits):
     """sell8_forward on the AVX2 kernel, layers from min_parallel_units on n_threads threads."""
     _load_input(X, xbuf)
@@ -214,17 +237,17 @@ def sell8_forward_avx2(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1,
     n_layers = offsets.shape[1] - 1
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, p, b, units = _layer(data, meta, unit_ptr, bias, offsets, layer)
+        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
         if units >= min_parallel_units and n_threads > 1:
-            sell8_matvec_bias_relu(d, m, p, b, h, out, layer < n_layers - 1, n_threads)
+            sell8_matvec_bias_relu(d, m, st, p, b, h, out, wide, layer < n_layers - 1, n_threads)
         else:
-            sell8_matvec_bias_relu_serial(d, m, p, b, h, out, layer < n_layers - 1)
+            sell8_matvec_bias_relu_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
         h = out
     _store_logits(out, logits)
 
 
 @njit(**_OPTS)
-def sell8_forward_avx2_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, logits):
+def sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits):
     """sell8_forward on the AVX2 kernel, on the calling thread."""
     _load_input(X, xbuf)
     h = xbuf
@@ -232,14 +255,14 @@ def sell8_forward_avx2_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0
     n_layers = offsets.shape[1] - 1
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, p, b, units = _layer(data, meta, unit_ptr, bias, offsets, layer)
-        sell8_matvec_bias_relu_serial(d, m, p, b, h, out, layer < n_layers - 1)
+        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
+        sell8_matvec_bias_relu_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
         h = out
     _store_logits(out, logits)
 
 
 @njit(**_OPTS)
-def sell8_forward_portable(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+def sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
                            n_threads, logits):
     """sell8_forward on the portable twin, layers from min_parallel_units on n_threads threads."""
     _load_input(X, xbuf)
@@ -248,17 +271,17 @@ def sell8_forward_portable(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, b
     n_layers = offsets.shape[1] - 1
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, p, b, units = _layer(data, meta, unit_ptr, bias, offsets, layer)
+        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
         if units >= min_parallel_units and n_threads > 1:
-            sell8_matvec_bias_relu_portable(d, m, p, b, h, out, layer < n_layers - 1, n_threads)
+            sell8_matvec_bias_relu_portable(d, m, st, p, b, h, out, wide, layer < n_layers - 1, n_threads)
         else:
-            sell8_matvec_bias_relu_portable_serial(d, m, p, b, h, out, layer < n_layers - 1)
+            sell8_matvec_bias_relu_portable_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
         h = out
     _store_logits(out, logits)
 
 
 @njit(**_OPTS)
-def sell8_forward_portable_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, logits):
+def sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits):
     """sell8_forward on the portable twin, on the calling thread."""
     _load_input(X, xbuf)
     h = xbuf
@@ -266,13 +289,13 @@ def sell8_forward_portable_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, 
     n_layers = offsets.shape[1] - 1
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, p, b, units = _layer(data, meta, unit_ptr, bias, offsets, layer)
-        sell8_matvec_bias_relu_portable_serial(d, m, p, b, h, out, layer < n_layers - 1)
+        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
+        sell8_matvec_bias_relu_portable_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
         h = out
     _store_logits(out, logits)
 
 
-def sell8_forward(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_parallel_units, n_threads,
+def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units, n_threads,
                   logits, avx2=True):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
     (1, n_out), written in place (the caller allocates it).
@@ -290,12 +313,12 @@ def sell8_forward(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_
             raise ValueError("the SELL8 AVX2 kernel needs a CPU with AVX2 and FMA (as Numba targets it); "
                              "pass avx2=False for the portable kernel")
         if threaded:
-            sell8_forward_avx2(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+            sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
                                n_threads, logits)
         else:
-            sell8_forward_avx2_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, logits)
+            sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits)
     elif threaded:
-        sell8_forward_portable(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+        sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
                                n_threads, logits)
     else:
-        sell8_forward_portable_serial(data, meta, unit_ptr, bias, offsets, X, xbuf, buf0, buf1, logits)
+        sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits)
