@@ -170,13 +170,13 @@ class CSREngine(Engine):
         return out
 
 
-def sell_pays(sell_nbytes: int, csr_nbytes: int, tuning: Tuning = Tuning()) -> bool:
+def sell_pays(sell_nbytes: int, csr_nbytes: int, tuning: Optional[Tuning] = None) -> bool:
     """Whether batch 1 should run on SELL rather than the CSR SpMV (unless the caller chose).
 
     SELL reads its padding: it is bandwidth-bound where the SpMV is bound by its loads per non-zero.
     It wins while its bytes stay in the caches (tuning.sell_cache_bytes) or are at most twice CSR's.
     """
-    return sell_nbytes <= max(tuning.sell_cache_bytes, 2 * csr_nbytes)
+    return sell_nbytes <= max((tuning or Tuning()).sell_cache_bytes, 2 * csr_nbytes)
 
 
 def _flatten(layout, idx_dtype, panels) -> tuple:

@@ -294,7 +294,7 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
     if Bc:
         panels_on = Bc >= t.min_panel_batch
         layers = []
-        for (m, n), P in zip(net.shape, net.panels):
+        for (_, n), P in zip(net.shape, net.panels):
             if panels_on and P < n:
                 layers.append(LayerPlan("panels", False, P, kernels.PANELS))
             elif Bc % 16 == 0:
@@ -311,7 +311,7 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
     Bp = padded_batch(B) if B > 1 else 1
     panels_on = B >= t.min_panel_batch
     layers = []
-    for nnz, (m, n), P in zip(net.nnz, net.shape, net.panels):
+    for nnz, (_, n), P in zip(net.nnz, net.shape, net.panels):
         par = threads > 1 and nnz * Bp >= t.min_parallel_work
         if panels_on and P < n:
             layers.append(LayerPlan("spmv-panels" if B == 1 else "panels", threads > 1, P,
