@@ -31,7 +31,7 @@ _ACCUMULATORS = 2
 
 def available() -> bool:
     """True when Numba targets a CPU with AVX-512F (the intrinsic would not compile otherwise)."""
-    from sparsenet.plan import cpu
+    from sparsenet.cpu import cpu
     return cpu().avx512f
 
 

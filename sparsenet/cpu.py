@@ -1,0 +1,62 @@
+"""The CPU Numba compiles for: its name and the features our kernels depend on (AVX-512F, AVX2, FMA).
+
+NUMBA_CPU_NAME / NUMBA_CPU_FEATURES may name another CPU than the host (CI forces `haswell` on
+AVX-512 machines to test the AVX2 paths); kernels and plans follow Numba's target, not the host.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CPU:
+    """What the plan needs to know of the CPU Numba compiles for (NUMBA_CPU_NAME may differ from the host)."""
+
+    name: str          # Numba's target CPU name (e.g. 'sapphirerapids', 'znver3', 'haswell')
+    machine: str       # platform.machine(): x86_64, aarch64, ...
+    avx512f: bool
+    avx2: bool
+    fma: bool
+
+    @property
+    def isa(self) -> str:
+        """ISA level of the kernels this CPU runs: avx512, avx2, neon or generic."""
+        if self.avx512f:
+            return "avx512"
+        if self.avx2 and self.fma:
+            return "avx2"
+        if self.machine in ("aarch64", "arm64"):
+            return "neon"
+        return "generic"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> CPU:
+    """The CPU Numba targets in this process (its NUMBA_CPU_NAME/NUMBA_CPU_FEATURES, else the host)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    machine = platform.machine()
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        name = config.CPU_NAME
+        flags = set((config.CPU_FEATURES or "").split(","))
+        if not config.CPU_FEATURES:                  # a named CPU without a feature list
+            flags = _known_features(name)
+        has = lambda f: f"+{f}" in flags              # noqa: E731
+    else:
+        name = llvm.get_host_cpu_name()
+        host = llvm.get_host_cpu_features()
+        has = lambda f: bool(host.get(f, False))      # noqa: E731
+    return CPU(name=name, machine=machine, avx512f=has("avx512f"), avx2=has("avx2"), fma=has("fma"))
+
+
+def _known_features(cpu_name: str) -> set:
+    """Flags of x86 CPU names used to force a code path (NUMBA_CPU_NAME=haswell); unknown names get
+    none, so the plan stays on portable kernels rather than emit instructions the CPU may lack."""
+    avx2 = {"+avx", "+avx2", "+fma"}
+    avx512 = avx2 | {"+avx512f"}
+    table = {"haswell": avx2, "broadwell": avx2, "skylake": avx2, "znver1": avx2, "znver2": avx2,
+             "znver3": avx2, "alderlake": avx2, "skylake-avx512": avx512, "icelake-server": avx512,
+             "sapphirerapids": avx512, "znver4": avx512, "x86-64-v4": avx512, "x86-64-v3": avx2}
+    return table.get(cpu_name, set())
