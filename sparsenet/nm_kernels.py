@@ -28,24 +28,29 @@ _ROWS_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", ty
 
 
 def _make_nm_rows(NT):
-    """Intrinsic: rows r0..r1-1 on columns col0..col0+31. NT: n compiled in (a shift or a
-    multiply for k // n), 0 for n at run time (a division per slot)."""
+    """Intrinsic: rows r0..r1-1, slots ks..ke-1 of each row (a column panel), on columns
+    col0..col0+31. first: start from the bias (else from out: an earlier panel's partial sums);
+    relu: apply it at the store (the last panel). NT: n compiled in (a shift or a multiply for
+    k // n), 0 for n at run time (a division per slot)."""
 
     @intrinsic
-    def nm_rows(typingctx, values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, relu):
+    def nm_rows(typingctx, values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke, first, relu):
         require_arrays(f"nm_kernels.nm_rows{NT or '_any'}", _ROWS_ARGS, (values, idx, bias, HT, out))
-        sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, relu)
+        sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke, first, relu)
 
         def codegen(context, builder, sig, args):
             g = IR(context, builder, sig, args)
             p_val, p_idx, p_bias, p_h, p_out = g.ptr[:5]
-            r0, r1, K, n, m, ld_h, ld_o, col0 = (g.i64(a) for a in args[5:13])
+            r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke = (g.i64(a) for a in args[5:15])
             nn = g.const(NT) if NT else n
             accs = [g.zeroed(W) for _ in range(_ACC)]
             with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
-                for acc in accs:
-                    for a in acc:
-                        builder.store(ir.Constant(VF, None), a)
+                b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
+                o = builder.add(builder.mul(i, ld_o), col0)
+                for w in range(W):
+                    prev = g.vload(p_out, builder.add(o, g.const(LANES * w)))
+                    builder.store(builder.select(args[15], b, prev), accs[0][w])
+                    builder.store(ir.Constant(VF, None), accs[1][w])
                 base = builder.mul(i, K)
 
                 def slot(k, u):
@@ -57,12 +62,10 @@ def _make_nm_rows(NT):
                         h = g.vload(p_h, builder.add(h0, g.const(LANES * w)))
                         builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
 
-                g.pairs(base, builder.add(base, K), slot, _ACC)
-                b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
-                o = builder.add(builder.mul(i, ld_o), col0)
+                g.pairs(builder.add(base, ks), builder.add(base, ke), slot, _ACC)
                 for w in range(W):
-                    t = builder.fadd(g.sum([acc[w] for acc in accs]), b)
-                    g.vstore(g.relu_if(args[13], t), p_out, builder.add(o, g.const(LANES * w)))
+                    t = g.sum([acc[w] for acc in accs])
+                    g.vstore(g.relu_if(args[16], t), p_out, builder.add(o, g.const(LANES * w)))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -77,20 +80,28 @@ nm_rows_any = _make_nm_rows(0)
 
 
 @njit(**_OPTS)
-def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, relu):
+def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu):
     """out = (relu)(W @ HT + bias[:, None]); (n_in, Bc) -> (n_out, Bc), Bc a multiple of 32;
-    values/idx flat (n_out * K,)."""
+    values/idx flat (n_out * K,). The inputs are cut into column panels of `panel` inputs (a
+    multiple of m; >= n_in: one panel): a panel's rows of a 32-column HT tile stay in L1 while
+    every row adds its slots of the panel (a row's tile is loaded and stored once per panel)."""
     n_out, Bc = out.shape
     K = values.shape[0] // max(n_out, 1)
+    Ps = max(panel // m, 1) * n                      # slots per panel
     for t in range(Bc // 32):
-        if n == 2:
-            nm_rows2(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, relu)
-        elif n == 1:
-            nm_rows1(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, relu)
-        elif n == 4:
-            nm_rows4(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, relu)
-        else:
-            nm_rows_any(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, relu)
+        for ks in range(0, max(K, 1), Ps):
+            ke = min(ks + Ps, K)
+            first = ks == 0
+            last = ke >= K
+            rl = relu and last
+            if n == 2:
+                nm_rows2(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
+            elif n == 1:
+                nm_rows1(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
+            elif n == 4:
+                nm_rows4(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
+            else:
+                nm_rows_any(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
 
 
 @njit(inline="always", **_OPTS)
@@ -144,19 +155,19 @@ def _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc):
 
 
 @njit(**_OPTS)
-def _forward_serial(values, idx, bias, sizes, val_off, ns, m, HT, buf0, buf1):
+def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, HT, buf0, buf1):
     """Every layer on the calling thread: (n_in, Bc) -> (n_out, Bc), a buffer view. ns[l]: layer l's n."""
     Bc = HT.shape[1]
     h = HT
     for layer in range(sizes.shape[0] - 1):
         n_out, v, ix, b, relu, out = _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc)
-        nm_matmul_bias_relu(v, ix, b, h, out, ns[layer], m, relu)
+        nm_matmul_bias_relu(v, ix, b, h, out, ns[layer], m, panel, relu)
         h = out
     return h
 
 
 @njit(parallel=True, **_OPTS)
-def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, X, HT, buf0, buf1, out):
+def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
@@ -171,7 +182,7 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, X, HT, buf0, buf
         for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w])
-            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, HT[w], buf0[w], buf1[w])
+            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, HT[w], buf0[w], buf1[w])
             oc = out[c0:c0 + Bc]
             for j in range(oc.shape[0]):
                 for i in range(oc.shape[1]):

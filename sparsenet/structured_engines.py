@@ -171,8 +171,9 @@ class NMEngine(_Chunked):
     layout_name = "nm"
 
     def __init__(self, params, threads: Optional[int] = None, n: int = 2, m: int = 4,
-                 prune_output: bool = False, tuning: Optional[Tuning] = None):
+                 prune_output: bool = False, tuning: Optional[Tuning] = None, panel: int = 128):
         self.n, self.m = check_nm(n, m)
+        self.panel = -(-int(panel) // self.m) * self.m          # inputs per column panel, a multiple of m
         self.prune_output = bool(prune_output)
         super().__init__(params, threads, tuning)
 
@@ -224,7 +225,7 @@ class NMEngine(_Chunked):
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
             return out
         HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        nm_kernels.nm_forward_chunks(*args, X, HT, buf0, buf1, out)
+        nm_kernels.nm_forward_chunks(*args, self.panel, X, HT, buf0, buf1, out)
         return out
 
 

@@ -9,8 +9,9 @@ from hypothesis import given, settings, strategies as st
 
 from sparsenet.model import Layer, forward, he_init, layer_sizes
 from sparsenet.prune import (
-    METHODS, SCOPES, _drop_smallest, apply_masks, check_sparsity, describe_shrink, make_masks, n_to_prune,
-    neuron_mask, neuron_prune, shrink, sparsity_of, weight_mask, weight_prune,
+    ALL_METHODS, DEFAULT_BLOCK, METHODS, SCOPES, STRUCTURED_METHODS, _drop_smallest, apply_masks, block_mask,
+    block_norms, block_prune, check_block, check_nm, check_sparsity, describe_shrink, make_masks,
+    n_to_prune, neuron_mask, neuron_prune, nm_mask, nm_prune, shrink, sparsity_of, weight_mask, weight_prune,
 )
 
 SWEEP = (0, .25, .5, .6, .7, .8, .9, .95, .97, .99)
@@ -446,7 +447,7 @@ def test_make_masks_dispatches(s, bias):
 
 @pytest.mark.parametrize("method", ["channel", "Weight", "", None])
 def test_make_masks_rejects_method(method):
-    with pytest.raises(ValueError, match=r"^method must be one of \('weight', 'neuron'\), "
+    with pytest.raises(ValueError, match=r"^method must be one of \('weight', 'neuron', 'nm', 'block'\), "
                                          rf"got {re.escape(repr(method))}$"):
         make_masks(small_net(), method, 0.5)
 
@@ -620,3 +621,214 @@ def test_sparsity_of_empty_layers():
     assert rep["total"] == 0.0
     empty = sparsity_of((Layer(np.zeros((0, 3), np.float32), None),))
     assert empty == {"layers": [0.0], "total": 0.0, "size": [0], "size_nz": [0]}
+
+
+# --- issue 13: N:M and block pruning ----------------------------------------------------------
+
+def nm_reference(w, n, m):
+    """Brute force: per row and group of m columns (the tail: t < m), keep min(n, t) largest |w|,
+    the lowest columns pruned first among equals."""
+    keep = np.ones(w.shape, bool)
+    for i in range(w.shape[0]):
+        for j in range(0, w.shape[1], m):
+            cols = list(range(j, min(j + m, w.shape[1])))
+            n_drop = len(cols) - min(n, len(cols))
+            for c in sorted(cols, key=lambda c: (abs(float(w[i, c])), c))[:n_drop]:
+                keep[i, c] = False
+    return keep
+
+
+def block_reference(w, s, r, c):
+    """Brute force: blocks in row-major order, norm of their entries, drop round(s * count) smallest
+    (lowest block index first among equals)."""
+    blocks = []
+    for bi in range(0, w.shape[0], r):
+        for bj in range(0, w.shape[1], c):
+            norm = float(np.sqrt(sum(float(v) ** 2 for v in w[bi:bi + r, bj:bj + c].ravel())))
+            blocks.append((norm, len(blocks), bi, bj))
+    keep = np.ones(w.shape, bool)
+    for _, _, bi, bj in sorted(blocks)[:round(s * len(blocks))]:
+        keep[bi:bi + r, bj:bj + c] = False
+    return keep
+
+
+def one_layer(w, bias=None):
+    return (Layer(np.asarray(w, np.float32), bias),)
+
+
+tie_matrices = st.tuples(st.integers(1, 7), st.integers(1, 13)).flatmap(
+    lambda s: st.lists(st.integers(-3, 3), min_size=s[0] * s[1], max_size=s[0] * s[1]).map(
+        lambda v: np.array(v, np.float32).reshape(s)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(w=tie_matrices, nm=st.integers(1, 6).flatmap(lambda m: st.tuples(st.integers(1, m), st.just(m))))
+def test_nm_mask_matches_brute_force(w, nm):
+    n, m = nm
+    (keep, keep_b), = nm_mask(one_layer(w), n, m, prune_output=True)
+    np.testing.assert_array_equal(keep, nm_reference(w, n, m))
+    assert keep_b is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(w=tie_matrices, s=sparsities, r=st.integers(1, 4), c=st.integers(1, 5))
+def test_block_mask_matches_brute_force(w, s, r, c):
+    (keep, _), = block_mask(one_layer(w), s, (r, c), prune_output=True)
+    np.testing.assert_array_equal(keep, block_reference(w, s, r, c))
+
+
+@pytest.mark.parametrize("n_in, n, m, kept_per_row", [
+    (8, 2, 4, 4), (7, 2, 4, 4), (6, 2, 4, 4), (5, 2, 4, 3), (9, 1, 4, 3), (3, 2, 4, 2), (2, 2, 4, 2),
+    (1, 1, 4, 1), (10, 3, 8, 5), (12, 4, 4, 12)])
+def test_nm_exact_counts_and_tail(n_in, n, m, kept_per_row):
+    # he_init weights are nonzero a.s.: zeros are exactly the pruned ones. The tail group of
+    # t = n_in % m columns keeps min(n, t).
+    params = small_net(sizes=(n_in, 6, 3))
+    out = nm_prune(params, n, m, prune_output=True)
+    for layer, src in zip(out, params):
+        w = layer.weight
+        for j in range(0, w.shape[1], m):
+            t = min(m, w.shape[1] - j)
+            assert (np.count_nonzero(w[:, j:j + m], axis=1) == min(n, t)).all()
+    assert (np.count_nonzero(out[0].weight, axis=1) == kept_per_row).all()
+
+
+def test_nm_ties_prune_the_lowest_columns_first():
+    w = np.ones((2, 6), np.float32)
+    w[1] = [-2, 2, 2, -2, 1, -1]
+    (keep, _), = nm_mask(one_layer(w), 2, 4, prune_output=True)
+    np.testing.assert_array_equal(keep, [[0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    (keep, _), = nm_mask(one_layer(w[:, :5]), 1, 4, prune_output=True)     # tail of 1 keeps 1
+    np.testing.assert_array_equal(keep, [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]])
+
+
+def test_nm_keeps_the_largest_magnitudes():
+    w = np.array([[0.1, -5, 3, 0.2, 7, -8, 0.5, 0.4]], np.float32)
+    (keep, _), = nm_mask(one_layer(w), 2, 4, prune_output=True)
+    np.testing.assert_array_equal(keep, [[0, 1, 1, 0, 1, 1, 0, 0]])
+    (keep, _), = nm_mask(one_layer(w), 1, 4, prune_output=True)
+    np.testing.assert_array_equal(keep, [[0, 1, 0, 0, 0, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("s", SWEEP)
+@pytest.mark.parametrize("block", [(1, 4), (4, 1), (8, 1), (3, 5), (4, 4)])
+def test_block_exact_count_and_whole_blocks(s, block):
+    params = small_net(sizes=(30, 41, 27, 10))       # widths not multiples of the blocks
+    out = block_prune(params, s, block)
+    r, c = block
+    for i, (layer, src) in enumerate(zip(out, params)):
+        norms = block_norms(layer.weight, block)
+        n_zero = int(np.sum(norms == 0))
+        if i == len(params) - 1:
+            assert n_zero == 0
+            continue
+        assert n_zero == round(s * norms.size)
+        kept = layer.weight != 0
+        np.testing.assert_array_equal(layer.weight[kept], src.weight[kept])  # kept blocks untouched
+        full = np.repeat(np.repeat(norms > 0, r, 0), c, 1)[:kept.shape[0], :kept.shape[1]]
+        np.testing.assert_array_equal(kept, full)                            # whole blocks
+
+
+def test_block_ties_and_partial_edge_blocks():
+    w = np.ones((3, 5), np.float32)                    # blocks (2, 2): grid 2 x 3, edges partial
+    norms = block_norms(w, (2, 2))
+    np.testing.assert_allclose(norms, [[2, 2, np.sqrt(2)], [np.sqrt(2), np.sqrt(2), 1]])
+    (keep, _), = block_mask(one_layer(w), 0.5, (2, 2), prune_output=True)   # 3 of 6 blocks
+    # the corner (norm 1) first, then the sqrt(2) ties in block order: (0, 2), then (1, 0)
+    np.testing.assert_array_equal(keep, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [0, 0, 1, 1, 0]])
+
+
+@pytest.mark.parametrize("fn", [lambda p: nm_prune(p, 2, 4), lambda p: nm_prune(p, 1, 3, prune_output=True),
+                                lambda p: block_prune(p, 0.7, (2, 3)),
+                                lambda p: block_prune(p, 0.5, (4, 1), prune_output=True)])
+def test_structured_input_unchanged_and_not_shared(fn):
+    params = small_net(bias=True)
+    before = deep_copy(params)
+    out = fn(params)
+    assert_params_equal(params, before)
+    for a, b in zip(out, params):
+        assert not np.shares_memory(a.weight, b.weight)
+        assert not np.shares_memory(a.bias, b.bias)
+        np.testing.assert_array_equal(a.bias, b.bias)      # biases kept
+
+
+def test_structured_identities():
+    params = small_net(bias=True)
+    assert_params_equal(nm_prune(params, 4, 4, prune_output=True), params)
+    assert_params_equal(nm_prune(params, 3, 3), params)
+    assert_params_equal(block_prune(params, 0, (3, 2), prune_output=True), params)
+
+
+def test_structured_default_leaves_output_layer_unpruned():
+    params = small_net(bias=True)
+    for masks in (nm_mask(params, 1, 4), block_mask(params, 0.9, (2, 2)),
+                  make_masks(params, "nm", 0.5), make_masks(params, "block", 0.9)):
+        assert masks[-1][0].all() and not masks[0][0].all()
+    for masks in (nm_mask(params, 1, 4, prune_output=True), block_mask(params, 0.9, (2, 2), prune_output=True)):
+        assert not masks[-1][0].all()
+
+
+@pytest.mark.parametrize("n, m, message", [
+    (0, 4, "n must be a positive integer, got 0"), (2, 0, "m must be a positive integer, got 0"),
+    (True, 4, "n must be a positive integer, got True"), (2.0, 4, "n must be a positive integer, got 2.0"),
+    (5, 4, "n must be at most m (keep n of every m weights), got n=5, m=4"),
+    (2, "4", "m must be a positive integer, got '4'")])
+def test_nm_bad_pattern(n, m, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_nm(n, m)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        nm_prune(small_net(), n, m)
+
+
+@pytest.mark.parametrize("block, message", [
+    ((0, 4), "block rows r must be a positive integer, got 0"), ((2, -1), "block columns c must be a positive integer, got -1"),
+    ((2,), "block must be a pair (r, c) of positive integers, got (2,)"), (4, "block must be a pair (r, c) of positive integers, got 4"),
+    ((1.5, 2), "block rows r must be a positive integer, got 1.5")])
+def test_block_bad_shape(block, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_block(block)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        block_prune(small_net(), 0.5, block)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "0.5", float("nan")])
+def test_block_bad_sparsity(bad):
+    with pytest.raises(ValueError, match="^sparsity must be"):
+        block_prune(small_net(), bad, (2, 2))
+
+
+def test_make_masks_structured():
+    params = small_net(bias=True)
+    assert STRUCTURED_METHODS == ("nm", "block") and ALL_METHODS == METHODS + STRUCTURED_METHODS
+    assert_masks_equal(make_masks(params, "nm", 0.5), nm_mask(params, 2, 4))
+    assert_masks_equal(make_masks(params, "nm", 0.75), nm_mask(params, 1, 4))
+    assert_masks_equal(make_masks(params, "nm", 0.75, n=1, m=4, prune_output=True), nm_mask(params, 1, 4, True))
+    assert_masks_equal(make_masks(params, "nm", 0.5, m=8), nm_mask(params, 4, 8))
+    assert_masks_equal(make_masks(params, "nm", 0), nm_mask(params, 4, 4))
+    assert_masks_equal(make_masks(params, "block", 0.6), block_mask(params, 0.6, DEFAULT_BLOCK))
+    assert_masks_equal(make_masks(params, "block", 0.6, block=(4, 1), prune_output=True),
+                       block_mask(params, 0.6, (4, 1), prune_output=True))
+    with pytest.raises(ValueError, match=r"^n=2 with m=4 prunes 2 of every 4 weights, but sparsity 0.75 prunes 3"):
+        make_masks(params, "nm", 0.75, n=2)
+    with pytest.raises(ValueError, match=r"^sparsity 0.9 prunes all 4 weights of every group \(n = 0\)"):
+        make_masks(params, "nm", 0.9)
+    for method in STRUCTURED_METHODS:
+        with pytest.raises(ValueError, match=f"^scope for {method} pruning must be one of"):
+            make_masks(params, method, 0.5, scope="global")
+        with pytest.raises(ValueError, match="^sparsity must be in"):
+            make_masks(params, method, 1.0)
+
+
+def test_nm_matches_torch_2_4():
+    """torch's reference 2:4 pruning (WeightNormSparsifier, blocks of 1 x 4 with 2 zeros each)."""
+    torch = pytest.importorskip("torch")
+    from torch.ao.pruning import WeightNormSparsifier
+    w = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)   # no ties
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16, bias=False))
+    model[0].weight.data = torch.from_numpy(w.copy())
+    sp = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)
+    sp.prepare(model, [{"tensor_fqn": "0.weight"}])
+    sp.step()
+    torch_keep = model[0].parametrizations.weight[0].mask.detach().numpy().astype(bool)
+    (keep, _), = nm_mask(one_layer(w), 2, 4, prune_output=True)
+    np.testing.assert_array_equal(keep, torch_keep)
