@@ -260,6 +260,19 @@ def timing_quality(records) -> dict:
             "worst_spread": max(spreads, default=math.nan)}
 
 
+def kernels_used(timings) -> list:
+    """[{"engine", "batch", "threads", "kernel", "sparsities"}]: the kernel plan summary of every timed call
+    (records' "kernel"; records without one are left out), with the k it ran at, in engine, batch, threads order."""
+    groups = {}
+    for r in records_of(timings):
+        if r.get("kernel"):
+            key = (r["engine"], r["batch"], r["threads"], r["kernel"])
+            groups.setdefault(key, set()).add(sparsity_key(r["sparsity"]))
+    return [{"engine": e, "batch": b, "threads": t, "kernel": k, "sparsities": sorted(ks)}
+            for (e, b, t, k), ks in sorted(groups.items(), key=lambda kv: (engine_rank(kv[0][0]), kv[0][1],
+                                                                           kv[0][2], min(kv[1])))]
+
+
 # ---------------------------------------------------------------- roofline
 
 def has_rate(r) -> bool:

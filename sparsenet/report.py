@@ -14,7 +14,7 @@ from statistics import mean
 from sparsenet import plots
 from sparsenet.analysis import (
     above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, has_rate,
-    pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
+    kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
     verdict,
 )
 from sparsenet.files import atomic_write_bytes, make_dirs, write_json
@@ -203,8 +203,18 @@ def _roofline_rows(timings, machine, threads) -> list:
     for r in filter(has_rate, select(records_of(timings), threads=threads)):
         g = r["flops"] / r["median_s"] / 1e9
         rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], r.get("layout", "–"),
-                     f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}", "–" if not peak else pct(g / peak, 1)])
+                     r.get("kernel", "–"), f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}", "–" if not peak else pct(g / peak, 1)])
     return rows
+
+
+def kernels_markdown(timings) -> str:
+    """Which kernels produced the timings: per engine, batch and thread count, each kernel plan summary
+    (layout; split; per-layer kernels) with the k it ran at."""
+    rows = [[u["engine"], u["batch"], u["threads"], u["kernel"], ", ".join(pct(k) for k in u["sparsities"])]
+            for u in kernels_used(timings)]
+    if not rows:
+        return "_(the records name no kernel plan: made before plans were recorded)_\n"
+    return _table(["engine", "batch", "threads", "kernel plan", "k"], rows)
 
 
 def _scaling_rows(scaling) -> list:
@@ -232,6 +242,8 @@ def _machine_md(machine, timings, config, miss) -> str:
             ["CPU", machine.get("cpu", "–")], ["cores", machine.get("n_cores", "–")],
             ["platform", machine.get("platform", "–")], ["Python", machine.get("python", "–")],
             ["BLAS kernel (threadpoolctl)", kernels],
+            ["kernel ISA (sparsenet plans)", f"{machine['isa']} (Numba target {machine.get('numba_cpu', '?')})"
+             if machine.get("isa") else "–"],
             ["thread counts timed", ", ".join(map(str, thread_counts(timings))) or "–"],
             ["measured sgemm peak", ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in sg.items()) or "–"],
             ["measured bandwidth", f"{peaks['bandwidth_gbs']:.1f} GB/s" if peaks.get("bandwidth_gbs") else "–"],
@@ -323,6 +335,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
             md.append(fig(f"latency_t{t}.png", plots.plot_latency, tim, threads=t))
             md.append(fig(f"speedup_t{t}.png", plots.plot_speedup, tim, threads=t))
         md.append("Break-even sparsity:\n\n" + break_even_markdown(tim))
+        md.append("\nThe kernels that produced each line are listed under 8.2.\n")
         flagged = [r for r in records_of(tim) if r.get("flagged")]
         md.append(f"\n{len(flagged)} of {len(records_of(tim))} timing records are flagged as noisy (max/min of per-round "
                   "medians above the spread limit; marked ⚠ in 8.2). Tables: 8.2, 8.3.\n")
@@ -383,6 +396,9 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     if tim:
         headers, rows = _latency_rows(tim)
         md.append(_table(headers, rows))
+        md.append("\nKernels behind these timings (the plan each record names: layout; how the batch is split; "
+                  "per-layer kernels, `/par` on several threads; `sparsenet plan` explains one):\n")
+        md.append(kernels_markdown(tim))
     else:
         md.append(miss(["timings"], "this table"))
     md.append("\n### 8.3 Speed-up over dense\n")
@@ -400,7 +416,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
                      _memory_rows(tim))
               if tim else miss(["timings"], "this table"))
     md.append(f"\n### 8.5 Roofline ({threads_word(threads) if threads else '–'})\n")
-    md.append(_table(["engine", "method", "k", "batch", "layout", "flop/byte", "GFLOP/s", "of sgemm peak"],
+    md.append(_table(["engine", "method", "k", "batch", "layout", "kernel", "flop/byte", "GFLOP/s", "of sgemm peak"],
                      _roofline_rows(tim, mac, threads)) if tim else miss(["timings"], "this table"))
     md.append("\n### 8.6 Scaling\n")
     md.append(_table(["width", "engine", "batch", "threads", "break-even k", "speed-up by k"], _scaling_rows(sca))

@@ -9,7 +9,9 @@ machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
                 "versions": {"numpy": ..., "scipy": ..., "numba": ..., ...},
                 "blas": [threadpoolctl.threadpool_info() entries],
                 "env": {"OPENBLAS_CORETYPE": str|None, "OPENBLAS_L2_SIZE": str|None},
-                "peaks": {"sgemm_gflops": {"1": float, "2": float}, "bandwidth_gbs": float}}
+                "peaks": {"sgemm_gflops": {"1": float, "2": float}, "bandwidth_gbs": float},
+                "isa": "avx512"|"avx2"|"neon"|"generic",  # kernels the plans choose (plan.CPU.isa)
+                "numba_cpu": str}                          # the CPU Numba compiles for
 accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
                 "dense": {"accuracy": [per seed], "loss": [per seed]},
                 "curves": [{"method": "weight"|"neuron", "recovery": "oneshot"|"finetuned"|"gradual",
@@ -19,8 +21,8 @@ accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
 timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}}
 scaling.json   {"records": [TIMING... with "width" set and "method" "weight"]}
 
-TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",
-          "method": "weight"|"neuron"|"none",   # how the timed net was pruned
+TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
+          "method": "weight"|"neuron"|"none",   # how the timed net was pruned (names.ENGINE_METHOD)
           "sparsity": float, "batch": int, "threads": int,
           "median_s": float,                    # median over rounds of the per-round median call time
           "min_s": float, "max_s": float,       # min/max of the per-round medians
@@ -29,8 +31,13 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",
           "rounds": int, "calls": int,          # rounds, calls per round
           "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
           "call_nbytes": int, "layout": str,    # bytes of the layout this call computes with, its
-                                                # name (csr at batch 1: "sell" or "csr"; see engines)
+                                                # name (plan.Plan.layout: dense, csr, csr-panels, sell...)
+          "kernel": str,                        # the call's kernel plan in one line (Plan.summary():
+                                                # layout; batch split; per-layer kernels)
+          "isa": str,                           # ISA level of those kernels (plan.CPU.isa)
+          "plan": {...},                        # the whole plan (Plan.to_dict(): layers, reasons, ...)
           "nnz": int, "layer_sizes": [int...], "width": int|None}
+(kernel, isa and plan are absent from records written before plans were recorded.)
 
 Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced
 them, checked on resume), "complete" (false while a stage is partly done), timings/scaling also

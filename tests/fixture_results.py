@@ -10,15 +10,30 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsenet import names
 from sparsenet.results import PARTS, save_part
 
 SIZES = (784, 1000, 1000, 500, 200, 10)
-SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+SPARSITIES = names.SPARSITIES
 SEEDS = (0, 1, 2)
 BATCHES = (1, 256)
 THREADS = (1, 2)
-ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
+ENGINES = names.ENGINES
 WIDTHS = (1024, 4096)
+
+
+def rec(engine, method, k, seconds, batch=1, threads=1):
+    """One hand-made TIMING record, for crafted timings with known answers."""
+    return {"engine": engine, "method": method, "sparsity": k, "batch": batch, "threads": threads,
+            "median_s": seconds, "min_s": seconds, "max_s": seconds, "spread": 1.0, "flagged": False,
+            "rounds": 1, "calls": 1, "nbytes": 100, "flops": 1000.0, "nnz": 25, "layer_sizes": [4, 5], "width": None}
+
+
+def csr_timings(ks, csr_seconds, dense_s=1.0, **kw):
+    """Timings of the unpruned dense net (dense_s) and of csr at each k of `ks`."""
+    recs = [rec("dense", "none", 0.0, dense_s, **kw)]
+    recs += [rec("csr", "weight", k, s, **kw) for k, s in zip(ks, csr_seconds)]
+    return {"records": recs}
 
 
 def _shapes(sizes):
@@ -75,8 +90,25 @@ def _timings_for(sizes, ks, engines, method_of, rng, width=None, batches=BATCHES
                     rec = _record(engine, method, k, batch, threads, s * jitter, nbytes, flops, n, lsz, width, rng)
                     if engine == "csr":
                         rec["index_dtype"] = "int32"
+                    rec.update(_plan_fields(engine, batch, threads, len(lsz) - 1))
                     records.append(rec)
     return records
+
+
+def _plan_fields(engine, batch, threads, n_layers):
+    """kernel / isa / plan keys shaped like timing.record's (plan.Plan.summary and to_dict)."""
+    if engine in ("dense", "shrunk"):
+        layout, split, kernel = "dense", "blas", ("sgemv" if batch == 1 else "sgemm") + ("/par" if threads > 1 else "")
+    elif engine == "csr-scipy":
+        layout, split, kernel = "scipy-csr", "none", "scipy-csr"
+    elif batch == 1:
+        layout, split, kernel = "sell", "none", "sell16-avx512" + ("/par" if threads > 1 else "")
+    else:
+        layout, split, kernel = "csr", f"batch split 32 cols x {threads} threads", "tiles"
+    summary = f"{layout}; {split}; {kernel} x{n_layers}"
+    return {"kernel": summary, "isa": "avx512",
+            "plan": {"engine": engine, "batch": batch, "threads": threads, "isa": "avx512", "layout": layout,
+                     "summary": summary}}
 
 
 def _curve(base, ks, drop_at, steep, rng, n_seeds, finetuned):
@@ -117,7 +149,8 @@ def make_results(folder, missing=(), batches=BATCHES) -> Path:
                                   "version": "0.3.29", "architecture": "Haswell", "threading_layer": "pthreads",
                                   "prefix": "libscipy_openblas", "filepath": "/synthetic/libopenblas.so"}],
                         "env": {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None},
-                        "peaks": {"sgemm_gflops": {"1": 52.0, "2": 98.0}, "bandwidth_gbs": 14.0}}
+                        "peaks": {"sgemm_gflops": {"1": 52.0, "2": 98.0}, "bandwidth_gbs": 14.0},
+                        "isa": "avx512", "numba_cpu": "znver4"}
     base = [0.982 + 0.001 * s for s in range(len(SEEDS))]
     curves = []
     for method, drop_at, steep in (("weight", 0.85, 4.0), ("neuron", 0.5, 3.0)):
@@ -128,7 +161,7 @@ def make_results(folder, missing=(), batches=BATCHES) -> Path:
     parts["accuracy"] = {"dataset": "mnist", "sparsities": ks, "seeds": list(SEEDS),
                          "dense": {"accuracy": base, "loss": [0.065, 0.063, 0.061]},
                          "curves": curves, "config": {"epochs": 2, "lr": 0.1}}
-    method_of = {"dense": "weight", "csr": "weight", "csr-scipy": "weight", "shrunk": "neuron"}
+    method_of = names.ENGINE_METHOD
     parts["timings"] = {"records": _timings_for(SIZES, ks, ENGINES, method_of, rng, batches=batches),
                         "compile_s": {"csr": 1.8}}
     scaling = []

@@ -1,21 +1,11 @@
 """The analysis functions on crafted data with known answers (and on the fixture folder)."""
 import pytest
 
+from fixture_results import csr_timings, rec
 from sparsenet.analysis import (
-    above_peak, break_even, candidates, dense_reference, pareto_front, speedup_curves, speedups, verdict,
+    above_peak, accuracy_at, break_even, candidates, dense_reference, kernels_used, pareto_front, speedup_curves,
+    speedups, times_at, timing_quality, verdict,
 )
-
-
-def rec(engine, method, k, seconds, batch=1, threads=1):
-    return {"engine": engine, "method": method, "sparsity": k, "batch": batch, "threads": threads,
-            "median_s": seconds, "min_s": seconds, "max_s": seconds, "spread": 1.0, "flagged": False,
-            "rounds": 1, "calls": 1, "nbytes": 100, "flops": 1000.0, "nnz": 25, "layer_sizes": [4, 5], "width": None}
-
-
-def csr_timings(ks, csr_seconds, dense_s=1.0, **kw):
-    recs = [rec("dense", "none", 0.0, dense_s, **kw)]
-    recs += [rec("csr", "weight", k, s, **kw) for k, s in zip(ks, csr_seconds)]
-    return {"records": recs}
 
 
 # ---------------------------------------------------------------- break-even and speed-ups
@@ -159,3 +149,33 @@ def test_above_peak_counts_records_faster_than_the_measured_peak():
     machine = {"peaks": {"sgemm_gflops": {"1": 1.5e-6}}}
     assert above_peak(t, machine, 1) == 1
     assert above_peak(t, None, 1) == 0 and above_peak(t, machine, 2) == 0
+
+
+# ---------------------------------------------------------------- the study's summary numbers
+
+def test_accuracy_and_times_at_the_preferred_sparsity():
+    res = crafted({0.25: 0.6, 0.9: 0.05}, {0.25: 3.0, 0.9: 0.4}, weight_acc=0.9, neuron_acc=0.5)
+    a = accuracy_at(res["accuracy"])
+    assert a["sparsity"] == 0.9 and a["dense"] == pytest.approx(0.98)
+    assert [(c["method"], c["accuracy"]) for c in a["curves"]] == [("weight", 0.9), ("neuron", 0.5)]
+    assert accuracy_at(res["accuracy"], 0.25)["curves"][1]["accuracy"] == pytest.approx(0.98)
+    t = times_at(res["timings"])
+    assert (t["sparsity"], t["batch"], t["threads"]) == (0.9, 1, 1)
+    assert t["seconds"] == {"csr": 0.4, "shrunk": 0.05}
+    assert t["dense_s"] == 1.0 and t["dense_sparsity"] == 0.0       # dense timed at k = 0 only
+    only_low = {"records": [r for r in res["timings"]["records"] if r["sparsity"] < 0.5]}
+    assert times_at(only_low)["sparsity"] == 0.25                     # no 90%: the largest k
+
+
+def test_timing_quality_counts_flags_and_spreads():
+    recs = [dict(rec("csr", "weight", 0.5, 1.0), spread=s, flagged=s > 1.2) for s in (1.0, 1.1, 1.3, 1.5)]
+    assert timing_quality(recs) == {"n": 4, "flagged": 2, "median_spread": 1.3, "worst_spread": 1.5}
+
+
+def test_kernels_used_groups_plans_by_engine_batch_threads(results_folder):
+    from sparsenet.results import load_results
+    used = kernels_used(load_results(results_folder)["timings"])
+    assert {u["engine"] for u in used} == {"dense", "csr", "csr-scipy", "shrunk"}
+    sell = [u for u in used if u["engine"] == "csr" and u["batch"] == 1 and u["threads"] == 1]
+    assert len(sell) == 1 and sell[0]["kernel"].startswith("sell;") and len(sell[0]["sparsities"]) == 10
+    assert kernels_used({"records": [rec("csr", "weight", 0.5, 1.0)]}) == []      # records without plans

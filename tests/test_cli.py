@@ -204,3 +204,65 @@ def test_an_os_error_of_the_report_is_one_line(tmp_path, capsys, monkeypatch):
     assert cli.main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
     assert f"sparsenet report: error: {folder / 'report'}: Not a directory" in err and "Traceback" not in err
+
+
+# --- the study's options: one table ------------------------------------------------------------
+
+def test_every_study_config_field_has_an_option():
+    import dataclasses
+
+    from sparsenet.study_config import OPTIONS, QUICK_FIELD, StudyConfig
+    fields = [f.name for f in dataclasses.fields(StudyConfig)]
+    assert sorted(o.field for o in OPTIONS) == sorted(set(fields) - {QUICK_FIELD})
+    parser = cli.build_parser()
+    study = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("study"))
+    dests = {a.dest for a in study._actions}
+    assert set(fields) - {QUICK_FIELD} <= dests and {o.kind for o in OPTIONS} <= set(cli.KINDS) | {"bool"}
+
+
+# --- sparsenet plan --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    from sparsenet import checkpoint
+    from sparsenet.model import he_init
+    return checkpoint.save(tmp_path_factory.mktemp("plan") / "net.npz", he_init((784, 64, 32, 10), seed=1))
+
+
+def test_plan_prints_the_plan_and_why(small_checkpoint, capsys):
+    from sparsenet.plan import cpu
+    assert cli.main(["plan", "--checkpoint", str(small_checkpoint), "--sparsity", "90", "--batch", "1,256",
+                     "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "layers 784-64-32-10, weight-pruned to k=90%" in out and f"kernels for {cpu().isa}" in out
+    assert "csr at batch 1, 1 thread(s)" in out and "csr at batch 256, 1 thread(s)" in out
+    assert out.count("  why: ") >= 2 and "  layer 2: " in out
+
+
+def test_plan_json_is_the_engines_plans(small_checkpoint, capsys):
+    import json
+
+    from sparsenet import checkpoint
+    from sparsenet.engines import make_engine
+    from sparsenet.grid import pruned
+    assert cli.main(["plan", "--checkpoint", str(small_checkpoint), "--engine", "shrunk", "--sparsity", "0.5",
+                     "--batch", "16", "--threads", "1", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["net"]["method"] == "neuron" and got["net"]["layer_sizes"] == [784, 64, 32, 10]
+    net = pruned(checkpoint.load(small_checkpoint)[0], "neuron", 0.5)
+    assert got["plans"] == [json.loads(json.dumps(make_engine("shrunk", net, threads=1).plan(16).to_dict()))]
+
+
+def test_plan_of_the_default_net(capsys):
+    import numba
+    assert cli.main(["plan", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "He-initialised default net" in out and "layers 784-1000-1000-500-200-10" in out
+    threads = sorted({1, numba.config.NUMBA_NUM_THREADS})
+    assert [f"csr at batch 4, {t} thread(s)" in out for t in threads] == [True] * len(threads)
+
+
+def test_plan_refuses_too_many_threads(capsys):
+    assert cli.main(["plan", "--threads", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be in 1.." in err and "Traceback" not in err

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from fixture_results import make_results
+from fixture_results import csr_timings, make_results
 from sparsenet.report import break_even_markdown, build_report, reproduce_command
-from test_analysis import csr_timings
 
 SECTIONS = ("## 1. Verdict", "## 2. Accuracy and loss", "## 3. Latency and speed-up", "## 4. Memory",
             "## 5. Accuracy vs latency", "## 6. Roofline", "## 7. Scaling", "## 8. Tables",
@@ -41,6 +40,10 @@ def test_report_from_fixture(results_folder, tmp_path):
     assert summary["verdict"]["answer"] in ("true", "false", "partly")
     assert summary["threads"] == 2 and "2 threads" in text
     assert set(summary["figures"]) == set(FIGURES)
+    # which kernel produced each figure: the plan summaries of the records, and the ISA of machine.json
+    assert "Kernels behind these timings" in text and "| csr | 1 | 1 | sell; none; sell16-avx512 x5 |" in text
+    assert "| flop/byte |" in text and "| kernel |" in text and "csr; batch split 32 cols x 2 threads; tiles x5" in text
+    assert "kernel ISA (sparsenet plans) | avx512 (Numba target znver4)" in text
 
 
 def test_report_default_location(tmp_path, fast_figures):
@@ -93,11 +96,11 @@ def test_memory_and_roofline_tables_use_the_layout_a_call_read():
     (row,) = _memory_rows(timings)
     assert row[3] == "1.500" and row[4] == "sell 2.600, csr 1.500"
     rows = {r[3]: r for r in _roofline_rows(timings, {}, 1)}
-    assert rows[1][4] == "sell" and rows[1][5] == f"{2 * 240_000 / 2_600_000:.3g}"
-    assert rows[256][4] == "csr" and rows[256][5] == f"{2 * 240_000 * 256 / 1_500_000:.3g}"
+    assert rows[1][4] == "sell" and rows[1][6] == f"{2 * 240_000 / 2_600_000:.3g}"
+    assert rows[256][4] == "csr" and rows[256][6] == f"{2 * 240_000 * 256 / 1_500_000:.3g}"
     (old,) = _memory_rows({"records": [_rec(1)]})         # results written before the layout keys
     assert old[4] == "–"
-    assert _roofline_rows({"records": [_rec(1)]}, {}, 1)[0][4:6] == ["–", f"{2 * 240_000 / 1_500_000:.3g}"]
+    assert _roofline_rows({"records": [_rec(1)]}, {}, 1)[0][4:7] == ["–", "–", f"{2 * 240_000 / 1_500_000:.3g}"]
 
 
 def test_report_refuses_an_unmeasured_thread_count_before_writing(tmp_path, fast_figures):
