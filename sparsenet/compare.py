@@ -14,7 +14,7 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 from sparsenet.analysis import (
-    batch_sizes, break_even, default_threads, pct, records_of, select, speedups, verdict,
+    batch_sizes, break_even, default_threads, pct, records_of, speedups, verdict,
 )
 from sparsenet.files import atomic_write_bytes, write_json
 from sparsenet.results import load_results
