@@ -18,7 +18,7 @@ LAYERS = [
     ("engine_base", "engines", "csr_engine", "structured_engines"),
     ("timing", "grid", "machine", "results", "study_config"),
     ("analysis",),
-    ("plots", "report"),
+    ("plots", "report", "compare"),
     ("study",),                                 # the study's last stage writes the report
     ("cli", "__main__"),
 ]
