@@ -1,0 +1,152 @@
+"""The bsr, nm and bsr-scipy engines against the reference forward pass (model.forward on the same
+weights): sparsities, batch 1/7/256, widths that are not multiples of the block or group, biases,
+an all-zero layer, 1 and 2 threads, consecutive calls, float64 and non-contiguous input, plans."""
+import numpy as np
+import pytest
+
+from sparsenet.model import Layer, forward, he_init
+from sparsenet.plan import Plan
+from sparsenet.prune import block_prune, nm_prune
+from sparsenet.structured_engines import ENGINE_CLASSES, BSREngine, NMEngine, ScipyBSREngine, chunk_columns
+
+SIZES = (45, 38, 27, 13, 10)                 # no width a multiple of 4 or 8 but the output
+BATCHES = (1, 7, 256)
+SPARSITIES = (0, 0.5, 0.9, 0.99)
+BLOCKS = [(4, 1), (8, 1), (1, 4), (4, 4), (3, 2)]
+PATTERNS = [(2, 4), (1, 4), (3, 8)]
+
+
+def net(bias=True, seed=0, sizes=SIZES):
+    params = he_init(sizes, seed=seed)
+    if not bias:
+        return params
+    rng = np.random.default_rng(seed + 1)
+    return tuple(Layer(l.weight, (rng.standard_normal(l.weight.shape[0]) * 0.1).astype(np.float32))
+                 for l in params)
+
+
+def assert_matches(out, ref):
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max(initial=0))))
+
+
+def check(eng, params, batches=BATCHES, seed=0):
+    rng = np.random.default_rng(seed)
+    for B in batches:
+        X = rng.standard_normal((B, params[0].weight.shape[1])).astype(np.float32)
+        assert_matches(eng(X), forward(params, X))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("k", SPARSITIES)
+def test_bsr_engines_match_forward(k, block, threads):
+    params = block_prune(net(), k, block)
+    for cls in (BSREngine, ScipyBSREngine):
+        check(cls(params, threads=threads, block=block), params)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n, m", PATTERNS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_nm_engine_matches_forward(n, m, bias, threads):
+    params = nm_prune(net(bias), n, m)
+    check(NMEngine(params, threads=threads, n=n, m=m), params)
+    params = nm_prune(net(bias), n, m, prune_output=True)
+    check(NMEngine(params, threads=threads, n=n, m=m, prune_output=True), params)
+
+
+@pytest.mark.parametrize("k", [0.5, 0.9])
+def test_bsr_engine_stores_any_weights(k):
+    # weights pruned by another method (or none): whole blocks are stored, results exact
+    from sparsenet.prune import weight_prune
+    params = weight_prune(net(), k)
+    for block in [(4, 1), (2, 2)]:
+        check(BSREngine(params, threads=2, block=block), params)
+
+
+def test_all_zero_layer():
+    params = list(net())
+    params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
+    params = tuple(params)
+    check(BSREngine(params, threads=2, block=(4, 1)), params)
+    check(ScipyBSREngine(params, block=(4, 1)), params)
+    pn = nm_prune(params, 2, 4)
+    check(NMEngine(pn, threads=2), pn)
+
+
+def test_nm_engine_refuses_weights_off_pattern():
+    params = nm_prune(net(), 1, 4)
+    with pytest.raises(ValueError, match=r"^layer 0: not 2:4 sparse: row 0 holds 4 non-zeros"):
+        NMEngine(net(), n=2, m=4)
+    with pytest.raises(ValueError, match=r"^layer 0: not 1:4 sparse: row \d+ holds 2 non-zeros"):
+        NMEngine(nm_prune(net(), 2, 4), n=1, m=4)
+    with pytest.raises(ValueError, match=r"^layer 3: not 1:4 sparse"):   # the output layer, when held to it
+        NMEngine(params, n=1, m=4, prune_output=True)
+    with pytest.raises(ValueError, match=r"^n must be at most m"):
+        NMEngine(params, n=5, m=4)
+    with pytest.raises(ValueError, match=r"^block rows r must be a positive integer"):
+        BSREngine(params, block=(0, 4))
+
+
+@pytest.mark.parametrize("name", ["bsr", "nm", "bsr-scipy"])
+def test_consecutive_calls_and_input_conversion(name):
+    params = nm_prune(net(), 2, 4)
+    eng = ENGINE_CLASSES[name](params, threads=2)
+    rng = np.random.default_rng(5)
+    for B in BATCHES:
+        X1 = rng.standard_normal((B, SIZES[0])).astype(np.float32)
+        X2 = rng.standard_normal((B, SIZES[0])).astype(np.float32)
+        out1 = eng(X1)
+        out2 = eng(X2)                                     # must not overwrite out1
+        assert_matches(out1, forward(params, X1))
+        assert_matches(out2, forward(params, X2))
+        assert not np.shares_memory(out1, out2)
+        X64 = rng.standard_normal((2 * B, SIZES[0]))       # float64, every other row: not contiguous
+        assert_matches(eng(X64[::2]), forward(params, X64[::2].astype(np.float32)))
+        Xf = np.asfortranarray(X1)
+        assert_matches(eng(Xf), forward(params, X1))
+
+
+def test_stale_non_finite_values_do_not_leak():
+    # inf in one call, finite in the next: padded rows of the buffers must not carry 0 * inf = NaN
+    params = block_prune(net(), 0.5, (4, 4))
+    eng = BSREngine(params, threads=1, block=(4, 4))
+    for B in (1, 40):
+        X = np.full((B, SIZES[0]), np.inf, np.float32)
+        assert np.isnan(eng(X)).all()
+        X = np.random.default_rng(0).standard_normal((B, SIZES[0])).astype(np.float32)
+        assert_matches(eng(X), forward(params, X))
+
+
+def test_plans():
+    params = nm_prune(net(), 2, 4)
+    for eng, layout in ((BSREngine(params, threads=2, block=(8, 1)), "bsr"), (NMEngine(params, threads=2), "nm"),
+                        (ScipyBSREngine(params, block=(8, 1)), "scipy-bsr")):
+        for B in BATCHES:
+            p = eng.plan(B)
+            assert isinstance(p, Plan) and p.layout == layout and p.batch == B and len(p.layers) == 4
+            assert eng.layout(B) == layout and p.reasons
+    bsr = BSREngine(params, threads=2, block=(8, 1))
+    assert [l.kernel for l in bsr.plan(1).layers] == ["bsr-spmv"] * 4
+    assert bsr.plan(256).split == "batch" and bsr.plan(256).chunk == 128
+    assert {l.kernel for l in bsr.plan(256).layers} == {"bsr8x1-tile8x32"}
+    nm = NMEngine(params, threads=2)
+    assert [l.kernel for l in nm.plan(7).layers] == ["nm2:4-tile32"] * 3 + ["nm4:4-tile32"]
+    assert nm.plan(7).chunk == 32
+    assert nm.describe()["layer_n"] == [2, 2, 2, 4]
+
+
+def test_chunk_columns():
+    assert chunk_columns(256, 2) == 128 and chunk_columns(256, 1) == 128
+    assert chunk_columns(7, 2) == 32 and chunk_columns(40, 2) == 32 and chunk_columns(1000, 2) == 128
+    assert all(chunk_columns(B, t) % 32 == 0 for B in range(2, 300, 7) for t in (1, 2, 3))
+
+
+def test_counts():
+    params = block_prune(net(), 0.9, (4, 1))
+    eng = BSREngine(params, block=(4, 1))
+    assert eng.n_useful == sum(int(np.count_nonzero(l.weight)) for l in params)
+    assert eng.nnz == eng.nblocks * 4 >= eng.n_useful
+    assert eng.flops(3) == 2 * eng.nnz * 3
+    assert set(ENGINE_CLASSES) == {"bsr", "nm", "bsr-scipy"}
