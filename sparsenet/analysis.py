@@ -4,7 +4,8 @@ No file I/O, Markdown or figures here: `sparsenet.report`, `sparsenet.plots` and
 functions, so no number in the report is computed anywhere else.
 
 Timing conventions: each engine runs the net of its method (names.ENGINE_METHOD: a weight-pruned net on
-`dense`, `csr` and `csr-scipy`, a neuron-pruned one on `shrunk`, BLAS on the physically smaller net). "Speed-up" is dense time / engine time, with the dense time
+`dense`, `csr` and `csr-scipy`, a neuron-pruned one on `shrunk`, BLAS on the physically smaller
+net). "Speed-up" is dense time / engine time, with the dense time
 taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net.
 """
 from __future__ import annotations

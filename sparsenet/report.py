@@ -14,8 +14,8 @@ from statistics import mean
 from sparsenet import plots
 from sparsenet.analysis import (
     above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, has_rate,
-    kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts, threads_word,
-    verdict,
+    kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
+    threads_word, verdict,
 )
 from sparsenet.files import atomic_write_bytes, make_dirs, write_json
 from sparsenet.names import engine_rank
@@ -203,7 +203,8 @@ def _roofline_rows(timings, machine, threads) -> list:
     for r in filter(has_rate, select(records_of(timings), threads=threads)):
         g = r["flops"] / r["median_s"] / 1e9
         rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], r.get("layout", "–"),
-                     r.get("kernel", "–"), f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}", "–" if not peak else pct(g / peak, 1)])
+                     r.get("kernel", "–"), f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}",
+                     "–" if not peak else pct(g / peak, 1)])
     return rows
 
 

@@ -49,11 +49,13 @@ class Stages:
     """The work the study delegates; each field may be replaced (tests pass stand-ins)."""
 
     load_data: Callable = _default("data", "load")              # (name, data_dir=, progress=) -> Dataset
-    train: Callable = _default("train", "cached_train")         # (ds, TrainConfig, cache_dir, progress=) -> (params, meta)
+    train: Callable = _default("train", "cached_train")         # (ds, TrainConfig, cache_dir, progress=)
+                                                                # -> (params, meta)
     sweep: Callable = _default("sweep", "run_and_save")         # (folder, models, X.., **kw) -> accuracy dict
     peaks: Callable = _default("machine", "measure_peaks")      # (threads=, quick=) -> peaks dict
     time_cases: Callable = _default("timing", "time_cases")     # (cases, **kw) -> TIMING records
-    make_engine: Optional[Callable] = None                      # (name, params, threads=) -> engine; None: engines.make_engine
+    make_engine: Optional[Callable] = None                      # (name, params, threads=) -> engine
+                                                                # (None: engines.make_engine)
     report: Callable = _default("report", "build_report")       # (folder) -> report path
 
 

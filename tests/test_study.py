@@ -137,8 +137,8 @@ def test_interrupted_timings_resume(tiny):
     assert not part["complete"] and {r["sparsity"] for r in part["records"]} == {0.0}
 
     timed = []
-    resumed = dataclasses.replace(
-        stages, time_cases=lambda cases, **k: timed.append({c.sparsity for c in cases}) or timing.time_cases(cases, **k))
+    resumed = dataclasses.replace(stages, time_cases=lambda cases, **k: timed.append({c.sparsity for c in cases})
+                                  or timing.time_cases(cases, **k))
     study.run_study(cfg, progress=False, stages=resumed)
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
