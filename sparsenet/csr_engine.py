@@ -27,14 +27,19 @@ class CSREngine(Engine):
 
     sell: None (SELL at batch 1 where the CPU has AVX-512F and SELL pays, else the CSR SpMV),
     False (always the SpMV), True (SELL: the AVX-512 kernel where the CPU has it, else the
-    portable twin) or "portable" (SELL on the portable twin). tuning: the plan's thresholds.
+    portable twin) or "portable" (SELL on the portable twin). skip_zeros: small batches run on a
+    column-major (CSC) copy that skips the inputs that are zero in every row (activation
+    sparsity). tuning: the plan's thresholds.
     """
 
     name = "csr"
     uses_numba = True
 
     def __init__(self, params: Sequence[Layer], threads: Optional[int] = None,
-                 sell: Union[None, bool, str] = None, tuning: Optional[Tuning] = None):
+                 sell: Union[None, bool, str] = None, tuning: Optional[Tuning] = None, skip_zeros: bool = False):
+        if not isinstance(skip_zeros, bool):
+            raise ValueError(f"skip_zeros must be True or False, got {skip_zeros!r}")
+        self.skip_zeros = skip_zeros
         if sell not in (None, True, False, "portable"):
             raise ValueError(f"sell must be None, True, False or 'portable', got {sell!r}")
         if tuning is not None and not isinstance(tuning, Tuning):
@@ -75,7 +80,13 @@ class CSREngine(Engine):
         self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
         self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
         self._build_sell(params)
-        nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes,
+        self._csc, csc_nbytes = None, 0
+        if self.skip_zeros:                              # the columns of every layer: CSR of W.T
+            cols = [CSR.from_dense(l.weight.T) for l in params]
+            self._csc = _flatten([(c.data, c.indices, c.indptr) for c in cols], index_dtype(max(sizes[1:])),
+                                 sizes[:-1])
+            csc_nbytes = int(sum(c.nbytes for c in cols) + bias_nbytes)
+        nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes, "csc": csc_nbytes,
                   "csr-panels": self.nbytes + self.panel_nbytes - sum(c.nbytes for c in self.csr)}
         self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
                             sell_slots=self._sell_slots, panels=self.panels, nbytes=nbytes)
@@ -108,7 +119,7 @@ class CSREngine(Engine):
         """(plan, its kernel codes) for batch B: computed once per batch size."""
         pc = self._plans.get(B)
         if pc is None:
-            p = plan_csr(self.net, B, self.threads, self.tuning, self.sell_kernel)
+            p = plan_csr(self.net, B, self.threads, self.tuning, self.sell_kernel, skip_zeros=self.skip_zeros)
             pc = self._plans[B] = (p, p.codes())
         return pc
 
@@ -151,6 +162,8 @@ class CSREngine(Engine):
             slots = self.tuning.min_parallel_slots if self.threads > 1 else kernels.NEVER
             forward(*self._sell, X, *self._sell_bufs, slots, self.threads, logits)
             return logits
+        if p.layout == "csc":
+            return self._forward_csc(X)
         data, indices, indptr, ptr_off, panels = self._paneled if p.layout == "csr-panels" else self._plain
         if p.split == "batch":
             HT, buf0, buf1 = self._chunk_buffers(p.chunk)
@@ -167,6 +180,17 @@ class CSREngine(Engine):
                                    ptr_off, panels, HT, buf0, buf1, codes, self.threads)  # (n_out, Bp)
         out = np.empty((B, self.n_out), np.float32)     # outT is a view of buf0/buf1: never return it
         out[:] = outT[:, :B].T
+        return out
+
+    def _forward_csc(self, X):
+        B = X.shape[0]
+        Bp, HT, buf0, buf1 = self._buffers(B)
+        HT = X.reshape(self.n_in, 1) if B == 1 else np.ascontiguousarray(X.T)      # (n_in, B)
+        data, indices, indptr, ptr_off, _ = self._csc
+        outT = kernels.csc_forward_skip(data, indices, indptr, self._bias, self._sizes, self._nnz_off, ptr_off,
+                                        HT, buf0, buf1)                           # (n_out, B), a buffer view
+        out = np.empty((B, self.n_out), np.float32)
+        out[:] = outT.T
         return out
 
 

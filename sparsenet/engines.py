@@ -62,8 +62,8 @@ class ShrunkEngine(DenseEngine):
 
 class FusedDenseEngine(DenseEngine):
     """Our fastest dense: the whole net in one compiled call at small batches (dense_kernels), numpy's
-    BLAS chain above tuning.max_fused_batch. skip_zeros: sum only the inputs that are nonzero in some
-    row of the batch (activation sparsity: zero pixels, ReLU zeros), at every batch size."""
+    BLAS chain above tuning.max_fused_batch. skip_zeros: there, sum only the inputs that are nonzero
+    in some row of the batch (activation sparsity: zero pixels, ReLU zeros)."""
 
     name = "dense-fused"
     uses_numba = True

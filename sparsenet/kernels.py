@@ -300,6 +300,64 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
 
 
 @njit(inline="always", **_OPTS)
+def _csc_skip(d, c, ip, b, h, out, relu):
+    """out = (relu)(W @ h + b[:, None]) from W's columns (CSC: ip over the inputs, c the output rows),
+    skipping every input whose row of h is zero in all B columns; (n_in, B) -> (n_out, B)."""
+    n_in, B = h.shape
+    n_out = out.shape[0]
+    for i in range(n_out):
+        for q in range(B):
+            out[i, q] = b[i]
+    for j in range(n_in):
+        hj = h[j]
+        live = False
+        for q in range(B):
+            if hj[q] != 0:
+                live = True
+                break
+        if not live:
+            continue
+        lo, hi = ip[j], ip[j + 1]
+        dj, cj = d[lo:hi], c[lo:hi]
+        if B == 1:
+            x = hj[0]
+            for k in range(hi - lo):
+                out[cj[k], 0] += dj[k] * x
+        else:
+            for k in range(hi - lo):
+                o = out[cj[k]]
+                v = dj[k]
+                for q in range(B):
+                    o[q] += v * hj[q]
+    if relu:
+        for i in range(n_out):
+            for q in range(B):
+                if out[i, q] < 0:       # NaN stays NaN
+                    out[i, q] = np.float32(0.0)
+
+
+@njit(**_OPTS)
+def csc_forward_skip(data, indices, indptr, bias, sizes, nnz_off, ptr_off, HT, buf0, buf1):
+    """Whole MLP on CSC layers (activation sparsity): (n_in, B) -> (n_out, B), a buffer view.
+
+    Layers are concatenated as in csr_forward, but each layer is stored by columns (indptr over its
+    n_in inputs, indices the output rows): an input that is zero in every batch column costs one
+    check, its weights are never read. One thread.
+    """
+    B = HT.shape[1]
+    n_layers = sizes.shape[0] - 1
+    h = HT
+    r = 0
+    for layer in range(n_layers):
+        n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
+                                               layer, r, buf0, buf1, B)
+        _csc_skip(d, c, ip, b, h, out, relu)
+        h = out
+        r += n_out
+    return h
+
+
+@njit(inline="always", **_OPTS)
 def _gather_columns(X, c0, HT):
     """HT[:, :w] = X[c0:c0 + w].T, zeros in HT[:, w:]; w = min(Bc, B - c0). (w, n_in) -> (n_in, Bc)."""
     n_in, Bc = HT.shape

@@ -51,9 +51,12 @@ class Tuning:
     min_parallel_slots: int = 3000
     # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
     sell_cache_bytes: int = 8 * 2 ** 20
-    # the dense engines' one-call Numba forward runs batches up to this size (BLAS per layer above),
-    # unless they skip zero inputs (then always)
-    max_fused_batch: int = 16
+    # the dense engines' one-call Numba forward (and its zero skipping) runs batches up to this size,
+    # numpy's BLAS chain above it
+    max_fused_batch: int = 4
+    # the csr engine's zero skipping (its CSC copy) runs batches up to this size: scattered rows cost
+    # a load and a store per non-zero, which only pays while a batch is a handful of rows
+    max_csc_batch: int = 1
     # a dense layer's output blocks run on all threads when n_in * n_out * batch reaches this
     min_parallel_dense: int = 65_536
 
@@ -135,10 +138,10 @@ def blas_plan(engine: str, batch: int, threads: int, n_layers: int, nbytes: int)
 
 def fused_dense_plan(engine: str, batch: int, threads: int, shapes: Sequence[tuple], nbytes: int,
                      t: Tuning, skip_zeros: bool) -> Plan:
-    """The plan of a one-call dense engine: dense_kernels tiles at small batches (or always when it
-    skips zero inputs), numpy's BLAS chain above tuning.max_fused_batch."""
+    """The plan of a one-call dense engine: dense_kernels tiles (skipping zero inputs if asked) at
+    small batches, numpy's BLAS chain above tuning.max_fused_batch."""
     B = int(batch)
-    if not skip_zeros and B > t.max_fused_batch:
+    if B > t.max_fused_batch:
         p = blas_plan(engine, B, threads, len(shapes), nbytes)
         return Plan(**{**asdict(p), "layers": p.layers, "reasons": (
             f"batch > {t.max_fused_batch}: numpy matmul per layer (BLAS)",) + p.reasons})
@@ -221,12 +224,18 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
 
 
 def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[str],
-             isa: Optional[str] = None) -> Plan:
+             isa: Optional[str] = None, skip_zeros: bool = False) -> Plan:
     """The csr engine's plan for one batch size. `sell`: the SELL kernel the engine holds for batch 1
-    ('sell16-avx512' or 'sell16-portable'), None when batch 1 runs on the CSR SpMV."""
+    ('sell16-avx512' or 'sell16-portable'), None when batch 1 runs on the CSR SpMV. skip_zeros:
+    batches up to tuning.max_csc_batch run on the CSC copy, skipping zero inputs."""
     isa = isa or cpu().isa
     B = int(batch)
     common = dict(engine="csr", batch=B, threads=threads, isa=isa)
+    if skip_zeros and B <= t.max_csc_batch:
+        return Plan(layout="csc", split="none", layers=tuple(LayerPlan("csc-skip", False) for _ in net.nnz),
+                    reasons=(f"skip_zeros, batch <= {t.max_csc_batch}: the net by columns (CSC), inputs that are "
+                             "zero in every row of the batch skipped (their weights never read), one thread",),
+                    nbytes=net.nbytes.get("csc", 0), **common)
     if B == 1 and sell:
         layers = tuple(LayerPlan(sell, threads > 1 and s >= t.min_parallel_slots) for s in net.sell_slots)
         why = (f"batch 1 on SELL-16x32 ({'AVX-512F permutes' if sell.endswith('avx512') else 'portable twin'})",

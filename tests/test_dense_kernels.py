@@ -72,11 +72,11 @@ def test_fused_engines_match_reference(name, skip, threads):
     eng = make_engine(name, params, threads=threads, skip_zeros=skip,
                       tuning=Tuning(min_parallel_dense=0))    # every layer parallel at 2 threads
     held = []
-    for B in (1, 7, 16, 17, 64, 1):                        # 17 and 64: BLAS unless skipping
+    for B in (1, 3, 4, 5, 16, 64, 1):                      # above max_fused_batch (4): BLAS
         X = _sparse_input(B, 96, 0.8, seed=B)
         held.append((eng(X), forward(params, X)))
         p = eng.plan(B)
-        fused = skip or B <= Tuning().max_fused_batch
+        fused = B <= Tuning().max_fused_batch
         assert p.split == ("none" if threads == 1 else "blocks") if fused else p.split == "blas"
         assert {l.kernel for l in p.layers} == ({"dense-tiles-skip" if skip else "dense-tiles"} if fused
                                                 else {"sgemm"})
@@ -98,3 +98,24 @@ def test_all_zero_input_and_layer():
     eng = make_engine("dense-fused", params, threads=1, skip_zeros=True)
     X = np.zeros((2, 96), np.float32)
     _close(eng(X), forward(params, X))
+
+
+@pytest.mark.parametrize("B", [1, 5, 16, 17])
+@pytest.mark.parametrize("k", [0.0, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("csc_batch", [1, 16])
+def test_csr_engine_skipping_zeros(B, k, csc_batch):
+    """csr with skip_zeros: batches up to max_fused_batch on the CSC copy, skipping zero inputs."""
+    from sparsenet.prune import weight_prune
+    params = list(weight_prune(_net(), k))
+    params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias) if k == 0.99 else params[1]
+    eng = make_engine("csr", params, threads=1, skip_zeros=True, tuning=Tuning(max_csc_batch=csc_batch))
+    X = _sparse_input(B, 96, 0.8, seed=B)
+    held = [(eng(X), forward(params, X)), (eng(X[::-1]), forward(params, X[::-1].copy()))]
+    for out, ref in held:
+        _close(out, ref)
+    p = eng.plan(B)
+    assert (p.layout == "csc") == (B <= csc_batch)
+    if p.layout == "csc":
+        assert {l.kernel for l in p.layers} == {"csc-skip"} and p.nbytes == eng.net.nbytes["csc"] > 0
+    with pytest.raises(ValueError, match="skip_zeros must be True or False, got 1"):
+        make_engine("csr", params, skip_zeros=1)
