@@ -82,6 +82,29 @@ def forward(params: Sequence[Layer], X: np.ndarray) -> np.ndarray:
     return h
 
 
+def activation_sparsity(params: Sequence[Layer], X: np.ndarray, batch: int = 1) -> list:
+    """Per layer input, the fraction of its inputs an engine that skips zero inputs can skip:
+    inputs that are zero in every row of a batch of `batch` consecutive rows of X, averaged over the
+    batches. [layer 0 (the data), layer 1 (ReLU of layer 0), ...]; (N, n_in) -> list of len(params).
+    """
+    h = np.asarray(X, dtype=np.float32)
+    batch = int(batch)
+    if h.ndim != 2 or h.shape[0] < batch or batch < 1:
+        raise ValueError(f"need X of shape (N >= {batch}, n_in) and batch >= 1, got {h.shape}, batch {batch}")
+    n = h.shape[0] - h.shape[0] % batch
+    out = []
+    last = len(params) - 1
+    for i, layer in enumerate(params):
+        zero = (h[:n] == 0).reshape(n // batch, batch, h.shape[1]).all(axis=1)   # (n_batches, n_in)
+        out.append(float(zero.mean()))
+        if i < last:
+            h = h @ layer.weight.T
+            if layer.bias is not None:
+                h = h + layer.bias
+            h = np.maximum(h, 0.0)
+    return out
+
+
 def _forward_cache(params: Sequence[Layer], X: np.ndarray):
     """Forward pass keeping each layer's input for backprop; dtype follows the weights."""
     h = np.asarray(X, dtype=params[0].weight.dtype)

@@ -88,3 +88,18 @@ def test_he_init_and_sizes():
     assert params[0].weight.dtype == np.float32 and params[0].weight.shape == (1000, 784)
     assert np.std(params[0].weight) == pytest.approx(np.sqrt(2 / 784), rel=0.02)
     assert not params[0].bias.any()
+
+
+def test_activation_sparsity():
+    from sparsenet.model import activation_sparsity
+    W0 = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]], np.float32)        # (3, 2): unit 1 never fires
+    params = (Layer(W0, None), Layer(np.ones((1, 3), np.float32), None))
+    X = np.array([[1, 0], [0, 0], [2, 0], [-1, 0]], np.float32)
+    # batch 1: input 1 always zero (1/2) and input 0 zero in 1 of 4 rows -> (4 + 1) / 8
+    # hidden: unit 0 fires for rows 0, 2; unit 1 for row 3; unit 2 never -> zeros (2 + 3 + 4) / 12
+    assert activation_sparsity(params, X) == [5 / 8, 9 / 12]
+    # batch 2: (rows 0-1, rows 2-3): input 0 live in both, input 1 dead in both -> 1/2; hidden: units 1, 2
+    # dead in the first pair, unit 2 in the second -> 3/6
+    assert activation_sparsity(params, X, batch=2) == [0.5, 3 / 6]
+    with pytest.raises(ValueError, match="need X of shape"):
+        activation_sparsity(params, X, batch=5)
