@@ -150,3 +150,69 @@ def test_counts():
     assert eng.nnz == eng.nblocks * 4 >= eng.n_useful
     assert eng.flops(3) == 2 * eng.nnz * 3
     assert set(ENGINE_CLASSES) == {"bsr", "nm", "bsr-scipy"}
+
+
+# --- portability: generic LLVM vector IR only ---------------------------------------------------
+
+import os, subprocess, sys, textwrap                                            # noqa: E402
+from pathlib import Path                                                        # noqa: E402
+
+from sparsenet import sell_kernels                                              # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_AARCH64 = textwrap.dedent("""
+    import re
+    import numpy as np
+    import llvmlite.binding as llvm
+    from sparsenet import bsr_kernels, nm_kernels
+    from sparsenet.model import he_init
+    from sparsenet.prune import block_prune, nm_prune
+    from sparsenet.structured_engines import BSREngine, NMEngine
+
+    p = he_init((40, 24, 10), bias=True)
+    for B in (1, 32):
+        BSREngine(block_prune(p, 0.5, (4, 1)), threads=1, block=(4, 1))(np.ones((B, 40), np.float32))
+        NMEngine(nm_prune(p, 2, 4), threads=1)(np.ones((B, 40), np.float32))
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    tm = llvm.Target.from_triple("aarch64-unknown-linux-gnu").create_target_machine(cpu="generic", features="+neon")
+    for disp in (bsr_kernels.bsr_matmul_bias_relu, bsr_kernels.bsr_forward_vec, nm_kernels.nm_matmul_bias_relu,
+                 nm_kernels.nm_forward_vec):
+        irs = list(disp.inspect_llvm().values())
+        assert irs, disp.__name__
+        for ir in irs:
+            ir = re.sub(r'"target-(cpu|features)"="[^"]*"', "", ir)
+            ir = re.sub(r"^target triple = .*$", 'target triple = "aarch64-unknown-linux-gnu"', ir, flags=re.M)
+            ir = re.sub(r"^target datalayout = .*$", f'target datalayout = "{tm.target_data}"', ir, flags=re.M)
+            assert "llvm.x86" not in ir, disp.__name__ + " uses an x86 intrinsic"
+            module = llvm.parse_assembly(ir)
+            module.verify()
+            asm = tm.emit_assembly(module)
+            print(disp.__name__, "fmla" in asm)
+""")
+
+
+def _run(args, **env):
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=1800)
+
+
+def test_kernels_compile_for_aarch64(tmp_path):
+    """The kernels' LLVM IR (compiled here with NUMBA_OPT=0, so no x86 intrinsic is introduced)
+    emits NEON code for aarch64; the register tiles become fmla."""
+    r = _run([sys.executable, "-c", _AARCH64], NUMBA_OPT="0", NUMBA_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
+    assert lines["bsr_matmul_bias_relu"] == "True" and lines["nm_matmul_bias_relu"] == "True"
+
+
+@pytest.mark.skipif(not sell_kernels.available(),
+                    reason="runs only where Numba targets AVX-512 (an AVX2 CPU runs these tests itself)")
+@pytest.mark.skipif(os.environ.get("SPARSENET_EXPECT_ISA") == "avx2", reason="already on the AVX2 target")
+def test_kernel_and_engine_tests_on_an_avx2_target():
+    """NUMBA_CPU_NAME=haswell: the kernel and engine tests compiled to AVX2 code, on this machine."""
+    tests = ["tests/test_bsr_kernels.py", "tests/test_nm_kernels.py", "tests/test_structured_engines.py"]
+    r = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not aarch64", *tests],
+             NUMBA_CPU_NAME="haswell", SPARSENET_EXPECT_ISA="avx2")
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert " passed" in r.stdout.splitlines()[-1]
