@@ -228,8 +228,8 @@ def _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer):
 # The drivers, one per (kernel, threaded): a driver compiles every kernel it may call, so the serial
 # ones spare a one-thread caller the parallel kernel's compile (~2 s of ~4 s cold).
 @njit(**_OPTS)
-def sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
-                       n_threads, logits):
+def sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
+                       min_parallel_units,                        n_threads, logits):
     """sell8_forward on the AVX2 kernel, layers from min_parallel_units on n_threads threads."""
     _load_input(X, xbuf)
     h = xbuf
@@ -247,7 +247,8 @@ def sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, x
 
 
 @njit(**_OPTS)
-def sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits):
+def sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
+                              logits):
     """sell8_forward on the AVX2 kernel, on the calling thread."""
     _load_input(X, xbuf)
     h = xbuf
@@ -262,8 +263,8 @@ def sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offset
 
 
 @njit(**_OPTS)
-def sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
-                           n_threads, logits):
+def sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
+                           min_parallel_units,                            n_threads, logits):
     """sell8_forward on the portable twin, layers from min_parallel_units on n_threads threads."""
     _load_input(X, xbuf)
     h = xbuf
@@ -281,7 +282,8 @@ def sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, 
 
 
 @njit(**_OPTS)
-def sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits):
+def sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
+                                  logits):
     """sell8_forward on the portable twin, on the calling thread."""
     _load_input(X, xbuf)
     h = xbuf
@@ -295,8 +297,8 @@ def sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, of
     _store_logits(out, logits)
 
 
-def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units, n_threads,
-                  logits, avx2=True):
+def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+                  n_threads, logits, avx2=True):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
     (1, n_out), written in place (the caller allocates it).
 
@@ -307,18 +309,17 @@ def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, 
     driver without the parallel kernel). avx2 picks the AVX2 kernel (ValueError where available()
     is False) or the portable twin.
     """
+    net = (data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1)
     threaded = n_threads > 1
     if avx2:
         if not available():
             raise ValueError("the SELL8 AVX2 kernel needs a CPU with AVX2 and FMA (as Numba targets it); "
                              "pass avx2=False for the portable kernel")
         if threaded:
-            sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
-                               n_threads, logits)
+            sell8_forward_avx2(*net, min_parallel_units, n_threads, logits)
         else:
-            sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits)
+            sell8_forward_avx2_serial(*net, logits)
     elif threaded:
-        sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
-                               n_threads, logits)
+        sell8_forward_portable(*net, min_parallel_units, n_threads, logits)
     else:
-        sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, logits)
+        sell8_forward_portable_serial(*net, logits)
