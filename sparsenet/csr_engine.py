@@ -119,7 +119,8 @@ class CSREngine(Engine):
         """(plan, its kernel codes) for batch B: computed once per batch size."""
         pc = self._plans.get(B)
         if pc is None:
-            p = plan_csr(self.net, B, self.threads, self.tuning, self.sell_kernel, skip_zeros=self.skip_zeros)
+            p = plan_csr(self.net, B, self.threads, self.tuning, self.sell_kernel, skip_zeros=self.skip_zeros,
+                         engine=self.name)
             pc = self._plans[B] = (p, p.codes())
         return pc
 

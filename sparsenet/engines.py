@@ -15,9 +15,8 @@ from sparsenet.engine_base import Engine
 from sparsenet.model import Layer, layer_sizes
 from sparsenet import dense_kernels
 from sparsenet.plan import Plan, Tuning, blas_plan, fused_dense_plan, scipy_plan
+from sparsenet.names import ENGINES
 from sparsenet.threads import blas_library  # noqa: F401  (re-exported: records name the BLAS)
-
-ENGINES = ("dense", "csr", "csr-scipy", "shrunk")
 
 
 class DenseEngine(Engine):
@@ -122,6 +121,34 @@ class FusedShrunkEngine(FusedDenseEngine):
         super()._build(shrink(params))
 
 
+class SkipDenseEngine(FusedDenseEngine):
+    """FusedDenseEngine skipping zero inputs (activation sparsity) at small batches."""
+
+    name = "dense-skip"
+
+    def __init__(self, params: Sequence[Layer], threads: Optional[int] = None, tuning: Optional[Tuning] = None):
+        super().__init__(params, threads, skip_zeros=True, tuning=tuning)
+
+
+class SkipShrunkEngine(SkipDenseEngine):
+    """SkipDenseEngine on prune.shrink(params)."""
+
+    name = "shrunk-skip"
+
+    def _build(self, params):
+        from sparsenet.prune import shrink
+        super()._build(shrink(params))
+
+
+class SkipCSREngine(CSREngine):
+    """CSREngine skipping zero inputs at batch 1 (its CSC copy; see plan.plan_csr)."""
+
+    name = "csr-skip"
+
+    def __init__(self, params: Sequence[Layer], threads: Optional[int] = None, **options):
+        super().__init__(params, threads, skip_zeros=True, **options)
+
+
 class ScipyCSREngine(Engine):
     """The baseline: the CSR engine's structure (transposed activations) with scipy.sparse matmuls."""
 
@@ -154,7 +181,9 @@ class ScipyCSREngine(Engine):
 
 
 _CLASSES = {"dense": DenseEngine, "csr": CSREngine, "csr-scipy": ScipyCSREngine, "shrunk": ShrunkEngine,
-            "dense-fused": FusedDenseEngine, "shrunk-fused": FusedShrunkEngine}
+            "dense-fused": FusedDenseEngine, "shrunk-fused": FusedShrunkEngine, "dense-skip": SkipDenseEngine,
+            "csr-skip": SkipCSREngine, "shrunk-skip": SkipShrunkEngine}
+assert set(_CLASSES) == set(ENGINES), "names.ENGINES and the engine classes must agree"
 
 
 def make_engine(name: str, params: Sequence[Layer], threads: Optional[int] = None, **options) -> Engine:
@@ -162,5 +191,5 @@ def make_engine(name: str, params: Sequence[Layer], threads: Optional[int] = Non
 
     options go to the engine (the csr engine takes `sell` and `tuning`)."""
     if name not in _CLASSES:
-        raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(_CLASSES)}")
+        raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
     return _CLASSES[name](params, threads=threads, **options)

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from sparsenet.model import Layer, layer_sizes
+from sparsenet import names
 from sparsenet.names import method_of
 from sparsenet.timing import make_case, make_input
 
@@ -45,11 +46,11 @@ def record_key(rec: dict) -> tuple:
 
 def engines_at(engines: Sequence[str], sparsity: float, sparsities: Sequence[float],
                dense_every_k: bool = False) -> tuple:
-    """The engines timed at one k of `sparsities`: dense only at the smallest k (normally 0, as
-    BLAS multiplies the zeros: its time does not depend on k) unless `dense_every_k`."""
+    """The engines timed at one k of `sparsities`: the dense ones whose time does not depend on k
+    (names.K_INDEPENDENT: they multiply the zeros) only at the smallest k, unless `dense_every_k`."""
     if dense_every_k or sparsity == min(sparsities):
         return tuple(engines)
-    return tuple(e for e in engines if e != "dense")
+    return tuple(e for e in engines if e not in names.K_INDEPENDENT)
 
 
 # --- nets ----------------------------------------------------------------------------------------
@@ -114,14 +115,25 @@ def skip_reason(engine: str, n_weights: int, sparsity: float, batch: int, n_io: 
     Time: flops (all weights for dense/shrunk, nonzeros for CSR) over RATES_GFLOPS.
     """
     nnz = round((1.0 - sparsity) * n_weights)
-    dense = engine in ("dense", "shrunk")
+    dense = engine in names.DENSE_ENGINES
     mem = (4 * n_weights if dense else 8 * nnz) + 4 * batch * n_io
     if mem > max_bytes:
         return f"{mem / 1e9:.1f} GB > {max_bytes / 1e9:.1f} GB"
-    secs = 2.0 * batch * (n_weights if dense else nnz) / (RATES_GFLOPS.get(engine, 1.0) * 1e9)
+    rate = RATES_GFLOPS.get(engine) or RATES_GFLOPS.get(names.SMALL_BATCH_ENGINES.get(engine, ("",))[0], 1.0)
+    secs = 2.0 * batch * (n_weights if dense else nnz) / (rate * 1e9)
     if secs > max_call_s:
         return f"predicted {secs:.1f} s per call > {max_call_s:g} s"
     return None
+
+
+def small_batch_skip(engine: str, batch: int) -> Optional[str]:
+    """Why an engine that differs from another only at small batches is not timed at `batch`, or None."""
+    if engine not in names.SMALL_BATCH_ENGINES:
+        return None
+    from sparsenet.plan import Tuning
+    base, field = names.SMALL_BATCH_ENGINES[engine]
+    limit = getattr(Tuning(), field)
+    return None if batch <= limit else f"runs {base}'s kernels above batch {limit} (plan.Tuning.{field})"
 
 
 def scaling_skip(engine: str, sparsity: float, batch: int, width: int, max_bytes: float = 1.2e9,
@@ -195,6 +207,10 @@ class Grid:
         """The (unshrunk) pruned net of a unit's `method` cases."""
         raise NotImplementedError
 
+    def input(self, batch: int, n_in: int) -> np.ndarray:
+        """The input of every case of `batch` rows: seeded uniform [0, 1) floats."""
+        return make_input(batch, n_in, self.seed)
+
     def cases(self, unit, points: Sequence[Point]) -> list:
         """Built cases of `points` (all of `unit`), in their order: one engine per (engine, threads,
         batch) (see _engines_for), one net per method and one input per batch, shared."""
@@ -208,7 +224,7 @@ class Grid:
                 batches = [q.batch for q in points if (q.engine, q.threads) == (p.engine, p.threads)]
                 built[p.engine, p.threads] = _engines_for(self.make_engine, p.engine, net, p.threads, batches)
             if p.batch not in inputs:
-                inputs[p.batch] = make_input(p.batch, layer_sizes(net)[0], self.seed)
+                inputs[p.batch] = self.input(p.batch, layer_sizes(net)[0])
             out.append(make_case(p.engine, net, method=method, sparsity=p.sparsity, batch=p.batch,
                                  threads=p.threads, width=p.width,
                                  engine=built[p.engine, p.threads][p.batch], X=inputs[p.batch]))
@@ -218,16 +234,25 @@ class Grid:
 class MLPGrid(Grid):
     """The timing grid of a trained net: weight-pruned for dense/csr/csr-scipy, neuron-pruned for shrunk."""
 
-    def __init__(self, params, *args, **kw):
+    def __init__(self, params, *args, inputs: Optional[np.ndarray] = None, **kw):
         super().__init__(*args, **kw)
         self.params = tuple(params)
+        # the rows a case's batch is cut from (e.g. the test images: zero-skipping engines depend on
+        # the data); None: seeded uniform [0, 1) inputs (timing.make_input)
+        self.inputs = None if inputs is None else np.ascontiguousarray(inputs, dtype=np.float32)
         sizes = layer_sizes(self.params)
         self._n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         self._n_io = sizes[0] + sizes[-1] + 2 * max(sizes)
 
     def skip(self, point: Point) -> Optional[str]:
-        return skip_reason(point.engine, self._n_weights, point.sparsity, point.batch, self._n_io,
-                           self.max_bytes, self.max_call_s)
+        return small_batch_skip(point.engine, point.batch) or skip_reason(
+            point.engine, self._n_weights, point.sparsity, point.batch, self._n_io, self.max_bytes, self.max_call_s)
+
+    def input(self, batch: int, n_in: int) -> np.ndarray:
+        if self.inputs is None:
+            return super().input(batch, n_in)
+        reps = -(-batch // self.inputs.shape[0])
+        return np.ascontiguousarray(np.tile(self.inputs, (reps, 1))[:batch])
 
     def net(self, unit, method: str) -> tuple:
         return pruned(self.params, method, unit[1])

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 # --- names ---------------------------------------------------------------------------------------
 
-ENGINES = ("dense", "csr", "csr-scipy", "shrunk")   # inference engines, in the order reports use
+# inference engines, in the order reports use: numpy's BLAS chain (dense, shrunk), our one-call dense
+# forward (-fused) and its zero-input skipping (-skip), our CSR kernels (csr, csr-skip), scipy's
+ENGINES = ("dense", "csr", "csr-scipy", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "csr-skip",
+           "shrunk-skip")
 METHODS = ("weight", "neuron")                     # pruning methods (prune.make_masks)
 UNPRUNED = "none"                                  # the method of a net nobody pruned
 DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
@@ -16,7 +19,20 @@ RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the
 
 # which pruning each engine is timed on: shrunk runs the neuron-pruned net (physically smaller);
 # the others run the weight-pruned net (dense multiplies its zeros, the sparse engines skip them)
-ENGINE_METHOD = {"dense": "weight", "csr": "weight", "csr-scipy": "weight", "shrunk": "neuron"}
+ENGINE_METHOD = {"dense": "weight", "csr": "weight", "csr-scipy": "weight", "shrunk": "neuron",
+                 "dense-fused": "weight", "shrunk-fused": "neuron", "dense-skip": "weight", "csr-skip": "weight",
+                 "shrunk-skip": "neuron"}
+# engines that store every weight (dense matrices); the others store only non-zeros
+DENSE_ENGINES = ("dense", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "shrunk-skip")
+# engines whose time does not depend on k (they multiply the zeros): timed at the smallest k only
+K_INDEPENDENT = ("dense", "dense-fused")
+# the dense baselines a speed-up is measured against: numpy's chain, and our fastest dense
+DENSE_BASELINES = ("dense", "dense-fused")
+# engines that differ from another only at small batches (their plan runs the other's kernels above
+# it): name -> (the engine they equal above, the plan.Tuning field holding the largest such batch)
+SMALL_BATCH_ENGINES = {"dense-fused": ("dense", "max_fused_batch"), "shrunk-fused": ("shrunk", "max_fused_batch"),
+                       "dense-skip": ("dense", "max_fused_batch"), "shrunk-skip": ("shrunk", "max_fused_batch"),
+                       "csr-skip": ("csr", "max_csc_batch")}
 SCALING_ENGINES = ("dense", "csr")                 # engines of the one-layer width-scaling study
 
 # --- default grids -------------------------------------------------------------------------------
@@ -36,6 +52,8 @@ QUICK_THREADS = (1,)
 QUICK_WIDTHS = (1024,)
 
 assert set(ENGINE_METHOD) == set(ENGINES) and set(ENGINE_METHOD.values()) <= set(METHODS)
+assert set(K_INDEPENDENT) <= set(ENGINES) and set(SMALL_BATCH_ENGINES) <= set(ENGINES)
+assert set(DENSE_ENGINES) <= set(ENGINES) and set(DENSE_BASELINES) <= set(K_INDEPENDENT)
 assert set(SCALING_ENGINES) <= set(ENGINES)
 
 

@@ -224,13 +224,13 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
 
 
 def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[str],
-             isa: Optional[str] = None, skip_zeros: bool = False) -> Plan:
+             isa: Optional[str] = None, skip_zeros: bool = False, engine: str = "csr") -> Plan:
     """The csr engine's plan for one batch size. `sell`: the SELL kernel the engine holds for batch 1
     ('sell16-avx512' or 'sell16-portable'), None when batch 1 runs on the CSR SpMV. skip_zeros:
     batches up to tuning.max_csc_batch run on the CSC copy, skipping zero inputs."""
     isa = isa or cpu().isa
     B = int(batch)
-    common = dict(engine="csr", batch=B, threads=threads, isa=isa)
+    common = dict(engine=engine, batch=B, threads=threads, isa=isa)
     if skip_zeros and B <= t.max_csc_batch:
         return Plan(layout="csc", split="none", layers=tuple(LayerPlan("csc-skip", False) for _ in net.nnz),
                     reasons=(f"skip_zeros, batch <= {t.max_csc_batch}: the net by columns (CSC), inputs that are "

@@ -18,6 +18,9 @@ accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
                             "sparsities": [k...] (optional, overrides the top-level list),
                             "accuracy": [[per seed] per k], "loss": [[per seed] per k]}],
                 "config": {...}}
+activations.json {"records": [{"seed": int, "method": "none"|"weight", "sparsity": float, "batch": int,
+                              "zero_fraction": [per layer input: fraction of inputs zero in every row of
+                                                a batch of the test set]}], "layer_sizes": [int...]}
 timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}}
 scaling.json   {"records": [TIMING... with "width" set and "method" "weight"]}
 
@@ -51,7 +54,7 @@ from pathlib import Path
 
 from sparsenet.files import read_json, write_json
 
-PARTS = ("config", "machine", "accuracy", "timings", "scaling")
+PARTS = ("config", "machine", "accuracy", "activations", "timings", "scaling")
 SPREAD_LIMIT = 1.2
 
 

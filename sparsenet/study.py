@@ -26,7 +26,8 @@ from typing import Callable, Optional
 
 from sparsenet import __version__, names
 from sparsenet.files import check_folder_writable, make_dirs, read_json
-from sparsenet.grid import MLPGrid, ScalingGrid, record_key
+from sparsenet.grid import MLPGrid, ScalingGrid, pruned, record_key
+from sparsenet.model import layer_sizes
 from sparsenet.progress import bar, say
 from sparsenet.results import part_path, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
@@ -165,10 +166,12 @@ def _timing_config(cfg: StudyConfig, scaling: bool) -> dict:
     return json.loads(json.dumps(d))
 
 
-def timing_grid(cfg: StudyConfig, params, make_engine=None) -> MLPGrid:
-    """The grid of the timings stage: cfg's engines x sparsities x batches x threads on `params`."""
+def timing_grid(cfg: StudyConfig, params, make_engine=None, inputs=None) -> MLPGrid:
+    """The grid of the timings stage: cfg's engines x sparsities x batches x threads on `params`,
+    inputs cut from `inputs` (the test images) when given."""
     return MLPGrid(params, cfg.engines, cfg.sparsities, cfg.batches, cfg.threads,
-                   dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s, make_engine=make_engine)
+                   dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s, make_engine=make_engine,
+                   inputs=inputs)
 
 
 def scaling_grid(cfg: StudyConfig, make_engine=None) -> ScalingGrid:
@@ -178,10 +181,12 @@ def scaling_grid(cfg: StudyConfig, make_engine=None) -> ScalingGrid:
                        make_engine=make_engine)
 
 
-def run_timings(cfg: StudyConfig, folder: Path, params, progress=True, stages: Stages = Stages()) -> dict:
-    """timings.json: every engine x sparsity x batch x threads on the seed-0 net, saved per k."""
+def run_timings(cfg: StudyConfig, folder: Path, params, progress=True, inputs=None,
+                stages: Stages = Stages()) -> dict:
+    """timings.json: every engine x sparsity x batch x threads on the seed-0 net, saved per k; each
+    batch is the first rows of `inputs` (the test images) when given."""
     return run_grid(cfg, folder, "timings", _timing_config(cfg, scaling=False),
-                    timing_grid(cfg, params, stages.make_engine), progress, stages)
+                    timing_grid(cfg, params, stages.make_engine, inputs), progress, stages)
 
 
 def run_scaling(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
@@ -254,6 +259,34 @@ def _cores() -> int:
     return n_cores()
 
 
+def _test_inputs(ds, n: int = 4096):
+    """The first n test images as float inputs: what the timing stage feeds the engines."""
+    from sparsenet.data import to_float
+    return to_float(ds.test_images[:n])
+
+
+def run_activations(cfg: StudyConfig, folder: Path, ds, models, progress=True, stages: Stages = Stages()) -> dict:
+    """activations.json: per seed and batch size, the fraction of each layer's inputs that are zero in
+    every row of a batch of the test set (what zero-skipping engines skip), for the unpruned net and
+    the weight-pruned nets of the grid."""
+    from sparsenet.model import activation_sparsity
+    path = part_path(folder, "activations")
+    if path.exists():
+        _say(progress, "activations: done before, skipped")
+        return read_json(path)
+    X = _test_inputs(ds, 10000)
+    rows = []
+    for seed, params in zip(cfg.seeds, models):
+        for k in cfg.sparsities:
+            net = pruned(params, "weight", k) if k else params
+            for batch in sorted({b for b in cfg.batches if b <= 16} | {1}):
+                rows.append({"seed": seed, "method": "weight" if k else "none", "sparsity": k, "batch": batch,
+                             "zero_fraction": activation_sparsity(net, X, batch)})
+    out = {"records": rows, "layer_sizes": list(layer_sizes(models[0]))}
+    save_part(folder, "activations", out)
+    return out
+
+
 def _compile_seconds(case) -> float:
     """The engine's first calls (its JIT compile, or a cache load); engine.warmup when it has one.
 
@@ -311,7 +344,8 @@ def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages()
         models = stage("train", train_models, cfg, ds, progress)
         stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)
         stage("machine", run_machine, cfg, folder, progress)
-        stage("timings", run_timings, cfg, folder, models[0], progress)
+        stage("activations", run_activations, cfg, folder, ds, models, progress)
+        stage("timings", run_timings, cfg, folder, models[0], progress, _test_inputs(ds))
         if cfg.widths:
             stage("scaling", run_scaling, cfg, folder, progress)
         report = stage("report", run_report, folder, progress)

@@ -14,8 +14,9 @@ def test_engines_methods_and_data_sets_match_their_implementations():
 
 def test_engine_method_pairing():
     assert names.method_of("shrunk") == "neuron" and names.method_of("csr") == "weight"
-    assert names.engines_of("weight") == ("dense", "csr", "csr-scipy")
-    assert names.engines_of("neuron") == ("shrunk",) and names.engines_of(names.UNPRUNED) == ("dense",)
+    assert names.engines_of("weight") == ("dense", "csr", "csr-scipy", "dense-fused", "dense-skip", "csr-skip")
+    assert names.engines_of("neuron") == ("shrunk", "shrunk-fused", "shrunk-skip")
+    assert names.engines_of(names.UNPRUNED) == ("dense",)
     assert names.engines_of("random") == ()
     assert sorted(names.ENGINES, key=names.engine_rank) == list(names.ENGINES)
     assert names.engine_rank("gpu") > names.engine_rank("shrunk")

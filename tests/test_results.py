@@ -46,7 +46,7 @@ def test_results_parts(tmp_path):
     results.save_part(tmp_path, "accuracy", {"a": 1})
     loaded = results.load_results(tmp_path)
     assert loaded == {"accuracy": {"a": 1}}
-    assert results.missing_parts(loaded) == ["config", "machine", "timings", "scaling"]
+    assert results.missing_parts(loaded) == ["config", "machine", "activations", "timings", "scaling"]
     with pytest.raises(ValueError, match="unknown results part"):
         results.part_path(tmp_path, "nope")
     with pytest.raises(FileNotFoundError, match="sparsenet study"):

@@ -101,8 +101,10 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert timings["complete"] and set(timings["compile_s"]) == set(cfg.engines)
     recs = timings["records"]
     n_engines = sum(len(grid.engines_at(cfg.engines, k, cfg.sparsities)) for k in cfg.sparsities)
-    assert n_engines == 4 + 3 + 3                          # dense at k = 0 only by default
-    assert len(recs) == n_engines * 2                       # engines x batches (1 thread)
+    assert n_engines == 9 + 7 + 7                          # dense and dense-fused at k = 0 only by default
+    # engines x batches (1 thread), less the small-batch engines at batch 8 (5 at k = 0, 4 above)
+    assert len(recs) == n_engines * 2 - 5 - 4 - 4 == 33
+    assert all(grid.small_batch_skip(r["engine"], r["batch"]) is None for r in recs)
     by = {(r["engine"], r["sparsity"], r["batch"]): r for r in recs}
     assert by[("shrunk", 0.5, 8)]["method"] == "neuron" and by[("csr", 0.5, 8)]["method"] == "weight"
     assert by[("shrunk", 0.5, 8)]["layer_sizes"] == [784, 24, 16, 10]
@@ -142,7 +144,7 @@ def test_interrupted_timings_resume(tiny):
     study.run_study(cfg, progress=False, stages=resumed)
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
-    assert part["complete"] and len(part["records"]) == (4 + 3 + 3) * 2
+    assert part["complete"] and len(part["records"]) == 33        # as in the uninterrupted run
 
 
 def test_the_grid_builds_and_resumes_from_one_source(tiny):
@@ -153,7 +155,7 @@ def test_the_grid_builds_and_resumes_from_one_source(tiny):
         (e, k, b, 1, None) for k in cfg.sparsities for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
         for b in cfg.batches]
     every = study.timing_grid(dataclasses.replace(cfg, dense_every_k=True), he_init(SIZES))
-    assert len(every.all_points()) == 4 * 3 * 2
+    assert len(every.all_points()) == len(names.ENGINES) * 3 * 2
     s = study.scaling_grid(cfg)
     assert s.units() == [(64, k) for k in cfg.sparsities] and s.engines == ("dense", "csr")
 
