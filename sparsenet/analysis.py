@@ -82,6 +82,18 @@ def dense_reference(timings, batch, threads):
     return None
 
 
+def fastest_dense(timings, batch, threads):
+    """(engine, seconds) of the fastest dense baseline on the unpruned net at (batch, threads):
+    numpy's chain (dense) or our one-call forward (dense-fused, timed at small batches); None if neither."""
+    times = {"dense": dense_reference(timings, batch, threads)}
+    fused = [r for r in select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
+             if sparsity_key(r["sparsity"]) == 0]
+    if fused:
+        times["dense-fused"] = float(median(r["median_s"] for r in fused))
+    times = {e: t for e, t in times.items() if t is not None}
+    return min(times.items(), key=lambda kv: kv[1]) if times else None
+
+
 def engine_time(timings, engine, method, sparsity, batch, threads):
     """Median seconds of `engine` on the `method`-pruned net at `sparsity` (None if not timed).
 
@@ -94,28 +106,32 @@ def engine_time(timings, engine, method, sparsity, batch, threads):
     return None
 
 
-def speedups(timings, engine, method, batch, threads=None) -> list:
+def speedups(timings, engine, method, batch, threads=None, baseline="dense") -> list:
     """[{"sparsity", "seconds", "dense_s", "speedup"}] of `engine` on the `method`-pruned net, sorted by sparsity.
 
-    speedup = dense seconds / engine seconds (> 1: faster than dense)."""
+    speedup = dense seconds / engine seconds (> 1: faster than dense). baseline "dense": numpy's dense
+    chain at the same k; "fastest": the fastest dense baseline on the unpruned net (fastest_dense)."""
     threads = default_threads(timings) if threads is None else threads
     timed = select(records_of(timings), engine=engine, method=method, batch=batch, threads=threads)
     ks = sorted({sparsity_key(r["sparsity"]) for r in timed})
+    fastest = fastest_dense(timings, batch, threads) if baseline == "fastest" else None
     out = []
     for k in ks:
         t = engine_time(timings, engine, method, k, batch, threads)
-        d = engine_time(timings, "dense", method, k, batch, threads)
+        d = fastest[1] if fastest else None if baseline == "fastest" else engine_time(
+            timings, "dense", method, k, batch, threads)
         if t and d:
             out.append({"sparsity": k, "seconds": t, "dense_s": d, "speedup": d / t})
     return out
 
 
-def break_even(timings, engine, method, batch, threads=None):
+def break_even(timings, engine, method, batch, threads=None, baseline="dense"):
     """Smallest sparsity from which `engine` is at least as fast as dense and stays so up the grid.
 
     Linear interpolation of the speed-up between the last grid point below 1 and the next one; the first
-    grid point when the engine is never slower; None when it is slower at the last grid point (never)."""
-    rows = speedups(timings, engine, method, batch, threads)
+    grid point when the engine is never slower; None when it is slower at the last grid point (never).
+    baseline: as in speedups (numpy's dense, or the fastest dense)."""
+    rows = speedups(timings, engine, method, batch, threads, baseline)
     if not rows:
         return None
     below = [i for i, r in enumerate(rows) if r["speedup"] < 1.0]
@@ -142,7 +158,8 @@ def speedup_curves(timings, method=None) -> list:
                 sp = speedups(timings, engine, m, b, t)
                 if sp:
                     out.append({"engine": engine, "batch": b, "threads": t, "speedups": sp,
-                                "break_even": break_even(timings, engine, m, b, t)})
+                                "break_even": break_even(timings, engine, m, b, t),
+                                "break_even_fastest": break_even(timings, engine, m, b, t, "fastest")})
     return out
 
 
@@ -202,6 +219,11 @@ def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> l
     if base is not None and ref is not None:
         out.append({"method": UNPRUNED, "recovery": "-", "sparsity": 0.0, "engine": "dense", "accuracy": base,
                     "seconds": ref, "speedup": 1.0})
+        for engine in engines_of("weight"):              # the unpruned net on our dense and skipping engines
+            t = engine_time(timings, engine, "weight", 0.0, batch, threads) if engine != "dense" else None
+            if t is not None and engine != "csr-scipy":
+                out.append({"method": UNPRUNED, "recovery": "-", "sparsity": 0.0, "engine": engine,
+                            "accuracy": base, "seconds": t, "speedup": ref / t})
     for curve in (accuracy or {}).get("curves", []):
         for row in curve_stats(accuracy, curve):
             if row["sparsity"] == 0:
@@ -343,19 +365,23 @@ def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
         note = f"no sparsity strictly between 0 and {pct(below)} was timed; k={pct(below)} is used"
     for batch in batches:
         for k in ks:
-            neuron = engine_time(timings, "shrunk", "neuron", k, batch, threads)
-            weights = {e: engine_time(timings, e, "weight", k, batch, threads) for e in ("dense", "csr")}
+            neurons = {e: engine_time(timings, e, "neuron", k, batch, threads) for e in engines_of("neuron")}
+            neurons = {e: t for e, t in neurons.items() if t is not None}
+            weights = {e: engine_time(timings, e, "weight", k, batch, threads) for e in engines_of("weight")
+                       if e != "csr-scipy"}
             weights = {e: t for e, t in weights.items() if t is not None}
-            if neuron is None or not weights:
+            if not neurons or not weights:
                 continue
             engine = min(weights, key=weights.get)
+            n_engine = min(neurons, key=neurons.get)
+            neuron = neurons[n_engine]
             ratio = weights[engine] / neuron
             # timing noise: the larger max/min spread of the two records; a ratio inside it is not a clear win
-            noise = max([1.0] + [r.get("spread", 1.0) for e, m in (("shrunk", "neuron"), (engine, "weight"))
+            noise = max([1.0] + [r.get("spread", 1.0) for e, m in ((n_engine, "neuron"), (engine, "weight"))
                                  for r in select(records_of(timings), engine=e, method=m, sparsity=k, batch=batch,
                                                  threads=threads) if math.isfinite(r.get("spread", 1.0))])
             rows.append({"sparsity": k, "batch": batch, "neuron_s": neuron, "weight_s": weights[engine],
-                         "weight_engine": engine, "ratio": ratio, "neuron_faster": neuron < weights[engine],
+                         "weight_engine": engine, "neuron_engine": n_engine, "ratio": ratio, "neuron_faster": neuron < weights[engine],
                          "noise": noise, "within_noise": 1 / noise < ratio < noise})
     missing = None if rows else (f"no shrunk and weight-pruned timings at 0 < k < {pct(below)} "
                                  "(time e.g. `--sparsities 0,25,50,90`)")
@@ -431,8 +457,8 @@ def verdict_sentence(v) -> str:
             ratio = r["ratio"] if r["neuron_faster"] else 1 / r["ratio"]
             by_k.setdefault(r["sparsity"], []).append(f"×{ratio:.2f} {word} at batch {r['batch']}"
                                                       + (" (within timing noise)" if r.get("within_noise") else ""))
-        parts.append("at equal sparsity below 50% the shrunk neuron-pruned net, against the best engine (dense or "
-                     "csr) for the weight-pruned net, is " + "; ".join(
+        parts.append("at equal sparsity below 50% the neuron-pruned net on its best engine (shrunk, BLAS or ours), "
+                     "against the best engine (dense or sparse) for the weight-pruned net, is " + "; ".join(
                          f"at k={pct(k)} " + ", ".join(bits) for k, bits in by_k.items()))
     else:
         parts.append(f"at equal sparsity it cannot be answered ({v['equal_k']['missing']})")

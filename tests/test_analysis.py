@@ -179,3 +179,20 @@ def test_kernels_used_groups_plans_by_engine_batch_threads(results_folder):
     sell = [u for u in used if u["engine"] == "csr" and u["batch"] == 1 and u["threads"] == 1]
     assert len(sell) == 1 and sell[0]["kernel"].startswith("sell;") and len(sell[0]["sparsities"]) == 10
     assert kernels_used({"records": [rec("csr", "weight", 0.5, 1.0)]}) == []      # records without plans
+
+
+def test_break_even_against_the_fastest_dense():
+    """Our one-call dense (dense-fused) twice as fast as numpy's chain moves csr's break-even up."""
+    from sparsenet import analysis
+    t = csr_timings([0.0, 0.5, 0.9], [2.0, 1.0, 0.25])          # numpy dense 1.0 s
+    assert analysis.fastest_dense(t, 1, 1) == ("dense", 1.0)
+    assert analysis.break_even(t, "csr", "weight", 1, 1) == 0.5
+    t["records"].append(rec("dense-fused", "weight", 0.0, 0.5))
+    assert analysis.fastest_dense(t, 1, 1) == ("dense-fused", 0.5)
+    # vs 0.5 s: speed-ups 0.25, 0.5, 2.0 -> crossing halfway between k = 0.5 and 0.9
+    assert analysis.break_even(t, "csr", "weight", 1, 1, "fastest") == pytest.approx(0.5 + 0.5 / 1.5 * 0.4)
+    assert analysis.break_even(t, "csr", "weight", 1, 1) == 0.5  # numpy's baseline unchanged
+    rows = analysis.speedups(t, "csr", "weight", 1, 1, "fastest")
+    assert [r["dense_s"] for r in rows] == [0.5, 0.5, 0.5]
+    assert analysis.fastest_dense({"records": []}, 1, 1) is None
+    assert analysis.speedups(t, "csr", "weight", 256, 1, "fastest") == []
