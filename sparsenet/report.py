@@ -140,7 +140,7 @@ def break_even_markdown(timings) -> str:
     for c in speedup_curves(timings):
         first = c["speedups"][0]["sparsity"]
 
-        def cell(be):
+        def cell(be, first=first):
             if be is None:
                 return "never (slower at the largest k)"
             if be == first and first > 0:
