@@ -5,6 +5,9 @@ ib (r x c entries at block column indices[k]) adds, for its rows ib*r + rr,
     out[ib*r + rr, :] += sum_cc data[k, rr, cc] * HT[indices[k]*c + cc, :]
 so a block of r rows reuses every HT row it loads r times: an r x 1 block is r FMAs per load where
 CSR does one (register tiles below, `bsr_tile{RT}`: RT rows of a block x 32 columns in registers).
+Hence the block shape: 8x1 ran fastest at batch 256 (then 4x4 and 4x1, ~15% behind; 1x4 3-4x
+slower: one FMA per load, as CSR), so prune.DEFAULT_BLOCK is (8, 1). Batch 1 is a dot product per
+row of a block (bsr_matvec_*), no faster than CSR's SpMV: the reuse needs a batch.
 
 Edge blocks: the kernels compute on the padded shape (rows ceil(n_out / r) * r, columns
 ceil(n_in / c) * c); the stored padding is zero (bsr.BSR.check), the padded biases are zero, and

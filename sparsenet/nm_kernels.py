@@ -5,8 +5,14 @@ same K = G * n slots, slot k of row i at column (k // n) * m + idx[i, k]:
     out[i, :] = (relu)(bias[i] + sum_k values[i, k] * HT[(k // n) * m + idx[i, k], :])
 No row pointers and one byte of index per value (CSR: 2 bytes and a row pointer). The register
 tile `nm_rows{n}` keeps a row's 32 batch columns in 2 x 2 accumulator vectors (2 partial sums over
-alternate slots) from its first slot to its store, like simd.csr_rows32; k // n is a shift for
-n = 1, 2, 4 (compiled for those), a division otherwise (`nm_rows_any`).
+alternate slots) over the row's slots in one column panel, like simd.csr_rows32; k // n is a
+shift for n = 1, 2, 4 (compiled for those), a division otherwise (`nm_rows_any`).
+
+Unlike an r x 1 block (bsr_kernels), a slot's activation row serves one output row only: one
+vector load per FMA, as in CSR, so the kernel runs at CSR's speed per non-zero (2:4 at 50%
+density does not beat dense BLAS on x86; 1:4 does, by ~1.5x: see the issue 13 note). Column
+panels of 128 inputs (a 16 KB slice of a 32-column HT tile, kept in L1 while every row adds its
+slots of the panel) measured best of 64..all on one core; the spread under load was wide.
 Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
