@@ -482,3 +482,35 @@ def verdict_sentence(v) -> str:
         label += f" at {known[0]} only"
     threads = "threads unknown" if v["threads"] is None else threads_word(v["threads"])
     return f"{label} ({threads}): " + "; ".join(parts) + "."
+
+
+# ---------------------------------------------------------------- activation sparsity
+
+SKIP_PAIRS = (("dense-skip", "dense-fused", "weight"), ("shrunk-skip", "shrunk-fused", "neuron"),
+              ("csr-skip", "csr", "weight"))   # (engine skipping zero inputs, the same engine without it, method)
+
+
+def activation_rows(activations, sparsity=0.0) -> list:
+    """[{"batch", "zero_fraction": [per layer, mean over seeds]}] of the net at `sparsity` (0: unpruned)."""
+    recs = [r for r in (activations or {}).get("records", []) if sparsity_key(r["sparsity"]) == sparsity_key(sparsity)]
+    out = []
+    for batch in sorted({r["batch"] for r in recs}):
+        fr = [r["zero_fraction"] for r in recs if r["batch"] == batch]
+        out.append({"batch": batch, "zero_fraction": [float(sum(c) / len(c)) for c in zip(*fr)]})
+    return out
+
+
+def skip_gains(timings, threads=None) -> list:
+    """[{"engine", "base", "sparsity", "batch", "threads", "speedup"}]: what skipping zero inputs gains over
+    the same engine without it, wherever both were timed."""
+    threads = default_threads(timings) if threads is None else threads
+    out = []
+    for engine, base, method in SKIP_PAIRS:
+        for r in select(records_of(timings), engine=engine, threads=threads):
+            k, b = sparsity_key(r["sparsity"]), r["batch"]
+            t = engine_time(timings, engine, method, k, b, threads)
+            t0 = engine_time(timings, base, method, k, b, threads)
+            if t and t0:
+                out.append({"engine": engine, "base": base, "sparsity": k, "batch": b, "threads": threads,
+                            "speedup": t0 / t})
+    return sorted(out, key=lambda x: (engine_rank(x["engine"]), x["batch"], x["sparsity"]))

@@ -13,7 +13,8 @@ from statistics import mean
 
 from sparsenet import plots
 from sparsenet.analysis import (
-    above_peak, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe, has_rate,
+    above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe,
+    has_rate, skip_gains,
     kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
 )
@@ -28,6 +29,7 @@ HOW_TO = {
     "scaling": "the study's width-scaling sweep writes it (needs at least one width)",
     "machine": "the study writes it with the measured sgemm and bandwidth peaks",
     "config": "the study writes it when it starts",
+    "activations": "the study measures it on the test set after training",
 }
 
 
@@ -131,6 +133,24 @@ def front_markdown(front) -> str:
     return _table(["latency budget (ms)", "most accurate model", "accuracy", "speed-up over dense"],
                   [[f"≥ {_ms(p['seconds'])}", describe(p), pct(p["accuracy"], 2),
                     "–" if p.get("speedup") is None else f"×{p['speedup']:.2f}"] for p in front])
+
+
+def activation_markdown(activations, timings) -> str:
+    """Per layer input, the fraction of inputs zero in every row of a batch (unpruned net, test set,
+    mean over seeds), and the speed-up of the zero-skipping engines over the same engines without it."""
+    rows = activation_rows(activations)
+    sizes = activations.get("layer_sizes") or []
+    head = ["batch"] + [f"layer {i} ({n} inputs)" for i, n in enumerate(sizes[:-1])]
+    text = ("Inputs an engine that skips zero inputs can skip (zero in every row of the batch; layer 0's inputs are "
+            "the pixels, the others ReLU outputs), unpruned net, test set:\n\n")
+    text += _table(head, [[r["batch"]] + [pct(z, 1) for z in r["zero_fraction"]] for r in rows])
+    gains = skip_gains(timings) if timings else []
+    if gains:
+        text += "\n\nSpeed-up of skipping zero inputs over the same engine without it:\n\n"
+        text += _table(["engine", "over", "k", "batch", "threads", "speed-up"],
+                       [[g["engine"], g["base"], pct(g["sparsity"]), g["batch"], g["threads"], f"×{g['speedup']:.2f}"]
+                        for g in gains])
+    return text + "\n"
 
 
 def break_even_markdown(timings) -> str:
@@ -345,6 +365,12 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     else:
         md.append(miss(["timings"], "latency, speed-up and break-even"))
 
+    act = res.get("activations")
+    md.append("\n### 3.1 Activation sparsity and what skipping zero inputs gains\n")
+    if act:
+        md.append(activation_markdown(act, tim))
+    else:
+        md.append(_missing(["activations"], "activation sparsity") + "\n")
     md.append("\n## 4. Memory\n")
     if tim:
         md.append("Stored parameter bytes of each representation (CSR: data + indices + indptr).\n")

@@ -161,6 +161,12 @@ def make_results(folder, missing=(), batches=BATCHES) -> Path:
     parts["accuracy"] = {"dataset": "mnist", "sparsities": ks, "seeds": list(SEEDS),
                          "dense": {"accuracy": base, "loss": [0.065, 0.063, 0.061]},
                          "curves": curves, "config": {"epochs": 2, "lr": 0.1}}
+    # activation sparsity: ~80 % zero pixels, hidden layers sparser as k grows, fewer at batch 16
+    parts["activations"] = {"layer_sizes": list(SIZES), "records": [
+        {"seed": seed, "method": "weight" if k else "none", "sparsity": k, "batch": b,
+         "zero_fraction": [0.8 if b == 1 else 0.45] + [min(0.95, (0.5 + 0.3 * k) / (1 if b == 1 else 4))
+                                                       for _ in SIZES[1:-1]]}
+        for seed in SEEDS for k in ks for b in (1, 16)]}
     method_of = names.ENGINE_METHOD
     parts["timings"] = {"records": _timings_for(SIZES, ks, ENGINES, method_of, rng, batches=batches),
                         "compile_s": {"csr": 1.8}}

@@ -196,3 +196,17 @@ def test_break_even_against_the_fastest_dense():
     assert [r["dense_s"] for r in rows] == [0.5, 0.5, 0.5]
     assert analysis.fastest_dense({"records": []}, 1, 1) is None
     assert analysis.speedups(t, "csr", "weight", 256, 1, "fastest") == []
+
+
+def test_activation_rows_and_skip_gains():
+    from sparsenet import analysis
+    act = {"records": [{"seed": s, "method": "none", "sparsity": 0.0, "batch": 1, "zero_fraction": [0.8, 0.5 + s / 10]}
+                       for s in (0, 1)] + [{"seed": 0, "method": "weight", "sparsity": 0.9, "batch": 1,
+                                            "zero_fraction": [0.8, 0.9]}]}
+    assert analysis.activation_rows(act) == [{"batch": 1, "zero_fraction": [0.8, pytest.approx(0.55)]}]
+    assert analysis.activation_rows(act, 0.9) == [{"batch": 1, "zero_fraction": [0.8, 0.9]}]
+    t = {"records": [rec("dense-fused", "weight", 0.0, 2.0), rec("dense-skip", "weight", 0.0, 1.0),
+                     rec("csr", "weight", 0.9, 0.3), rec("csr-skip", "weight", 0.9, 0.2)]}
+    gains = analysis.skip_gains(t)
+    assert [(g["engine"], g["base"], g["sparsity"], g["speedup"]) for g in gains] == [
+        ("dense-skip", "dense-fused", 0.0, 2.0), ("csr-skip", "csr", 0.9, pytest.approx(1.5))]
