@@ -208,6 +208,14 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from sparsenet.compare import compare
+    path = compare(args.results, args.out, threads=args.threads)
+    print(path)
+    print("\n".join(path.read_text().splitlines()[:3]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sparsenet.names import ENGINES, METHODS
 
@@ -250,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "He-initialised default one")
     p.add_argument("--json", action="store_true", help="the plans as JSON (Plan.to_dict)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("compare", help="several machines' results folders in one report")
+    p.add_argument("results", nargs="+", help="results folders (of `sparsenet study` on each machine)")
+    p.add_argument("--out", default="compare", help="folder for compare.md and its figure (default ./compare)")
+    p.add_argument("--threads", type=int, help="thread count compared (default: the largest each timed)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="(re)build the efficiency report of a results folder")
     p.add_argument("results", help="a results folder, e.g. results/<run id>")

@@ -32,6 +32,7 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
           "spread": float,                      # max_s / min_s
           "flagged": bool,                      # spread > SPREAD_LIMIT
           "rounds": int, "calls": int,          # rounds, calls per round
+          "per_round_s": [float...],            # per-call time of each round (bootstrap intervals: stats.py)
           "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
           "call_nbytes": int, "layout": str,    # bytes of the layout this call computes with, its
                                                 # name (plan.Plan.layout: dense, csr, csr-panels, sell...)

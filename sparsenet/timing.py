@@ -162,6 +162,7 @@ def record(case: Case, per_call: Sequence[float]) -> dict:
         "median_s": float(np.median(t)), "min_s": lo, "max_s": hi,
         "spread": spread, "flagged": bool(spread > SPREAD_LIMIT),
         "rounds": int(t.size), "calls": int(case.calls or 1),
+        "per_round_s": [float(x) for x in t],
         "nbytes": int(getattr(eng, "nbytes", 0) or 0),
         "call_nbytes": int(eng.call_nbytes(case.batch)) if hasattr(eng, "call_nbytes")
         else int(getattr(eng, "nbytes", 0) or 0),

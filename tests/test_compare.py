@@ -85,3 +85,16 @@ def test_one_folder_or_no_timings_refused(two_machines, tmp_path):
     (two_machines[1] / "timings.json").unlink()
     with pytest.raises(compare.NotComparable, match="zen3 has no timings"):
         compare.compare(two_machines, tmp_path / "out")
+
+
+def test_cli_compare(two_machines, tmp_path, capsys):
+    from sparsenet.cli import main
+    out = tmp_path / "cmp"
+    assert main(["compare", str(two_machines[0]), str(two_machines[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(out / "compare.md") and printed[1] == "# sparsenet: machines compared"
+    c = read_json(two_machines[1] / "config.json")
+    c["study"]["seeds"] = [5]
+    write_json(two_machines[1] / "config.json", c)
+    assert main(["compare", str(two_machines[0]), str(two_machines[1]), "--out", str(out)]) == 2
+    assert "not comparable" in capsys.readouterr().err

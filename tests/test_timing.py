@@ -10,7 +10,7 @@ from sparsenet.results import SPREAD_LIMIT
 
 TIMING_KEYS = {"engine", "method", "sparsity", "batch", "threads", "median_s", "min_s", "max_s",
                "spread", "flagged", "rounds", "calls", "nbytes", "flops", "nnz", "layer_sizes",
-               "width", "call_nbytes", "layout"}
+               "width", "call_nbytes", "layout", "per_round_s"}
 
 
 class FakeEngine:
@@ -62,6 +62,8 @@ def test_time_cases_records(small):
         assert rec["spread"] >= 1.0
         assert rec["flagged"] == (rec["spread"] > SPREAD_LIMIT)
         assert rec["rounds"] == 5 and rec["calls"] >= 1 and rec["calls"] == case.calls
+        assert len(rec["per_round_s"]) == 5 and rec["median_s"] == sorted(rec["per_round_s"])[2]
+        assert (min(rec["per_round_s"]), max(rec["per_round_s"])) == (rec["min_s"], rec["max_s"])
         assert rec["batch"] == case.batch and rec["layer_sizes"] == [16, 8, 4]
         assert rec["nnz"] == case.engine.nnz and rec["flops"] == case.engine.flops(case.batch)
         assert rec["width"] is None and rec["method"] == "weight" and rec["sparsity"] == 0.5
