@@ -11,7 +11,7 @@ import pytest
 from conftest import BATCHES, MAX_CALL_S, SPARSITIES, THREADS, grid_params, mlp_params, pruned_net, run_case
 from sparsenet import grid, names, timing
 
-GRID = grid.MLPGrid(mlp_params(), names.ENGINES, SPARSITIES, BATCHES, THREADS, dense_every_k=True,
+GRID = grid.MLPGrid(mlp_params(), names.STUDY_ENGINES, SPARSITIES, BATCHES, THREADS, dense_every_k=True,
                     max_call_s=MAX_CALL_S)
 
 

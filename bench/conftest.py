@@ -65,8 +65,11 @@ def pruned_net(method: str, sparsity: float):
 
 
 def grid_params(g, group):
-    """pytest params of every point of grid `g` (ids like csr-s90-b256-t2), grouped by group(point)."""
-    return [pytest.param(p, id=p.id, marks=pytest.mark.benchmark(group=group(p))) for p in g.all_points()]
+    """pytest params of every point of grid `g` (ids like csr-s90-b256-t2), grouped by group(point);
+    engines that only differ from another at small batches are left out above them (not skipped)."""
+    from sparsenet.grid import small_batch_skip
+    return [pytest.param(p, id=p.id, marks=pytest.mark.benchmark(group=group(p))) for p in g.all_points()
+            if not small_batch_skip(p.engine, p.batch)]
 
 
 def run_case(benchmark, case, rounds: int = ROUNDS, min_time: float = timing.MIN_TIME):

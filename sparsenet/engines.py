@@ -16,6 +16,7 @@ from sparsenet.model import Layer, layer_sizes
 from sparsenet import dense_kernels
 from sparsenet.plan import Plan, Tuning, blas_plan, fused_dense_plan, scipy_plan
 from sparsenet.names import ENGINES
+from sparsenet.structured_engines import ENGINE_CLASSES as _STRUCTURED   # bsr, nm, bsr-scipy
 from sparsenet.threads import blas_library  # noqa: F401  (re-exported: records name the BLAS)
 
 
@@ -180,7 +181,7 @@ class ScipyCSREngine(Engine):
         return np.ascontiguousarray(h.T)
 
 
-_CLASSES = {"dense": DenseEngine, "csr": CSREngine, "csr-scipy": ScipyCSREngine, "shrunk": ShrunkEngine,
+_CLASSES = {**_STRUCTURED, "dense": DenseEngine, "csr": CSREngine, "csr-scipy": ScipyCSREngine, "shrunk": ShrunkEngine,
             "dense-fused": FusedDenseEngine, "shrunk-fused": FusedShrunkEngine, "dense-skip": SkipDenseEngine,
             "csr-skip": SkipCSREngine, "shrunk-skip": SkipShrunkEngine}
 assert set(_CLASSES) == set(ENGINES), "names.ENGINES and the engine classes must agree"

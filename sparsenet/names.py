@@ -10,9 +10,13 @@ from __future__ import annotations
 
 # inference engines, in the order reports use: numpy's BLAS chain (dense, shrunk), our one-call dense
 # forward (-fused) and its zero-input skipping (-skip), our CSR kernels (csr, csr-skip), scipy's
+# our block-sparse (bsr) and N:M (nm) kernels and scipy's BSR baseline run block- and N:M-pruned nets
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "csr-skip",
-           "shrunk-skip")
-METHODS = ("weight", "neuron")                     # pruning methods (prune.make_masks)
+           "shrunk-skip", "bsr", "bsr-scipy", "nm")
+# the engines a study times by default (bsr/nm need their own pruning in the accuracy sweep: not yet)
+STUDY_ENGINES = ENGINES[:9]
+METHODS = ("weight", "neuron")                     # pruning methods of the accuracy sweep (any k in [0, 1))
+ALL_METHODS = METHODS + ("nm", "block")            # every method prune.make_masks runs
 UNPRUNED = "none"                                  # the method of a net nobody pruned
 DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
 RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the accuracy sweep
@@ -21,7 +25,7 @@ RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the
 # the others run the weight-pruned net (dense multiplies its zeros, the sparse engines skip them)
 ENGINE_METHOD = {"dense": "weight", "csr": "weight", "csr-scipy": "weight", "shrunk": "neuron",
                  "dense-fused": "weight", "shrunk-fused": "neuron", "dense-skip": "weight", "csr-skip": "weight",
-                 "shrunk-skip": "neuron"}
+                 "shrunk-skip": "neuron", "bsr": "block", "bsr-scipy": "block", "nm": "nm"}
 # engines that store every weight (dense matrices); the others store only non-zeros
 DENSE_ENGINES = ("dense", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "shrunk-skip")
 # engines whose time does not depend on k (they multiply the zeros): timed at the smallest k only
@@ -51,7 +55,8 @@ QUICK_BATCHES = (1, 256)
 QUICK_THREADS = (1,)
 QUICK_WIDTHS = (1024,)
 
-assert set(ENGINE_METHOD) == set(ENGINES) and set(ENGINE_METHOD.values()) <= set(METHODS)
+assert set(ENGINE_METHOD) == set(ENGINES) and set(ENGINE_METHOD.values()) <= set(ALL_METHODS)
+assert set(STUDY_ENGINES) <= set(ENGINES) and {ENGINE_METHOD[e] for e in STUDY_ENGINES} <= set(METHODS)
 assert set(K_INDEPENDENT) <= set(ENGINES) and set(SMALL_BATCH_ENGINES) <= set(ENGINES)
 assert set(DENSE_ENGINES) <= set(ENGINES) and set(DENSE_BASELINES) <= set(K_INDEPENDENT)
 assert set(SCALING_ENGINES) <= set(ENGINES)

@@ -26,7 +26,7 @@ class StudyConfig:
     seeds: tuple = (0, 1, 2)                 # one trained net per seed; seed 0's net is the one timed
     sparsities: tuple = names.SPARSITIES     # k: fraction of weights / neurons removed, each in [0, 1)
     methods: tuple = names.METHODS           # pruning methods of the accuracy sweep: weight | neuron
-    engines: tuple = names.ENGINES           # inference engines timed: dense | csr | csr-scipy | shrunk
+    engines: tuple = names.STUDY_ENGINES     # inference engines timed (names.ENGINES)
     batches: tuple = names.BATCHES           # batch sizes timed
     threads: tuple = names.THREADS           # thread limits timed (BLAS and Numba alike)
     widths: tuple = names.WIDTHS             # scaling study: one square layer of each width (empty: skip)
@@ -79,7 +79,7 @@ class StudyConfig:
             if name == "sparsities" and not value:
                 raise ValueError("sparsities must not be empty")
             object.__setattr__(self, name, value)
-        for name, allowed in (("methods", names.METHODS), ("engines", names.ENGINES)):
+        for name, allowed in (("methods", names.METHODS), ("engines", names.STUDY_ENGINES)):
             object.__setattr__(self, name, names.check_names(name, getattr(self, name), allowed))
         if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")

@@ -9,6 +9,7 @@ def test_engines_methods_and_data_sets_match_their_implementations():
     assert tuple(engines.ENGINES) == names.ENGINES          # engines.py will import it from names
     assert set(names.ENGINES) <= set(engines._CLASSES)         # every named engine is built by make_engine
     assert tuple(prune.METHODS) == names.METHODS            # prune.py will import it from names
+    assert tuple(prune.ALL_METHODS) == names.ALL_METHODS
     assert tuple(data.DATASETS) == names.DATASETS
 
 
@@ -27,7 +28,7 @@ def test_defaults_are_used_by_the_study_the_sweep_and_the_benchmarks():
     from sparsenet.study_config import StudyConfig
     cfg = StudyConfig()
     assert (cfg.sparsities, cfg.engines, cfg.methods, cfg.batches, cfg.threads, cfg.widths) == (
-        names.SPARSITIES, names.ENGINES, names.METHODS, names.BATCHES, names.THREADS, names.WIDTHS)
+        names.SPARSITIES, names.STUDY_ENGINES, names.METHODS, names.BATCHES, names.THREADS, names.WIDTHS)
     q = StudyConfig.quick()
     assert (q.sparsities, q.batches, q.threads, q.widths) == (
         names.QUICK_SPARSITIES, names.QUICK_BATCHES, names.QUICK_THREADS, names.QUICK_WIDTHS)

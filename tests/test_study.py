@@ -155,7 +155,7 @@ def test_the_grid_builds_and_resumes_from_one_source(tiny):
         (e, k, b, 1, None) for k in cfg.sparsities for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
         for b in cfg.batches]
     every = study.timing_grid(dataclasses.replace(cfg, dense_every_k=True), he_init(SIZES))
-    assert len(every.all_points()) == len(names.ENGINES) * 3 * 2
+    assert len(every.all_points()) == len(names.STUDY_ENGINES) * 3 * 2
     s = study.scaling_grid(cfg)
     assert s.units() == [(64, k) for k in cfg.sparsities] and s.engines == ("dense", "csr")
 
@@ -179,7 +179,7 @@ def test_quick_study_end_to_end(quick_study_folder):
     acc = read_json(folder / "accuracy.json")
     assert acc["complete"] and acc["dense"]["accuracy"][0] > 0.9      # the synthetic classes are learnable
     timings = read_json(folder / "timings.json")
-    assert {r["engine"] for r in timings["records"]} == set(names.ENGINES)
+    assert {r["engine"] for r in timings["records"]} == set(names.STUDY_ENGINES)
     assert all(r["kernel"] and r["isa"] and r["plan"]["layers"] for r in timings["records"])
     assert read_json(folder / "machine.json")["isa"] == timings["records"][0]["isa"]
     assert all(r["median_s"] > 0 and r["spread"] >= 1 for r in timings["records"])
