@@ -8,7 +8,8 @@ and scipy.sparse: medians of interleaved rounds (not collected by pytest: no ben
     python bench/sell8_timing.py --compile             # cold compile times (fresh cache, subprocesses)
 
 Every round runs each method for ~`--target-ms` of calls in turn (order rotated per round); a
-method's figure is the median over rounds of the per-call mean, its spread the 25-75 % range.
+method's figure is the median over rounds of the per-call mean, with the 10th percentile and the
+25-75 % range (on a loaded machine the low percentiles are the undisturbed rounds).
 Each method's output is checked against model.forward before timing.
 """
 from __future__ import annotations
@@ -48,8 +49,9 @@ def compile_times() -> None:
             "from sparsenet import sell8_kernels as K\n"
             "a,(nx,w),_=flatten(he_init((20,30,10)))\n"
             "b=[np.zeros(n,np.float32) for n in (nx,w,w)]\nlg=np.zeros((1,10),np.float32)\n"
-            "t=time.perf_counter(); K.sell8_forward(*a,np.zeros((1,20),np.float32),*b,100,{t},lg,avx2={avx2})\n"
-            "print(round(time.perf_counter()-t,2))\n")
+            "t,c=time.perf_counter(),time.process_time()\n"
+            "K.sell8_forward(*a,np.zeros((1,20),np.float32),*b,100,{t},lg,avx2={avx2})\n"
+            "print(f'{{time.perf_counter()-t:.2f}} s wall, {{time.process_time()-c:.2f}} s CPU')\n")
     for avx2 in (True, False):
         for t in (1, 2):
             with tempfile.TemporaryDirectory() as cache:            # cold: an empty cache per case
@@ -58,15 +60,18 @@ def compile_times() -> None:
                     r = subprocess.run([sys.executable, "-c", code.format(t=t, avx2=avx2)], env=env,
                                        capture_output=True, text=True)
                     out = r.stdout.strip() or r.stderr.strip().splitlines()[-1]
-                    print(f"compile {state:6s} {'avx2' if avx2 else 'portable':8s} threads={t}: {out} s "
+                    print(f"compile {state:6s} {'avx2' if avx2 else 'portable':8s} threads={t}: {out} "
                           f"(load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
+CLOCK = time.perf_counter
+
+
 def timeit(fn, n) -> float:
-    t = time.perf_counter()
+    t = CLOCK()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t) / n
+    return (CLOCK() - t) / n
 
 
 def _methods(net, X, threads, args) -> tuple:
@@ -164,14 +169,16 @@ def run(args) -> None:
                         np.testing.assert_allclose(fn(), ref, rtol=1e-3, atol=1e-3, err_msg=name)
                     times = _time(methods, args.rounds, args.target_ms)
                 med = {n: float(np.median(v)) for n, v in times.items()}
-                iqr = {n: np.percentile(v, [25, 75]) for n, v in times.items()}
+                iqr = {n: np.percentile(v, [10, 25, 75]) for n, v in times.items()}
                 nnz = sum(s.nnz for s in layers)
                 pad = sum(s.n_units for s in layers) * 16 / max(nnz, 1)
                 mb = sum(s.nbytes for s in layers) / 1e6
                 wins = "".join("w" if s.window == 16 else "n" for s in layers)
                 s8 = med["sell8"]
-                cells = "  ".join(f"{n} {med[n]:.1f} [{iqr[n][0]:.0f}-{iqr[n][1]:.0f}]" for n in methods)
-                print(f"{net_name} k={k * 100:.0f} threads={threads}: {cells} | dense/sell8 {med['dense'] / s8:.2f} "
+                cells = "  ".join(f"{n} {med[n]:.1f} [p10 {iqr[n][0]:.0f}, {iqr[n][1]:.0f}-{iqr[n][2]:.0f}]"
+                                  for n in methods)
+                print(f"{net_name} k={k * 100:.0f} threads={threads} ({args.clock}): {cells} | "
+                      f"dense/sell8 {med['dense'] / s8:.2f} "
                       f"csr/sell8 {med['csr'] / s8:.2f} scipy/sell8 {med['scipy'] / s8:.2f} | padding {pad:.2f} "
                       f"{mb:.1f} MB windows {wins} | load {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -190,7 +197,14 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true", help="also time all-8 and all-16-column windows")
     ap.add_argument("--portable", action="store_true", help="time the portable twin instead of the AVX2 kernel")
     ap.add_argument("--compile", action="store_true", help="print cold and cached compile times, then stop")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (a loaded machine; 1 thread only)")
     args = ap.parse_args()
+    if args.clock == "thread":
+        if args.threads != [1]:
+            ap.error("--clock thread measures the calling thread only: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     if args.haswell and os.environ.get("NUMBA_CPU_NAME") != "haswell":
         env = dict(os.environ, **HASWELL_ENV)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
