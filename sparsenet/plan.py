@@ -178,7 +178,7 @@ class NetShape:
 
 def panel_width(t: Tuning, density: float, n_in: int, nnz: int) -> int:
     """Inputs per column panel of a layer; n_in (one panel: plain CSR) when sparse or small."""
-    P = t.panel_width if density >= 0.45 else 2 * t.panel_width if density >= 0.25 else n_in
+    P = t.panel_width if density >= t.dense_panels else 2 * t.panel_width if density >= 0.25 else n_in
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 
 
