@@ -20,6 +20,9 @@ from sparsenet.prune import neuron_prune, weight_prune
 SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 BATCHES = (1, 7, 256)
 SMALL = (96, 80, 64, 32, 10)
+# the engines of engines.py that run any pruned net (bsr, nm: tests/test_structured_engines.py)
+UNSTRUCTURED = ("dense", "csr", "csr-scipy", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "csr-skip",
+                "shrunk-skip")
 # which pruning each engine is checked on (csr also runs neuron-pruned nets)
 CASES = [("dense", "weight"), ("csr", "weight"), ("csr-scipy", "weight"), ("shrunk", "neuron"),
          ("csr", "neuron")]
@@ -102,9 +105,9 @@ def default_net(method, k):
 
 
 @pytest.mark.parametrize("k", [0.0, 0.9])
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_default_sizes(name, k):
-    method = "neuron" if name == "shrunk" else "weight"
+    method = "neuron" if name.startswith("shrunk") else "weight"
     eng = check_engine(name, default_net(method, k), batches=(1, 7, 33))
     assert eng.layer_sizes[0] == 784 and eng.layer_sizes[-1] == 10
     if name == "csr":                         # dense-ish layers are column-panelled, sparse ones plain
@@ -118,7 +121,7 @@ def test_thread_counts_agree(threads):
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("machine has fewer cores")
     params = weight_prune(he_init(SMALL, seed=3), 0.8)
-    for name in ENGINES:
+    for name in UNSTRUCTURED:
         eng = check_engine(name, params, batches=(1, 64, 130), threads=threads)   # 130: padded to 144
         assert eng.threads == threads
 
@@ -249,7 +252,7 @@ def nets(draw):
 def test_random_nets(params, B):
     X = np.random.default_rng(B).random((B, params[0].weight.shape[1]), dtype=np.float32)
     ref = forward(params, X)
-    for name in ENGINES:
+    for name in UNSTRUCTURED:
         eng = make_engine(name, params)
         for c in getattr(eng, "csr", ()):
             c.check()
@@ -281,7 +284,7 @@ def small():
     return weight_prune(he_init(SMALL, seed=4), 0.7)
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_input_conversion(small, name):
     eng = make_engine(name, small)
     X = np.random.default_rng(0).random((9, 2 * SMALL[0]))
@@ -294,14 +297,14 @@ def test_input_conversion(small, name):
     assert empty.shape == (0, SMALL[-1]) and empty.dtype == np.float32
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 @pytest.mark.parametrize("shape", [(3, SMALL[0] + 1), (SMALL[0],), (1, 2, SMALL[0])])
 def test_bad_input_shape(small, name, shape):
     with pytest.raises(ValueError, match=rf"expected X of shape \(B, {SMALL[0]}\), got"):
         make_engine(name, small)(np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_all_zero_layer(name):
     params = list(he_init(SMALL, bias=True, seed=5))
     params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
@@ -443,7 +446,7 @@ def _engines_every_path(params):
     for threads in (1, 2):
         if threads > numba.config.NUMBA_NUM_THREADS:
             continue
-        for name in ENGINES:
+        for name in UNSTRUCTURED:
             for sell in (_SELL_OPTIONS if name == "csr" else [None]):
                 options = {} if sell is None else {"sell": sell}
                 yield f"{name}-t{threads}-sell{sell}", make_engine(name, params, threads=threads, **options)
@@ -513,8 +516,283 @@ def _inconsistent(kind):
 
 
 @pytest.mark.parametrize("kind", ["width", "bias", "1-d", "complex", "not-a-layer", "empty"])
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_inconsistent_params_refused_by_every_engine(name, kind):
     params, message = _inconsistent(kind)
     with pytest.raises(ValueError, match=message):
         make_engine(name, params, threads=1)
+
+
+# -- exact contracts: messages, counts, describe(), dtypes, buffers, the kernels the plan names ------
+N_THREADS = numba.config.NUMBA_NUM_THREADS
+CSR_LIKE = ("csr", "csr-skip")
+
+
+def test_bad_threads_message(small):
+    for bad in (0, N_THREADS + 1):
+        with pytest.raises(ValueError, match=rf"^threads must be in 1\.\.{N_THREADS} \(this machine's threads\), "
+                                             rf"got {bad}$"):
+            make_engine("csr", small, threads=bad)
+    with pytest.raises(ValueError, match=rf"^threads must be an integer in 1\.\.{N_THREADS}, got 'two'$"):
+        make_engine("dense", small, threads="two")
+    assert make_engine("dense", small).threads == N_THREADS        # None: every thread
+
+
+def test_unknown_engine_message(small):
+    assert ENGINES[:4] == ("dense", "csr", "csr-scipy", "shrunk")
+    with pytest.raises(ValueError, match=r"^unknown engine 'cuda'; valid engines: " + ", ".join(ENGINES) + "$"):
+        make_engine("cuda", small)
+
+
+def test_csr_refuses_a_tuning_that_is_not_one(small):
+    with pytest.raises(ValueError, match=r"^tuning must be a plan\.Tuning, got dict$"):
+        make_engine("csr", small, tuning={"min_chunk": 0})
+    assert make_engine("csr", small).tuning == Tuning()
+    t = Tuning(min_chunk=3)
+    assert make_engine("csr", small, tuning=t).tuning is t
+
+
+def _biased_net():
+    """SMALL, 70 % pruned, with biases on layers 0 and 2 only (rows 96 -> 80 -> 64 -> 32 -> 10)."""
+    params = list(weight_prune(he_init(SMALL, seed=4), 0.7))
+    rng = np.random.default_rng(1)
+    for i in (0, 2):
+        params[i] = params[i]._replace(bias=rng.standard_normal(params[i].weight.shape[0]).astype(np.float32))
+    return tuple(params)
+
+
+def test_nbytes_count_the_biases():
+    params = _biased_net()
+    nnz = sum(int(np.count_nonzero(l.weight)) for l in params)
+    n_weights = sum(l.weight.size for l in params)
+    bias_bytes = 4 * (80 + 32)
+    indptr_bytes = 4 * (80 + 64 + 32 + 10 + 4)
+    dense, csr, sci = (make_engine(n, params, threads=1) for n in ("dense", "csr", "csr-scipy"))
+    assert dense.nbytes == 4 * n_weights + bias_bytes
+    assert csr.nbytes == 6 * nnz + indptr_bytes + bias_bytes
+    assert sci.nbytes == 8 * nnz + indptr_bytes + bias_bytes
+    assert dense.has_bias and csr.has_bias and sci.has_bias
+    assert not make_engine("csr", weight_prune(he_init(SMALL, seed=4), 0.7)).has_bias
+
+
+@pytest.mark.parametrize("name", UNSTRUCTURED)
+def test_describe_is_exact(name):
+    params = _biased_net()
+    eng = make_engine(name, params, threads=1, **({"sell": "portable"} if name in CSR_LIKE else {}))
+    d = eng.describe()
+    base = {"name": name, "layer_sizes": list(eng.layer_sizes), "nnz": eng.nnz, "nbytes": eng.nbytes,
+            "index_dtype": {"csr": "uint16", "csr-skip": "uint16", "csr-scipy": "int32"}.get(name), "threads": 1,
+            "has_bias": True}
+    if name in CSR_LIKE:
+        base.update(panels=[96, 80, 64, 32], panel_nbytes=0, sell=True, sell_kernel="sell16-portable",
+                    sell_nbytes=eng.sell_nbytes, sell_padding=eng.sell_padding)
+        slots = eng.net.sell_slots
+        assert eng.sell_padding == sum(slots) * 16 / eng.nnz and eng.sell_padding >= 1
+        assert eng.sell_nbytes == sum(s * 16 * 5 + 4 * 0 for s in slots) + eng._sell[5].nbytes \
+            or eng.sell_nbytes > eng._sell[5].nbytes
+    assert d == base
+    assert repr(eng) == (f"<{type(eng).__name__} {name} sizes={eng.layer_sizes} nnz={eng.nnz} threads=1>")
+    assert eng.index_dtype == base["index_dtype"]
+
+
+def test_csr_describe_without_sell(small):
+    eng = make_engine("csr", small, threads=1, sell=False)
+    d = eng.describe()
+    assert (d["sell"], d["sell_kernel"], d["sell_nbytes"], d["sell_padding"]) == (False, None, 0, None)
+    assert eng.net.sell_slots is None
+
+
+def test_csr_arrays_dtypes_and_offsets():
+    params = _biased_net()
+    eng = make_engine("csr", params, threads=1)
+    data, indices, indptr, ptr_off, panels = eng._plain
+    nnz = [int(np.count_nonzero(l.weight)) for l in params]
+    assert (data.dtype, indices.dtype, indptr.dtype, ptr_off.dtype, panels.dtype) == \
+        (np.float32, np.uint16, np.int32, np.int64, np.int64)
+    assert data.size == indices.size == sum(nnz) and indptr.size == 80 + 64 + 32 + 10 + 4
+    assert list(ptr_off) == [0, 81, 146, 179, 190] and list(panels) == [96, 80, 64, 32]
+    assert eng._nnz_off.dtype == np.int64 and list(eng._nnz_off) == list(np.cumsum([0] + nnz))
+    assert eng._sizes.dtype == np.int64 and list(eng._sizes) == list(SMALL)
+    assert eng._bias.dtype == np.float32 and eng._bias.shape == (80 + 64 + 32 + 10,)
+    np.testing.assert_array_equal(eng._bias[:80], params[0].bias)
+    np.testing.assert_array_equal(eng._bias[80:144], 0)
+    np.testing.assert_array_equal(eng._bias[144:176], params[2].bias)
+    assert eng._paneled is eng._plain and eng.panel_nbytes == 0 and eng._width == 80
+
+
+def _panelled(reference):
+    """CSR of a random 24 x 70 matrix, and its layout in P-column panels built the slow way."""
+    from sparsenet.csr import CSR
+    rng = np.random.default_rng(12)
+    W = (rng.standard_normal((24, 70)) * (rng.random((24, 70)) < 0.6)).astype(np.float32)
+    return W, CSR.from_dense(W)
+
+
+@pytest.mark.parametrize("P", [16, 32, 35, 64])
+def test_panel_layout_is_panel_major(P):
+    W, c = _panelled(None)
+    data, local, indptr = csr_engine.panel_layout(c, P)
+    n_panels = -(-70 // P)
+    assert local.dtype == c.indices.dtype and indptr.dtype == c.indptr.dtype and data.dtype == np.float32
+    assert indptr.size == n_panels * 25
+    want_d, want_i, want_p = [], [], []
+    for p in range(n_panels):
+        want_p.append(len(want_d))
+        for r in range(24):
+            cols = [j for j in range(p * P, min(70, (p + 1) * P)) if W[r, j] != 0]   # ascending
+            want_d += [W[r, j] for j in cols]
+            want_i += [j - p * P for j in cols]
+            want_p.append(len(want_d))
+        want_p.pop()
+    blocks = indptr.reshape(n_panels, 25)
+    starts = [list(b) for b in blocks]
+    np.testing.assert_array_equal(data, np.asarray(want_d, np.float32))
+    np.testing.assert_array_equal(local, want_i)
+    flat = []
+    for p in range(n_panels):
+        rows = [want_p[p * 24]]
+        acc = want_p[p * 24]
+        for r in range(24):
+            cols = [j for j in range(p * P, min(70, (p + 1) * P)) if W[r, j] != 0]
+            acc += len(cols)
+            rows.append(acc)
+        flat.append(rows)
+    assert starts == flat
+
+
+@pytest.mark.parametrize("P", [70, 71, 500])
+def test_panel_layout_one_panel_is_the_csr_itself(P):
+    _, c = _panelled(None)
+    data, local, indptr = csr_engine.panel_layout(c, P)
+    assert data is c.data and local is c.indices and indptr is c.indptr
+
+
+def test_paneled_copy_of_the_engine():
+    """The panel-major copy the engine holds: one indptr block per panel of every panelled layer."""
+    params = weight_prune(he_init(SMALL, seed=1), 0.0)
+    eng = make_engine("csr", params, threads=1, tuning=Tuning(**SMALL_PANELS))
+    assert eng.panels == (16, 16, 16, 16)
+    data, indices, indptr, ptr_off, panels = eng._paneled
+    blocks = [6 * 81, 5 * 65, 4 * 33, 2 * 11]              # ceil(n_in / 16) panels of M + 1
+    assert list(ptr_off) == list(np.cumsum([0] + blocks)) and list(panels) == [16] * 4
+    assert indices.dtype == np.uint16 and int(indices.max()) == 15
+    assert eng.panel_nbytes == data.nbytes + indices.nbytes + indptr.nbytes == \
+        6 * eng.nnz + 4 * sum(blocks)
+    assert eng.describe()["panel_nbytes"] == eng.panel_nbytes and eng.describe()["panels"] == [16] * 4
+    assert eng.call_nbytes(300) == eng.nbytes + eng.panel_nbytes - sum(c.nbytes for c in eng.csr)
+    assert eng.layout(300) == "csr-panels" and eng.layout(1) in ("csr", "sell")
+
+
+@pytest.mark.parametrize("shape", [5, 17, (3, 7), (2, 5, 3)])
+@pytest.mark.parametrize("align", [64, 128])
+def test_aligned_zeros(shape, align):
+    for _ in range(4):                                    # different allocations, different offsets
+        a = csr_engine._aligned_zeros(shape, align)
+        assert a.dtype == np.float32 and a.shape == np.zeros(shape).shape
+        assert a.ctypes.data % align == 0 and not a.any()
+    assert csr_engine._aligned_zeros(shape).ctypes.data % 64 == 0
+
+
+def test_row_split_buffers_are_aligned_and_cached(small):
+    eng = make_engine("csr", small, threads=1)
+    for B, Bp in ((15, 16), (7, 7), (130, 144)):
+        first = eng._buffers(B)
+        Bp_, HT, buf0, buf1 = first
+        assert Bp_ == Bp and HT.shape == (SMALL[0], Bp) and buf0.shape == buf1.shape == (80 * Bp,)
+        assert all(a.dtype == np.float32 and a.ctypes.data % 64 == 0 and not a.any() for a in (HT, buf0, buf1))
+        second = eng._buffers(B)
+        assert all(a is b for a, b in zip(first[1:], second[1:]))     # kept for the same batch
+    assert eng._buffers(15)[1] is not HT
+
+
+def test_chunk_buffers_are_per_thread_aligned_and_cached(small):
+    eng = make_engine("csr", small, threads=N_THREADS)
+    for Bc in (16, 9, 32):
+        first = eng._chunk_buffers(Bc)
+        HT, buf0, buf1 = first
+        assert HT.shape == (N_THREADS, SMALL[0], Bc) and buf0.shape == buf1.shape == (N_THREADS, 80 * Bc)
+        assert all(a.dtype == np.float32 and a.ctypes.data % 64 == 0 and not a.any() for a in first)
+        assert all(a is b for a, b in zip(first, eng._chunk_buffers(Bc)))
+        assert buf0 is not buf1 and not np.shares_memory(buf0, buf1)
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_split_call_arguments(small, threads, monkeypatch):
+    """The row split gets the padded transposed batch (batch 1: X itself) and the plan's codes."""
+    threads_or_skip(threads)
+    eng = make_engine("csr", small, threads=threads, sell=False, tuning=split(False))
+    calls = _spy(monkeypatch, csr_engine.kernels, "csr_forward")
+    X = np.random.default_rng(2).random((15, SMALL[0]), dtype=np.float32)
+    assert_matches(eng(X), forward(small, X))
+    HT = calls[0][8]
+    assert HT.shape == (SMALL[0], 16) and not HT[:, 15].any()
+    np.testing.assert_array_equal(HT[:, :15], X.T)
+    np.testing.assert_array_equal(calls[0][11], eng.plan(15).codes())
+    assert calls[0][12] == threads and calls[0][2] is eng._plain[2]
+    x1 = X[:1].copy()
+    assert_matches(eng(x1), forward(small, x1))
+    assert np.shares_memory(calls[1][8], x1) and calls[1][8].shape == (SMALL[0], 1)
+    np.testing.assert_array_equal(calls[1][11], eng.plan(1).codes())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sell", [True, "portable"])
+def test_sell_call_arguments(small, threads, sell, monkeypatch):
+    """Batch 1 on SELL runs the kernel the plan names, with the parallel threshold only at > 1 thread."""
+    threads_or_skip(threads)
+    if sell is True and not sell_kernels.available():
+        pytest.skip("SELL needs a CPU with AVX-512F")
+    avx = _spy(monkeypatch, sell_kernels, "sell_forward")
+    portable = _spy(monkeypatch, sell_kernels, "sell_forward_portable")
+    eng = make_engine("csr", small, threads=threads, sell=sell, tuning=Tuning(min_parallel_slots=7))
+    X = np.random.default_rng(3).random((1, SMALL[0]), dtype=np.float32)
+    assert_matches(eng(X), forward(small, X))
+    calls, other = (avx, portable) if sell is True else (portable, avx)
+    assert len(calls) == 1 and other == []
+    assert eng.plan(1).layers[0].kernel == ("sell16-avx512" if sell is True else "sell16-portable")
+    args = calls[0]
+    assert args[13] == (7 if threads > 1 else csr_engine.kernels.NEVER) and args[14] == threads
+    assert args[9] is X and args[15].shape == (1, SMALL[-1]) and args[15].dtype == np.float32
+    assert all(b.ctypes.data % 64 == 0 for b in args[10:13])
+
+
+def test_warmup_calls_with_a_zero_float32_batch(small, monkeypatch):
+    from sparsenet.engine_base import Engine
+    seen = []
+    real = Engine.__call__
+
+    def spy(self, X):
+        seen.append(X)
+        return real(self, X)
+
+    monkeypatch.setattr(Engine, "__call__", spy)
+    eng = make_engine("dense", small, threads=1)
+    t = eng.warmup()
+    assert 0 <= t < 5
+    assert eng.warmup(batch=16.0) < 5
+    assert [(x.shape, x.dtype) for x in seen] == [((1, SMALL[0]), np.float32), ((16, SMALL[0]), np.float32)]
+    assert not any(x.any() for x in seen)
+
+
+def test_nan_rows_only(small):
+    """Only the rows holding a non-finite value become NaN; the output is a fresh float32 array."""
+    for name in UNSTRUCTURED:
+        eng = make_engine(name, small, threads=1)
+        X = np.ones((3, SMALL[0]), np.float32)
+        X[1, 0] = np.nan
+        with np.errstate(invalid="ignore"):
+            out = eng(X)
+        assert out.dtype == np.float32 and out.shape == (3, SMALL[-1])
+        assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all(), name

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 
 from sparsenet import kernels, plan, sell_kernels
-from sparsenet.engines import ENGINES, make_engine
+from sparsenet.engines import make_engine
 from sparsenet.model import DEFAULT_SIZES, forward, he_init
 from sparsenet.plan import CPU, Tuning
 from sparsenet.prune import weight_prune
 
 TWO = numba.config.NUMBA_NUM_THREADS >= 2
+# the engines of engines.py that run any pruned net (bsr, nm: tests/test_structured_engines.py)
+UNSTRUCTURED = ("dense", "csr", "csr-scipy", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "csr-skip",
+                "shrunk-skip")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def test_plan_is_cached_and_serialisable(nets):
     assert d["isa"] == plan.cpu().isa
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_every_engine_has_a_plan(name, nets):
     eng = make_engine(name, nets[0.5], threads=1)
     for B in (1, 16):
@@ -154,3 +157,237 @@ def test_codes_carry_the_parallel_flag(nets):
     assert list(codes & ~kernels.PARALLEL) == [kernels.SPMV] * 5
     assert list((codes & kernels.PARALLEL) > 0) == [l.parallel for l in p.layers]
     assert "no AVX-512F (avx2): batch 1 on the CSR SpMV" in p.reasons
+
+
+# -- exact values at the thresholds: NetShape by hand, every boundary at equality --------------------
+from sparsenet.plan import LayerPlan, NetShape, Plan, batch_chunk, chunk_width, padded_batch, panel_width  # noqa: E402
+
+
+def test_panel_width_boundaries():
+    t = Tuning()                                          # panel_width 64, min_panel_nnz 32768
+    assert panel_width(t, 0.45, 1024, 32768) == 64        # density == dense_panels: the narrow panels
+    assert panel_width(t, 0.4499, 1024, 32768) == 128
+    assert panel_width(t, 0.25, 1024, 32768) == 128       # density == 0.25: twice as wide
+    assert panel_width(t, 0.2499, 1024, 32768) == 1024    # below: no panels
+    assert panel_width(t, 1.0, 128, 32768) == 64          # 2 P == n_in: still two panels
+    assert panel_width(t, 1.0, 127, 32768) == 127
+    assert panel_width(t, 0.3, 256, 32768) == 128 and panel_width(t, 0.3, 255, 32768) == 255
+    assert panel_width(t, 1.0, 1024, 32767) == 1024       # nnz one short of min_panel_nnz
+    assert panel_width(Tuning(panel_width=16, min_panel_nnz=0), 0.5, 32, 0) == 16
+
+
+def test_panel_width_follows_dense_panels():
+    """Tuning.dense_panels sets where the narrow panels start (its documented rule)."""
+    t = Tuning(dense_panels=0.6)
+    assert panel_width(t, 0.6, 1024, 10**6) == 64
+    assert panel_width(t, 0.5, 1024, 10**6) == 128
+
+
+@pytest.mark.parametrize("B, Bp", [(1, 1), (2, 2), (14, 14), (15, 16), (16, 16), (17, 17), (113, 113),
+                                   (114, 128), (120, 128), (128, 128), (129, 144), (130, 144), (255, 256)])
+def test_padded_batch(B, Bp):
+    assert padded_batch(B) == Bp
+
+
+def test_batch_chunk_exact():
+    assert batch_chunk(2, 1) == 2 and batch_chunk(1, 4) == 0 and batch_chunk(5, 1, max_chunk=-1) == 0
+    assert batch_chunk(113, 1) == 113 and batch_chunk(120, 1) == 128 and batch_chunk(127, 1) == 128
+    assert batch_chunk(129, 1) == 65                      # two chunks of <= 128: 65, left unaligned
+    assert batch_chunk(240, 2) == 128 and batch_chunk(256, 2, max_chunk=64) == 64
+    assert batch_chunk(257, 2, max_chunk=128) == 65       # 4 chunks of 65: 80 would cost 23 % more
+    assert batch_chunk(30, 2, max_chunk=16) == 16         # 2 chunks of 15 -> 16
+
+
+def _net(nnz, shape, panels=None, **nbytes):
+    return NetShape(nnz=tuple(nnz), shape=tuple(shape), panels=tuple(panels or [n for _, n in shape]),
+                    nbytes=nbytes)
+
+
+def test_chunk_width_boundaries():
+    plain = _net([1000], [(100, 100)])                      # no panels: tile chunks, min 16, max 32
+    t = Tuning(small_work=0)
+    assert chunk_width(t, plain, 32, 2) == 16               # Bc == tile_min_chunk
+    assert chunk_width(t, plain, 28, 2) == 0                # 14 columns: the row split
+    assert chunk_width(t, plain, 28, 1) == 28               # one thread: always the batch split
+    assert chunk_width(Tuning(tile_min_chunk=17, small_work=32_000), plain, 32, 2) == 16   # short: 1000 * 32
+    assert chunk_width(Tuning(tile_min_chunk=17, small_work=31_999), plain, 32, 2) == 0
+    assert chunk_width(Tuning(tile_min_chunk=17, small_work=10**9), plain, 30, 2) == 16   # 15 -> 16 columns
+    assert chunk_width(Tuning(tile_min_chunk=14, small_work=0), plain, 28, 2) == 14       # Bc == tile_min_chunk
+    assert chunk_width(Tuning(tile_min_chunk=15, small_work=10**9), plain, 28, 2) == 0    # short, but < 16
+    dense = _net([6000], [(100, 100)], [50])                # density 0.6, panelled: min 64 (x2), max 128
+    assert plan.chunk_limits(t, dense) == (64, 128)
+    assert plan.chunk_limits(t, _net([4499], [(100, 100)], [50])) == (16, 32)   # density < dense_panels
+    assert plan.chunk_limits(t, _net([4500], [(100, 100)], [50])) == (64, 128)  # density == dense_panels
+    assert plan.chunk_limits(t, _net([9000], [(100, 100)])) == (16, 32)         # dense but not panelled
+    assert chunk_width(t, dense, 256, 2) == 128             # Bc == 2 * min_chunk
+    assert chunk_width(t, dense, 224, 2) == 0               # 112 < 128
+    assert chunk_width(Tuning(small_work=0, min_chunk=56), dense, 224, 2) == 112
+    assert chunk_width(Tuning(small_work=10**9), dense, 224, 2) == 112   # short call
+    assert chunk_width(t, dense, 1, 2) == 0 and chunk_width(t, dense, 1, 1) == 0
+
+
+def test_row_split_parallel_threshold():
+    net = _net([100, 50], [(10, 20), (5, 10)])
+    for B, Bp in ((1, 1), (7, 7), (15, 16)):
+        t = Tuning(min_parallel_work=100 * Bp, max_chunk=0, tile_chunk=0)
+        assert [l.parallel for l in plan.plan_csr(net, B, 2, t, None, isa="avx2").layers] == [True, False]
+        t = Tuning(min_parallel_work=100 * Bp + 1, max_chunk=0, tile_chunk=0)
+        assert [l.parallel for l in plan.plan_csr(net, B, 2, t, None, isa="avx2").layers] == [False, False]
+        t = Tuning(min_parallel_work=0, max_chunk=0, tile_chunk=0)
+        assert [l.parallel for l in plan.plan_csr(net, B, 1, t, None, isa="avx2").layers] == [False, False]
+
+
+def test_row_split_plan_is_exact():
+    net = _net([100, 50], [(10, 20), (5, 10)], csr=1234)
+    t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=0)
+    p = plan.plan_csr(net, 32, 2, t, None, isa="avx2")
+    assert p == Plan(engine="csr", batch=32, threads=2, isa="avx2", layout="csr", split="rows", padded_batch=32,
+                     layers=(LayerPlan("tiles", True, 0, plan.kernels.TILES),) * 2,
+                     reasons=("row split: chunks of this batch would be too narrow for 2 threads",
+                              "a layer runs on 2 threads when nnz * batch >= 0"), nbytes=1234)
+    assert p.summary() == "csr; row split over 2 threads; tiles/par x2"
+    p = plan.plan_csr(net, 7, 1, t, None, isa="avx2")
+    assert (p.split, p.padded_batch, p.reasons) == ("none", 7, ())
+    assert [(l.kernel, l.code) for l in p.layers] == [("rows8", plan.kernels.ROWS8)] * 2
+    assert p.summary() == "csr; none; rows8 x2"
+    p = plan.plan_csr(net, 1, 1, t, None, isa="avx512", engine="csr-skip")
+    assert p.engine == "csr-skip" and p.reasons == (
+        "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, or sell=False)",)
+    assert [(l.kernel, l.code, l.parallel) for l in p.layers] == [("spmv", plan.kernels.SPMV, False)] * 2
+
+
+def test_row_split_panels_from_min_panel_batch():
+    net = _net([150, 50], [(10, 20), (5, 10)], [10, 10], csr=1, **{"csr-panels": 2})
+    t = Tuning(max_chunk=0, tile_chunk=0, min_panel_batch=32)
+    p = plan.plan_csr(net, 32, 2, t, None, isa="avx2")      # B == min_panel_batch: panels on
+    assert [(l.kernel, l.panel, l.parallel) for l in p.layers] == [("panels", 10, True), ("tiles", 0, False)]
+    assert (p.layout, p.nbytes) == ("csr-panels", 2)
+    p = plan.plan_csr(net, 31, 2, t, None, isa="avx2")       # padded to 32: register tiles
+    assert [l.kernel for l in p.layers] == ["tiles"] * 2 and (p.layout, p.nbytes) == ("csr", 1)
+    assert p.padded_batch == 32
+    p = plan.plan_csr(net, 1, 2, Tuning(min_panel_batch=1), None, isa="avx2")
+    assert [(l.kernel, l.code, l.parallel) for l in p.layers] == [
+        ("spmv-panels", plan.kernels.SPMV_PANELS, True), ("spmv", plan.kernels.SPMV, False)]
+
+
+def test_batch_split_plan_is_exact():
+    net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10, **{"csr-panels": 20})
+    t = Tuning(small_work=0, min_panel_batch=128)
+    p = plan.plan_csr(net, 256, 2, t, None, isa="avx512")
+    assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 128, 0, 20)
+    assert p.layers == (LayerPlan("panels", False, 50, plan.kernels.PANELS), LayerPlan("tiles", False, 0, plan.kernels.TILES))
+    assert p.reasons == ("batch split: 2 chunk(s) of 128 columns, each through every layer on one thread "
+                         "(chunks <= 128 columns)",)
+    p = plan.plan_csr(net, 256, 2, Tuning(small_work=0, min_panel_batch=129), None, isa="avx512")
+    assert [l.kernel for l in p.layers] == ["tiles", "tiles"] and (p.layout, p.nbytes) == ("csr", 10)
+    p = plan.plan_csr(net, 7, 1, t, None, isa="avx512")        # 7 columns: rows8
+    assert [l.code for l in p.layers] == [plan.kernels.ROWS8] * 2 and p.chunk == 7
+    assert p.reasons[-1] == "7 columns is not a multiple of 16: rows8 instead of register tiles"
+    assert p.summary() == "csr; batch split 7 cols x 1 threads; rows8 x2"
+
+
+def test_sell_plan_is_exact():
+    net = NetShape(nnz=(10, 10), shape=((4, 4), (4, 4)), sell_slots=(3000, 2999), panels=(4, 4),
+                   nbytes={"sell": 77, "csr": 5})
+    p = plan.plan_csr(net, 1, 2, Tuning(), "sell16-avx512", isa="avx512")
+    assert (p.layout, p.split, p.nbytes) == ("sell", "none", 77)
+    assert p.layers == (LayerPlan("sell16-avx512", True), LayerPlan("sell16-avx512", False))
+    assert p.reasons == ("batch 1 on SELL-16x32 (AVX-512F permutes)", "a layer runs on 2 threads from 3000 slots")
+    p = plan.plan_csr(net, 1, 1, Tuning(), "sell16-portable", isa="avx2")
+    assert p.layers == (LayerPlan("sell16-portable", False),) * 2
+    assert p.reasons == ("batch 1 on SELL-16x32 (portable twin)", "one thread")
+    assert p.summary() == "sell; none; sell16-portable x2"
+    assert plan.plan_csr(net, 2, 1, Tuning(), "sell16-avx512", isa="avx512").layout == "csr"
+
+
+def test_csc_plan_is_exact():
+    net = NetShape(nnz=(10, 10), shape=((4, 4), (4, 4)), sell_slots=(1, 1), panels=(4, 4), nbytes={"csc": 9})
+    t = Tuning(max_csc_batch=2)
+    p = plan.plan_csr(net, 2, 2, t, "sell16-avx512", isa="avx512", skip_zeros=True, engine="csr-skip")
+    assert (p.engine, p.layout, p.split, p.nbytes) == ("csr-skip", "csc", "none", 9)
+    assert p.layers == (LayerPlan("csc-skip", False),) * 2
+    assert p.reasons == ("skip_zeros, batch <= 2: the net by columns (CSC), inputs that are zero in every row of "
+                         "the batch skipped (their weights never read), one thread",)
+    assert plan.plan_csr(net, 3, 2, t, None, isa="avx512", skip_zeros=True).layout == "csr"
+    assert plan.plan_csr(net, 1, 2, t, "sell16-avx512", isa="avx512").layout == "sell"
+
+
+def test_plan_text():
+    p = Plan(engine="e", batch=3, threads=2, isa="avx2", layout="csr", split="rows",
+             layers=(LayerPlan("a", True, 16), LayerPlan("a", True), LayerPlan("b", False), LayerPlan("a", True)),
+             reasons=("r1", "r2"))
+    assert p.summary() == "csr; row split over 2 threads; a/par x2, b, a/par"
+    assert p.describe() == ("e at batch 3, 2 thread(s), avx2: csr; row split over 2 threads; a/par x2, b, a/par\n"
+                            "  layer 0: a (parallel), panels of 16 inputs\n"
+                            "  layer 1: a (parallel)\n"
+                            "  layer 2: b\n"
+                            "  layer 3: a (parallel)\n"
+                            "  why: r1\n"
+                            "  why: r2")
+    d = p.to_dict()
+    assert d["layers"][0] == {"kernel": "a", "parallel": True, "panel": 16, "code": -1}
+    assert d["reasons"] == ["r1", "r2"] and d["summary"] == p.summary() and d["padded_batch"] == 0
+    assert set(d) == {"engine", "batch", "threads", "isa", "layout", "split", "chunk", "padded_batch",
+                      "layers", "reasons", "nbytes", "summary"}
+    q = Plan(engine="e", batch=3, threads=2, isa="avx2", layout="dense", split="blas", layers=(), reasons=())
+    assert q.summary() == "dense; blas; "
+    assert plan.fold([p, q, p]) == "csr; row split over 2 threads; a/par x2, b, a/par; dense; blas; "
+    assert list(Plan("e", 1, 1, "x", "csr", "none", layers=(LayerPlan("s", True, 0, 3), LayerPlan("s", False, 0, 2)))
+                .codes()) == [3 | plan.kernels.PARALLEL, 2]
+    assert Plan("e", 1, 1, "x", "csr", "none", layers=(LayerPlan("s", True, 0, 3),)).codes().dtype == np.int64
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blas_and_scipy_plans_are_exact(threads):
+    isa = plan.cpu().isa
+    for B, kernel in ((1, "sgemv"), (2, "sgemm")):
+        assert plan.blas_plan("dense", B, threads, 2, 99) == Plan(
+            engine="dense", batch=B, threads=threads, isa=isa, layout="dense", split="blas",
+            layers=(LayerPlan(kernel, threads > 1),) * 2,
+            reasons=(f"numpy matmul per layer on {threads} BLAS thread(s)",), nbytes=99)
+    assert plan.scipy_plan(4, threads, 3, 98) == Plan(
+        engine="csr-scipy", batch=4, threads=threads, isa=isa, layout="scipy-csr", split="none",
+        layers=(LayerPlan("scipy-csr", False),) * 3,
+        reasons=("scipy.sparse CSR @ dense per layer (scipy's own loop, one thread)",), nbytes=98)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["dense", "shrunk", "csr-scipy"])
+def test_library_engines_plan_with_their_threads_and_bytes(nets, name, threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs 2 threads")
+    eng = make_engine(name, nets[0.5], threads=threads)
+    for B in (1, 16):
+        p = eng.plan(B)
+        assert (p.threads, p.batch, p.nbytes, len(p.layers)) == (threads, B, eng.nbytes, 5)
+        assert eng.call_nbytes(B) == eng.nbytes
+    assert eng.layout(16) == ("scipy-csr" if name == "csr-scipy" else "dense")
+    if name != "csr-scipy":
+        assert all(l.parallel == (threads > 1) for l in eng.plan(16).layers)
+        assert [l.kernel for l in eng.plan(16).layers] == ["sgemm"] * 5
+
+
+def test_fused_dense_plan_is_exact():
+    t = Tuning(max_fused_batch=4, min_parallel_dense=200)
+    shapes = [(10, 10), (5, 10)]
+    p = plan.fused_dense_plan("dense-fused", 2, 2, shapes, 55, t, False)
+    assert (p.layout, p.split, p.nbytes, p.engine, p.batch) == ("dense", "blocks", 55, "dense-fused", 2)
+    assert p.layers == (LayerPlan("dense-tiles", True), LayerPlan("dense-tiles", False))   # 200 >= 200, 100 < 200
+    assert p.reasons == ("the whole net in one compiled call (no per-layer numpy overhead)",
+                         "a layer's output blocks run on 2 threads when n_in * n_out * batch >= 200")
+    p = plan.fused_dense_plan("dense-skip", 4, 1, shapes, 55, t, True)
+    assert p.split == "none" and p.layers == (LayerPlan("dense-tiles-skip", False),) * 2
+    assert p.reasons[1] == ("inputs that are zero in every row of the batch are skipped "
+                            "(their weight rows never read)") and len(p.reasons) == 2
+    p = plan.fused_dense_plan("dense-fused", 5, 2, shapes, 55, t, False)     # batch > max_fused_batch: BLAS
+    assert (p.split, p.layout, p.nbytes) == ("blas", "dense", 55)
+    assert p.layers == (LayerPlan("sgemm", True),) * 2
+    assert p.reasons == ("batch > 4: numpy matmul per layer (BLAS)", "numpy matmul per layer on 2 BLAS thread(s)")
+
+
+def test_tuning_refuses_every_negative_field():
+    from dataclasses import fields
+    for f in fields(Tuning):
+        with pytest.raises(ValueError, match=rf"^Tuning\.{f.name} must be >= 0, got -1$"):
+            Tuning(**{f.name: -1})
+    assert Tuning(**{f.name: 0 for f in fields(Tuning)}).min_chunk == 0
