@@ -229,8 +229,9 @@ class SELL8:
 
 
 # flatten/net_layout choose 16-column windows for a layer when they need at most this fraction of
-# the units of 8-column ones (a 16-column unit costs two more permutes and a blend; see the timing
-# in sell8_kernels.py)
+# the units of 8-column ones: a 16-column unit costs two more permutes and a blend (~1.8x an 8-column
+# unit hot on an AVX2 Intel core) but stores as many bytes, and the whole net is bandwidth-bound
+# (sell8_kernels docstring)
 WIDE_UNITS = 0.8
 
 
