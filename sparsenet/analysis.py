@@ -106,6 +106,27 @@ def engine_time(timings, engine, method, sparsity, batch, threads):
     return None
 
 
+def engine_records(timings, engine, method, sparsity, batch, threads) -> list:
+    """The records engine_time takes its median from (with the dense engine's fallback)."""
+    recs = select(records_of(timings), engine=engine, method=method, sparsity=sparsity, batch=batch, threads=threads)
+    if recs or engine != "dense":
+        return recs
+    dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
+    return select(dense, method="none") or dense
+
+
+def ratio_interval(timings, num: tuple, den: tuple):
+    """(ratio, low, high, decision) of time(num) / time(den), each (engine, method, k, batch, threads),
+    from the records' per-round times (stats.ratio_ci, 95 %); None when a record lacks them."""
+    from sparsenet import stats
+    a = [t for r in engine_records(timings, *num) for t in (r.get("per_round_s") or [])]
+    b = [t for r in engine_records(timings, *den) for t in (r.get("per_round_s") or [])]
+    if not a or not b:
+        return None
+    ratio, lo, hi = stats.ratio_ci(a, b)
+    return {"ratio": ratio, "low": lo, "high": hi, "decision": stats.decide(lo, hi)}
+
+
 def speedups(timings, engine, method, batch, threads=None, baseline="dense") -> list:
     """[{"sparsity", "seconds", "dense_s", "speedup"}] of `engine` on the `method`-pruned net, sorted by sparsity.
 
@@ -380,8 +401,9 @@ def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
             noise = max([1.0] + [r.get("spread", 1.0) for e, m in ((n_engine, "neuron"), (engine, "weight"))
                                  for r in select(records_of(timings), engine=e, method=m, sparsity=k, batch=batch,
                                                  threads=threads) if math.isfinite(r.get("spread", 1.0))])
+            ci = ratio_interval(timings, (engine, "weight", k, batch, threads), (n_engine, "neuron", k, batch, threads))
             rows.append({"sparsity": k, "batch": batch, "neuron_s": neuron, "weight_s": weights[engine],
-                         "weight_engine": engine, "neuron_engine": n_engine, "ratio": ratio, "neuron_faster": neuron < weights[engine],
+                         "weight_engine": engine, "neuron_engine": n_engine, "ci": ci, "ratio": ratio, "neuron_faster": neuron < weights[engine],
                          "noise": noise, "within_noise": 1 / noise < ratio < noise})
     missing = None if rows else (f"no shrunk and weight-pruned timings at 0 < k < {pct(below)} "
                                  "(time e.g. `--sparsities 0,25,50,90`)")
@@ -412,8 +434,12 @@ def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -
                 w, n = per["weight"], per["neuron"]
                 faster = (None if (w is None and n is None)
                           else (n is not None and (w is None or n["seconds"] < w["seconds"])))
+                ci = None
+                if w and n:
+                    ci = ratio_interval(timings, (w["engine"], _timed_method(w), w["sparsity"], batch, threads),
+                                        (n["engine"], _timed_method(n), n["sparsity"], batch, threads))
                 rows.append({"budget": budget, "batch": batch, "best": best, "best_weight": w, "best_neuron": n,
-                             "neuron_faster": faster,
+                             "neuron_faster": faster, "ci": ci,
                              "ratio": (w["seconds"] / n["seconds"]) if (w and n) else None})
     missing = None
     if base is None:
@@ -422,6 +448,55 @@ def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -
         missing = "no timed model for the batch sizes and thread count"
     return {"answer": _answer([r["neuron_faster"] for r in rows]), "baseline_accuracy": base, "rows": rows,
             "missing": missing}
+
+
+def _timed_method(p) -> str:
+    """The method of the records a candidate's time came from (the unpruned net is timed as weight k=0)."""
+    return "weight" if p["method"] == UNPRUNED and p["engine"] != "dense" else p["method"]
+
+
+def _decisions(rows) -> dict:
+    """{decision: [batch...]} of rows with an interval: 'holds' (neuron faster), 'fails', 'undecided'."""
+    out = {}
+    for r in rows:
+        d = r["ci"]["decision"] if r.get("ci") else ("holds" if r["neuron_faster"] else "fails")
+        out.setdefault(d, [])
+        if r["batch"] not in out[d]:
+            out[d].append(r["batch"])
+    return out
+
+
+def _decision_text(decisions) -> str:
+    if len(decisions) == 1:
+        return next(iter(decisions))
+    return "; ".join(f"{d} at batch {', '.join(map(str, bs))}" for d, bs in decisions.items())
+
+
+def headline(v, timings=None, isa=None) -> list:
+    """At most three short sentences: the answer at equal k, at equal accuracy, and what it depends on,
+    each saying holds / fails / undecided within noise (95 % bootstrap intervals where records allow)."""
+    out = []
+    ek, ea = v["equal_k"], v["equal_accuracy"]
+    if ek["rows"]:
+        out.append(f"At equal sparsity (k < {pct(ek['below'])}) the claim that neuron pruning is faster "
+                   f"{_decision_text(_decisions(ek['rows']))}.")
+    tight = [r for r in ea["rows"] if r["budget"] == min(r2["budget"] for r2 in ea["rows"])] if ea["rows"] else []
+    if tight:
+        best = {r["batch"]: r["best"] for r in tight}
+        kinds = sorted({"unpruned" if b["method"] == UNPRUNED else f"{b['method']}-pruned" for b in best.values()})
+        decided = _decisions([r for r in tight if r["best_weight"] and r["best_neuron"]])
+        answer = _decision_text(decided) if decided else "cannot be decided (no neuron-pruned net is that accurate)"
+        fastest = ", ".join(f"batch {b}: {p['engine']} ×{p['speedup']:.1f}" for b, p in best.items())
+        out.append(f"At equal accuracy (within {100 * tight[0]['budget']:g} points) it {answer}; the fastest net "
+                   f"is {' or '.join(kinds)} ({fastest} over dense).")
+    if timings:
+        be = {b: break_even(timings, "csr", "weight", b, v["threads"]) for b in v["batches"]
+              if select(records_of(timings), engine="csr", batch=b, threads=v["threads"])}
+        if be:
+            out.append("It depends on the batch size and the CPU" + (f" ({isa})" if isa else "") + ": csr breaks even "
+                       "with dense at " + ", ".join(f"{'never' if k is None else pct(k)} (batch {b})"
+                                                   for b, k in be.items()) + " here.")
+    return out[:3]
 
 
 def verdict(results, batch=None, threads=None, budgets=(0.005, 0.01)) -> dict:

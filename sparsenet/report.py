@@ -14,7 +14,7 @@ from statistics import mean
 from sparsenet import plots
 from sparsenet.analysis import (
     above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe,
-    has_rate, skip_gains,
+    has_rate, headline, skip_gains,
     kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
 )
@@ -89,7 +89,8 @@ def _ms(seconds) -> str:
 
 
 def verdict_markdown(v) -> str:
-    """The verdict as Markdown: the claim, the one-sentence answer, and a table per question."""
+    """The verdict as Markdown: the claim, the one-sentence answer, and a table per question (the
+    report opens with analysis.headline's three short sentences above it)."""
     out = [f"> Claim (original experiment, not measured there): *\"{v['claim']}\"*\n",
            f"**Answer: {v['sentence']}**\n",
            f"All timings in this section at {threads_word(v['threads']) if v['threads'] else '– threads'} (the largest count measured unless chosen "
@@ -105,7 +106,7 @@ def verdict_markdown(v) -> str:
         out.append(_table(["batch", "k", "neuron: shrunk (ms)", "weight: best (ms)", "weight engine",
                            "weight time / neuron time", "neuron faster?"],
                           [[r["batch"], pct(r["sparsity"]), _ms(r["neuron_s"]), _ms(r["weight_s"]),
-                            r["weight_engine"], f"{r['ratio']:.2f}", ("yes" if r["neuron_faster"] else "no")
+                            r["weight_engine"], _ratio_cell(r), ("yes" if r["neuron_faster"] else "no")
                             + (f" (within noise, spread {r['noise']:.2f})" if r.get("within_noise") else "")]
                            for r in ek["rows"]]))
     else:
@@ -126,6 +127,14 @@ def verdict_markdown(v) -> str:
     else:
         out.append(f"Cannot be answered: {ea['missing']}.\n")
     return "\n".join(out)
+
+
+def _ratio_cell(r) -> str:
+    """The ratio with its 95 % interval and decision when the records kept their rounds."""
+    ci = r.get("ci")
+    if not ci:
+        return f"{r['ratio']:.2f}"
+    return f"{r['ratio']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}] {ci['decision']}"
 
 
 def front_markdown(front) -> str:
@@ -323,9 +332,12 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         figures.append(name)
         return f"![{name}]({name})\n"
 
-    md = [f"# sparsenet report: {cfg.get('run_id', folder.name) if cfg else folder.name}\n",
-          f"Results folder `{folder}`. Built from its JSON files alone by `sparsenet report`. "
-          f"Parts missing: {', '.join(missing_parts(res)) or 'none'}.\n"]
+    opening = headline(v, res.get("timings"), (res.get("machine") or {}).get("isa"))
+    md = [f"# sparsenet report: {cfg.get('run_id', folder.name) if cfg else folder.name}\n"]
+    if opening:
+        md.append("**" + " ".join(opening) + "**\n")
+    md.append(f"Results folder `{folder}`. Built from its JSON files alone by `sparsenet report`. "
+              f"Parts missing: {', '.join(missing_parts(res)) or 'none'}.\n")
     md.append("## 1. Verdict\n")
     md.append(verdict_markdown(v))
     lacking = [p for p in ("accuracy", "timings") if not res.get(p)]

@@ -210,3 +210,26 @@ def test_activation_rows_and_skip_gains():
     gains = analysis.skip_gains(t)
     assert [(g["engine"], g["base"], g["sparsity"], g["speedup"]) for g in gains] == [
         ("dense-skip", "dense-fused", 0.0, 2.0), ("csr-skip", "csr", 0.9, pytest.approx(1.5))]
+
+
+def test_equal_sparsity_decisions_from_rounds():
+    """With per-round times the equal-k rows carry a 95 % interval and say holds / fails / undecided."""
+    from sparsenet import analysis
+
+    def r(engine, method, k, rounds, batch):
+        x = rec(engine, method, k, sorted(rounds)[len(rounds) // 2], batch=batch)
+        x["per_round_s"] = list(rounds)
+        return x
+    t = {"records": [
+        r("dense", "none", 0.0, [1.0, 1.01, 0.99, 1.0, 1.02], 1), r("shrunk", "neuron", 0.25, [0.5, 0.51, 0.49, 0.5, 0.5], 1),
+        r("dense", "none", 0.0, [1.0, 1.01, 0.99, 1.0, 1.02], 256), r("shrunk", "neuron", 0.25, [2.0, 2.1, 1.9, 2.0, 2.0], 256),
+        r("dense", "none", 0.0, [1.0, 1.3, 0.7, 1.0, 1.2], 16), r("shrunk", "neuron", 0.25, [1.0, 0.8, 1.25, 0.95, 1.1], 16)]}
+    ek = analysis.equal_sparsity(t, [1, 16, 256], 1)
+    by = {row["batch"]: row["ci"]["decision"] for row in ek["rows"]}
+    assert by == {1: "holds", 16: "undecided within noise", 256: "fails"}
+    row1 = next(row for row in ek["rows"] if row["batch"] == 1)
+    assert row1["ci"]["low"] < row1["ratio"] == 2.0 < row1["ci"]["high"] or row1["ci"]["low"] <= 2.0 <= row1["ci"]["high"]
+    v = {"equal_k": ek, "equal_accuracy": {"rows": []}, "threads": 1, "batches": [1, 16, 256]}
+    lines = analysis.headline(v)
+    assert lines == ["At equal sparsity (k < 50%) the claim that neuron pruning is faster holds at batch 1; "
+                     "undecided within noise at batch 16; fails at batch 256."]

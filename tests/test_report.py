@@ -119,3 +119,12 @@ def test_report_threads_without_timings_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"threads 2 were not measured in .*run; measured: none \(no timings"):
         build_report(tmp_path / "run", threads=2)
     assert not (tmp_path / "run" / "report").exists()
+
+
+def test_report_opens_with_three_short_sentences(results_folder, tmp_path):
+    text = build_report(results_folder, out_dir=tmp_path).read_text()
+    opening = text.split("\n\n")[1]
+    assert opening.startswith("**At equal sparsity") and opening.endswith("**")
+    sentences = [x for x in opening.strip("*").split(". ") if x]
+    assert len(sentences) <= 3 and len(opening.split()) < 90
+    assert "At equal accuracy (within 0.5 points)" in opening and "csr breaks even with dense at" in opening
