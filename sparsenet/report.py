@@ -374,6 +374,11 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         flagged = [r for r in records_of(tim) if r.get("flagged")]
         md.append(f"\n{len(flagged)} of {len(records_of(tim))} timing records are flagged as noisy (max/min of per-round "
                   "medians above the spread limit; marked ⚠ in 8.2). Tables: 8.2, 8.3.\n")
+        if tim.get("remeasured"):
+            still = tim.get("still_noisy") or []
+            md.append(f"Before the verdict, {tim['remeasured']} noisy case(s) were re-timed ({tim.get('remeasured_s', 0):.0f} s; "
+                      "the steadier record kept); " + (f"{len(still)} stayed noisy: " + ", ".join(
+                          f"{e} k={pct(k)} b{b} t{t}" for e, k, b, t, *_ in still) if still else "none stayed noisy") + ".\n")
     else:
         md.append(miss(["timings"], "latency, speed-up and break-even"))
 

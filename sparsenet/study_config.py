@@ -50,6 +50,7 @@ class StudyConfig:
     max_call_s: float = 2.0                  # skip a case predicted slower than this per call (reason kept)
     dense_every_k: bool = False              # time dense at every k (its time does not depend on k:
                                              # BLAS multiplies the zeros); False: at k = 0 only
+    remeasure_s: float = 60.0                # seconds spent re-timing flagged (noisy) cases before the verdict
 
     def __post_init__(self):
         from sparsenet.prune import check_sparsity
@@ -90,7 +91,7 @@ class StudyConfig:
             raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
         if not (isinstance(self.rounds, int) and self.rounds >= 1):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        for name in ("min_time", "max_case_s", "max_call_s", "finetune_lr"):
+        for name in ("min_time", "max_case_s", "max_call_s", "finetune_lr", "remeasure_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -103,7 +104,7 @@ class StudyConfig:
         base = dict(seeds=(0,), sparsities=names.QUICK_SPARSITIES, batches=names.QUICK_BATCHES,
                     threads=names.QUICK_THREADS, widths=names.QUICK_WIDTHS, scaling_sparsities=None, epochs=1,
                     train_subset=5000, finetune_epochs=1, finetune_sparsities=(0.9,), rounds=3, min_time=0.01,
-                    max_case_s=1.0, max_call_s=0.5)
+                    max_case_s=1.0, max_call_s=0.5, remeasure_s=5.0)
         base.update(overrides)
         base.pop("quick", None)
         base["is_quick"] = True
@@ -214,6 +215,7 @@ OPTIONS = (
     Option("min_time", "--min-time", "float", help="seconds per timing round per case"),
     Option("max_case_s", "--max-case-s", "float", help="time budget of one case (a slow case gets fewer rounds)"),
     Option("max_call_s", "--max-call-s", "float", help="skip a case predicted slower than this per call"),
+    Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
     Option("dense_every_k", "--dense-every-k", "bool", help="time dense at every k, not only at the smallest"),
     Option("results_dir", "--results-dir", "str", help="parent folder of the run folders (default results/)"),
