@@ -282,3 +282,14 @@ def test_portable_twin_compiles_for_aarch64(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert r.stdout.split() == ["sell8_forward_portable_serial", "sell8_matvec_bias_relu_portable_serial",
                                 "sell8_matvec_bias_relu_portable"]
+
+
+def test_nothing_compiled_at_import(tmp_path):
+    r = _subprocess("""
+        import numba
+        from sparsenet import sell8, sell8_kernels as K
+        compiled = [n for n, f in vars(K).items() if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures]
+        print("compiled", compiled)
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["compiled", "[]"]
