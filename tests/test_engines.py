@@ -796,3 +796,70 @@ def test_nan_rows_only(small):
             out = eng(X)
         assert out.dtype == np.float32 and out.shape == (3, SMALL[-1])
         assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all(), name
+
+
+# -- the one-call dense engines and the csr engine's CSC copy (zero skipping) ---------------------------
+
+@pytest.mark.parametrize("name, skip", [("dense-fused", False), ("shrunk-fused", False), ("dense-skip", True),
+                                        ("shrunk-skip", True)])
+def test_fused_engines_run_the_planned_path(small, name, skip, monkeypatch):
+    """Batches up to max_fused_batch run dense_kernels.dense_forward (skipping zeros if asked), larger
+    ones numpy's BLAS chain; the plan says so and is computed once per batch size."""
+    from sparsenet import dense_kernels
+    calls = _spy(monkeypatch, dense_kernels, "dense_forward")
+    t = Tuning(max_fused_batch=3)
+    eng = make_engine(name, small, threads=1, tuning=t)
+    assert eng.tuning is t and eng.skip_zeros is skip
+    X = np.random.default_rng(5).random((5, SMALL[0]), dtype=np.float32)
+    X[:, :10] = 0                                           # zero inputs the skip engines skip
+    for B, fused in ((3, True), (1, True), (2, True), (4, False), (5, False)):
+        calls.clear()
+        assert_matches(eng(X[:B]), forward(small, X[:B]))
+        assert bool(calls) is fused, B
+        p = eng.plan(B)
+        assert p is eng.plan(B) and eng.call_nbytes(B) == eng.nbytes == p.nbytes
+        assert p.split == ("none" if fused else "blas") and p.threads == 1
+        want = ("dense-tiles-skip" if skip else "dense-tiles") if fused else "sgemm"
+        assert {l.kernel for l in p.layers} == {want}
+        if fused:
+            assert calls[0][9] is skip and calls[0][8].dtype == np.bool_ and calls[0][1].dtype == np.int64
+    assert eng._bufs[0] == 3
+    kept = eng._bufs
+    eng(X[:3])
+    eng(X[:1])
+    assert eng._bufs is kept                                # scratch kept for batches up to its size
+
+
+def test_fused_engines_refuse_bad_options(small):
+    with pytest.raises(ValueError, match=r"^skip_zeros must be True or False, got 1$"):
+        make_engine("dense-fused", small, skip_zeros=1)
+    with pytest.raises(ValueError, match=r"^tuning must be a plan\.Tuning, got dict$"):
+        make_engine("dense-fused", small, tuning={})
+    with pytest.raises(ValueError, match=r"^skip_zeros must be True or False, got 'yes'$"):
+        make_engine("csr", small, skip_zeros="yes")
+    assert make_engine("dense-fused", small).tuning == Tuning() and make_engine("dense-skip", small).tuning == Tuning()
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_csc_copy_runs_small_batches(B, monkeypatch):
+    """csr-skip runs batches up to max_csc_batch on its CSC copy (batch 1: X itself, no copy)."""
+    params = _biased_net()
+    calls = _spy(monkeypatch, csr_engine.kernels, "csc_forward_skip")
+    eng = make_engine("csr-skip", params, threads=1, tuning=Tuning(max_csc_batch=3))
+    assert eng.skip_zeros is True and eng.layout(B) == "csc" and eng.layout(4) != "csc"
+    cols = [int(np.count_nonzero(l.weight)) for l in params]
+    data, indices, indptr, ptr_off, _ = eng._csc
+    assert indices.dtype == np.uint16 and indptr.size == 96 + 80 + 64 + 32 + 4 and data.size == sum(cols)
+    assert eng.call_nbytes(B) == 6 * sum(cols) + 4 * (96 + 80 + 64 + 32 + 4) + 4 * (80 + 32)
+    X = np.random.default_rng(6).random((B, 96), dtype=np.float32)
+    X[:, 5:40] = 0
+    assert_matches(eng(X), forward(params, X))
+    HT = calls[0][7]
+    assert HT.shape == (96, B) and HT.flags.c_contiguous
+    np.testing.assert_array_equal(HT, X.T)
+    assert np.shares_memory(HT, X) == (B == 1)
+    calls.clear()
+    X4 = np.ones((4, 96), np.float32)
+    assert_matches(eng(X4), forward(params, X4))
+    assert calls == []
+    assert make_engine("csr", params, threads=1).net.nbytes["csc"] == 0

@@ -372,6 +372,7 @@ def test_fused_dense_plan_is_exact():
     shapes = [(10, 10), (5, 10)]
     p = plan.fused_dense_plan("dense-fused", 2, 2, shapes, 55, t, False)
     assert (p.layout, p.split, p.nbytes, p.engine, p.batch) == ("dense", "blocks", 55, "dense-fused", 2)
+    assert (p.threads, p.isa) == (2, plan.cpu().isa)
     assert p.layers == (LayerPlan("dense-tiles", True), LayerPlan("dense-tiles", False))   # 200 >= 200, 100 < 200
     assert p.reasons == ("the whole net in one compiled call (no per-layer numpy overhead)",
                          "a layer's output blocks run on 2 threads when n_in * n_out * batch >= 200")
