@@ -38,25 +38,29 @@ def cpu() -> CPU:
     import llvmlite.binding as llvm
     from numba.core import config
     machine = platform.machine()
+    host = llvm.get_host_cpu_features()
     if config.CPU_NAME and config.CPU_NAME != "host":
         name = config.CPU_NAME
-        flags = set((config.CPU_FEATURES or "").split(","))
-        if not config.CPU_FEATURES:                  # a named CPU without a feature list
-            flags = _known_features(name)
-        has = lambda f: f"+{f}" in flags              # noqa: E731
     else:
         name = llvm.get_host_cpu_name()
-        host = llvm.get_host_cpu_features()
+    # Numba passes NUMBA_CPU_FEATURES to LLVM when set (an empty string: the named CPU's own
+    # features), else the host's features, whatever NUMBA_CPU_NAME says
+    if config.CPU_FEATURES is None:
         has = lambda f: bool(host.get(f, False))      # noqa: E731
+    else:
+        flags = set(config.CPU_FEATURES.split(",")) if config.CPU_FEATURES else _known_features(name)
+        has = lambda f: f"+{f}" in flags              # noqa: E731
     return CPU(name=name, machine=machine, avx512f=has("avx512f"), avx2=has("avx2"), fma=has("fma"))
 
 
 def _known_features(cpu_name: str) -> set:
-    """Flags of x86 CPU names used to force a code path (NUMBA_CPU_NAME=haswell); unknown names get
-    none, so the plan stays on portable kernels rather than emit instructions the CPU may lack."""
+    """Flags of x86 CPU names used to force a code path (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=''):
+    unknown names get none, so the plan stays on portable kernels rather than emit instructions the
+    CPU may lack."""
     avx2 = {"+avx", "+avx2", "+fma"}
     avx512 = avx2 | {"+avx512f"}
     table = {"haswell": avx2, "broadwell": avx2, "skylake": avx2, "znver1": avx2, "znver2": avx2,
              "znver3": avx2, "alderlake": avx2, "skylake-avx512": avx512, "icelake-server": avx512,
-             "sapphirerapids": avx512, "znver4": avx512, "x86-64-v4": avx512, "x86-64-v3": avx2}
+             "sapphirerapids": avx512, "emeraldrapids": avx512, "znver4": avx512, "x86-64-v4": avx512,
+             "x86-64-v3": avx2}
     return table.get(cpu_name, set())

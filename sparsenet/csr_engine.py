@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from sparsenet import kernels, sell_kernels
+from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.engine_base import Engine
 from sparsenet.model import Layer, layer_sizes
@@ -20,14 +20,17 @@ from sparsenet.plan import NetShape, Plan, Tuning, chunk_width, padded_batch, pa
 from sparsenet.sell import LANES, flatten as sell_flatten
 
 SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
+SELL8_AVX2, SELL8_PORTABLE = "sell8-avx2", "sell8-portable"
+SELL_CHOICES = (None, True, False, "portable", "sell8", SELL8_PORTABLE)
 
 
 class CSREngine(Engine):
     """Our Numba CSR kernels, executing plan.plan_csr's plan.
 
-    sell: None (SELL at batch 1 where the CPU has AVX-512F and SELL pays, else the CSR SpMV),
-    False (always the SpMV), True (SELL: the AVX-512 kernel where the CPU has it, else the
-    portable twin) or "portable" (SELL on the portable twin). skip_zeros: small batches run on a
+    sell: None (batch 1 on this CPU's SELL where it pays: SELL-16x32 with AVX-512F, SELL8 with AVX2,
+    else the CSR SpMV), False (always the SpMV), True (SELL: the ISA kernel where the CPU has one,
+    else the SELL-16 portable twin), "portable" (SELL-16's portable twin), "sell8" (SELL8's AVX2
+    kernel) or "sell8-portable" (SELL8's portable twin). skip_zeros: small batches run on a
     column-major (CSC) copy that skips the inputs that are zero in every row (activation
     sparsity). tuning: the plan's thresholds.
     """
@@ -40,8 +43,8 @@ class CSREngine(Engine):
         if not isinstance(skip_zeros, bool):
             raise ValueError(f"skip_zeros must be True or False, got {skip_zeros!r}")
         self.skip_zeros = skip_zeros
-        if sell not in (None, True, False, "portable"):
-            raise ValueError(f"sell must be None, True, False or 'portable', got {sell!r}")
+        if sell not in SELL_CHOICES:
+            raise ValueError(f"sell must be one of {', '.join(map(repr, SELL_CHOICES))}, got {sell!r}")
         if tuning is not None and not isinstance(tuning, Tuning):
             raise ValueError(f"tuning must be a plan.Tuning, got {type(tuning).__name__}")
         self.tuning = tuning or Tuning()
@@ -91,21 +94,49 @@ class CSREngine(Engine):
         self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
                             sell_slots=self._sell_slots, panels=self.panels, nbytes=nbytes)
 
+    def _sell_layout(self, params) -> Optional[str]:
+        """The SELL kernel batch 1 should run on (before the pays rule), or None for the CSR SpMV."""
+        choice = self._sell_choice
+        if choice is False:
+            return None
+        if choice in ("portable", SELL_PORTABLE):
+            return SELL_PORTABLE
+        if choice in ("sell8", SELL8_AVX2):
+            if not sell8_kernels.available():
+                raise ValueError("sell='sell8' needs a CPU with AVX2 and FMA (as Numba targets it); "
+                                 "use sell='sell8-portable' or leave sell unset")
+            return SELL8_AVX2
+        if choice == SELL8_PORTABLE:
+            return SELL8_PORTABLE
+        if sell_kernels.available():                     # None or True: this CPU's best SELL
+            return SELL_AVX512
+        fits = max(l.weight.shape[1] for l in params) <= sell8.MAX_COLUMNS
+        if sell8_kernels.available() and fits:
+            return SELL8_AVX2
+        return SELL_PORTABLE if choice is True else None
+
     def _build_sell(self, params):
         """The SELL copy for batch 1, when the engine runs batch 1 on it (see the class docstring)."""
-        choice, avx512 = self._sell_choice, sell_kernels.available()
         self.sell_kernel, self.sell_nbytes, self.sell_padding, self._sell_slots = None, 0, None, None
-        if choice is False or (choice is None and not avx512):
+        kernel = self._sell_layout(params)
+        if kernel is None:
             return
-        self._sell, (n_x, width), layers = sell_flatten(params)
+        if kernel.startswith("sell8"):
+            self._sell, (n_x, width), layers = sell8.flatten(params)
+            self._sell_slots = tuple(s.n_units for s in layers)
+            self.sell_padding = sum(s.n_units for s in layers) * sell8.SLOTS * sell8.LANES / max(self.nnz, 1)
+            bias = self._sell[4]
+        else:
+            self._sell, (n_x, width), layers = sell_flatten(params)
+            self._sell_slots = tuple(s.n_slots for s in layers)
+            self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
+            bias = self._sell[5]
         self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
-        self.sell_nbytes = int(sum(s.nbytes for s in layers) + self._sell[5].nbytes)   # + padded biases
-        self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
-        self._sell_slots = tuple(s.n_slots for s in layers)
-        if choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
+        self.sell_nbytes = int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
+        if self._sell_choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
             self._sell = self._sell_bufs = None
             return
-        self.sell_kernel = SELL_AVX512 if avx512 and choice != "portable" else SELL_PORTABLE
+        self.sell_kernel = kernel
 
     @property
     def uses_sell(self) -> bool:
@@ -158,6 +189,11 @@ class CSREngine(Engine):
         p, codes = self._plans.get(B) or self._plan_codes(B)
         if p.layout == "sell":                           # batch 1 first: microseconds count
             logits = np.empty((1, self.n_out), np.float32)
+            if self.sell_kernel.startswith("sell8"):
+                units = self.tuning.min_parallel_units if self.threads > 1 else kernels.NEVER
+                sell8_kernels.sell8_forward(*self._sell, X, *self._sell_bufs, units, self.threads, logits,
+                                            avx2=self.sell_kernel == SELL8_AVX2)
+                return logits
             forward = sell_kernels.sell_forward if self.sell_kernel == SELL_AVX512 \
                 else sell_kernels.sell_forward_portable
             slots = self.tuning.min_parallel_slots if self.threads > 1 else kernels.NEVER

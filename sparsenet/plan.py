@@ -49,6 +49,9 @@ class Tuning:
     tile_min_chunk: int = 16
     # batch 1 on SELL: a layer runs on all threads from this many slots
     min_parallel_slots: int = 3000
+    # batch 1 on SELL8 (AVX2): a layer runs on all threads from this many units (untuned: 2 threads
+    # could not be measured quietly; docs/perf-notes.md)
+    min_parallel_units: int = 4000
     # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
     sell_cache_bytes: int = 8 * 2 ** 20
     # the dense engines' one-call Numba forward (and its zero skipping) runs batches up to this size,
@@ -171,7 +174,7 @@ class NetShape:
 
     nnz: tuple
     shape: tuple
-    sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists
+    sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists: its slots (SELL-16) or units (SELL8)
     panels: tuple = field(default=())    # inputs per column panel per layer (n_in: not panelled)
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
 
@@ -226,7 +229,8 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
 def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[str],
              isa: Optional[str] = None, skip_zeros: bool = False, engine: str = "csr") -> Plan:
     """The csr engine's plan for one batch size. `sell`: the SELL kernel the engine holds for batch 1
-    ('sell16-avx512' or 'sell16-portable'), None when batch 1 runs on the CSR SpMV. skip_zeros:
+    ('sell16-avx512', 'sell16-portable', 'sell8-avx2', 'sell8-portable'), None when batch 1 runs on
+    the CSR SpMV. skip_zeros:
     batches up to tuning.max_csc_batch run on the CSC copy, skipping zero inputs."""
     isa = isa or cpu().isa
     B = int(batch)
@@ -237,9 +241,14 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
                              "zero in every row of the batch skipped (their weights never read), one thread",),
                     nbytes=net.nbytes.get("csc", 0), **common)
     if B == 1 and sell:
-        layers = tuple(LayerPlan(sell, threads > 1 and s >= t.min_parallel_slots) for s in net.sell_slots)
-        why = (f"batch 1 on SELL-16x32 ({'AVX-512F permutes' if sell.endswith('avx512') else 'portable twin'})",
-               f"a layer runs on {threads} threads from {t.min_parallel_slots} slots" if threads > 1
+        eight = sell.startswith("sell8")
+        least = t.min_parallel_units if eight else t.min_parallel_slots
+        layers = tuple(LayerPlan(sell, threads > 1 and s >= least) for s in net.sell_slots)
+        how = {"sell16-avx512": "SELL-16x32 (AVX-512F permutes)", "sell16-portable": "SELL-16x32 (portable twin)",
+               "sell8-avx2": "SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
+               "sell8-portable": "SELL8 (portable twin)"}[sell]
+        why = (f"batch 1 on {how}",
+               f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}" if threads > 1
                else "one thread")
         return Plan(layout="sell", split="none", layers=layers, reasons=why, nbytes=net.nbytes.get("sell", 0), **common)
     Bc = chunk_width(t, net, B, threads)

@@ -53,7 +53,7 @@ V8I = ir.VectorType(_I32, LANES)
 def available() -> bool:
     """True when the CPU Numba compiles for has AVX2 and FMA (plan.cpu(): NUMBA_CPU_NAME and
     NUMBA_CPU_FEATURES when set, else the host; computed once)."""
-    from sparsenet.plan import cpu
+    from sparsenet.cpu import cpu
     c = cpu()
     return bool(c.avx2 and c.fma)
 

@@ -1,0 +1,68 @@
+"""The csr engine's batch-1 layouts: which SELL it picks on which CPU, and SELL8 against the reference."""
+import numba
+import numpy as np
+import pytest
+
+from sparsenet import csr_engine, sell8_kernels, sell_kernels
+from sparsenet.engines import make_engine
+from sparsenet.model import Layer, forward, he_init
+from sparsenet.plan import Tuning
+from sparsenet.prune import weight_prune
+
+needs_avx2 = pytest.mark.skipif(not sell8_kernels.available(), reason="SELL8's kernel needs AVX2 and FMA")
+SIZES = (100, 80, 64, 33, 10)
+
+
+def _net(k, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(Layer(l.weight, (rng.standard_normal(l.weight.shape[0]) * 0.1).astype(np.float32))
+                 for l in weight_prune(he_init(SIZES, seed=seed), k))
+
+
+def _close(out, ref):
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max(initial=0))))
+
+
+@pytest.mark.parametrize("sell", [pytest.param("sell8", marks=needs_avx2), "sell8-portable"])
+@pytest.mark.parametrize("k", [0.0, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sell8_paths_match_reference(sell, k, threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("machine has fewer cores")
+    params = _net(k)
+    eng = make_engine("csr", params, threads=threads, sell=sell, tuning=Tuning(min_parallel_units=0))
+    want = "sell8-avx2" if sell == "sell8" else "sell8-portable"
+    p = eng.plan(1)
+    assert eng.sell_kernel == want and p.layout == "sell" and {l.kernel for l in p.layers} == {want}
+    assert all(l.parallel == (threads > 1) for l in p.layers) and p.nbytes == eng.sell_nbytes > 0
+    X = np.random.default_rng(1).random((6, SIZES[0]), dtype=np.float32)
+    held = [eng(X[i:i + 1]) for i in range(6)]            # consecutive calls, results held
+    for i, out in enumerate(held):
+        _close(out, forward(params, X[i:i + 1]))
+    _close(eng(X), forward(params, X))                     # larger batches leave SELL
+
+
+def test_default_batch_one_layout_follows_the_cpu(monkeypatch):
+    params = _net(0.9)
+    eng = make_engine("csr", params, threads=1)
+    want = "sell16-avx512" if sell_kernels.available() else "sell8-avx2" if sell8_kernels.available() else None
+    assert eng.sell_kernel == want
+    monkeypatch.setattr(sell_kernels, "available", lambda: False)       # an AVX2-only CPU
+    if sell8_kernels.available():
+        assert make_engine("csr", params, threads=1).sell_kernel == "sell8-avx2"
+        assert make_engine("csr", params, threads=1, sell=True).sell_kernel == "sell8-avx2"
+    monkeypatch.setattr(sell8_kernels, "available", lambda: False)      # no AVX2 either
+    assert make_engine("csr", params, threads=1).sell_kernel is None    # the SpMV
+    assert make_engine("csr", params, threads=1, sell=True).sell_kernel == "sell16-portable"
+    with pytest.raises(ValueError, match="sell='sell8' needs a CPU with AVX2 and FMA"):
+        make_engine("csr", params, sell="sell8")
+    with pytest.raises(ValueError, match="sell must be one of None, True, False, 'portable', 'sell8', "
+                                         "'sell8-portable', got 'fast'"):
+        make_engine("csr", params, sell="fast")
+
+
+def test_sell8_dropped_when_it_does_not_pay(monkeypatch):
+    monkeypatch.setattr(sell_kernels, "available", lambda: False)
+    monkeypatch.setattr(csr_engine, "sell_pays", lambda sell_nbytes, csr_nbytes, tuning: False)
+    eng = make_engine("csr", _net(0.5), threads=1)
+    assert eng.sell_kernel is None and eng.sell_nbytes > 0 and eng.plan(1).layout == "csr"
