@@ -15,6 +15,7 @@ skipped; the timing stages save their records after every unit of their grid and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -58,6 +59,17 @@ class Stages:
     make_engine: Optional[Callable] = None                      # (name, params, threads=) -> engine
                                                                 # (None: engines.make_engine)
     report: Callable = _default("report", "build_report")       # (folder) -> report path
+    runner: Optional[object] = None                             # where training and the sweep run
+                                                                # (cluster.LocalRunner / DaskRunner; None: from cfg)
+
+
+def make_runner(cfg: StudyConfig):
+    """The runner of the accuracy work: a Dask cluster when cfg names one, else this process (dask is
+    not imported then)."""
+    from sparsenet import cluster
+    if cfg.scheduler or cfg.workers:
+        return cluster.DaskRunner(cfg.scheduler, cfg.workers)
+    return cluster.LocalRunner()
 
 
 def _say(progress, msg):
@@ -108,16 +120,31 @@ def load_data(cfg: StudyConfig, stages: Stages = Stages()):
 
 
 def train_models(cfg: StudyConfig, ds, progress=True, stages: Stages = Stages()) -> list:
-    """One trained net per seed (train.cached_train reuses a cached net of the same config)."""
-    models = []
-    for seed in cfg.seeds:
-        t0 = time.perf_counter()
-        params, meta = stages.train(ds, train_config(cfg, seed, len(ds.train_images)), model_cache(cfg),
-                                    progress=progress)
+    """One trained net per seed (train.cached_train reuses a cached net of the same config), each
+    seed a task of the runner (in this process, or on a cluster)."""
+    from sparsenet.cluster import LocalRunner
+    runner = stages.runner or LocalRunner()
+    local = type(runner) is LocalRunner
+    shared = runner.share(ds)
+    t0 = time.perf_counter()
+    tasks = [(f"train-seed{seed}", (shared, train_config(cfg, seed, len(ds.train_images)), model_cache(cfg),
+                                    progress and local)) for seed in cfg.seeds]
+    models = {}
+    for key, (params, meta) in runner.map_unordered(_train_task(stages.train), tasks):
+        seed = int(key.rsplit("seed", 1)[1])
         _say(progress, f"seed {seed}: test accuracy {meta.get('test_acc', float('nan')):.4f} "
                        f"({time.perf_counter() - t0:.0f} s)")
-        models.append(params)
-    return models
+        models[seed] = params
+    return [models[seed] for seed in cfg.seeds]
+
+
+def _train_task(train):
+    """train(ds, cfg, cache, progress=...) as a task taking positional arguments."""
+    return functools.partial(_call_train, train)
+
+
+def _call_train(train, ds, cfg, cache_dir, progress):
+    return train(ds, cfg, cache_dir, progress=progress)
 
 
 def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stages: Stages = Stages()) -> None:
@@ -139,7 +166,7 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stag
                  methods=cfg.methods, recoveries=recoveries,
                  finetune_cfg=ft if cfg.finetune_epochs > 0 else None,
                  finetune_sparsities=cfg.finetune_sparsities, seeds=cfg.seeds,
-                 dataset=cfg.dataset, progress=progress)
+                 dataset=cfg.dataset, progress=progress, runner=stages.runner)
 
 
 def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
@@ -377,7 +404,9 @@ def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages()
     # loading is a read and an md5 of four files, so a resumed run pays little for it
     ds = stage("data", load_data, cfg)
     folder = make_dirs(cfg.folder(ds.fingerprint))
-    with run_lock(folder):
+    if stages.runner is None:
+        stages = dataclasses.replace(stages, runner=make_runner(cfg))
+    with run_lock(folder), stages.runner:
         write_config(cfg, folder, ds)
         models = stage("train", train_models, cfg, ds, progress)
         stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)

@@ -16,7 +16,7 @@ from sparsenet import __version__, names
 from sparsenet.hashing import short_hash
 
 # fields that say where things go, not what is measured: left out of the run id and config checks
-PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir")
+PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir", "scheduler", "workers")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class StudyConfig:
     dense_every_k: bool = False              # time dense at every k (its time does not depend on k:
                                              # BLAS multiplies the zeros); False: at k = 0 only
     remeasure_s: float = 60.0                # seconds spent re-timing flagged (noisy) cases before the verdict
+    scheduler: Optional[str] = None          # a Dask scheduler (tcp://host:8786) for the accuracy work
+    workers: Optional[int] = None            # a LocalCluster of this many single-threaded workers instead
 
     def __post_init__(self):
         from sparsenet.prune import check_sparsity
@@ -95,6 +97,10 @@ class StudyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if self.scheduler is not None and self.workers is not None:
+            raise ValueError("give --scheduler (an existing cluster) or --workers (a local one), not both")
         if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id in (".", "..")):
             raise ValueError(f"run_id must be a plain folder name, got {self.run_id!r}")
 
@@ -218,6 +224,9 @@ OPTIONS = (
     Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
     Option("dense_every_k", "--dense-every-k", "bool", help="time dense at every k, not only at the smallest"),
+    Option("scheduler", "--scheduler", "str", help="run the accuracy work on this Dask scheduler, e.g. "
+                                                   "tcp://host:8786 (timing stays on this machine)"),
+    Option("workers", "--workers", "int", help="run the accuracy work on a local Dask cluster of N workers"),
     Option("results_dir", "--results-dir", "str", help="parent folder of the run folders (default results/)"),
     Option("run_id", "--run-id", "str", help="name of the run folder (default: from the configuration, so a "
                                              "re-run resumes)"),

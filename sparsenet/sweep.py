@@ -223,7 +223,7 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
               finetune_cfg=None, finetune_sparsities=None, seeds=None, gmp: GMPConfig = GMPConfig(),
               scope: str = "layer", prune_output: bool = False, dataset: str = "mnist",
               progress: bool = True, previous: Optional[dict] = None,
-              on_update: Optional[Callable[[dict], None]] = None) -> dict:
+              on_update: Optional[Callable[[dict], None]] = None, runner=None) -> dict:
     """Prune every model (one per seed) at every k by every method, recover as asked, and measure
     test accuracy/loss. Returns the accuracy.json dict (see sparsenet.results). The training and
     validation arrays may be None for a one-shot-only sweep.
@@ -238,6 +238,9 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
 
     Besides the schema, the dict carries "complete" (all entries done) and, per curve, "seeds":
     the seeds whose values are filled in so far, in the order of the per-k lists.
+
+    `runner` (cluster.LocalRunner by default, or cluster.DaskRunner) runs the (curve, seed) entries
+    as independent tasks and hands back each as it finishes; it is saved at once.
     """
     sparsities, methods = _check_args(sparsities, methods)
     for r in recoveries:
@@ -265,21 +268,29 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
 
     _check_dense(result, models, X_test, y_test)
     update(result)
-    for curve in result["curves"]:
+    from sparsenet.cluster import LocalRunner
+    runner = runner or LocalRunner()
+    shared = runner.share(data)
+    tasks, started = [], {}
+    for i, curve in enumerate(result["curves"]):
         ks = curve.get("sparsities", sparsities)
         for seed, params in zip(seeds, models):
             if seed in curve["seeds"]:
                 continue
-            t = time.perf_counter()
-            acc, loss = _curve_values(curve["recovery"], curve["method"], params, data, ks,
-                                      finetune_cfg, gmp, scope, prune_output, seed, progress)
-            for j in range(len(ks)):
-                curve["accuracy"][j].append(acc[j])
-                curve["loss"][j].append(loss[j])
-            curve["seeds"].append(seed)
-            say("sweep", f"{curve['recovery']}/{curve['method']} seed {seed}: {time.perf_counter() - t:.1f} s, acc "
-                + " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), progress)
-            update(result)
+            key = f"{curve['recovery']}-{curve['method']}-seed{seed}"
+            started[key] = (i, seed, ks, time.perf_counter())
+            tasks.append((key, (curve["recovery"], curve["method"], params, shared, ks, finetune_cfg, gmp, scope,
+                                prune_output, seed, progress and type(runner) is LocalRunner)))
+    for key, (acc, loss) in runner.map_unordered(_curve_values, tasks):
+        i, seed, ks, t = started[key]
+        curve = result["curves"][i]
+        for j in range(len(ks)):
+            curve["accuracy"][j].append(acc[j])
+            curve["loss"][j].append(loss[j])
+        curve["seeds"].append(seed)
+        say("sweep", f"{curve['recovery']}/{curve['method']} seed {seed}: {time.perf_counter() - t:.1f} s, acc "
+            + " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), progress)
+        update(result)
     _reorder_seeds(result)
     result["complete"] = True
     update(result)

@@ -1,7 +1,11 @@
 """Shared pytest fixtures."""
+import numpy as np
 import pytest
 
 from fixture_results import make_results
+from sparsenet import study
+from sparsenet.model import he_init
+from sparsenet.study_config import StudyConfig
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,48 @@ def quick_study_folder(tmp_path_factory):
     cfg = study.StudyConfig.quick(data_dir=str(root / "data"), results_dir=str(root / "results"),
                                   cache_dir=str(root / "models"))
     return study.run_study(cfg, progress=False)
+
+
+SIZES = (784, 48, 32, 10)   # the tiny study's net
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Synthetic data, a small untrained net instead of training, quick peaks, no report; call
+    counters. Returns (cfg, calls, stages): pass `stages` to run_study."""
+    from sparsenet import data, sweep, timing
+    calls = {"train": 0, "sweep": 0, "peaks": 0, "time_cases": 0, "report": 0}
+    rng = np.random.default_rng(0)
+    ds = data.Dataset("mnist", rng.integers(0, 256, (600, 784), dtype=np.uint8),
+                      rng.integers(0, 10, 600).astype(np.uint8),
+                      rng.integers(0, 256, (200, 784), dtype=np.uint8),
+                      rng.integers(0, 10, 200).astype(np.uint8), "synthetic")
+
+    def cached_train(dataset, cfg, cache_dir, progress=True):
+        calls["train"] += 1
+        return he_init(SIZES, seed=cfg.seed), {"test_acc": 0.1}
+
+    def run_and_save(*a, **k):
+        calls["sweep"] += 1
+        return sweep.run_and_save(*a, **k)
+
+    def peaks(threads=(1,), quick=False):
+        calls["peaks"] += 1
+        return {"sgemm_gflops": {str(t): 1.0 for t in threads}, "bandwidth_gbs": 1.0}
+
+    def build_report(folder):
+        calls["report"] += 1                    # the report has its own tests; here: it is called
+        return folder / "report" / "report.md"
+
+    def time_cases(cases, **k):
+        calls["time_cases"] += 1
+        return timing.time_cases(cases, **k)
+
+    stages = study.Stages(load_data=lambda *a, **k: ds, train=cached_train, sweep=run_and_save, peaks=peaks,
+                          time_cases=time_cases, report=build_report)
+    cfg = StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
+                      widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
+                      finetune_epochs=1,
+                      finetune_sparsities=(0.5,), rounds=2, min_time=0.0005, remeasure_s=0.0,
+                      results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
+    return cfg, calls, stages

@@ -1,0 +1,49 @@
+"""The accuracy work on a Dask LocalCluster (2 worker processes) against the same work in this process."""
+import dataclasses
+
+import pytest
+
+from sparsenet import cluster, study
+from sparsenet.files import read_json
+
+distributed = pytest.importorskip("dask.distributed")
+
+
+def _boom(x):
+    if x == 2:
+        raise ValueError("no twos")
+    return x * 10
+
+
+def test_local_runner_yields_every_task_and_names_a_failure():
+    r = cluster.LocalRunner(threads=1)
+    assert dict(r.map_unordered(_boom, [("a", (1,)), ("b", (3,))])) == {"a": 10, "b": 30}
+    with pytest.raises(cluster.TaskError, match=r"task two failed: ValueError: no twos"):
+        list(r.map_unordered(_boom, [("one", (1,)), ("two", (2,))]))
+
+
+@pytest.fixture(scope="module")
+def dask_runner():
+    with cluster.DaskRunner(workers=2) as runner:
+        yield runner
+
+
+def test_a_task_failing_on_a_worker_names_the_task(dask_runner):
+    assert dict(dask_runner.map_unordered(_boom, [(f"t{i}", (i,)) for i in (1, 3, 4)])) == {
+        "t1": 10, "t3": 30, "t4": 40}
+    with pytest.raises(cluster.TaskError, match=r"task t2 failed on a worker: ValueError: no twos"):
+        list(dask_runner.map_unordered(_boom, [(f"t{i}", (i,)) for i in (1, 2, 3)]))
+
+
+def test_accuracy_stage_on_the_cluster_equals_the_local_run(tiny, dask_runner, tmp_path):
+    """Same seeds, one thread per task on both sides: exactly the same accuracy records."""
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, widths=(), batches=(1,), sparsities=(0.0, 0.9))
+    local = study.run_study(dataclasses.replace(cfg, results_dir=str(tmp_path / "local")), progress=False,
+                            stages=dataclasses.replace(stages, runner=cluster.LocalRunner(threads=1)))
+    remote = study.run_study(dataclasses.replace(cfg, results_dir=str(tmp_path / "dask")), progress=False,
+                             stages=dataclasses.replace(stages, runner=dask_runner))
+    a, b = read_json(local / "accuracy.json"), read_json(remote / "accuracy.json")
+    assert a["complete"] and b["complete"]
+    assert a["curves"] == b["curves"] and a["dense"] == b["dense"]
+    assert {c["method"] for c in b["curves"]} == {"weight", "neuron"}
