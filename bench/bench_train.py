@@ -117,7 +117,8 @@ def _torch_loop(torch, X, y):
         opt.step()
         return loss
 
-    def epoch(n=len(X)):
+    def epoch(n=None):
+        n = len(X) if n is None else n
         order = torch.randperm(n, generator=gen)
         for s in range(0, n, BATCH):
             loss = step(order[s:s + BATCH])

@@ -478,7 +478,7 @@ def test_masks_are_bool_and_keep_b_none_exactly_when_bias_none(bias, prune_outpu
             assert (keep_b is None) == (layer.bias is None)
             if keep_b is not None:
                 assert keep_b.dtype == np.bool_ and keep_b.shape == layer.bias.shape
-    for keep_w, keep_b in weight_mask(params, s, prune_output=prune_output):
+    for _keep_w, keep_b in weight_mask(params, s, prune_output=prune_output):
         assert keep_b is None or keep_b.all()              # weight pruning keeps every bias
     for keep_w, keep_b in neuron_mask(params, s, prune_output=prune_output):
         assert keep_b is None or np.array_equal(keep_b, keep_w.any(axis=1))   # bias follows its row
@@ -685,7 +685,7 @@ def test_nm_exact_counts_and_tail(n_in, n, m, kept_per_row):
     # t = n_in % m columns keeps min(n, t).
     params = small_net(sizes=(n_in, 6, 3))
     out = nm_prune(params, n, m, prune_output=True)
-    for layer, src in zip(out, params):
+    for layer, _src in zip(out, params):
         w = layer.weight
         for j in range(0, w.shape[1], m):
             t = min(m, w.shape[1] - j)

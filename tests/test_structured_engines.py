@@ -1,6 +1,12 @@
 """The bsr, nm and bsr-scipy engines against the reference forward pass (model.forward on the same
 weights): sparsities, batch 1/7/256, widths that are not multiples of the block or group, biases,
 an all-zero layer, 1 and 2 threads, consecutive calls, float64 and non-contiguous input, plans."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -154,8 +160,6 @@ def test_counts():
 
 # --- portability: generic LLVM vector IR only ---------------------------------------------------
 
-import os, subprocess, sys, textwrap                                            # noqa: E402
-from pathlib import Path                                                        # noqa: E402
 
 from sparsenet import sell_kernels                                              # noqa: E402
 

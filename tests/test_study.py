@@ -1,5 +1,4 @@
 """The study runner: config validation, a tiny end-to-end run on synthetic data, resuming."""
-import numpy as np
 import pytest
 
 import dataclasses

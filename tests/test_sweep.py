@@ -117,7 +117,7 @@ def test_finetune_with_biases():
     params = he_init(SIZES, bias=True, seed=3)
     masks = neuron_mask(params, 0.5)
     tuned = finetune(params, masks, X, y, X[:50], y[:50], cfg, progress=False)
-    for layer, (keep_w, keep_b) in zip(tuned[:-1], masks[:-1]):
+    for layer, (_keep_w, keep_b) in zip(tuned[:-1], masks[:-1]):
         dead = ~keep_b
         assert np.all(layer.bias[dead] == 0) and np.all(layer.weight[dead] == 0)
 
@@ -166,7 +166,7 @@ def test_gradual_prune_reaches_final_sparsity(problem, method):
     cfg = TrainConfig(sizes=SIZES, epochs=3, batch_size=50, lr=1e-3, n_val=0)
     out = gradual_prune(models[0], method, 0.8, Xtr, ytr, Xva, yva, cfg,
                         gmp=GMPConfig(prune_every=2, end_fraction=0.6), progress=False)
-    for i, layer in enumerate(out[:-1]):
+    for _i, layer in enumerate(out[:-1]):
         if method == "weight":
             assert np.sum(layer.weight == 0) == round(0.8 * layer.weight.size)
         else:
