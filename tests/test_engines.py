@@ -865,3 +865,14 @@ def test_csc_copy_runs_small_batches(B, monkeypatch):
     assert_matches(eng(X4), forward(params, X4))
     assert calls == []
     assert make_engine("csr", params, threads=1).net.nbytes["csc"] == 0
+
+
+def test_fused_engine_arrays():
+    params = _biased_net()
+    eng = make_engine("dense-fused", params, threads=1)
+    assert eng._weights.dtype == eng._bias.dtype == np.float32 and eng._bias.shape == (80 + 64 + 32 + 10,)
+    assert eng._w_off.dtype == eng._sizes.dtype == np.int64 and list(eng._sizes) == list(SMALL)
+    assert list(eng._w_off) == list(np.cumsum([0, 96 * 80, 80 * 64, 64 * 32, 32 * 10]))
+    np.testing.assert_array_equal(eng._bias[144:176], params[2].bias)
+    np.testing.assert_array_equal(eng._bias[80:144], 0)
+    assert eng._width == 80 and eng._idx.shape == (96,) and eng._idx.dtype == np.int64

@@ -55,7 +55,8 @@ def test_blas_controllers_scanned_once(monkeypatch):
     first = threads.blas_controllers()
     assert isinstance(first, list) and threads._blas is first
     assert threads.blas_controllers() is first
-    assert {lib.internal_api for lib in first} <= {"openblas", "mkl", "blis", "accelerate"}
+    assert first and all(lib.user_api == "blas" for lib in first)     # numpy's BLAS, nothing else
+    assert {lib.internal_api for lib in first} <= {"openblas", "mkl", "blis", "accelerate", "flexiblas"}
 
 
 def test_blas_library(monkeypatch):
