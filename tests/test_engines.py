@@ -370,10 +370,13 @@ def test_batch_one_paths_match_reference(base_params, k, sell, threads):
     threads_or_skip(threads)
     params = prune(base_params, "weight", k)
     eng = make_engine("csr", params, threads=threads, sell=sell,
-                      tuning=Tuning(min_parallel_slots=0))   # every layer on every thread
+                      tuning=Tuning(min_parallel_slots=0, min_parallel_units=0))   # every layer on every thread
     assert eng.uses_sell is bool(sell) and eng.layout(1) == ("sell" if sell else "csr")
     if sell:
-        want = "sell16-avx512" if sell is True and sell_kernels.available() else "sell16-portable"
+        from sparsenet import sell8_kernels
+        best = ("sell16-avx512" if sell_kernels.available() else "sell8-avx2" if sell8_kernels.available()
+                else "sell16-portable")
+        want = best if sell is True else "sell16-portable"
         assert eng.sell_kernel == want and {l.kernel for l in eng.plan(1).layers} == {want}
         assert all(l.parallel == (threads > 1) for l in eng.plan(1).layers)
     X = np.random.default_rng(3).random((5, params[0].weight.shape[1]), dtype=np.float32)
