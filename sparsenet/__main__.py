@@ -1,3 +1,5 @@
+"""`python -m sparsenet`: the command line (guarded: Dask's worker processes import this module)."""
 from sparsenet.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

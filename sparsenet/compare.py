@@ -204,7 +204,7 @@ def _depends_sentence(tables, runs) -> str:
             lo = min(v for v in values if v is not None)
             hi = max(v for v in values if v is not None)
             never = sum(v is None for v in values)
-            span = pct(lo) if abs(hi - lo) < 1e-9 else f"{pct(lo)}–{pct(hi)}"
+            span = pct(lo) if pct(lo) == pct(hi) else f"{pct(lo)}–{pct(hi)}"
             bits.append(f"batch {b}: {span}" + (f" ({never} machine(s) never)" if never else ""))
     if not bits:
         return "The csr engine never breaks even with dense on these machines."
