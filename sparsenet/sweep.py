@@ -239,8 +239,9 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     Besides the schema, the dict carries "complete" (all entries done) and, per curve, "seeds":
     the seeds whose values are filled in so far, in the order of the per-k lists.
 
-    `runner` (cluster.LocalRunner by default, or cluster.DaskRunner) runs the (curve, seed) entries
-    as independent tasks and hands back each as it finishes; it is saved at once.
+    `runner` (cluster.LocalRunner by default, or cluster.DaskRunner) runs the work as independent
+    tasks (a one-shot curve per seed; a fine-tuned or gradual curve per seed and k) and hands back
+    each as it finishes; an entry is saved as soon as all its k are in.
     """
     sparsities, methods = _check_args(sparsities, methods)
     for r in recoveries:
@@ -271,25 +272,38 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     from sparsenet.cluster import LocalRunner
     runner = runner or LocalRunner()
     shared = runner.share(data)
-    tasks, started = [], {}
+    # one task per (curve, seed) for one-shot curves (cheap: a prune and an evaluation per k), one
+    # per (curve, seed, k) for fine-tuned and gradual ones (each k trains): tasks of similar length
+    tasks, started, pending = [], {}, {}
     for i, curve in enumerate(result["curves"]):
         ks = curve.get("sparsities", sparsities)
         for seed, params in zip(seeds, models):
             if seed in curve["seeds"]:
                 continue
-            key = f"{curve['recovery']}-{curve['method']}-seed{seed}"
-            started[key] = (i, seed, ks, time.perf_counter())
-            tasks.append((key, (curve["recovery"], curve["method"], params, shared, ks, finetune_cfg, gmp, scope,
-                                prune_output, seed, progress and type(runner) is LocalRunner)))
-    for key, (acc, loss) in runner.map_unordered(_curve_values, tasks):
-        i, seed, ks, t = started[key]
+            started[i, seed] = time.perf_counter()
+            pending[i, seed] = {}
+            parts = [list(range(len(ks)))] if curve["recovery"] == "oneshot" else [[j] for j in range(len(ks))]
+            for js in parts:
+                key = f"{curve['recovery']}-{curve['method']}-seed{seed}" + (
+                    f"-k{ks[js[0]]:g}" if len(js) == 1 and len(ks) > 1 else "")
+                tasks.append((key, (i, seed, js), (curve["recovery"], curve["method"], params, shared,
+                                                   [ks[j] for j in js], finetune_cfg, gmp, scope, prune_output,
+                                                   seed, progress and type(runner) is LocalRunner)))
+    where = {key: at for key, at, _ in tasks}
+    for key, (acc, loss) in runner.map_unordered(_curve_values, [(key, args) for key, _, args in tasks]):
+        i, seed, js = where[key]
+        pending[i, seed].update({j: (a, l) for j, a, l in zip(js, acc, loss)})
         curve = result["curves"][i]
+        ks = curve.get("sparsities", sparsities)
+        if len(pending[i, seed]) < len(ks):
+            continue
+        done = pending.pop((i, seed))
         for j in range(len(ks)):
-            curve["accuracy"][j].append(acc[j])
-            curve["loss"][j].append(loss[j])
+            curve["accuracy"][j].append(done[j][0])
+            curve["loss"][j].append(done[j][1])
         curve["seeds"].append(seed)
-        say("sweep", f"{curve['recovery']}/{curve['method']} seed {seed}: {time.perf_counter() - t:.1f} s, acc "
-            + " ".join(f"{k:g}:{a:.4f}" for k, a in zip(ks, acc)), progress)
+        say("sweep", f"{curve['recovery']}/{curve['method']} seed {seed}: {time.perf_counter() - started[i, seed]:.1f} s, "
+            "acc " + " ".join(f"{k:g}:{done[j][0]:.4f}" for j, k in enumerate(ks)), progress)
         update(result)
     _reorder_seeds(result)
     result["complete"] = True
