@@ -7,7 +7,6 @@ whose trained nets or sparsity grids are not comparable are refused, naming what
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,7 @@ from sparsenet.analysis import (
     batch_sizes, break_even, default_threads, pct, records_of, speedups, verdict,
 )
 from sparsenet.files import atomic_write_bytes, write_json
+from sparsenet.plots import _save
 from sparsenet.results import load_results
 
 # configuration fields that define the trained nets and the pruning grid: they must agree
@@ -24,7 +24,6 @@ NET_FIELDS = ("dataset", "sizes", "seeds", "epochs", "train_subset", "finetune_e
 GRID_FIELDS = ("sparsities",)
 MACHINE_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink",
                   "tab:olive", "tab:cyan", "#333333")
-DPI = 120
 
 
 class NotComparable(ValueError):
@@ -138,9 +137,7 @@ def plot_compare(runs, path, threads=None) -> Path:
         ax.set_xlabel("sparsity k (%)")
         ax.set_ylabel("speed-up over dense (×)")
         ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return atomic_write_bytes(path, buf.getvalue())
+    return _save(fig, path)
 
 
 def compare(folders: Sequence, out_dir, threads=None) -> Path:

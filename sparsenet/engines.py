@@ -82,6 +82,8 @@ class FusedDenseEngine(DenseEngine):
         sizes = self.layer_sizes
         self._weights = np.concatenate([WT.ravel() for WT in self._WT])
         self._w_off = np.concatenate([[0], np.cumsum([WT.size for WT in self._WT])]).astype(np.int64)
+        # the BLAS path reads the same weights: views into the one concatenated copy, not a second one
+        self._WT = [self._weights[a:b].reshape(WT.shape) for a, b, WT in zip(self._w_off[:-1], self._w_off[1:], self._WT)]
         self._bias = np.concatenate([np.zeros(WT.shape[1], np.float32) if b is None else b
                                      for WT, b in zip(self._WT, self._b)]).astype(np.float32)
         self._sizes = np.asarray(sizes, np.int64)
