@@ -5,7 +5,7 @@ functions, so no number in the report is computed anywhere else.
 
 Timing conventions: each engine runs the net of its method (names.ENGINE_METHOD: a weight-pruned net on
 `dense`, `csr` and `csr-scipy`, a neuron-pruned one on `shrunk`, BLAS on the physically smaller
-net). "Speed-up" is dense time / engine time, with the dense time
+net, a block-pruned one on `bsr` and `bsr-scipy`, an N:M-pruned one on `nm`). "Speed-up" is dense time / engine time, with the dense time
 taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from statistics import mean, median, median_high, pstdev
 
-from sparsenet.names import ENGINES, UNPRUNED, engine_rank, engines_of, method_of
+from sparsenet.names import ENGINES, GRANULARITIES, UNPRUNED, engine_rank, engines_of, method_of
 
 CLAIM = ("below 50% sparsity neuron pruning is more computationally efficient [than weight pruning], "
          "as we always deal with dense matrices")
@@ -413,9 +413,13 @@ def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
 
 def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -> dict:
     """Part 2: for each accuracy budget (a drop from the unpruned mean accuracy) and batch, the fastest point
-    overall and per method among the points whose mean accuracy stays within the budget."""
+    overall and per method (granularity) among the points whose mean accuracy stays within the budget.
+
+    Rows: {"budget", "batch", "best", "by_method": {method: fastest point or None}, "granularity" (the method
+    of "best", "none" for the unpruned net), "best_weight", "best_neuron", "neuron_faster", "ci", "ratio"}."""
     base = baseline_accuracy(accuracy)
     rows = []
+    methods = [m for m in GRANULARITIES if any(c["method"] == m for c in (accuracy or {}).get("curves", []))]
     if base is not None:
         for budget in budgets:
             for batch in batches:
@@ -428,17 +432,18 @@ def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -
                 best = min((p for p in ok if p["engine"] != "dense" or p["method"] == "none"),
                            key=lambda p: p["seconds"])
                 per = {}
-                for method in ("weight", "neuron"):
+                for method in methods:
                     mine = [p for p in ok if p["method"] == method]
                     per[method] = min(mine, key=lambda p: p["seconds"]) if mine else None
-                w, n = per["weight"], per["neuron"]
+                w, n = per.get("weight"), per.get("neuron")
                 faster = (None if (w is None and n is None)
                           else (n is not None and (w is None or n["seconds"] < w["seconds"])))
                 ci = None
                 if w and n:
                     ci = ratio_interval(timings, (w["engine"], _timed_method(w), w["sparsity"], batch, threads),
                                         (n["engine"], _timed_method(n), n["sparsity"], batch, threads))
-                rows.append({"budget": budget, "batch": batch, "best": best, "best_weight": w, "best_neuron": n,
+                rows.append({"budget": budget, "batch": batch, "best": best, "by_method": per,
+                             "granularity": best["method"], "best_weight": w, "best_neuron": n,
                              "neuron_faster": faster, "ci": ci,
                              "ratio": (w["seconds"] / n["seconds"]) if (w and n) else None})
     missing = None
@@ -447,7 +452,10 @@ def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -
     elif not rows:
         missing = "no timed model for the batch sizes and thread count"
     return {"answer": _answer([r["neuron_faster"] for r in rows]), "baseline_accuracy": base, "rows": rows,
-            "missing": missing}
+            "methods": methods, "missing": missing}
+
+
+GRANULARITY_WORDS = {"weight": "weight", "nm": "N:M", "block": "block", "neuron": "neuron", UNPRUNED: "unpruned"}
 
 
 def _timed_method(p) -> str:
@@ -480,15 +488,22 @@ def headline(v, timings=None, isa=None) -> list:
     if ek["rows"]:
         out.append(f"At equal sparsity (k < {pct(ek['below'])}) the claim that neuron pruning is faster "
                    f"{_decision_text(_decisions(ek['rows']))}.")
-    tight = [r for r in ea["rows"] if r["budget"] == min(r2["budget"] for r2 in ea["rows"])] if ea["rows"] else []
-    if tight:
-        best = {r["batch"]: r["best"] for r in tight}
-        kinds = sorted({"unpruned" if b["method"] == UNPRUNED else f"{b['method']}-pruned" for b in best.values()})
-        decided = _decisions([r for r in tight if r["best_weight"] and r["best_neuron"]])
+    if ea["rows"]:
+        tight = min(r["budget"] for r in ea["rows"])
+        decided = _decisions([r for r in ea["rows"] if r["budget"] == tight and r["best_weight"] and r["best_neuron"]])
         answer = _decision_text(decided) if decided else "cannot be decided (no neuron-pruned net is that accurate)"
-        fastest = ", ".join(f"batch {b}: {p['engine']} ×{p['speedup']:.1f}" for b, p in best.items())
-        out.append(f"At equal accuracy (within {100 * tight[0]['budget']:g} points) it {answer}; the fastest net "
-                   f"is {' or '.join(kinds)} ({fastest} over dense).")
+        budgets = sorted({r["budget"] for r in ea["rows"]})
+        by = {(r["batch"], r["budget"]): r["best"] for r in ea["rows"]}
+
+        def fastest(p):
+            if p is None:
+                return "–"
+            return GRANULARITY_WORDS.get(p["method"], p["method"]) + (
+                "" if p["method"] == UNPRUNED else f" ({p['engine']} ×{p['speedup']:.1f})")
+        per_batch = "; ".join(f"batch {b}: " + " | ".join(fastest(by.get((b, u))) for u in budgets)
+                              for b in sorted({r["batch"] for r in ea["rows"]}))
+        out.append(f"At equal accuracy (within {100 * tight:g} points) the claim {answer}; the fastest granularity "
+                   f"within {' | '.join(f'{100 * u:g}' for u in budgets)} point(s), over dense: {per_batch}.")
     if timings:
         be = {b: break_even(timings, "csr", "weight", b, v["threads"]) for b in v["batches"]
               if select(records_of(timings), engine="csr", batch=b, threads=v["threads"])}

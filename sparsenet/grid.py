@@ -101,7 +101,7 @@ def scaling_params(width: int, sparsity: float, seed: int = 0) -> tuple:
 
 # --- what not to time ----------------------------------------------------------------------------
 
-RATES_GFLOPS = {"dense": 40.0, "csr": 8.0, "csr-scipy": 4.0, "shrunk": 40.0}
+RATES_GFLOPS = {"dense": 40.0, "csr": 8.0, "csr-scipy": 4.0, "shrunk": 40.0, "bsr": 8.0, "bsr-scipy": 4.0, "nm": 8.0}
 # conservative 1-thread rates, used only to predict (and skip) very slow cases (figures behind
 # them: docs/perf-notes.md)
 
@@ -187,9 +187,11 @@ class Grid:
         return [(w, k) for w in self.widths for k in self.sparsities]
 
     def points(self, unit) -> list:
-        """The unit's points: engine, then threads, then batch (the order of its cases)."""
+        """The unit's points: engine, then threads, then batch (the order of its cases); an engine
+        whose pruning has no net at k (N:M at k * M not whole) has none."""
         width, k = unit
-        engines = engines_at(self.engines, k, self.sparsities, self.dense_every_k)
+        engines = [e for e in engines_at(self.engines, k, self.sparsities, self.dense_every_k)
+                   if names.has_sparsity(self.method(e), k)]
         return [Point(e, k, b, t, width) for e in engines for t in self.threads for b in self.batches]
 
     def all_points(self) -> list:

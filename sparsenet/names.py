@@ -13,10 +13,17 @@ from __future__ import annotations
 # our block-sparse (bsr) and N:M (nm) kernels and scipy's BSR baseline run block- and N:M-pruned nets
 ENGINES = ("dense", "csr", "csr-scipy", "shrunk", "dense-fused", "shrunk-fused", "dense-skip", "csr-skip",
            "shrunk-skip", "bsr", "bsr-scipy", "nm")
-# the engines a study times by default (bsr/nm need their own pruning in the accuracy sweep: not yet)
-STUDY_ENGINES = ENGINES[:9]
-METHODS = ("weight", "neuron")                     # pruning methods of the accuracy sweep (any k in [0, 1))
+# the engines a study times by default: all of them
+STUDY_ENGINES = ENGINES
+METHODS = ("weight", "neuron")                     # the claim's two pruning methods (any k in [0, 1))
 ALL_METHODS = METHODS + ("nm", "block")            # every method prune.make_masks runs
+# pruning granularities, finest to coarsest: single weights, N:M groups, r x c blocks, whole neurons;
+# the methods of the study's accuracy sweep and of its verdict at equal accuracy
+GRANULARITIES = ("weight", "nm", "block", "neuron")
+NM_M = 4                                           # M of N:M pruning in the study (2:4 at k=50%, 1:4 at 75%)
+# N:M's sparsity is 1 - N/M: it exists only at k where k * M is whole; the recovered (fine-tuned,
+# gradual) N:M curves use these patterns, the sparser of the semi-structured ones
+NM_RECOVERY_SPARSITIES = (0.5, 0.75)               # 2:4 and 1:4
 UNPRUNED = "none"                                  # the method of a net nobody pruned
 DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
 RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the accuracy sweep
@@ -41,13 +48,19 @@ SCALING_ENGINES = ("dense", "csr")                 # engines of the one-layer wi
 
 # --- default grids -------------------------------------------------------------------------------
 
-SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)  # k: fraction removed
+SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 0.98, 0.99)  # k: fraction removed
+                                                   # (0.75: 1:4; 0.98: the sparse end of gradual pruning)
 BATCHES = (1, 16, 256, 4096)                       # batch sizes timed
 THREADS = (1, 2)                                   # thread limits timed (BLAS and Numba alike)
 WIDTHS = (1024, 4096, 16384)                       # scaling study: one square layer of each width
 SCALING_THREADS = (1,)                             # thread limits of the scaling study
 SCALING_SPARSITIES = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)  # k of the scaling study (a 16k layer: ~20 s per k)
-FINETUNE_SPARSITIES = (0.8, 0.9, 0.95)             # k fine-tuned after pruning
+FINETUNE_SPARSITIES = (0.8, 0.9, 0.95)             # k fine-tuned after pruning (N:M: NM_RECOVERY_SPARSITIES)
+GRADUAL_SPARSITIES = (0.95, 0.98)                  # k reached by gradual magnitude pruning (where one-shot
+                                                   # pruning and fine-tuning lose most)
+GRADUAL_METHODS = ("weight", "block")              # the granularities pruned gradually by default: those
+                                                   # that reach 95-98% (neuron pruning there leaves too few
+                                                   # neurons; N:M has no such pattern with M = 4)
 
 # the small grids of `--quick` (StudyConfig.quick) and SPARSENET_BENCH_QUICK=1 (bench/)
 QUICK_SPARSITIES = (0.0, 0.5, 0.9)
@@ -56,7 +69,8 @@ QUICK_THREADS = (1,)
 QUICK_WIDTHS = (1024,)
 
 assert set(ENGINE_METHOD) == set(ENGINES) and set(ENGINE_METHOD.values()) <= set(ALL_METHODS)
-assert set(STUDY_ENGINES) <= set(ENGINES) and {ENGINE_METHOD[e] for e in STUDY_ENGINES} <= set(METHODS)
+assert set(STUDY_ENGINES) <= set(ENGINES) and {ENGINE_METHOD[e] for e in STUDY_ENGINES} <= set(GRANULARITIES)
+assert set(GRANULARITIES) == set(ALL_METHODS) and set(GRADUAL_METHODS) <= set(GRANULARITIES)
 assert set(K_INDEPENDENT) <= set(ENGINES) and set(SMALL_BATCH_ENGINES) <= set(ENGINES)
 assert set(DENSE_ENGINES) <= set(ENGINES) and set(DENSE_BASELINES) <= set(K_INDEPENDENT)
 assert set(SCALING_ENGINES) <= set(ENGINES)
@@ -72,6 +86,16 @@ def engines_of(method: str) -> tuple:
     if method == UNPRUNED:
         return ("dense",)
     return tuple(e for e in ENGINES if ENGINE_METHOD[e] == method)
+
+
+def has_sparsity(method: str, sparsity: float) -> bool:
+    """Whether `method` prunes to exactly `sparsity`: N:M only at k = 1 - N/NM_M, the others at any k."""
+    return method != "nm" or abs(sparsity * NM_M - round(sparsity * NM_M)) < 1e-9
+
+
+def method_sparsities(method: str, sparsities) -> tuple:
+    """The k of `sparsities` at which `method` exists (see has_sparsity)."""
+    return tuple(k for k in sparsities if has_sparsity(method, k))
 
 
 def engine_rank(engine: str) -> int:

@@ -24,6 +24,19 @@ def check_nm(n, m) -> tuple:
     return n, m
 
 
+def max_group_nnz(W: np.ndarray, m: int) -> int:
+    """The most non-zeros any group of m consecutive columns of a row of W holds (0 for an all-zero
+    or empty W): the smallest n that stores W as N:M."""
+    W = np.asarray(W)
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-d matrix, got shape {W.shape}")
+    M, N = W.shape
+    G = -(-N // m)
+    nz = np.zeros((M, G * m), bool)
+    nz[:, :N] = W != 0
+    return int(nz.reshape(M, G, m).sum(axis=-1).max(initial=0))
+
+
 @dataclass(frozen=True, eq=False)
 class NM:
     """N:M semi-structured rows: n value slots per group of m columns."""

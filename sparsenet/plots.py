@@ -19,14 +19,16 @@ from sparsenet.analysis import (
     dense_reference, engines_present, has_rate, pareto_front, records_of, select,
     sgemm_peak, sparsity_key, speedups, threads_word,
 )
-from sparsenet.names import engine_rank, engines_of, method_of
+from sparsenet.names import GRANULARITIES, engine_rank, engines_of, method_of
 
 DPI = 120
-ENGINE_COLORS = {"dense": "#333333", "csr": "tab:green", "csr-scipy": "tab:orange", "shrunk": "tab:blue"}
-ENGINE_MARKERS = {"dense": "s", "csr": "o", "csr-scipy": "v", "shrunk": "D"}
-METHOD_COLORS = {"weight": "tab:red", "neuron": "tab:blue", "none": "#333333"}
+ENGINE_COLORS = {"dense": "#333333", "csr": "tab:green", "csr-scipy": "tab:orange", "shrunk": "tab:blue",
+                 "bsr": "tab:purple", "bsr-scipy": "tab:pink", "nm": "tab:olive"}
+ENGINE_MARKERS = {"dense": "s", "csr": "o", "csr-scipy": "v", "shrunk": "D", "bsr": "P", "bsr-scipy": "X", "nm": "^"}
+METHOD_COLORS = {"weight": "tab:red", "nm": "tab:olive", "block": "tab:purple", "neuron": "tab:blue", "none": "#333333"}
 RECOVERY_STYLES = {"oneshot": "-", "finetuned": "--", "gradual": ":"}
-METHOD_NAMES = {"weight": "weight pruning", "neuron": "neuron pruning", "none": "unpruned"}
+METHOD_NAMES = {"weight": "weight pruning", "nm": "N:M pruning", "block": "block pruning", "neuron": "neuron pruning",
+                "none": "unpruned"}
 
 
 def _save(fig, path) -> Path:
@@ -129,14 +131,15 @@ def _accuracy_panels(accuracy, axes, methods):
 
 
 def plot_accuracy(accuracy, path) -> Path:
-    """Accuracy and loss vs sparsity, both methods; one-shot solid, fine-tuned dashed, min–max seed bands."""
+    """Accuracy and loss vs sparsity, every method (granularity); one-shot solid, fine-tuned dashed, gradual
+    dotted, min–max seed bands."""
     fig, axes = _figure(2)
-    _accuracy_panels(accuracy, axes, ("weight", "neuron"))
+    _accuracy_panels(accuracy, axes, GRANULARITIES)
     return _save(fig, path)
 
 
 def plot_accuracy_method(accuracy, method, path) -> Path:
-    """Accuracy and loss vs sparsity for one method ("weight" or "neuron")."""
+    """Accuracy and loss vs sparsity for one method (names.GRANULARITIES)."""
     fig, axes = _figure(2)
     _accuracy_panels(accuracy, axes, (method,))
     fig.suptitle(METHOD_NAMES.get(method, method))
@@ -259,7 +262,7 @@ def plot_pareto(accuracy, timings, path, batch, threads=None) -> Path:
         shown = pts if j == 0 or base is None else [p for p in pts if p["accuracy"] >= base - 0.03]
         for p in shown:
             color = METHOD_COLORS.get(p["method"], "k")
-            filled = p["recovery"] != "oneshot"
+            filled = p["recovery"] != "oneshot"     # fine-tuned or gradual
             ax.scatter(1e3 * p["seconds"], 100 * p["accuracy"], marker=ENGINE_MARKERS.get(p["engine"], "o"), s=28,
                        facecolors=color if filled else "none", edgecolors=color, linewidths=1.0, zorder=3)
         fr = front if j == 0 or base is None else [p for p in front if p["accuracy"] >= base - 0.03]
@@ -277,10 +280,11 @@ def plot_pareto(accuracy, timings, path, batch, threads=None) -> Path:
     # a legend for the encodings, built from proxy artists
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], color="k", lw=1.2, label="Pareto front")]
-    handles += [Line2D([], [], ls="", marker="o", color=METHOD_COLORS[m], label=METHOD_NAMES[m]) for m in ("weight", "neuron")]
+    handles += [Line2D([], [], ls="", marker="o", color=METHOD_COLORS[m], label=METHOD_NAMES[m])
+                for m in GRANULARITIES if any(p["method"] == m for p in pts)]
     handles += [Line2D([], [], ls="", marker=ENGINE_MARKERS.get(e, "o"), color="grey", label=f"engine {e}")
                 for e in sorted({p["engine"] for p in pts}, key=engine_rank)]
-    handles += [Line2D([], [], ls="", marker="o", color="grey", label="fine-tuned (filled)"),
+    handles += [Line2D([], [], ls="", marker="o", color="grey", label="fine-tuned or gradual (filled)"),
                 Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey", label="one-shot (hollow)")]
     axes[0].legend(handles=handles, fontsize=7, loc="lower right")
     fig.suptitle(f"Accuracy vs latency, batch {batch}, {threads_word(threads)}")

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from sparsenet.model import Layer, layer_sizes
+from sparsenet.names import NM_M
 
 SCOPES = ("layer", "global")
 NEURON_SCOPES = ("layer",)          # neuron pruning ranks rows within each matrix only
@@ -261,9 +262,9 @@ def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
     return tuple(out)
 
 
-METHODS = ("weight", "neuron")          # the accuracy sweep's methods (any sparsity in [0, 1))
-# N:M fixes its sparsity by (n, m), so it cannot run at every k of a sweep: these two are not in
-# METHODS (the study's default), but make_masks runs them (issue 13 item 3 wires them into the study)
+METHODS = ("weight", "neuron")          # the claim's two methods (any sparsity in [0, 1))
+# the semi-structured and block methods; N:M fixes its sparsity by (n, m), so it exists only at
+# some k of a sweep (names.has_sparsity); the study sweeps all four (names.GRANULARITIES)
 STRUCTURED_METHODS = ("nm", "block")
 ALL_METHODS = METHODS + STRUCTURED_METHODS
 
@@ -280,7 +281,7 @@ def nm_from_sparsity(sparsity, m: int) -> int:
 
 
 def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
-               prune_output: bool = False, *, n=None, m: int = 4, block=DEFAULT_BLOCK) -> tuple:
+               prune_output: bool = False, *, n=None, m: int = NM_M, block=DEFAULT_BLOCK) -> tuple:
     """Masks for one method (see ALL_METHODS) at one sparsity. `scope` is weight pruning's
     (see SCOPES); the other methods rank within each matrix only ("layer").
 

@@ -14,7 +14,7 @@ from statistics import mean
 from sparsenet import plots
 from sparsenet.analysis import (
     above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe,
-    has_rate, headline, skip_gains,
+    GRANULARITY_WORDS, has_rate, headline, skip_gains,
     kernels_used, pareto_front, pct, records_of, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
 )
@@ -115,15 +115,17 @@ def verdict_markdown(v) -> str:
     base = ea.get("baseline_accuracy")
     out.append(f"\n**At equal accuracy: {ea['answer']}.** For each budget (a drop from the unpruned mean accuracy"
                + (f", {pct(base, 2)}" if base is not None else "") + "), the fastest model whose mean accuracy "
-               "over seeds stays within it, overall and per method.\n")
+               "over seeds stays within it, overall and per pruning granularity (single weights, N:M groups, "
+               "blocks, whole neurons).\n")
     if ea["rows"]:
         def cell(p):
             return "–" if p is None else f"{describe(p)}: {_ms(p['seconds'])} ms, {pct(p['accuracy'], 2)}"
-        out.append(_table(["budget (points)", "batch", "fastest overall", "speed-up over dense", "fastest weight-pruned",
-                           "fastest neuron-pruned", "neuron faster?"],
-                          [[f"{100 * r['budget']:g}", r["batch"], cell(r["best"]), f"×{r['best']['speedup']:.2f}",
-                            cell(r["best_weight"]), cell(r["best_neuron"]),
-                            {True: "yes", False: "no", None: "–"}[r["neuron_faster"]]] for r in ea["rows"]]))
+        methods = ea.get("methods") or ["weight", "neuron"]
+        out.append(_table(["budget (points)", "batch", "fastest overall", "speed-up over dense"]
+                          + [f"fastest {GRANULARITY_WORDS.get(m, m)}-pruned" for m in methods] + ["neuron faster?"],
+                          [[f"{100 * r['budget']:g}", r["batch"], cell(r["best"]), f"×{r['best']['speedup']:.2f}"]
+                           + [cell((r.get("by_method") or {}).get(m, r.get(f"best_{m}"))) for m in methods]
+                           + [{True: "yes", False: "no", None: "–"}[r["neuron_faster"]]] for r in ea["rows"]]))
     else:
         out.append(f"Cannot be answered: {ea['missing']}.\n")
     return "\n".join(out)
@@ -347,8 +349,16 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     md.append("\n## 2. Accuracy and loss vs sparsity\n")
     if acc:
         n = len(acc.get("seeds", []))
-        md.append(f"One-shot pruning solid, fine-tuned dashed; weight pruning red, neuron pruning blue. Line: mean over "
+        md.append(f"One-shot pruning solid, fine-tuned dashed, gradual dotted; weight pruning red, N:M olive, block "
+                  f"purple, neuron pruning blue. Line: mean over "
                   f"{n} seed{'s' if n != 1 else ''}, band: min–max over seeds. Dataset: {acc.get('dataset', '?')}.\n")
+        shapes = acc.get("config") or {}
+        if any(c["method"] in ("block", "nm") for c in acc.get("curves", [])):
+            block, m = shapes.get("block"), shapes.get("nm_m")
+            md.append("Granularities: single weights; N:M groups" + (f" (M = {m}: 2:4 is k=50%, 1:4 is k=75%; N:M "
+                      "exists only at k = 1 - N/M)" if m else "") + "; blocks" + (
+                      f" of {block[0]}×{block[1]} weights (rows × inputs; the shape our block kernel runs best, "
+                      "chosen by measurement: docs/perf-notes.md)" if block else "") + "; whole neurons.\n")
         md.append(fig("accuracy.png", plots.plot_accuracy, acc))
         for method in sorted({c["method"] for c in acc.get("curves", [])}):
             md.append(fig(f"accuracy_{method}.png", plots.plot_accuracy_method, acc, method))
@@ -359,7 +369,8 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
     md.append("\n## 3. Latency and speed-up vs sparsity\n")
     if tim:
         md.append("Median time per call; dense is the reference line. Weight-pruned nets run on dense, csr (our Numba "
-                  "kernel) and csr-scipy (baseline); neuron-pruned nets on shrunk. Break-even: the smallest sparsity "
+                  "kernel) and csr-scipy (baseline); neuron-pruned nets on shrunk; block-pruned nets on bsr (ours) and "
+                  "bsr-scipy (baseline); N:M-pruned nets on nm (ours, at the k where N:M exists). Break-even: the smallest sparsity "
                   "from which the engine is at least as fast as dense and stays so (linear interpolation).\n")
         layouts = sorted({r["layout"] for r in select(records_of(tim), engine="csr", batch=1) if "layout" in r})
         if layouts:

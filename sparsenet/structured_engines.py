@@ -20,7 +20,7 @@ from sparsenet.bsr import BSR
 from sparsenet.csr_engine import _aligned_zeros
 from sparsenet.engine_base import Engine
 from sparsenet.model import layer_sizes
-from sparsenet.nm import NM, check_nm
+from sparsenet.nm import NM, check_nm, max_group_nnz
 from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu
 from sparsenet.prune import DEFAULT_BLOCK, check_block
 
@@ -163,22 +163,27 @@ class BSREngine(_Chunked):
 
 class NMEngine(_Chunked):
     """Our Numba N:M kernels. n, m: the weights must hold at most n non-zeros in every group of m
-    consecutive inputs (prune.nm_prune); others are refused naming the layer, row and group. As in
-    prune, the output layer is not held to the pattern unless prune_output=True: it is stored m:m
-    (every weight; it is small)."""
+    consecutive inputs (prune.nm_prune); others are refused naming the layer, row and group. n=None
+    reads n off the weights (the most non-zeros of any group of the pruned layers, at least 1): a
+    1:4-pruned net runs on 1:4 kernels. As in prune, the output layer is not held to the pattern
+    unless prune_output=True: it is stored m:m (every weight; it is small)."""
 
     name = "nm"
     layout_name = "nm"
 
-    def __init__(self, params, threads: Optional[int] = None, n: int = 2, m: int = 4,
+    def __init__(self, params, threads: Optional[int] = None, n: Optional[int] = None, m: int = 4,
                  prune_output: bool = False, tuning: Optional[Tuning] = None, panel: int = 128):
-        self.n, self.m = check_nm(n, m)
+        self.n, self.m = check_nm(1 if n is None else n, m)
+        self._infer_n = n is None
         self.panel = -(-int(panel) // self.m) * self.m          # inputs per column panel, a multiple of m
         self.prune_output = bool(prune_output)
         super().__init__(params, threads, tuning)
 
     def _build(self, params):
         last = len(params) - 1
+        if self._infer_n:
+            pruned = params if self.prune_output else params[:last]
+            self.n = max([1] + [max_group_nnz(layer.weight, self.m) for layer in pruned])
         self.ns = tuple(self.n if i < last or self.prune_output else self.m for i in range(len(params)))
         self._ns = np.asarray(self.ns, np.int64)
         layers = []

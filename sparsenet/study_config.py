@@ -25,7 +25,7 @@ class StudyConfig:
     data_dir: Optional[str] = None           # folder with the four IDX files (None: cache, download, offline copy)
     seeds: tuple = (0, 1, 2)                 # one trained net per seed; seed 0's net is the one timed
     sparsities: tuple = names.SPARSITIES     # k: fraction of weights / neurons removed, each in [0, 1)
-    methods: tuple = names.METHODS           # pruning methods of the accuracy sweep: weight | neuron
+    methods: tuple = names.GRANULARITIES     # pruning methods of the accuracy sweep: weight | nm | block | neuron
     engines: tuple = names.STUDY_ENGINES     # inference engines timed (names.ENGINES)
     batches: tuple = names.BATCHES           # batch sizes timed
     threads: tuple = names.THREADS           # thread limits timed (BLAS and Numba alike)
@@ -40,6 +40,9 @@ class StudyConfig:
     finetune_sparsities: Optional[tuple] = names.FINETUNE_SPARSITIES  # k fine-tuned (None: all); each
                                              # costs finetune_epochs x seeds x methods epochs
     finetune_lr: float = 1e-3                # fine-tuning peak learning rate (3e-4 recovers too little in 1-2 epochs)
+    gradual_sparsities: tuple = names.GRADUAL_SPARSITIES  # k reached by gradual magnitude pruning over
+                                             # finetune_epochs (empty: none); N:M at its own patterns
+    gradual_methods: tuple = names.GRADUAL_METHODS  # the methods pruned gradually (empty: none)
     results_dir: str = "results"             # parent folder of the run folders
     run_id: Optional[str] = None             # run folder name; None: dataset + config hash (re-run resumes)
     cache_dir: Optional[str] = None          # trained-model cache; None: <data cache>/models
@@ -74,7 +77,7 @@ class StudyConfig:
                 raise ValueError(f"{name} must not be empty")
             if len(set(getattr(self, name))) != len(getattr(self, name)):
                 raise ValueError(f"{name} has duplicates: {getattr(self, name)}")
-        for name in ("sparsities", "finetune_sparsities", "scaling_sparsities"):
+        for name in ("sparsities", "finetune_sparsities", "scaling_sparsities", "gradual_sparsities"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -82,8 +85,14 @@ class StudyConfig:
             if name == "sparsities" and not value:
                 raise ValueError("sparsities must not be empty")
             object.__setattr__(self, name, value)
-        for name, allowed in (("methods", names.METHODS), ("engines", names.STUDY_ENGINES)):
+        for name, allowed in (("methods", names.ALL_METHODS), ("engines", names.STUDY_ENGINES)):
             object.__setattr__(self, name, names.check_names(name, getattr(self, name), allowed))
+        if self.gradual_sparsities is None:
+            raise ValueError("gradual_sparsities must be a sequence (empty: no gradual pruning), got None")
+        gradual = _seq("gradual_methods", self.gradual_methods)
+        if gradual:
+            gradual = names.check_names("gradual_methods", gradual, self.methods)
+        object.__setattr__(self, "gradual_methods", tuple(gradual))
         if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0):
@@ -109,7 +118,8 @@ class StudyConfig:
         """A first look in about 2 minutes: one seed, 1 epoch on 5000 images, a small timing grid."""
         base = dict(seeds=(0,), sparsities=names.QUICK_SPARSITIES, batches=names.QUICK_BATCHES,
                     threads=names.QUICK_THREADS, widths=names.QUICK_WIDTHS, scaling_sparsities=None, epochs=1,
-                    train_subset=5000, finetune_epochs=1, finetune_sparsities=(0.9,), rounds=3, min_time=0.01,
+                    train_subset=5000, finetune_epochs=1, finetune_sparsities=(0.9,), gradual_sparsities=(0.9,),
+                    gradual_methods=("weight",), rounds=3, min_time=0.01,
                     max_case_s=1.0, max_call_s=0.5, remeasure_s=5.0)
         base.update(overrides)
         base.pop("quick", None)
@@ -175,6 +185,18 @@ def finetune_config(cfg: StudyConfig, n_train: int):
     return TrainConfig(epochs=max(cfg.finetune_epochs, 1), lr=cfg.finetune_lr, n_val=default_n_val(n_train))
 
 
+def gmp_config(cfg: StudyConfig, n_fit: int):
+    """The schedule of gradual pruning over finetune_epochs on n_fit images: a mask update every 100
+    steps (Zhu & Gupta's spacing), or every tenth of the run when that is shorter (a small study),
+    ending three quarters into training (sweep.GMPConfig's default)."""
+    import math
+
+    from sparsenet.sweep import GMPConfig
+    ft = finetune_config(cfg, n_fit)
+    steps = math.ceil(n_fit / ft.batch_size) * ft.epochs
+    return GMPConfig(prune_every=max(1, min(100, steps // 10)))
+
+
 def model_cache(cfg: StudyConfig) -> Path:
     """Where trained nets are cached: cache_dir, else <data cache>/models."""
     if cfg.cache_dir:
@@ -217,6 +239,10 @@ OPTIONS = (
     Option("finetune_sparsities", "--finetune-sparsities", "sparsities", "all",
            "k that are fine-tuned ('all': every k of --sparsities)"),
     Option("finetune_lr", "--finetune-lr", "float", help="fine-tuning peak learning rate"),
+    Option("gradual_sparsities", "--gradual-sparsities", "sparsities",
+           help="k reached by gradual magnitude pruning, e.g. 95,98 ('' for none)"),
+    Option("gradual_methods", "--gradual-methods", "names",
+           help="methods pruned gradually, e.g. weight,block ('' for none)"),
     Option("rounds", "--rounds", "int", help="timing rounds per case"),
     Option("min_time", "--min-time", "float", help="seconds per timing round per case"),
     Option("max_case_s", "--max-case-s", "float", help="time budget of one case (a slow case gets fewer rounds)"),

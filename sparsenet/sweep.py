@@ -16,9 +16,12 @@ from typing import Callable, Optional, Sequence
 
 from sparsenet.files import read_json, write_json
 from sparsenet.model import evaluate
-from sparsenet.names import METHODS, RECOVERIES, SPARSITIES as SWEEP_SPARSITIES
+from sparsenet.names import (
+    ALL_METHODS, METHODS, NM_M, NM_RECOVERY_SPARSITIES, RECOVERIES, SPARSITIES as SWEEP_SPARSITIES,
+    method_sparsities,
+)
 from sparsenet.progress import say
-from sparsenet.prune import apply_masks, check_sparsity, make_masks, shrink
+from sparsenet.prune import DEFAULT_BLOCK, apply_masks, check_sparsity, make_masks, shrink
 from sparsenet.train import fit
 
 
@@ -32,9 +35,21 @@ def evaluate_pruned(params, X, y, batch: int = 10000):
 def _check_args(sparsities, methods):
     sparsities = [check_sparsity(s) for s in sparsities]
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {m!r}")
+        if m not in ALL_METHODS:
+            raise ValueError(f"method must be one of {ALL_METHODS}, got {m!r}")
     return sparsities, list(methods)
+
+
+def curve_sparsities(method: str, recovery: str, sparsities, finetune_sparsities, gradual_sparsities) -> tuple:
+    """The k of one (method, recovery) curve: one-shot at every k of the sweep where the method
+    exists (N:M only at k = 1 - N/M: names.has_sparsity); fine-tuned at `finetune_sparsities`,
+    gradual at `gradual_sparsities`, except N:M, recovered at its patterns
+    names.NM_RECOVERY_SPARSITIES (2:4, 1:4) whatever those lists hold."""
+    if recovery == "oneshot":
+        return method_sparsities(method, sparsities)
+    if method == "nm":
+        return tuple(NM_RECOVERY_SPARSITIES)
+    return tuple(finetune_sparsities if recovery == "finetuned" else gradual_sparsities)
 
 
 # --- one-shot ---------------------------------------------------------------------------------
@@ -43,18 +58,20 @@ def oneshot_sweep(params, X_test, y_test, sparsities=SWEEP_SPARSITIES, methods=M
                   scope: str = "layer", prune_output: bool = False, batch: int = 10000) -> dict:
     """Test accuracy and loss of the pruned net at each k, no retraining.
 
-    Returns {method: {"sparsities": [k...], "accuracy": [per k], "loss": [per k]}}.
+    Returns {method: {"sparsities": [k...], "accuracy": [per k], "loss": [per k]}}; N:M only at
+    the k where it exists (names.has_sparsity).
     """
     sparsities, methods = _check_args(sparsities, methods)
     out = {}
     for method in methods:
         acc, loss = [], []
-        for s in sparsities:
+        ks = list(method_sparsities(method, sparsities))
+        for s in ks:
             pruned = apply_masks(params, make_masks(params, method, s, scope, prune_output))
             a, l = evaluate_pruned(pruned, X_test, y_test, batch=batch)
             acc.append(float(a))
             loss.append(float(l))
-        out[method] = {"sparsities": sparsities, "accuracy": acc, "loss": loss}
+        out[method] = {"sparsities": ks, "accuracy": acc, "loss": loss}
     return out
 
 
@@ -203,16 +220,15 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def _empty_result(dataset, sparsities, seeds, methods, recoveries, rec_sparsities, config):
+def _empty_result(dataset, sparsities, seeds, curve_ks, config):
+    """The accuracy.json skeleton; curve_ks: {(recovery, method): its k}, in curve order."""
     curves = []
-    for recovery in recoveries:
-        for method in methods:
-            c = {"method": method, "recovery": recovery, "seeds": [],
-                 "accuracy": [[] for _ in rec_sparsities[recovery]],
-                 "loss": [[] for _ in rec_sparsities[recovery]]}
-            if rec_sparsities[recovery] != sparsities:
-                c["sparsities"] = list(rec_sparsities[recovery])
-            curves.append(c)
+    for (recovery, method), ks in curve_ks.items():
+        c = {"method": method, "recovery": recovery, "seeds": [],
+             "accuracy": [[] for _ in ks], "loss": [[] for _ in ks]}
+        if list(ks) != list(sparsities):
+            c["sparsities"] = list(ks)
+        curves.append(c)
     return {"dataset": dataset, "sparsities": list(sparsities), "seeds": list(seeds),
             "dense": {"accuracy": [None] * len(seeds), "loss": [None] * len(seeds)},
             "curves": curves, "config": config, "complete": False}
@@ -221,6 +237,7 @@ def _empty_result(dataset, sparsities, seeds, methods, recoveries, rec_sparsitie
 def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
               sparsities=SWEEP_SPARSITIES, methods=METHODS, recoveries=("oneshot", "finetuned"),
               finetune_cfg=None, finetune_sparsities=None, seeds=None, gmp: GMPConfig = GMPConfig(),
+              gradual_sparsities=None, gradual_methods=None,
               scope: str = "layer", prune_output: bool = False, dataset: str = "mnist",
               progress: bool = True, previous: Optional[dict] = None,
               on_update: Optional[Callable[[dict], None]] = None, runner=None) -> dict:
@@ -228,9 +245,11 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     test accuracy/loss. Returns the accuracy.json dict (see sparsenet.results). The training and
     validation arrays may be None for a one-shot-only sweep.
 
-    `finetune_sparsities` (default: `sparsities`) is the subset of k used for the "finetuned" and
-    "gradual" curves (those entries then carry their own "sparsities"). `finetune_cfg` is the
-    TrainConfig for both (its seed is set to the model's seed). Work runs recovery by recovery
+    `finetune_sparsities` (default: `sparsities`) are the k of the "finetuned" curves,
+    `gradual_sparsities` (default: finetune_sparsities) those of the "gradual" ones, which run for
+    `gradual_methods` only (default: every method); N:M curves have their own k (curve_sparsities),
+    and a curve whose k differ from `sparsities` carries its own "sparsities". `finetune_cfg` is the
+    TrainConfig of both recoveries (its seed is set to the model's seed). Work runs recovery by recovery
     (all cheap one-shot results first), then method, then seed; `on_update(result)` is called after
     each finished (recovery, method, seed) and after the dense evaluation. With `previous` (an
     earlier result for the same data set and models), finished entries whose method, recovery,
@@ -251,17 +270,25 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     if len(seeds) != len(models):
         raise ValueError(f"{len(seeds)} seeds for {len(models)} models")
     ft_ks = sparsities if finetune_sparsities is None else _check_args(finetune_sparsities, [])[0]
+    gr_ks = ft_ks if gradual_sparsities is None else _check_args(gradual_sparsities, [])[0]
+    gr_methods = methods if gradual_methods is None else _check_args([], gradual_methods)[1]
     if any(r != "oneshot" for r in recoveries) and finetune_cfg is None:
         raise ValueError("fine-tuned and gradual curves need a finetune_cfg (a TrainConfig)")
-    rec_ks = {r: (sparsities if r == "oneshot" else ft_ks) for r in recoveries}
+    curve_ks = {}
+    for r in recoveries:
+        for m in methods:
+            ks = curve_sparsities(m, r, sparsities, ft_ks, gr_ks)
+            if ks and (r != "gradual" or m in gr_methods):
+                curve_ks[r, m] = ks
     config = _jsonable({
         "scope": scope, "prune_output": bool(prune_output), "methods": methods,
+        "block": list(DEFAULT_BLOCK), "nm_m": NM_M,       # the shapes of block and N:M pruning
         "recoveries": list(recoveries),
         "finetune": _cfg_json(finetune_cfg),        # its seed is replaced by each model's seed
         "gmp": _cfg_json(gmp) if "gradual" in recoveries else None,
         "n_train": _n_rows(X_train), "n_val": _n_rows(X_val), "n_test": _n_rows(X_test),
     })
-    result = _empty_result(dataset, sparsities, seeds, methods, recoveries, rec_ks, config)
+    result = _empty_result(dataset, sparsities, seeds, curve_ks, config)
     if previous is not None:
         _merge_previous(result, previous)
     data = (X_train, y_train, X_val, y_val, X_test, y_test)
@@ -315,6 +342,8 @@ def _curve_key(curve, top_sparsities, config):
     """What a curve's values depend on besides the models: method, recovery, k and settings."""
     recovery = curve["recovery"]
     settings = [config.get("scope"), config.get("prune_output")]
+    if curve["method"] in ("block", "nm"):
+        settings.append(config.get("block" if curve["method"] == "block" else "nm_m"))
     if recovery != "oneshot":
         settings.append(config.get("finetune"))
     if recovery == "gradual":

@@ -2,6 +2,7 @@
 import pytest
 
 from fixture_results import csr_timings, rec
+from sparsenet import analysis, names
 from sparsenet.analysis import (
     above_peak, accuracy_at, break_even, candidates, dense_reference, kernels_used, pareto_front, speedup_curves,
     speedups, times_at, timing_quality, verdict,
@@ -88,6 +89,47 @@ def test_verdict_respects_the_accuracy_budget():
         assert row["best"]["method"] == "weight"
     v = verdict(crafted({0.25: 0.6, 0.9: 0.01}, {0.25: 3.0, 0.9: 0.1}, neuron_acc=0.96), budgets=(0.03,))
     assert v["equal_accuracy"]["rows"][0]["best"]["method"] == "neuron"
+
+
+def granular(bsr_s, nm_s, block_acc=0.98, nm_acc=0.98):
+    """crafted() plus block pruning (bsr) at 25% and 90% and 2:4 N:M (nm) at 50%, two batch sizes."""
+    res = crafted({0.25: 0.9, 0.9: 0.5}, {0.25: 3.0, 0.9: 0.4})
+    recs = [dict(r, batch=b) for r in res["timings"]["records"] for b in (1, 256)]
+    for b in (1, 256):
+        recs += [rec("bsr", "block", k, bsr_s[b][k], batch=b) for k in (0.25, 0.9)]
+        recs.append(rec("nm", "nm", 0.5, nm_s[b], batch=b))
+    acc = res["accuracy"]
+    acc["curves"] += [
+        {"method": "block", "recovery": "finetuned", "accuracy": [[0.98, 0.98], [block_acc] * 2],
+         "loss": [[0.1, 0.1], [0.1, 0.1]]},
+        {"method": "nm", "recovery": "oneshot", "sparsities": [0.5], "accuracy": [[nm_acc] * 2], "loss": [[0.1, 0.1]]}]
+    return {"timings": {"records": recs}, "accuracy": acc}
+
+
+def test_equal_accuracy_names_the_fastest_granularity_per_batch_and_budget():
+    # block at 90% is fastest at batch 1; at batch 256 2:4 N:M beats it; neuron pruning loses everywhere
+    res = granular({1: {0.25: 2.0, 0.9: 0.2}, 256: {0.25: 2.0, 0.9: 0.6}}, {1: 0.5, 256: 0.3})
+    v = verdict(res)
+    ea = v["equal_accuracy"]
+    assert ea["methods"] == ["weight", "nm", "block", "neuron"]          # finest to coarsest
+    by = {(r["budget"], r["batch"]): r for r in ea["rows"]}
+    assert {k: r["granularity"] for k, r in by.items()} == {(0.005, 1): "block", (0.005, 256): "nm",
+                                                            (0.01, 1): "block", (0.01, 256): "nm"}
+    row = by[0.005, 1]
+    assert row["by_method"]["block"]["engine"] == "bsr" and row["by_method"]["block"]["sparsity"] == 0.9
+    assert row["by_method"]["nm"]["seconds"] == 0.5 and row["by_method"]["weight"]["engine"] == "csr"
+    assert row["best_weight"] is row["by_method"]["weight"] and row["best_neuron"] is row["by_method"]["neuron"]
+    line = analysis.headline(v)[1]
+    assert "fastest granularity within 0.5 | 1 point(s)" in line
+    assert "batch 1: block (bsr ×5.0) | block (bsr ×5.0); batch 256: N:M (nm ×3.3) | N:M (nm ×3.3)" in line
+
+
+def test_a_granularity_that_loses_accuracy_does_not_win():
+    # block at 90% is the fastest but loses 0.8 points: within 0.5 points weight wins, within 1 point block
+    res = granular({1: {0.25: 2.0, 0.9: 0.1}, 256: {0.25: 2.0, 0.9: 0.1}}, {1: 0.5, 256: 0.5}, block_acc=0.972)
+    by = {(r["budget"], r["batch"]): r for r in verdict(res)["equal_accuracy"]["rows"]}
+    assert by[0.005, 1]["granularity"] == "weight" and by[0.005, 1]["by_method"]["block"]["sparsity"] == 0.25
+    assert by[0.01, 1]["granularity"] == "block"
 
 
 def test_verdict_partly_and_unknown():
@@ -177,7 +219,7 @@ def test_kernels_used_groups_plans_by_engine_batch_threads(results_folder):
     used = kernels_used(load_results(results_folder)["timings"])
     assert {u["engine"] for u in used} == {"dense", "csr", "csr-scipy", "shrunk"}
     sell = [u for u in used if u["engine"] == "csr" and u["batch"] == 1 and u["threads"] == 1]
-    assert len(sell) == 1 and sell[0]["kernel"].startswith("sell;") and len(sell[0]["sparsities"]) == 10
+    assert len(sell) == 1 and sell[0]["kernel"].startswith("sell;") and len(sell[0]["sparsities"]) == len(names.SPARSITIES)
     assert kernels_used({"records": [rec("csr", "weight", 0.5, 1.0)]}) == []      # records without plans
 
 

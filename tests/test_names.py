@@ -28,11 +28,35 @@ def test_defaults_are_used_by_the_study_the_sweep_and_the_benchmarks():
     from sparsenet.study_config import StudyConfig
     cfg = StudyConfig()
     assert (cfg.sparsities, cfg.engines, cfg.methods, cfg.batches, cfg.threads, cfg.widths) == (
-        names.SPARSITIES, names.STUDY_ENGINES, names.METHODS, names.BATCHES, names.THREADS, names.WIDTHS)
+        names.SPARSITIES, names.STUDY_ENGINES, names.GRANULARITIES, names.BATCHES, names.THREADS, names.WIDTHS)
+    assert (cfg.finetune_sparsities, cfg.gradual_sparsities, cfg.gradual_methods) == (
+        names.FINETUNE_SPARSITIES, names.GRADUAL_SPARSITIES, names.GRADUAL_METHODS)
     q = StudyConfig.quick()
     assert (q.sparsities, q.batches, q.threads, q.widths) == (
         names.QUICK_SPARSITIES, names.QUICK_BATCHES, names.QUICK_THREADS, names.QUICK_WIDTHS)
     assert sweep.SWEEP_SPARSITIES == names.SPARSITIES and sweep.RECOVERIES == names.RECOVERIES
+
+
+def test_granularities_run_from_single_weights_to_whole_neurons():
+    import inspect
+
+    from sparsenet import prune
+    assert names.GRANULARITIES == ("weight", "nm", "block", "neuron")
+    assert set(names.GRANULARITIES) == set(prune.ALL_METHODS)
+    assert {names.method_of(e) for e in names.STUDY_ENGINES} == set(names.GRANULARITIES)   # each one is timed
+    assert names.engines_of("block") == ("bsr", "bsr-scipy") and names.engines_of("nm") == ("nm",)
+    # the study's N:M group size is make_masks' default, and its recovered patterns exist at that M
+    assert inspect.signature(prune.make_masks).parameters["m"].default == names.NM_M == 4
+    assert all(names.has_sparsity("nm", k) for k in names.NM_RECOVERY_SPARSITIES)
+
+
+@pytest.mark.parametrize("k, exists", [(0.0, True), (0.25, True), (0.5, True), (0.75, True), (0.6, False),
+                                       (0.9, False), (0.95, False), (0.99, False), (0.7500000001, True)])
+def test_nm_exists_only_where_k_times_m_is_whole(k, exists):
+    assert names.has_sparsity("nm", k) is exists
+    assert names.has_sparsity("weight", k) and names.has_sparsity("block", k) and names.has_sparsity("neuron", k)
+    assert names.method_sparsities("nm", (0.6, k, 0.9)) == ((k,) if exists else ())
+    assert names.method_sparsities("weight", (0.6, k)) == (0.6, k)
 
 
 def test_check_names():

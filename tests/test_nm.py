@@ -86,3 +86,17 @@ def test_check_messages():
     for bad, message in cases:
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             bad.check()
+
+
+def test_max_group_nnz_is_the_smallest_n_that_stores_the_matrix():
+    from sparsenet.nm import max_group_nnz
+    W = np.zeros((3, 10), np.float32)                 # groups of 4: columns 0-3, 4-7 and the tail 8-9
+    assert max_group_nnz(W, 4) == 0 and max_group_nnz(np.zeros((0, 5)), 4) == 0
+    W[1, [4, 6, 7]] = 1.0
+    W[2, [8, 9]] = -2.0
+    assert max_group_nnz(W, 4) == 3 and max_group_nnz(W, 2) == 2 and max_group_nnz(W, 10) == 3   # one group per row
+    NM.from_dense(W, 3, 4)                            # stores at n = max_group_nnz
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        NM.from_dense(W, 2, 4)
+    with pytest.raises(ValueError, match="2-d"):
+        max_group_nnz(np.zeros(4), 4)

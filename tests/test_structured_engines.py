@@ -95,6 +95,21 @@ def test_nm_engine_refuses_weights_off_pattern():
         BSREngine(params, block=(0, 4))
 
 
+@pytest.mark.parametrize("n, m", PATTERNS + [(4, 4)])
+def test_nm_engine_reads_n_off_the_weights(n, m):
+    # what the study does: make_engine("nm", net) on a 2:4-, 1:4- or unpruned net runs n:m kernels
+    from sparsenet.engines import make_engine
+    params = nm_prune(net(), n, m) if n < m else net()
+    eng = NMEngine(params, threads=2, m=m)
+    assert (eng.n, eng.m, eng.ns) == (n, m, (n, n, n, m))
+    check(eng, params)
+    if m == 4:
+        assert make_engine("nm", params).n == n
+    zero = tuple(Layer(np.zeros_like(l.weight), l.bias) for l in params)
+    assert NMEngine(zero, m=m).n == 1                # nothing kept: one slot per group, all padding
+    check(NMEngine(zero, m=m), zero)
+
+
 @pytest.mark.parametrize("name", ["bsr", "nm", "bsr-scipy"])
 def test_consecutive_calls_and_input_conversion(name):
     params = nm_prune(net(), 2, 4)

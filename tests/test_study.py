@@ -29,15 +29,36 @@ SIZES = (784, 48, 32, 10)
     (dict(train_subset=10), "train_subset"),
     (dict(run_id="a/b"), "run_id"),
     (dict(batches="1,2"), "sequence"),
+    (dict(methods=("weight", "channel")), r"unknown methods \['channel'\]"),
+    (dict(methods=("weight", "neuron")), r"unknown gradual_methods \['block'\]; expected some of weight, neuron"),
+    (dict(gradual_methods=("nm", "pixel")), r"unknown gradual_methods \['pixel'\]"),
+    (dict(gradual_sparsities=None), "gradual_sparsities must be a sequence"),
+    (dict(gradual_sparsities=(0.95, 1.0)), "sparsity"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StudyConfig(**kwargs)
 
 
+def test_gradual_pruning_can_be_switched_off(tiny):
+    cfg, _, stages = tiny
+    seen = []
+    stages = dataclasses.replace(stages, sweep=lambda *a, **k: seen.append(k))
+    for overrides, recoveries in [({}, ("oneshot", "finetuned", "gradual")),
+                                  (dict(gradual_methods=()), ("oneshot", "finetuned")),
+                                  (dict(gradual_sparsities=()), ("oneshot", "finetuned")),
+                                  (dict(finetune_epochs=0), ("oneshot",))]:
+        c = dataclasses.replace(cfg, **overrides)
+        study.run_accuracy(c, c.folder(), stages.load_data(), [he_init(SIZES)], progress=False, stages=stages)
+        assert seen[-1]["recoveries"] == recoveries
+        assert (seen[-1]["gradual_sparsities"], seen[-1]["gradual_methods"]) == (c.gradual_sparsities, c.gradual_methods)
+    assert seen[0]["gmp"].prune_every == 1       # a tenth of the tiny run's 5 steps (100 on MNIST)
+
+
 def test_config_defaults_and_quick(tmp_path):
     cfg = StudyConfig()
-    assert cfg.seeds == (0, 1, 2) and len(cfg.sparsities) == 10 and cfg.batches == (1, 16, 256, 4096)
+    assert cfg.seeds == (0, 1, 2) and cfg.sparsities == names.SPARSITIES and cfg.batches == (1, 16, 256, 4096)
+    assert cfg.methods == ("weight", "nm", "block", "neuron") and cfg.engines == names.ENGINES
     q = StudyConfig.quick(results_dir=str(tmp_path), sparsities=[0, 0.9])
     assert q.is_quick and q.sparsities == (0.0, 0.9) and q.threads == (1,) and q.train_subset
     # the run id follows the measured config, not where results go
@@ -57,10 +78,14 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     timings = read_json(folder / "timings.json")
     assert timings["complete"] and set(timings["compile_s"]) == set(cfg.engines)
     recs = timings["records"]
-    n_engines = sum(len(grid.engines_at(cfg.engines, k, cfg.sparsities)) for k in cfg.sparsities)
-    assert n_engines == 9 + 7 + 7                          # dense and dense-fused at k = 0 only by default
+    n_engines = sum(len([e for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
+                         if names.has_sparsity(names.method_of(e), k)]) for k in cfg.sparsities)
+    # dense and dense-fused at k = 0 only by default; nm where N:M exists (k = 0 and 0.5, not 0.9)
+    assert n_engines == 12 + 10 + 9
     # engines x batches (1 thread), less the small-batch engines at batch 8 (5 at k = 0, 4 above)
-    assert len(recs) == n_engines * 2 - 5 - 4 - 4 == 33
+    assert len(recs) == n_engines * 2 - 5 - 4 - 4 == 49
+    assert {r["sparsity"] for r in recs if r["engine"] == "nm"} == {0.0, 0.5}
+    assert {r["method"] for r in recs if r["engine"] in ("bsr", "bsr-scipy")} == {"block"}
     assert all(grid.small_batch_skip(r["engine"], r["batch"]) is None for r in recs)
     by = {(r["engine"], r["sparsity"], r["batch"]): r for r in recs}
     assert by[("shrunk", 0.5, 8)]["method"] == "neuron" and by[("csr", 0.5, 8)]["method"] == "weight"
@@ -71,8 +96,14 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert len(scaling["records"]) == (2 + 1 + 1) * 2
     acc = read_json(folder / "accuracy.json")
     assert acc["seeds"] == [0, 1] and acc["complete"]
+    # every granularity one-shot and fine-tuned; weight and block also pruned gradually (the default)
     assert {(c["method"], c["recovery"]) for c in acc["curves"]} == {
-        (m, r) for m in ("weight", "neuron") for r in ("oneshot", "finetuned")}
+        (m, r) for m in names.GRANULARITIES for r in ("oneshot", "finetuned")} | {("weight", "gradual"),
+                                                                                 ("block", "gradual")}
+    ks = {(c["method"], c["recovery"]): c.get("sparsities", acc["sparsities"]) for c in acc["curves"]}
+    assert ks["nm", "oneshot"] == [0.0, 0.5] and ks["nm", "finetuned"] == [0.5, 0.75]    # 2:4 and 1:4
+    assert ks["block", "finetuned"] == [0.5] and ks["weight", "gradual"] == [0.95, 0.98]
+    assert acc["config"]["block"] == [8, 1] and acc["config"]["nm_m"] == 4
     assert calls["sweep"] == 1 and calls["peaks"] == 1 and calls["time_cases"] == 3 + 3
     assert calls["report"] == 1
     assert len(study.summary(folder)) == 3
@@ -101,7 +132,7 @@ def test_interrupted_timings_resume(tiny):
     study.run_study(cfg, progress=False, stages=resumed)
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
-    assert part["complete"] and len(part["records"]) == 33        # as in the uninterrupted run
+    assert part["complete"] and len(part["records"]) == 49        # as in the uninterrupted run
 
 
 def test_the_grid_builds_and_resumes_from_one_source(tiny):
@@ -110,9 +141,11 @@ def test_the_grid_builds_and_resumes_from_one_source(tiny):
     g = study.timing_grid(cfg, he_init(SIZES))
     assert [p.key() for p in g.all_points()] == [
         (e, k, b, 1, None) for k in cfg.sparsities for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
-        for b in cfg.batches]
+        if names.has_sparsity(names.method_of(e), k) for b in cfg.batches]
     every = study.timing_grid(dataclasses.replace(cfg, dense_every_k=True), he_init(SIZES))
-    assert len(every.all_points()) == len(names.STUDY_ENGINES) * 3 * 2
+    # every engine at every k, but N:M only where it exists (k = 0 and 0.5 of 0, 0.5, 0.9)
+    assert len(every.all_points()) == (len(names.STUDY_ENGINES) * 3 - 1) * 2
+    assert {p.sparsity for p in every.all_points() if p.engine == "nm"} == {0.0, 0.5}
     s = study.scaling_grid(cfg)
     assert s.units() == [(64, k) for k in cfg.sparsities] and s.engines == ("dense", "csr")
 

@@ -7,7 +7,7 @@ import pytest
 
 from sparsenet.files import read_json, write_json
 from sparsenet.model import evaluate, he_init
-from sparsenet.prune import apply_masks, neuron_mask, sparsity_of
+from sparsenet.prune import apply_masks, n_to_prune, neuron_mask, sparsity_of
 from sparsenet.sweep import (
     GMPConfig, METHODS, SWEEP_SPARSITIES, finetune, gmp_mask_schedule, gmp_sparsity, gradual_prune,
     evaluate_pruned, make_masks, oneshot_sweep, resolve_gmp, run_and_save, run_sweep,
@@ -273,3 +273,62 @@ def test_progress_goes_to_stderr(problem, capsys):
               progress=True)
     out, err = capsys.readouterr()
     assert "[sweep] oneshot/weight seed 0" in err and out == ""
+
+
+# --- the four granularities ---------------------------------------------------------------------
+
+def test_curve_sparsities_per_method_and_recovery():
+    from sparsenet.sweep import curve_sparsities
+    ks, ft, gr = (0.0, 0.5, 0.6, 0.75, 0.9), (0.8, 0.9), (0.95,)
+    assert curve_sparsities("weight", "oneshot", ks, ft, gr) == ks
+    assert curve_sparsities("nm", "oneshot", ks, ft, gr) == (0.0, 0.5, 0.75)       # 4:4, 2:4, 1:4
+    assert curve_sparsities("block", "finetuned", ks, ft, gr) == ft
+    assert curve_sparsities("neuron", "gradual", ks, ft, gr) == gr
+    # N:M is recovered at its own patterns (2:4, 1:4), whatever the fine-tuning and gradual k are
+    assert curve_sparsities("nm", "finetuned", ks, ft, gr) == curve_sparsities("nm", "gradual", ks, ft, gr) == (0.5, 0.75)
+
+
+def test_oneshot_sweep_runs_nm_only_where_it_exists(problem):
+    models, (*_, Xte, yte) = problem
+    out = oneshot_sweep(models[0], Xte, yte, (0.0, 0.5, 0.6, 0.75), ("nm", "block"))
+    assert out["nm"]["sparsities"] == [0.0, 0.5, 0.75] and len(out["nm"]["accuracy"]) == 3
+    assert out["block"]["sparsities"] == [0.0, 0.5, 0.6, 0.75]
+    two_four = apply_masks(models[0], make_masks(models[0], "nm", 0.5))
+    assert out["nm"]["accuracy"][1] == evaluate_pruned(two_four, Xte, yte)[0]
+
+
+def test_run_sweep_covers_every_granularity(problem):
+    from sparsenet.names import GRANULARITIES
+    models, data = problem
+    res = run_sweep(models[:1], *data, sparsities=(0.0, 0.5, 0.9), methods=GRANULARITIES,
+                    recoveries=("oneshot", "finetuned", "gradual"), finetune_cfg=FT, finetune_sparsities=(0.9,),
+                    gradual_sparsities=(0.8,), gradual_methods=("weight", "nm"), seeds=[0],
+                    gmp=GMPConfig(prune_every=10), progress=False)
+    ks = {(c["method"], c["recovery"]): c.get("sparsities", res["sparsities"]) for c in res["curves"]}
+    assert ks == {("weight", "oneshot"): [0.0, 0.5, 0.9], ("nm", "oneshot"): [0.0, 0.5],
+                  ("block", "oneshot"): [0.0, 0.5, 0.9], ("neuron", "oneshot"): [0.0, 0.5, 0.9],
+                  ("weight", "finetuned"): [0.9], ("nm", "finetuned"): [0.5, 0.75], ("block", "finetuned"): [0.9],
+                  ("neuron", "finetuned"): [0.9], ("weight", "gradual"): [0.8], ("nm", "gradual"): [0.5, 0.75]}
+    assert res["complete"] and res["config"]["block"] == [8, 1] and res["config"]["nm_m"] == 4
+    # a curve's value is that of its pruned and fine-tuned net (deterministic under the seed)
+    *_, Xte, yte = data
+    ft = next(c for c in res["curves"] if (c["method"], c["recovery"]) == ("nm", "finetuned"))
+    net = finetune(models[0], make_masks(models[0], "nm", 0.75), *data[:4], FT, progress=False)
+    assert ft["accuracy"][1] == [evaluate_pruned(net, Xte, yte)[0]]
+
+
+@pytest.mark.parametrize("method, k, n", [("nm", 0.5, 2), ("nm", 0.75, 1), ("block", 0.8, None)])
+def test_gradual_pruning_ends_on_the_granularity_pattern(problem, method, k, n):
+    from sparsenet.nm import max_group_nnz
+    models, (Xtr, ytr, Xva, yva, *_) = problem
+    net = gradual_prune(models[0], method, k, Xtr, ytr, Xva, yva, FT, gmp=GMPConfig(prune_every=10),
+                        progress=False)
+    for layer in net[:-1]:
+        units = layer.weight.size // (1 if n else 8)          # N:M counts weights, block pruning 8x1 blocks
+        assert np.count_nonzero(layer.weight) == (units - n_to_prune(k, units)) * (1 if n else 8)
+        if n is not None:
+            assert max_group_nnz(layer.weight, 4) == n
+        else:                                   # whole 8x1 blocks: each block of 8 rows of a column is kept or not
+            nz = (layer.weight != 0).reshape(-1, 8, layer.weight.shape[1]).sum(axis=1)
+            assert set(np.unique(nz)) <= {0, 8}
+    assert np.count_nonzero(net[-1].weight) == net[-1].weight.size         # the output layer is not pruned
