@@ -1,6 +1,6 @@
 """The vocabulary: engine, pruning-method and data-set names, the default grids, and which pruning
 each engine is timed on. Every other module imports these; adding an engine, a method or a data set
-is one edit here plus its implementation (engines.py, prune.py, data.py).
+is one edit here plus its implementation (engines.py, prune.py, sources.py).
 
 Pure constants and lookups: no imports beyond the standard library, so anything may import it.
 """
@@ -18,7 +18,7 @@ STUDY_ENGINES = ENGINES[:9]
 METHODS = ("weight", "neuron")                     # pruning methods of the accuracy sweep (any k in [0, 1))
 ALL_METHODS = METHODS + ("nm", "block")            # every method prune.make_masks runs
 UNPRUNED = "none"                                  # the method of a net nobody pruned
-DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
+DATASETS = ("mnist", "fashion-mnist")              # data sets (sources.DATASETS holds their sources)
 RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the accuracy sweep
 
 # which pruning each engine is timed on: shrunk runs the neuron-pruned net (physically smaller);
