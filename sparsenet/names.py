@@ -1,6 +1,6 @@
 """The vocabulary: engine, pruning-method and data-set names, the default grids, and which pruning
 each engine is timed on. Every other module imports these; adding an engine, a method or a data set
-is one edit here plus its implementation (engines.py, prune.py, data.py).
+is one edit here plus its implementation (engines.py, prune.py, sources.py).
 
 Pure constants and lookups: no imports beyond the standard library, so anything may import it.
 """
@@ -25,7 +25,7 @@ NM_M = 4                                           # M of N:M pruning in the stu
 # gradual) N:M curves use these patterns, the sparser of the semi-structured ones
 NM_RECOVERY_SPARSITIES = (0.5, 0.75)               # 2:4 and 1:4
 UNPRUNED = "none"                                  # the method of a net nobody pruned
-DATASETS = ("mnist", "fashion-mnist")              # data sets (data.DATASETS holds their sources)
+DATASETS = ("mnist", "fashion-mnist")              # data sets (sources.DATASETS holds their sources)
 RECOVERIES = ("oneshot", "finetuned", "gradual")   # what follows pruning in the accuracy sweep
 
 # which pruning each engine is timed on: shrunk runs the neuron-pruned net (physically smaller);

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fixture_data import spec, tiny_arrays, write_folder
 from fixture_results import make_results
 from sparsenet import study
 from sparsenet.model import he_init
@@ -80,3 +81,45 @@ def tiny(tmp_path):
                       finetune_sparsities=(0.5,), rounds=2, min_time=0.0005, remeasure_s=0.0,
                       results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
     return cfg, calls, stages
+
+
+# ---------------------------------------------------------------- data sets (tests of data, cache, offline)
+
+@pytest.fixture
+def no_data_sources(monkeypatch, tmp_path):
+    """No network, no pip, no user environment, no real Debian folder, a private cache."""
+    import urllib.error
+
+    from sparsenet import offline, sources
+    from sparsenet.idx import DataError
+
+    def no_network(url, timeout):
+        raise urllib.error.URLError("network disabled in tests")
+
+    def no_pip(requirement, dest):
+        raise DataError("pip disabled in tests")
+
+    monkeypatch.setattr(sources, "_fetch_url", no_network)
+    monkeypatch.setattr(offline, "_pip_download", no_pip)
+    monkeypatch.setattr(offline, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    for var in ("SPARSENET_DATA_DIR", "SPARSENET_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def tiny_data(monkeypatch, no_data_sources):
+    """A registered data set 'tiny' (offline copy: a Debian-style folder); returns its arrays."""
+    from sparsenet.sources import DATASETS
+    arrays = tiny_arrays()
+    monkeypatch.setitem(DATASETS, "tiny", spec(arrays))
+    return arrays
+
+
+@pytest.fixture
+def debian(monkeypatch, tmp_path, tiny_data):
+    """The tiny files installed as gzipped files where the Debian package would put them."""
+    from sparsenet import offline
+    folder = write_folder(tmp_path / "debian", tiny_data, gz=True)
+    monkeypatch.setattr(offline, "DEBIAN_FASHION_DIR", folder)
+    return folder

@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "sparsenet"
 # layer of each module, bottom (0) to top; docs/architecture.md has the same table
 LAYERS = [
     ("files", "hashing", "progress", "names", "threads", "cpu", "runlock", "stats", "cluster", "__init__"),
-    ("data",),
+    ("idx", "sources", "cache", "offline", "data"),
     ("model", "train_kernels", "train", "checkpoint"),
     ("prune", "sweep"),
     ("csr", "sell", "sell8", "bsr", "nm", "kernels", "simd", "sell_kernels", "sell8_kernels", "dense_kernels",
