@@ -368,7 +368,7 @@ def threads_word(t) -> str:
 def describe(p) -> str:
     """One candidate point in words: "weight k=90% (oneshot) on csr"."""
     if p["method"] == "none":
-        return "the unpruned net on dense"
+        return f"the unpruned net on {p.get('engine', 'dense')}"
     return f"{p['method']} k={pct(p['sparsity'])} ({p['recovery']}) on {p['engine']}"
 
 
