@@ -133,19 +133,32 @@ def cmd_train(args) -> int:
     return 0
 
 
-def study_config(args):
-    """The StudyConfig of parsed `sparsenet study` arguments (omitted options keep the defaults)."""
+def study_options(args) -> dict:
+    """The StudyConfig fields given as `sparsenet study` options, {field: value} (omitted ones left out)."""
     from sparsenet.study_config import QUICK_FIELD, StudyConfig
 
     fields = {f.name for f in dataclasses.fields(StudyConfig)} - {QUICK_FIELD}
-    overrides = {k: None if v is UNSET else v for k, v in vars(args).items() if k in fields and v is not None}
+    return {k: None if v is UNSET else v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def study_config(args):
+    """The StudyConfig of parsed `sparsenet study` arguments (omitted options keep the defaults)."""
+    from sparsenet.study_config import StudyConfig
+
+    overrides = study_options(args)
     return StudyConfig.quick(**overrides) if args.quick else StudyConfig(**overrides)
 
 
 def cmd_study(args) -> int:
     from sparsenet import study
 
-    study.run_study(study_config(args), progress=not args.quiet)
+    if args.timing_only:
+        if args.quick:
+            raise ValueError("--quick cannot be given with --timing-only (the folder's config.json says "
+                             "whether its study is quick)")
+        study.run_timing_only(args.timing_only, study_options(args), progress=not args.quiet)
+        return 0
+    study.run_study(study_config(args), progress=not args.quiet, accuracy_only=args.accuracy_only)
     return 0
 
 
@@ -243,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="the whole study: train, prune, time every engine, report")
     p.add_argument("--quick", action="store_true", help="small grid and training subset: a first look")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--accuracy-only", action="store_true",
+                       help="train, save the timed net, run the accuracy sweep and activations, then stop: "
+                            "no timing (then --timing-only on each machine to be measured)")
+    split.add_argument("--timing-only", metavar="RESULTS",
+                       help="time this machine on the net saved in a results folder, e.g. results/<run id>: "
+                            "no data, no training; writes into it, or into RESULTS@<machine> when it holds "
+                            "another machine's timings (timing options such as --threads may be given)")
     _add_study_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)

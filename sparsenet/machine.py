@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import sys
 import time
 
@@ -66,6 +67,37 @@ def versions() -> dict:
     return out
 
 
+FINGERPRINT_KEYS = ("hostname", "cpu", "isa", "n_cores")   # what tells two timing machines apart
+
+
+def fingerprint() -> dict:
+    """Which machine times: host name, CPU model, ISA level of the kernels the plans choose
+    (plan.CPU.isa, so an emulated AVX2 run is not the native one) and the cores this process may use,
+    with `tag`, a short readable name of the four. Records of two runs mix only when these agree."""
+    from sparsenet.plan import cpu
+    fp = {"hostname": platform.node() or "unknown", "cpu": cpu_model(), "isa": cpu().isa, "n_cores": n_cores()}
+    return {**fp, "tag": machine_tag(fp)}
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Two fingerprints of one machine (equal FINGERPRINT_KEYS)."""
+    return all(a.get(k) == b.get(k) for k in FINGERPRINT_KEYS)
+
+
+# words of a CPU model name that tell nothing apart: vendors, trademarks, "CPU @ 2.90GHz", "64-Core"
+_CPU_NOISE = re.compile(r"\((r|tm)\)|\b(intel|amd|cpu|processor|with|radeon graphics)\b|@.*$|\b\d+-core\b",
+                        re.IGNORECASE)
+
+
+def machine_tag(fp: dict) -> str:
+    """A fingerprint as a short folder-safe name, host-cpu-isa-<cores>c: ``node7-xeon-platinum-8375c-avx512-2c``."""
+    host = str(fp.get("hostname") or "unknown").split(".")[0]
+    cpu = _CPU_NOISE.sub(" ", str(fp.get("cpu") or "unknown"))
+    words = [host, *cpu.split()[:4], str(fp.get("isa") or "unknown"), f"{fp.get('n_cores', 0)}c"]
+    tag = re.sub(r"[^a-z0-9.]+", "-", "-".join(words).lower()).strip("-.")
+    return tag[:64].rstrip("-.") or "machine"
+
+
 def machine_info(peaks=None) -> dict:
     """machine.json (see results.py); `peaks` (a measure_peaks() dict) is included when given."""
     import threadpoolctl
@@ -85,6 +117,7 @@ def machine_info(peaks=None) -> dict:
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "isa": target.isa,                   # ISA level of the kernels the plans choose (plan.CPU.isa)
         "numba_cpu": target.name,            # the CPU Numba compiles for (NUMBA_CPU_NAME, else the host)
+        "fingerprint": fingerprint(),        # which machine timed (its tag names timing-only folders)
     }
     if peaks is not None:
         info["peaks"] = peaks

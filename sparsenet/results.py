@@ -11,7 +11,9 @@ machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
                 "env": {"OPENBLAS_CORETYPE": str|None, "OPENBLAS_L2_SIZE": str|None},
                 "peaks": {"sgemm_gflops": {"1": float, "2": float}, "bandwidth_gbs": float},
                 "isa": "avx512"|"avx2"|"neon"|"generic",  # kernels the plans choose (plan.CPU.isa)
-                "numba_cpu": str}                          # the CPU Numba compiles for
+                "numba_cpu": str,                          # the CPU Numba compiles for
+                "fingerprint": {"hostname": str, "cpu": str, "isa": str, "n_cores": int,
+                                "tag": str}}               # which machine timed (machine.fingerprint)
 accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
                 "dense": {"accuracy": [per seed], "loss": [per seed]},
                 "curves": [{"method": "weight"|"neuron", "recovery": "oneshot"|"finetuned"|"gradual",
@@ -21,8 +23,11 @@ accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
 activations.json {"records": [{"seed": int, "method": "none"|"weight", "sparsity": float, "batch": int,
                               "zero_fraction": [per layer input: fraction of inputs zero in every row of
                                                 a batch of the test set]}], "layer_sizes": [int...]}
-timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}}
-scaling.json   {"records": [TIMING... with "width" set and "method" "weight"]}
+timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}, "machine": {...fingerprint}}
+scaling.json   {"records": [TIMING... with "width" set and "method" "weight"], "machine": {...fingerprint}}
+net.npz, test-images.npy, checksums.json
+               the timed net (first seed) and the test images the timings feed, checksummed
+               (timing_inputs.py): `sparsenet study --timing-only` times them on another machine
 
 TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
           "method": "weight"|"neuron"|"none",   # how the timed net was pruned (names.ENGINE_METHOD)
@@ -40,12 +45,19 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
                                                 # layout; batch split; per-layer kernels)
           "isa": str,                           # ISA level of those kernels (plan.CPU.isa)
           "plan": {...},                        # the whole plan (Plan.to_dict(): layers, reasons, ...)
-          "nnz": int, "layer_sizes": [int...], "width": int|None}
-(kernel, isa and plan are absent from records written before plans were recorded.)
+          "nnz": int, "layer_sizes": [int...], "width": int|None,
+          "machine": str}                       # the fingerprint's tag of the machine that timed it
+(kernel, isa and plan are absent from records written before plans were recorded, machine and the
+fingerprints from those written before fingerprints.)
 
 Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced
 them, checked on resume), "complete" (false while a stage is partly done), timings/scaling also
-"skipped" (cases left out, with reasons) and "loadavg"; machine.json "cpu_flags", "numba_threads".
+"skipped" (cases left out, with reasons) and "loadavg"; machine.json "cpu_flags", "numba_threads";
+config.json of a folder timed by `--timing-only` with timing options "timing_only": {"from": folder,
+"machine": tag, "options": {field: value}}.
+
+One machine's measurements per folder: `sparsenet study --timing-only` writes another machine's into
+a sibling folder ``<run>@<machine tag>`` holding copies of config, accuracy, activations and the saved net.
 
 Accuracy values are fractions in [0, 1]; sparsities are fractions in [0, 1); times are seconds.
 """

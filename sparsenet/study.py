@@ -1,9 +1,15 @@
 """`sparsenet study`: the stages of the whole study in one resumable run, written to ``results/<run_id>/``.
 
 Stages, each writing its part of the results folder atomically (schema in results.py):
-config -> data -> train one net per seed (cached) -> accuracy sweep (one-shot and fine-tuned) ->
-machine info and peaks -> timings of every engine over the grid (seed-0 net, pruned as
-names.ENGINE_METHOD says) -> one-layer scaling -> report.
+config -> data -> train one net per seed (cached) -> save the timed net and its input images
+(timing_inputs.py) -> accuracy sweep (one-shot and fine-tuned) -> activations -> machine info and
+peaks -> timings of every engine over the grid (the saved seed-0 net, pruned as names.ENGINE_METHOD
+says) -> one-layer scaling -> report.
+
+The stages up to the activations depend on the nets and the data, the rest on the machine:
+`run_study(accuracy_only=True)` stops before the machine (say, on a Dask cluster), and
+`run_timing_only(folder)` runs the rest on each machine to be measured from what the folder saved,
+with neither the data set nor training; the records of two machines never mix in one folder.
 
 What is measured is a StudyConfig (study_config.py); which cases are timed is a grid (grid.py);
 the work the stages delegate (loading data, training, the sweep, peaks, timing, engines, the
@@ -33,7 +39,7 @@ from sparsenet.progress import bar, say
 from sparsenet.results import part_path, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
 from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
-    PLACE_FIELDS, StudyConfig, finetune_config, gmp_config, model_cache, train_config,
+    OPTIONS, PLACE_FIELDS, StudyConfig, finetune_config, gmp_config, model_cache, train_config,
 )
 
 
@@ -147,6 +153,22 @@ def _call_train(train, ds, cfg, cache_dir, progress):
     return train(ds, cfg, cache_dir, progress=progress)
 
 
+def save_timing_inputs(cfg: StudyConfig, folder: Path, ds, params, progress=True, stages: Stages = Stages()) -> None:
+    """net.npz, test-images.npy and checksums.json (timing_inputs.py): the first seed's net and the test
+    images the timings stage feeds, so that any machine can time them (`--timing-only`). Written once:
+    the saved net is the one timed; rewritten only when missing or failing its checks."""
+    from sparsenet import timing_inputs
+    try:
+        timing_inputs.load(folder)
+        _say(progress, "save: done before, skipped")
+        return
+    except timing_inputs.TimingInputsError as exc:
+        if timing_inputs.saved(folder):
+            _say(progress, f"save: the saved net fails its checks ({exc}); saving it again")
+    timing_inputs.save(folder, params, ds.test_images,
+                       meta={"seed": cfg.seeds[0], "dataset": ds.name, "data_fingerprint": ds.fingerprint})
+
+
 def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stages: Stages = Stages()) -> None:
     """accuracy.json via sweep.run_and_save (resumable on its own)."""
     from sparsenet.data import to_float
@@ -173,8 +195,10 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stag
 
 
 def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
-    """machine.json: the machine, its BLAS and ISA, and the peaks measured at every thread count timed."""
-    from sparsenet.machine import machine_info
+    """machine.json: the machine (its fingerprint), its BLAS and ISA, and the peaks measured at every
+    thread count timed; refused in a folder holding another machine's timings (check_machine)."""
+    from sparsenet.machine import fingerprint, machine_info
+    check_machine(folder, fingerprint())
     path = part_path(folder, "machine")
     if path.exists():
         _say(progress, "machine: done before, skipped")
@@ -226,11 +250,14 @@ def run_scaling(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
 
 
 def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = Stages()) -> dict:
-    """Time every point of `grid` not yet in `folder/<part>.json`, unit by unit, saving after each."""
+    """Time every point of `grid` not yet in `folder/<part>.json`, unit by unit, saving after each; the
+    file and each record carry the machine's fingerprint (its tag in a record)."""
+    from sparsenet.machine import fingerprint
     from sparsenet.timing import check_case
     path = part_path(folder, part)
+    machine = fingerprint()
     state = {"records": [], "skipped": [], "compile_s": {}, "config": config, "complete": False,
-             "loadavg": []}
+             "loadavg": [], "machine": machine}
     if path.exists():
         old = read_json(path)
         if old.get("config") == config:
@@ -263,8 +290,7 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
         for case in cases:
             if case.name not in state["compile_s"]:
                 state["compile_s"][case.name] = _compile_seconds(case)
-        state["records"] += stages.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time,
-                                              max_case_s=cfg.max_case_s, progress=False)
+        state["records"] += _time(stages, cases, cfg, machine["tag"])
         for case in cases:
             check_case(case)
         # 1-min load average when each unit started: a busy machine explains flagged timings
@@ -277,6 +303,13 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
     state["complete"] = True
     save_part(folder, part, state)
     return state
+
+
+def _time(stages: Stages, cases, cfg: StudyConfig, tag: str) -> list:
+    """stages.time_cases with cfg's budget; each record tagged with the machine that timed it."""
+    recs = stages.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time, max_case_s=cfg.max_case_s,
+                             progress=False)
+    return [{**r, "machine": tag} for r in recs]
 
 
 def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:
@@ -297,8 +330,7 @@ def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:
         points = [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))
                   for r in (state["records"][i] for i in idx)]
         cases = grid.cases(unit, points)
-        new = stages.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time, max_case_s=cfg.max_case_s,
-                                progress=False)
+        new = _time(stages, cases, cfg, state["machine"]["tag"])
         for case in cases:
             check_case(case)
         for i, rec in zip(idx, new):
@@ -389,12 +421,8 @@ def check_outputs(cfg: StudyConfig) -> None:
     check_folder_writable(model_cache(cfg))
 
 
-def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages()) -> Path:
-    """Run (or resume) every stage; returns the run folder."""
-    check_outputs(cfg)
-    t_start = time.perf_counter()
-    times = {}
-
+def _stager(stages: Stages, progress, times: dict) -> Callable:
+    """stage(name, fn, *args): fn(*args, stages=stages), its start and duration said, its seconds in `times`."""
     def stage(name, fn, *args):
         t0 = time.perf_counter()
         _say(progress, f"{name} ...")
@@ -402,31 +430,261 @@ def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages()
         times[name] = time.perf_counter() - t0
         _say(progress, f"{name}: {times[name]:.1f} s")
         return out
+    return stage
 
+
+def run_study(cfg: StudyConfig, progress: bool = True, stages: Stages = Stages(), accuracy_only: bool = False) -> Path:
+    """Run (or resume) every stage; returns the run folder.
+
+    accuracy_only: stop after the stages that depend on the nets and the data, not on the machine
+    (train, save the timed net, accuracy, activations); time the folder later on each machine to be
+    measured with run_timing_only. The accuracy work's runner (a Dask cluster) is closed before timing."""
+    check_outputs(cfg)
+    t_start = time.perf_counter()
+    times = {}
+    stage = _stager(stages, progress, times)
     # the data first: the run folder is named after it (and cached nets are keyed by it);
     # loading is a read and an md5 of four files, so a resumed run pays little for it
     ds = stage("data", load_data, cfg)
     folder = make_dirs(cfg.folder(ds.fingerprint))
     if stages.runner is None:
         stages = dataclasses.replace(stages, runner=make_runner(cfg))
-    with run_lock(folder), stages.runner:
-        write_config(cfg, folder, ds)
-        models = stage("train", train_models, cfg, ds, progress)
-        stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)
-        stage("machine", run_machine, cfg, folder, progress)
-        stage("activations", run_activations, cfg, folder, ds, models, progress)
-        stage("timings", run_timings, cfg, folder, models[0], progress, _test_inputs(ds))
-        if cfg.widths:
-            stage("scaling", run_scaling, cfg, folder, progress)
-        report = stage("report", run_report, folder, progress)
-    total = time.perf_counter() - t_start
-    if progress:
-        print(f"results in {folder}" + (f"; report {report}" if report else ""), file=sys.stderr)
-        for line in summary(folder):
-            print(line, file=sys.stderr)
-        print(f"study took {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
-              + ")", file=sys.stderr)
+        stage = _stager(stages, progress, times)
+    report = None
+    with run_lock(folder):
+        if not accuracy_only:
+            from sparsenet.machine import fingerprint
+            check_machine(folder, fingerprint())         # before training, not at the machine stage
+        with stages.runner:
+            write_config(cfg, folder, ds)
+            models = stage("train", train_models, cfg, ds, progress)
+            stage("save", save_timing_inputs, cfg, folder, ds, models[0], progress)
+            stage("accuracy", run_accuracy, cfg, folder, ds, models, progress)
+            stage("activations", run_activations, cfg, folder, ds, models, progress)
+        if not accuracy_only:
+            from sparsenet import timing_inputs
+            time_this_machine(cfg, folder, *timing_inputs.load(folder), stage=stage, progress=progress)
+            report = stage("report", run_report, folder, progress)
+    _finish(folder, report, time.perf_counter() - t_start, times, progress)
+    if accuracy_only and progress:
+        print(f"time it on each machine to be measured: sparsenet study --timing-only {folder}", file=sys.stderr)
     return folder
+
+
+def time_this_machine(cfg: StudyConfig, folder: Path, params, images, stage: Callable, progress=True) -> None:
+    """The stages that depend on the machine: machine.json, the timings of `params` fed `images` (uint8
+    test images, as floats), the one-layer scaling study."""
+    from sparsenet.data import to_float
+    stage("machine", run_machine, cfg, folder, progress)
+    stage("timings", run_timings, cfg, folder, params, progress, to_float(images))
+    if cfg.widths:
+        stage("scaling", run_scaling, cfg, folder, progress)
+
+
+def _finish(folder: Path, report, total: float, times: dict, progress) -> None:
+    """Where the results are, their summary and how long each stage took (on stderr)."""
+    if not progress:
+        return
+    print(f"results in {folder}" + (f"; report {report}" if report else ""), file=sys.stderr)
+    for line in summary(folder):
+        print(line, file=sys.stderr)
+    print(f"study took {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+          + ")", file=sys.stderr)
+
+
+# --- timing only: the saved nets timed on this machine ---------------------------------------------
+
+# the fields only the machine's stages read: `--timing-only` may set them anew (each machine its own
+# threads, batches, time budget); every other field defines the nets, the data or the accuracy sweep
+# and comes from config.json as recorded
+TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
+                 "min_time", "max_case_s", "max_call_s", "dense_every_k", "remeasure_s")
+MACHINE_PARTS = ("machine", "timings", "scaling")       # what a machine's run writes
+SHARED_PARTS = ("accuracy", "activations")              # what does not depend on the machine
+
+
+def read_run_config(folder) -> dict:
+    """config.json of a results folder; a one-line ValueError when `folder` is not one."""
+    folder = Path(folder)
+    path = part_path(folder, "config")
+    if not path.is_file():
+        why = "no such folder" if not folder.exists() else "no config.json"
+        raise ValueError(f"{folder} is not a results folder ({why}); give the run folder a `sparsenet study` "
+                         f"wrote, e.g. results/<run id>")
+    recorded = read_json(path)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("study"), dict):
+        raise ValueError(f"{path} is not the config.json of a `sparsenet study` (no study settings)")
+    return recorded
+
+
+def _flag(field: str) -> str:
+    return next((o.flag for o in OPTIONS if o.field == field), field)
+
+
+def check_timing_options(options: dict) -> None:
+    """A ValueError naming the options given with --timing-only that are not TIMING_FIELDS."""
+    bad = [f for f in options if f not in TIMING_FIELDS]
+    if bad:
+        raise ValueError(f"--timing-only times the nets and settings saved in the results folder: "
+                         f"{', '.join(map(_flag, bad))} cannot be given with it (timing options can: "
+                         f"{', '.join(map(_flag, TIMING_FIELDS))})")
+
+
+def recorded_config(recorded: dict, folder: Path, options: dict) -> StudyConfig:
+    """The StudyConfig `recorded` in a config.json, placed at `folder`, the timing `options` replacing
+    the recorded ones (checked as any StudyConfig: threads beyond this machine's are refused)."""
+    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(recorded["study"]) - known)
+    if unknown:
+        raise ValueError(f"config.json records settings this sparsenet ({__version__}) does not know: "
+                         f"{', '.join(unknown)}; time it with sparsenet {recorded.get('sparsenet_version', '?')}")
+    check_timing_options(options)
+    fields = {**recorded["study"], **options, "results_dir": str(folder.parent), "run_id": folder.name}
+    try:
+        return StudyConfig(**fields)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (settings: those recorded in config.json, with the timing options given "
+                         f"to --timing-only)") from None
+
+
+def recorded_machine(folder) -> Optional[dict]:
+    """The fingerprint of the machine whose measurements `folder` holds (machine.json, else the timings
+    or scaling file); None when none is recorded (no measurements, or made before fingerprints)."""
+    for part, key in (("machine", "fingerprint"), ("timings", "machine"), ("scaling", "machine")):
+        path = part_path(folder, part)
+        if path.exists():
+            fp = read_json(path).get(key)
+            if fp:
+                return fp
+    return None
+
+
+def has_measurements(folder) -> bool:
+    """Whether `folder` holds any machine's measurements (MACHINE_PARTS)."""
+    return any(part_path(folder, p).exists() for p in MACHINE_PARTS)
+
+
+def sibling(folder, fp: dict) -> Path:
+    """``<run>@<machine tag>`` beside `folder`: where `--timing-only folder` writes this machine's records
+    when `folder` holds another's (a sibling's tag is replaced, not stacked)."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name.split('@')[0]}@{fp['tag']}"
+
+
+def check_machine(folder, fp: dict) -> None:
+    """A ValueError when `folder` holds the measurements of another machine than `fp`'s: two machines'
+    records never mix in one folder (folders made before fingerprints are not checked)."""
+    from sparsenet.machine import same_machine
+    rec = recorded_machine(folder)
+    if rec is not None and not same_machine(rec, fp):
+        raise ValueError(f"{folder} holds the timings of another machine ({rec.get('tag', '?')}; this one is "
+                         f"{fp['tag']}); time this one with `sparsenet study --timing-only {folder}`, which "
+                         f"writes {sibling(folder, fp)}")
+
+
+def timing_folder(folder, fp: dict) -> Path:
+    """Where this machine's records of `folder`'s nets go: `folder` itself when it holds no measurements
+    yet (an --accuracy-only run) or this machine's; else its sibling ``<run>@<tag>`` (also when an older
+    folder's measurements name no machine)."""
+    from sparsenet.machine import same_machine
+    folder = Path(folder)
+    rec = recorded_machine(folder)
+    if not has_measurements(folder) or (rec is not None and same_machine(rec, fp)):
+        return folder
+    return sibling(folder, fp)
+
+
+def _check_same_nets(source: Path, target: Path, src: dict, dst: dict) -> None:
+    """A ValueError unless the sibling `target` was made from `source`'s nets (the settings that define
+    them, the data, the saved net's checksums)."""
+    from sparsenet import timing_inputs
+    a, b = src["study"], dst["study"]
+    diffs = sorted(k for k in set(a) | set(b) if k not in TIMING_FIELDS + PLACE_FIELDS and a.get(k) != b.get(k))
+    if (src.get("data") or {}).get("fingerprint") != (dst.get("data") or {}).get("fingerprint"):
+        diffs.append("data")
+    sums = [read_json(f / timing_inputs.CHECKSUMS) if (f / timing_inputs.CHECKSUMS).exists() else None
+            for f in (source, target)]
+    if sums[1] is not None and sums[0] != sums[1]:
+        diffs.append("the saved net")
+    if diffs:
+        raise ValueError(f"{target} holds results of other nets than {source} ({', '.join(diffs)} differ); "
+                         f"move it away to time {source} on this machine")
+
+
+def fill_sibling(source: Path, target: Path, recorded: dict) -> dict:
+    """Copy into the sibling `target` what does not depend on the machine: the saved net and images,
+    accuracy and activations (again at every run: the source's are the ones kept up to date) and,
+    the first time, config.json (placed at target). Returns target's config.json as recorded."""
+    from sparsenet import timing_inputs
+    if part_path(target, "config").exists():
+        here = read_run_config(target)
+        _check_same_nets(source, target, recorded, here)
+    else:
+        here = {**{k: v for k, v in recorded.items() if k != "timing_only"}, "run_id": target.name,
+                "study": {**recorded["study"], "results_dir": str(target.parent), "run_id": target.name}}
+    timing_inputs.copy(source, target)
+    for part in SHARED_PARTS:
+        if part_path(source, part).exists():
+            save_part(target, part, read_json(part_path(source, part)))
+    if not part_path(target, "config").exists():
+        save_part(target, "config", here)                 # last: a sibling with config.json is whole
+    return here
+
+
+def write_timing_config(target: Path, recorded: dict, options: dict, source: Path, fp: dict) -> StudyConfig:
+    """config.json of the folder timed: `recorded` with the timing `options` given replacing the recorded
+    ones. Options may change the settings only while `target` holds no measurements; once it does, they
+    must be those recorded (a re-run resumes, as in run_study: write_config)."""
+    cfg = recorded_config(recorded, target, options)
+    study = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    old = recorded["study"]
+    diffs = [k for k in old if k not in PLACE_FIELDS and old[k] != study.get(k)]
+    if not diffs:
+        return cfg
+    if has_measurements(target):
+        raise ValueError(f"{target} holds this machine's timings made with other timing options ("
+                         + "; ".join(f"{_flag(k)} {old[k]} there, {study[k]} given" for k in diffs)
+                         + "); give those (or none) to resume, or remove its machine.json, timings.json and "
+                           "scaling.json to time it afresh")
+    save_part(target, "config", {**recorded, "run_id": target.name, "study": study,
+                                 "timing_only": {"from": str(source), "machine": fp["tag"], "options": options}})
+    return cfg
+
+
+def run_timing_only(folder, options: Optional[dict] = None, progress: bool = True,
+                    stages: Stages = Stages()) -> Path:
+    """`sparsenet study --timing-only folder`: the machine, timings, scaling and report stages on this
+    machine, from `folder`'s config.json and its saved net and images (timing_inputs.py); neither the data
+    set nor training. `options`: timing settings replacing the recorded ones (TIMING_FIELDS).
+
+    The records go to `folder` when it holds no measurements yet (an --accuracy-only run) or this
+    machine's (a re-run resumes); else to the sibling ``<run>@<machine tag>`` (timing_folder), made with
+    copies of config, accuracy, activations and the saved files, so `sparsenet report` and `sparsenet
+    compare` read it as any results folder. Returns the folder written."""
+    from sparsenet import timing_inputs
+    from sparsenet.machine import fingerprint
+    options = dict(options or {})
+    check_timing_options(options)
+    source = Path(folder)
+    recorded = read_run_config(source)
+    params, images = timing_inputs.load(source)          # every check before anything is written
+    recorded_config(recorded, source, options)
+    fp = fingerprint()
+    target = timing_folder(source, fp)
+    check_folder_writable(target)
+    t_start = time.perf_counter()
+    times = {}
+    stage = _stager(stages, progress, times)
+    with run_lock(target):
+        if target != source:
+            _say(progress, f"{source} holds another machine's timings: this one's go to {target}")
+            recorded = fill_sibling(source, target, recorded)
+        check_machine(target, fp)                        # another machine may have started in between
+        cfg = write_timing_config(target, recorded, options, source, fp)
+        time_this_machine(cfg, target, params, images, stage=stage, progress=progress)
+        report = stage("report", run_report, target, progress)
+    _finish(target, report, time.perf_counter() - t_start, times, progress)
+    return target
 
 
 def summary(folder) -> list:

@@ -16,7 +16,7 @@ LAYERS = [
      "bsr_kernels", "nm_kernels"),
     ("plan",),
     ("engine_base", "engines", "csr_engine", "structured_engines"),
-    ("timing", "grid", "machine", "results", "study_config"),
+    ("timing", "grid", "machine", "results", "study_config", "timing_inputs"),
     ("analysis",),
     ("plots", "report", "compare"),
     ("study",),                                 # the study's last stage writes the report

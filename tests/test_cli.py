@@ -22,7 +22,7 @@ def test_study_options_reach_the_config(monkeypatch):
     from sparsenet import study
 
     seen = {}
-    monkeypatch.setattr(study, "run_study", lambda cfg, progress: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(study, "run_study", lambda cfg, progress, accuracy_only: seen.setdefault("cfg", cfg))
     assert cli.main(["study", "--quick", "--sparsities", "0,50,90", "--engines", "dense,csr",
                      "--batches", "1,16", "--results-dir", "/tmp/x", "--quiet"]) == 0
     cfg = seen["cfg"]
@@ -266,3 +266,63 @@ def test_plan_refuses_too_many_threads(capsys):
     assert cli.main(["plan", "--threads", "999"]) == 2
     err = capsys.readouterr().err
     assert "--threads must be in 1.." in err and "Traceback" not in err
+
+
+# --- accuracy on the cluster, timing on each machine -------------------------------------------
+
+def test_accuracy_only_reaches_the_study(monkeypatch):
+    from sparsenet import study
+    seen = {}
+    monkeypatch.setattr(study, "run_study", lambda cfg, progress, accuracy_only: seen.update(acc=accuracy_only))
+    assert cli.main(["study", "--accuracy-only", "--quiet"]) == 0 and seen == {"acc": True}
+    assert cli.main(["study", "--quiet"]) == 0 and seen == {"acc": False}
+
+
+def test_timing_only_takes_a_folder_and_timing_options(monkeypatch):
+    from sparsenet import study
+    seen = {}
+    monkeypatch.setattr(study, "run_timing_only", lambda folder, options, progress: seen.update(
+        folder=folder, options=options, progress=progress))
+    assert cli.main(["study", "--timing-only", "results/run", "--threads", "1", "--no-dense-every-k",
+                     "--quiet"]) == 0
+    assert seen == {"folder": "results/run", "options": {"threads": (1,), "dense_every_k": False}, "progress": False}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timing-only", "{folder}", "--accuracy-only"], "not allowed with argument"),
+    (["--timing-only", "{folder}", "--seeds", "1"], "--seeds cannot be given with it"),
+    (["--timing-only", "{folder}", "--quick"], "--quick cannot be given with --timing-only"),
+    (["--timing-only", "{folder}/nope"], "nope is not a results folder (no such folder)"),
+    (["--timing-only", "{folder}"], "is not a results folder (no config.json)"),
+])
+def test_timing_only_errors_are_one_line(tmp_path, capsys, argv, message):
+    argv = ["study"] + [a.format(folder=tmp_path) for a in argv]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:                                  # argparse: exclusive options
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_timing_only_from_the_command_line(tiny, monkeypatch, capsys):
+    """An --accuracy-only run, then `sparsenet study --timing-only` on it: no data set loaded, timings written."""
+    import dataclasses
+    import functools
+
+    from sparsenet import study
+    from sparsenet.files import read_json
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, engines=("dense", "csr"), widths=(), run_id="acc")
+    folder = study.run_study(cfg, progress=False, stages=stages, accuracy_only=True)
+
+    def no_data(*a, **k):
+        raise AssertionError("timing-only loaded the data set")
+    monkeypatch.setattr(study, "run_timing_only", functools.partial(
+        study.run_timing_only, stages=dataclasses.replace(stages, load_data=no_data)))
+    assert cli.main(["study", "--timing-only", str(folder), "--batches", "1", "--quiet"]) == 0
+    assert calls["time_cases"] == len(cfg.sparsities) and {r["batch"] for r in read_json(folder / "timings.json")["records"]} == {1}
+    (folder / "net.npz").write_bytes(b"tampered")
+    assert cli.main(["study", "--timing-only", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sparsenet study: error: " in err and "net.npz fails its checksum" in err and len(err.splitlines()) == 1

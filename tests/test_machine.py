@@ -1,6 +1,8 @@
 """machine.json contents and the peak measurements."""
 import json
 
+import pytest
+
 from sparsenet import machine
 
 
@@ -30,3 +32,23 @@ def test_measure_peaks_quick():
     assert set(peaks["sgemm_gflops"]) == {"1", "2"}
     assert all(v > 0 for v in peaks["sgemm_gflops"].values())
     assert peaks["bandwidth_gbs"] > 0
+
+
+@pytest.mark.parametrize("cpu, tag", [
+    ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "node7-xeon-platinum-8375c-avx2-2c"),
+    ("AMD EPYC 7B13 64-Core Processor", "node7-epyc-7b13-avx2-2c"),
+    ("Apple M1", "node7-apple-m1-avx2-2c"),
+    ("", "node7-unknown-avx2-2c"),
+])
+def test_machine_tag_is_short_and_readable(cpu, tag):
+    assert machine.machine_tag({"hostname": "node7.example.org", "cpu": cpu, "isa": "avx2", "n_cores": 2}) == tag
+
+
+def test_fingerprint_names_this_machine():
+    from sparsenet.plan import cpu
+    fp = machine.fingerprint()
+    assert set(fp) == set(machine.FINGERPRINT_KEYS) | {"tag"}
+    assert fp["isa"] == cpu().isa and fp["n_cores"] == machine.n_cores() and fp["tag"] == machine.machine_tag(fp)
+    assert machine.machine_info()["fingerprint"] == fp
+    assert machine.same_machine(fp, {**fp, "tag": "renamed"})
+    assert not machine.same_machine(fp, {**fp, "hostname": "elsewhere"})

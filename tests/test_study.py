@@ -309,3 +309,156 @@ def test_noisy_cases_are_remeasured_within_the_budget(tiny):
     assert {(r["batch"], r["flagged"]) for r in csr} == {(1, False), (8, True)}
     assert sorted(tuple(x[:3]) for x in t["still_noisy"]) == [("csr", 0.0, 8), ("csr", 0.9, 8)]
     assert seen[2:] == [2, 2]                                    # one re-run per unit, csr's two cases
+
+
+# --- accuracy on the cluster, timing on each machine -------------------------------------------
+
+def _refuse(what):
+    def refuse(*a, **k):
+        raise AssertionError(f"timing-only {what}")
+    return refuse
+
+
+def _timing_only_stages(stages):
+    """The tiny stages with stand-ins that raise if timing-only loads the data set or trains."""
+    return dataclasses.replace(stages, load_data=_refuse("loaded the data set"), train=_refuse("trained"))
+
+
+def _keys(folder, part="timings"):
+    """(record keys, skipped keys) of a timings or scaling file."""
+    t = read_json(folder / f"{part}.json")
+    return sorted(grid.record_key(r) for r in t["records"]), sorted(grid.record_key(s) for s in t["skipped"])
+
+
+def _elsewhere(monkeypatch, host="elsewhere"):
+    """Make this process another machine (another host name) from now on; returns its fingerprint."""
+    from sparsenet import machine
+    fp = {**machine.fingerprint(), "hostname": host}
+    fp["tag"] = machine.machine_tag(fp)
+    monkeypatch.setattr(machine, "fingerprint", lambda: dict(fp))
+    return fp
+
+
+def test_accuracy_only_then_timing_only_times_what_a_full_run_times(tiny):
+    from sparsenet import machine, timing_inputs
+    cfg, calls, stages = tiny
+    full = study.run_study(dataclasses.replace(cfg, run_id="full"), progress=False, stages=stages)
+    split = study.run_study(dataclasses.replace(cfg, run_id="split"), progress=False, stages=stages,
+                            accuracy_only=True)
+    assert calls["peaks"] == 1 and calls["time_cases"] == 6 and calls["report"] == 1    # the full run's only
+    for name in ("config", "accuracy", "activations"):
+        assert (split / f"{name}.json").exists(), name
+    assert {"net.npz", "test-images.npy", "checksums.json"} <= {p.name for p in split.iterdir()}
+    assert not any((split / f"{p}.json").exists() for p in ("machine", "timings", "scaling"))
+    assert read_json(split / "accuracy.json")["curves"] == read_json(full / "accuracy.json")["curves"]
+
+    assert study.run_timing_only(split, progress=False, stages=_timing_only_stages(stages)) == split   # in place
+    assert calls["peaks"] == 2 and calls["time_cases"] == 12 and calls["report"] == 2
+    assert _keys(split) == _keys(full) and _keys(split, "scaling") == _keys(full, "scaling")
+    assert read_json(split / "timings.json")["config"] == read_json(full / "timings.json")["config"]
+    # the same nets: the saved one is the seed-0 net, so every pruned net of the grid is the full run's
+    params, images = timing_inputs.load(split)
+    assert images.dtype == "uint8" and images.shape == (200, 784)
+    trained = he_init(SIZES, seed=0)
+    for k in cfg.sparsities:
+        for method in ("weight", "neuron"):
+            for a, b in zip(grid.pruned(params, method, k), grid.pruned(trained, method, k)):
+                assert (a.weight == b.weight).all()
+    # the machine's fingerprint: in machine.json, the timings file and each record
+    fp = machine.fingerprint()
+    assert read_json(split / "machine.json")["fingerprint"] == fp
+    t = read_json(split / "timings.json")
+    assert t["machine"] == fp and {r["machine"] for r in t["records"]} == {fp["tag"]}
+
+    study.run_timing_only(split, progress=False, stages=_timing_only_stages(stages))       # resumes: all done
+    assert calls["peaks"] == 2 and calls["time_cases"] == 12
+
+
+def test_timing_only_on_another_machine_writes_a_sibling_folder(tiny, monkeypatch, tmp_path):
+    from sparsenet import compare, plots
+    from sparsenet.results import load_results
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, engines=("dense", "csr", "shrunk"), widths=(), run_id="run")
+    here = study.run_study(cfg, progress=False, stages=stages)
+    before = (here / "timings.json").read_bytes()
+    fp = _elsewhere(monkeypatch)
+    there = study.run_timing_only(here, progress=False, stages=_timing_only_stages(stages))
+    assert there == here.parent / f"run@{fp['tag']}" and there.name == "run@elsewhere-" + fp["tag"].split("-", 1)[1]
+    assert (here / "timings.json").read_bytes() == before                  # the other machine's untouched
+    for part in ("accuracy", "activations"):
+        assert read_json(there / f"{part}.json") == read_json(here / f"{part}.json")
+    config = read_json(there / "config.json")
+    assert config["run_id"] == there.name and config["study"]["run_id"] == there.name
+    assert config["data"] == read_json(here / "config.json")["data"]
+    assert read_json(there / "machine.json")["fingerprint"]["hostname"] == "elsewhere"
+    assert {r["machine"] for r in read_json(there / "timings.json")["records"]} == {fp["tag"]}
+    assert _keys(there) == _keys(here) and calls["report"] == 2
+    # report and compare read it as any results folder
+    monkeypatch.setattr(plots, "_save", lambda fig, path: path.write_bytes(b"\x89PNG stub"))
+    compare.check_comparable([(f.name, load_results(f)) for f in (here, there)])
+    assert compare.compare([here, there], tmp_path / "cmp").exists()
+
+    n = calls["time_cases"]
+    assert study.run_timing_only(here, progress=False, stages=_timing_only_stages(stages)) == there   # resumes
+    assert study.run_timing_only(there, progress=False, stages=_timing_only_stages(stages)) == there
+    assert calls["time_cases"] == n and calls["peaks"] == 2
+    _elsewhere(monkeypatch, "third")                                       # a third machine, from the sibling
+    assert study.run_timing_only(there, progress=False,
+                                 stages=_timing_only_stages(stages)).name.startswith("run@third-")
+
+
+def test_a_study_does_not_add_to_another_machines_timings(tiny, monkeypatch):
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, engines=("dense", "csr"), widths=())
+    folder = study.run_study(cfg, progress=False, stages=stages)
+    _elsewhere(monkeypatch)
+    with pytest.raises(ValueError, match=r"holds the timings of another machine .*--timing-only"):
+        study.run_study(cfg, progress=False, stages=stages)
+    assert calls["peaks"] == 1 and calls["train"] == len(cfg.seeds)                 # refused before training
+    assert read_json(folder / "machine.json")["fingerprint"]["hostname"] != "elsewhere"
+    study.run_study(cfg, progress=False, stages=stages, accuracy_only=True)   # the nets' work is no machine's
+
+
+@pytest.fixture
+def accuracy_only(tiny):
+    """An --accuracy-only run folder of the tiny study (dense and csr only, no scaling) and its stages."""
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, engines=("dense", "csr"), widths=(), run_id="acc")
+    return study.run_study(cfg, progress=False, stages=stages, accuracy_only=True), calls, stages
+
+
+def test_timing_only_refuses_what_it_cannot_time(accuracy_only, tmp_path):
+    from sparsenet import checkpoint
+    folder, calls, stages = accuracy_only
+    stages = _timing_only_stages(stages)
+    with pytest.raises(ValueError, match=r"nope is not a results folder \(no such folder\)"):
+        study.run_timing_only(tmp_path / "nope", stages=stages)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty is not a results folder \(no config.json\)"):
+        study.run_timing_only(tmp_path / "empty", stages=stages)
+    checkpoint.save(folder / "net.npz", he_init(SIZES, seed=1))                  # another net, a valid file
+    with pytest.raises(ValueError, match=r"net.npz fails its checksum in checksums.json"):
+        study.run_timing_only(folder, stages=stages)
+    (folder / "net.npz").unlink()
+    with pytest.raises(ValueError, match=r"net.npz is missing"):
+        study.run_timing_only(folder, stages=stages)
+    with pytest.raises(ValueError, match=r"--seeds, --model-cache cannot be given with it"):
+        study.run_timing_only(folder, {"seeds": (0,), "cache_dir": "x", "threads": (1,)}, stages=stages)
+    assert calls["peaks"] == 0 and not (folder / "machine.json").exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["acc"]            # no sibling made
+
+
+def test_timing_options_replace_the_recorded_until_timings_exist(accuracy_only):
+    folder, calls, stages = accuracy_only
+    stages = _timing_only_stages(stages)
+    study.run_timing_only(folder, {"batches": (1,), "rounds": 1}, progress=False, stages=stages)
+    config = read_json(folder / "config.json")
+    assert config["study"]["batches"] == [1] and config["study"]["rounds"] == 1
+    assert config["timing_only"]["options"] == {"batches": [1], "rounds": 1}
+    assert {r["batch"] for r in read_json(folder / "timings.json")["records"]} == {1}
+    n = calls["time_cases"]
+    study.run_timing_only(folder, progress=False, stages=stages)                   # none given: resumes
+    study.run_timing_only(folder, {"batches": (1,)}, progress=False, stages=stages)  # the same: resumes
+    assert calls["time_cases"] == n
+    with pytest.raises(ValueError, match=r"other timing options \(--batches \[1\] there, \[1, 8\] given\)"):
+        study.run_timing_only(folder, {"batches": (1, 8)}, progress=False, stages=stages)

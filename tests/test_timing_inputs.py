@@ -1,0 +1,55 @@
+"""The timed net and images saved in a run folder: round trip, checksums, copies."""
+import numpy as np
+import pytest
+
+from sparsenet import checkpoint, timing_inputs
+from sparsenet.model import he_init
+
+SIZES = (784, 16, 10)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5000, 784), dtype=np.uint8)
+    timing_inputs.save(tmp_path / "run", he_init(SIZES, seed=3), images, meta={"seed": 3})
+    return tmp_path / "run", images
+
+
+def test_round_trip(saved):
+    folder, images = saved
+    assert timing_inputs.saved(folder)
+    params, got = timing_inputs.load(folder)
+    assert got.dtype == np.uint8 and (got == images[:timing_inputs.N_IMAGES]).all()
+    for a, b in zip(params, he_init(SIZES, seed=3)):
+        assert (a.weight == b.weight).all()
+    assert checkpoint.load(folder / "net.npz")[1]["seed"] == 3
+
+
+def test_a_changed_file_fails_its_checksum(saved):
+    folder, images = saved
+    np.save(folder / "test-images.npy", images[:100])
+    with pytest.raises(timing_inputs.TimingInputsError, match=r"test-images.npy fails its checksum"):
+        timing_inputs.load(folder)
+
+
+@pytest.mark.parametrize("name", timing_inputs.FILES)
+def test_a_missing_file_is_named(saved, name):
+    folder, _ = saved
+    (folder / name).unlink()
+    assert not timing_inputs.saved(folder)
+    with pytest.raises(timing_inputs.TimingInputsError, match=rf"{name} is missing"):
+        timing_inputs.load(folder)
+
+
+def test_copy(saved, tmp_path):
+    folder, _ = saved
+    (tmp_path / "copy").mkdir()
+    timing_inputs.copy(folder, tmp_path / "copy")
+    assert [(folder / n).read_bytes() for n in timing_inputs.FILES] == [
+        (tmp_path / "copy" / n).read_bytes() for n in timing_inputs.FILES]
+    timing_inputs.load(tmp_path / "copy")
+
+
+def test_images_must_be_uint8(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        timing_inputs.save(tmp_path, he_init(SIZES), np.zeros((4, 784), np.float32))
