@@ -66,3 +66,29 @@ def test_sell8_dropped_when_it_does_not_pay(monkeypatch):
     monkeypatch.setattr(csr_engine, "sell_pays", lambda sell_nbytes, csr_nbytes, tuning: False)
     eng = make_engine("csr", _net(0.5), threads=1)
     assert eng.sell_kernel is None and eng.sell_nbytes > 0 and eng.plan(1).layout == "csr"
+
+
+@pytest.mark.parametrize("sell", [pytest.param("sell8", marks=needs_avx2), "sell8-portable", "portable"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_one_sell_call_gets_the_planned_threshold(sell, threads, monkeypatch):
+    """The SELL driver gets the tuning's threshold on several threads, kernels.NEVER on one."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("machine has fewer cores")
+    eight = sell.startswith("sell8")
+    module, name = (sell8_kernels, "sell8_forward") if eight else (sell_kernels, "sell_forward_portable")
+    calls, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    params = _net(0.9)
+    eng = make_engine("csr", params, threads=threads, sell=sell,
+                      tuning=Tuning(min_parallel_units=123, min_parallel_slots=456))
+    X = np.random.default_rng(2).random((1, SIZES[0]), dtype=np.float32)
+    _close(eng(X), forward(params, X))
+    (args, kwargs), = calls
+    least = (123 if eight else 456) if threads > 1 else csr_engine.kernels.NEVER
+    assert args[-3] == least and args[-2] == threads and args[-1].shape == (1, SIZES[-1])
+    assert kwargs == ({"avx2": sell == "sell8"} if eight else {})
