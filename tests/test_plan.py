@@ -434,3 +434,11 @@ def test_batch_one_csr_reason_names_the_isa():
         "no AVX-512F (avx2): batch 1 on the CSR SpMV",)
     assert plan.plan_csr(net, 1, 1, Tuning(), None, isa="avx512").reasons == (
         "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, or sell=False)",)
+
+
+def test_chunk_width_of_one_column_is_the_row_split_on_two_threads():
+    plain = _net([1000], [(100, 100)])
+    t = Tuning(tile_chunk=1, small_work=10**9)              # chunks of one column: below the 16-column tile
+    assert batch_chunk(4, 2, 1) == 1
+    assert chunk_width(t, plain, 4, 2) == 0 and chunk_width(t, plain, 4, 1) == 1
+    assert chunk_width(Tuning(tile_chunk=1, tile_min_chunk=1, small_work=0), plain, 4, 2) == 1
