@@ -442,3 +442,18 @@ def test_chunk_width_of_one_column_is_the_row_split_on_two_threads():
     assert batch_chunk(4, 2, 1) == 1
     assert chunk_width(t, plain, 4, 2) == 0 and chunk_width(t, plain, 4, 1) == 1
     assert chunk_width(Tuning(tile_chunk=1, tile_min_chunk=1, small_work=0), plain, 4, 2) == 1
+
+
+def test_row_split_kernels_and_reasons_at_small_batches():
+    net = _net([100, 50], [(10, 20), (5, 10)], csr=3)
+    t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=0)
+    rows = ("row split: chunks of this batch would be too narrow for 2 threads",
+            "a layer runs on 2 threads when nnz * batch >= 0")
+    for B, Bp, kernel in ((2, 2, "rows8"), (15, 16, "tiles"), (16, 16, "tiles"), (17, 17, "rows8")):
+        p = plan.plan_csr(net, B, 2, t, None, isa="avx2")
+        assert (p.split, p.padded_batch, p.reasons, p.nbytes) == ("rows", Bp, rows, 3), B
+        assert [(l.kernel, l.parallel) for l in p.layers] == [(kernel, True)] * 2, B
+    p = plan.plan_csr(net, 1, 2, t, None, isa="avx2")
+    assert (p.split, p.padded_batch) == ("rows", 1)
+    assert p.reasons == ("no AVX-512F (avx2): batch 1 on the CSR SpMV", rows[1])
+    assert p.layers == (LayerPlan("spmv", True, 0, plan.kernels.SPMV),) * 2
