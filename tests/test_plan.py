@@ -457,3 +457,8 @@ def test_row_split_kernels_and_reasons_at_small_batches():
     assert (p.split, p.padded_batch) == ("rows", 1)
     assert p.reasons == ("no AVX-512F (avx2): batch 1 on the CSR SpMV", rows[1])
     assert p.layers == (LayerPlan("spmv", True, 0, plan.kernels.SPMV),) * 2
+
+
+def test_codes_are_int64_even_without_layers():
+    codes = Plan("e", 1, 1, "x", "csr", "none").codes()
+    assert codes.dtype == np.int64 and codes.shape == (0,)
