@@ -462,3 +462,11 @@ def test_row_split_kernels_and_reasons_at_small_batches():
 def test_codes_are_int64_even_without_layers():
     codes = Plan("e", 1, 1, "x", "csr", "none").codes()
     assert codes.dtype == np.int64 and codes.shape == (0,)
+
+
+def test_batch_split_rows8_layers_are_exact():
+    net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10)
+    p = plan.plan_csr(net, 7, 1, Tuning(small_work=0, min_panel_batch=128), None, isa="avx2")
+    assert (p.split, p.chunk, p.layout, p.nbytes) == ("batch", 7, "csr", 10)
+    assert p.layers == (LayerPlan("rows8", False, 0, plan.kernels.ROWS8),) * 2
+    assert p.to_dict()["layers"] == [{"kernel": "rows8", "parallel": False, "panel": 0, "code": plan.kernels.ROWS8}] * 2
