@@ -3,7 +3,7 @@ import numba
 import numpy as np
 import pytest
 
-from sparsenet import csr_engine, sell8_kernels, sell_kernels
+from sparsenet import csr_engine, sell, sell8, sell8_kernels, sell_kernels
 from sparsenet.engines import make_engine
 from sparsenet.model import Layer, forward, he_init
 from sparsenet.plan import Tuning
@@ -66,3 +66,58 @@ def test_sell8_dropped_when_it_does_not_pay(monkeypatch):
     monkeypatch.setattr(csr_engine, "sell_pays", lambda sell_nbytes, csr_nbytes, tuning: False)
     eng = make_engine("csr", _net(0.5), threads=1)
     assert eng.sell_kernel is None and eng.sell_nbytes > 0 and eng.plan(1).layout == "csr"
+
+
+@pytest.mark.parametrize("sell", [pytest.param("sell8", marks=needs_avx2), "sell8-portable", "portable"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_one_sell_call_gets_the_planned_threshold(sell, threads, monkeypatch):
+    """The SELL driver gets the tuning's threshold on several threads, kernels.NEVER on one."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("machine has fewer cores")
+    eight = sell.startswith("sell8")
+    module, name = (sell8_kernels, "sell8_forward") if eight else (sell_kernels, "sell_forward_portable")
+    calls, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    params = _net(0.9)
+    eng = make_engine("csr", params, threads=threads, sell=sell,
+                      tuning=Tuning(min_parallel_units=123, min_parallel_slots=456))
+    X = np.random.default_rng(2).random((1, SIZES[0]), dtype=np.float32)
+    _close(eng(X), forward(params, X))
+    (args, kwargs), = calls
+    least = (123 if eight else 456) if threads > 1 else csr_engine.kernels.NEVER
+    assert args[-3] == least and args[-2] == threads and args[-1].shape == (1, SIZES[-1])
+    assert kwargs == ({"avx2": sell == "sell8"} if eight else {})
+
+
+@pytest.mark.parametrize("choice", ["sell8-portable", "portable"])
+def test_sell_copy_counts_are_exact(choice):
+    params = _net(0.9)
+    eng = make_engine("csr", params, threads=1, sell=choice)
+    if choice == "portable":                               # SELL-16: slots of 16 rows, bias at [5]
+        arrays, _, layers = sell.flatten(params)
+        units, per, bias = [s.n_slots for s in layers], sell.LANES, arrays[5]
+    else:                                                  # SELL8: units of 2 slots x 8 rows, bias at [4]
+        arrays, _, layers = sell8.flatten(params)
+        units, per, bias = [s.n_units for s in layers], sell8.SLOTS * sell8.LANES, arrays[4]
+    assert eng.net.sell_slots == tuple(units) and eng.nnz == sum(int(np.count_nonzero(l.weight)) for l in params)
+    assert eng.sell_padding == sum(units) * per / eng.nnz
+    assert eng.sell_nbytes == sum(s.nbytes for s in layers) + bias.nbytes == eng.plan(1).nbytes
+    d = eng.describe()
+    assert (d["sell"], d["sell_nbytes"], d["sell_padding"]) == (True, eng.sell_nbytes, eng.sell_padding)
+
+
+def test_default_sell8_needs_the_columns_to_fit(monkeypatch):
+    """Without AVX-512F the default batch 1 takes SELL8 only when the widest layer input fits it."""
+    monkeypatch.setattr(sell_kernels, "available", lambda: False)
+    monkeypatch.setattr(sell8_kernels, "available", lambda: True)    # the choice only: nothing runs
+    params = _net(0.9)                                     # widest input: SIZES[0] = 100 columns
+    monkeypatch.setattr(sell8, "MAX_COLUMNS", SIZES[0])
+    assert make_engine("csr", params, threads=1).sell_kernel == "sell8-avx2"
+    monkeypatch.setattr(sell8, "MAX_COLUMNS", SIZES[0] - 1)
+    assert make_engine("csr", params, threads=1).sell_kernel is None
+    assert make_engine("csr", params, threads=1, sell=True).sell_kernel == "sell16-portable"

@@ -845,7 +845,7 @@ def test_fused_engines_refuse_bad_options(small):
     assert make_engine("dense-fused", small).tuning == Tuning() and make_engine("dense-skip", small).tuning == Tuning()
 
 
-@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("B", [1, 2, 3])
 def test_csc_copy_runs_small_batches(B, monkeypatch):
     """csr-skip runs batches up to max_csc_batch on its CSC copy (batch 1: X itself, no copy)."""
     params = _biased_net()
@@ -879,3 +879,16 @@ def test_fused_engine_arrays():
     np.testing.assert_array_equal(eng._bias[144:176], params[2].bias)
     np.testing.assert_array_equal(eng._bias[80:144], 0)
     assert eng._width == 80 and eng._idx.shape == (96,) and eng._idx.dtype == np.int64
+
+
+@pytest.mark.parametrize("name", ["dense-fused", "dense-skip"])
+def test_fused_engine_scratch_fits_a_hidden_layer_wider_than_the_input(name):
+    """The skip list (_idx) holds the widest layer input, a hidden one here (16 -> 48 -> 40 -> 10)."""
+    params = _random_bias(weight_prune(he_init((16, 48, 40, 10), seed=9), 0.5))
+    eng = make_engine(name, params, threads=1)
+    assert eng._idx.shape == (48,) and eng._width == 48
+    X = np.random.default_rng(9).random((4, 16), dtype=np.float32)
+    X[:, :5] = 0
+    for B in (1, 4):
+        assert eng.plan(B).split == "none"
+        assert_matches(eng(X[:B]), forward(params, X[:B]))

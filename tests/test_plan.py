@@ -392,3 +392,81 @@ def test_tuning_refuses_every_negative_field():
         with pytest.raises(ValueError, match=rf"^Tuning\.{f.name} must be >= 0, got -1$"):
             Tuning(**{f.name: -1})
     assert Tuning(**{f.name: 0 for f in fields(Tuning)}).min_chunk == 0
+
+
+def test_plan_nbytes_default_to_zero_for_a_layout_without_bytes():
+    # a NetShape whose nbytes names no layout: every plan_csr path reads 0 bytes (an int), not None
+    net = NetShape(nnz=(100, 50), shape=((10, 20), (5, 10)), sell_slots=(1, 1), panels=(10, 10))
+    t = Tuning(small_work=0, min_panel_batch=1, max_csc_batch=2)
+    plans = {"csc": plan.plan_csr(net, 2, 1, t, None, isa="avx2", skip_zeros=True),
+             "sell": plan.plan_csr(net, 1, 1, t, "sell8-portable", isa="avx2"),
+             "batch": plan.plan_csr(net, 32, 1, t, None, isa="avx2"),
+             "rows": plan.plan_csr(net, 32, 2, Tuning(max_chunk=0, tile_chunk=0), None, isa="avx2")}
+    assert {k: (p.layout, p.split) for k, p in plans.items()} == {
+        "csc": ("csc", "none"), "sell": ("sell", "none"), "batch": ("csr-panels", "batch"), "rows": ("csr", "rows")}
+    for p in plans.values():
+        assert p.nbytes == 0 and type(p.nbytes) is int
+
+
+def test_sell8_plan_is_exact():
+    net = NetShape(nnz=(10, 10), shape=((4, 4), (4, 4)), sell_slots=(4000, 3999), panels=(4, 4),
+                   nbytes={"sell": 66, "csr": 5})
+    t = Tuning(min_parallel_slots=0)                        # SELL8 reads min_parallel_units, not the slots
+    p = plan.plan_csr(net, 1, 2, t, "sell8-avx2", isa="avx2")
+    assert (p.layout, p.split, p.nbytes, p.isa) == ("sell", "none", 66, "avx2")
+    assert p.layers == (LayerPlan("sell8-avx2", True), LayerPlan("sell8-avx2", False))
+    assert p.reasons == ("batch 1 on SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
+                         "a layer runs on 2 threads from 4000 units")
+    p = plan.plan_csr(net, 1, 1, t, "sell8-portable", isa="avx2")
+    assert p.layers == (LayerPlan("sell8-portable", False),) * 2
+    assert p.reasons == ("batch 1 on SELL8 (portable twin)", "one thread")
+    p = plan.plan_csr(net, 1, 2, Tuning(min_parallel_units=0, min_parallel_slots=10**9), "sell8-portable", isa="avx2")
+    assert p.layers == (LayerPlan("sell8-portable", True),) * 2
+    assert p.reasons[1] == "a layer runs on 2 threads from 0 units"
+    p = plan.plan_csr(net, 1, 2, Tuning(min_parallel_units=0, min_parallel_slots=4000), "sell16-portable", isa="avx2")
+    assert p.layers == (LayerPlan("sell16-portable", True), LayerPlan("sell16-portable", False))
+    assert p.reasons[1] == "a layer runs on 2 threads from 4000 slots"
+
+
+def test_batch_one_csr_reason_names_the_isa():
+    net = _net([100], [(10, 20)])
+    assert plan.plan_csr(net, 1, 1, Tuning(), None, isa="avx2").reasons == (
+        "no AVX-512F (avx2): batch 1 on the CSR SpMV",)
+    assert plan.plan_csr(net, 1, 1, Tuning(), None, isa="avx512").reasons == (
+        "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, or sell=False)",)
+
+
+def test_chunk_width_of_one_column_is_the_row_split_on_two_threads():
+    plain = _net([1000], [(100, 100)])
+    t = Tuning(tile_chunk=1, small_work=10**9)              # chunks of one column: below the 16-column tile
+    assert batch_chunk(4, 2, 1) == 1
+    assert chunk_width(t, plain, 4, 2) == 0 and chunk_width(t, plain, 4, 1) == 1
+    assert chunk_width(Tuning(tile_chunk=1, tile_min_chunk=1, small_work=0), plain, 4, 2) == 1
+
+
+def test_row_split_kernels_and_reasons_at_small_batches():
+    net = _net([100, 50], [(10, 20), (5, 10)], csr=3)
+    t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=0)
+    rows = ("row split: chunks of this batch would be too narrow for 2 threads",
+            "a layer runs on 2 threads when nnz * batch >= 0")
+    for B, Bp, kernel in ((2, 2, "rows8"), (15, 16, "tiles"), (16, 16, "tiles"), (17, 17, "rows8")):
+        p = plan.plan_csr(net, B, 2, t, None, isa="avx2")
+        assert (p.split, p.padded_batch, p.reasons, p.nbytes) == ("rows", Bp, rows, 3), B
+        assert [(l.kernel, l.parallel) for l in p.layers] == [(kernel, True)] * 2, B
+    p = plan.plan_csr(net, 1, 2, t, None, isa="avx2")
+    assert (p.split, p.padded_batch) == ("rows", 1)
+    assert p.reasons == ("no AVX-512F (avx2): batch 1 on the CSR SpMV", rows[1])
+    assert p.layers == (LayerPlan("spmv", True, 0, plan.kernels.SPMV),) * 2
+
+
+def test_codes_are_int64_even_without_layers():
+    codes = Plan("e", 1, 1, "x", "csr", "none").codes()
+    assert codes.dtype == np.int64 and codes.shape == (0,)
+
+
+def test_batch_split_rows8_layers_are_exact():
+    net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10)
+    p = plan.plan_csr(net, 7, 1, Tuning(small_work=0, min_panel_batch=128), None, isa="avx2")
+    assert (p.split, p.chunk, p.layout, p.nbytes) == ("batch", 7, "csr", 10)
+    assert p.layers == (LayerPlan("rows8", False, 0, plan.kernels.ROWS8),) * 2
+    assert p.to_dict()["layers"] == [{"kernel": "rows8", "parallel": False, "panel": 0, "code": plan.kernels.ROWS8}] * 2
