@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from sparsenet import cluster, study
+from sparsenet import cluster, names, study
 from sparsenet.files import read_json
 
 distributed = pytest.importorskip("dask.distributed")
@@ -46,4 +46,4 @@ def test_accuracy_stage_on_the_cluster_equals_the_local_run(tiny, dask_runner, t
     a, b = read_json(local / "accuracy.json"), read_json(remote / "accuracy.json")
     assert a["complete"] and b["complete"]
     assert a["curves"] == b["curves"] and a["dense"] == b["dense"]
-    assert {c["method"] for c in b["curves"]} == {"weight", "neuron"}
+    assert {c["method"] for c in b["curves"]} == set(names.GRANULARITIES)
