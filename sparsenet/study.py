@@ -39,7 +39,7 @@ from sparsenet.progress import bar, say
 from sparsenet.results import part_path, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
 from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
-    OPTIONS, PLACE_FIELDS, StudyConfig, finetune_config, gmp_config, model_cache, train_config,
+    OPTIONS, PLACE_FIELDS, StudyConfig, finetune_config, gmp_config, gradual_config, model_cache, train_config,
 )
 
 
@@ -183,14 +183,16 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stag
     # and test accuracy (what the sweep reports) never touches it
     tr, val = split_train_val(len(X), ft.n_val, 0)
     recoveries = ("oneshot",)
-    if cfg.finetune_epochs > 0:     # gradual pruning trains as long as fine-tuning does
+    if cfg.finetune_epochs > 0:     # gradual pruning goes with fine-tuning (its lr, gradual_epochs long)
         recoveries += ("finetuned",) + (("gradual",) if cfg.gradual_sparsities and cfg.gradual_methods else ())
+    gr = gradual_config(cfg, len(X))
     stages.sweep(folder, models, X[tr], y[tr], X[val], y[val],
                  to_float(ds.test_images), ds.test_labels, sparsities=cfg.sparsities,
                  methods=cfg.methods, recoveries=recoveries,
                  finetune_cfg=ft if cfg.finetune_epochs > 0 else None,
                  finetune_sparsities=cfg.finetune_sparsities, gradual_sparsities=cfg.gradual_sparsities,
-                 gradual_methods=cfg.gradual_methods, gmp=gmp_config(cfg, len(tr)), seeds=cfg.seeds,
+                 gradual_methods=cfg.gradual_methods, gmp=gmp_config(cfg, len(tr), gr.batch_size),
+                 gradual_cfg=gr if cfg.finetune_epochs > 0 else None, seeds=cfg.seeds,
                  dataset=cfg.dataset, progress=progress, runner=stages.runner)
 
 

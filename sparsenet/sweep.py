@@ -191,9 +191,10 @@ def _cfg_json(cfg):
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
-def _curve_values(recovery, method, params, data, sparsities, finetune_cfg, gmp, scope,
+def _curve_values(recovery, method, params, data, sparsities, train_cfg, gmp, scope,
                   prune_output, seed, progress):
-    """(accuracy per k, loss per k) of one (recovery, method, seed)."""
+    """(accuracy per k, loss per k) of one (recovery, method, seed); train_cfg: the TrainConfig of
+    the recovery (fine-tuning's or gradual pruning's)."""
     X_train, y_train, X_val, y_val, X_test, y_test = data
     acc, loss = [], []
     for s in sparsities:
@@ -202,10 +203,10 @@ def _curve_values(recovery, method, params, data, sparsities, finetune_cfg, gmp,
         elif recovery == "finetuned":
             masks = make_masks(params, method, s, scope, prune_output)
             net = finetune(params, masks, X_train, y_train, X_val, y_val,
-                           _with_seed(finetune_cfg, seed), progress=progress)
+                           _with_seed(train_cfg, seed), progress=progress)
         elif recovery == "gradual":
             net = gradual_prune(params, method, s, X_train, y_train, X_val, y_val,
-                                _with_seed(finetune_cfg, seed), gmp=gmp, scope=scope,
+                                _with_seed(train_cfg, seed), gmp=gmp, scope=scope,
                                 prune_output=prune_output, progress=progress)
         else:
             raise ValueError(f"recovery must be one of {RECOVERIES}, got {recovery!r}")
@@ -237,7 +238,7 @@ def _empty_result(dataset, sparsities, seeds, curve_ks, config):
 def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
               sparsities=SWEEP_SPARSITIES, methods=METHODS, recoveries=("oneshot", "finetuned"),
               finetune_cfg=None, finetune_sparsities=None, seeds=None, gmp: GMPConfig = GMPConfig(),
-              gradual_sparsities=None, gradual_methods=None,
+              gradual_sparsities=None, gradual_methods=None, gradual_cfg=None,
               scope: str = "layer", prune_output: bool = False, dataset: str = "mnist",
               progress: bool = True, previous: Optional[dict] = None,
               on_update: Optional[Callable[[dict], None]] = None, runner=None) -> dict:
@@ -249,7 +250,8 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     `gradual_sparsities` (default: finetune_sparsities) those of the "gradual" ones, which run for
     `gradual_methods` only (default: every method); N:M curves have their own k (curve_sparsities),
     and a curve whose k differ from `sparsities` carries its own "sparsities". `finetune_cfg` is the
-    TrainConfig of both recoveries (its seed is set to the model's seed). Work runs recovery by recovery
+    TrainConfig of fine-tuning and `gradual_cfg` (default: finetune_cfg) that of gradual pruning
+    (their seed is set to the model's seed). Work runs recovery by recovery
     (all cheap one-shot results first), then method, then seed; `on_update(result)` is called after
     each finished (recovery, method, seed) and after the dense evaluation. With `previous` (an
     earlier result for the same data set and models), finished entries whose method, recovery,
@@ -274,6 +276,7 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     gr_methods = methods if gradual_methods is None else _check_args([], gradual_methods)[1]
     if any(r != "oneshot" for r in recoveries) and finetune_cfg is None:
         raise ValueError("fine-tuned and gradual curves need a finetune_cfg (a TrainConfig)")
+    gradual_cfg = finetune_cfg if gradual_cfg is None else gradual_cfg
     curve_ks = {}
     for r in recoveries:
         for m in methods:
@@ -286,6 +289,7 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
         "recoveries": list(recoveries),
         "finetune": _cfg_json(finetune_cfg),        # its seed is replaced by each model's seed
         "gmp": _cfg_json(gmp) if "gradual" in recoveries else None,
+        "gradual": _cfg_json(gradual_cfg) if "gradual" in recoveries else None,
         "n_train": _n_rows(X_train), "n_val": _n_rows(X_val), "n_test": _n_rows(X_test),
     })
     result = _empty_result(dataset, sparsities, seeds, curve_ks, config)
@@ -314,7 +318,8 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
                 key = f"{curve['recovery']}-{curve['method']}-seed{seed}" + (
                     f"-k{ks[js[0]]:g}" if len(js) == 1 and len(ks) > 1 else "")
                 tasks.append((key, (i, seed, js), (curve["recovery"], curve["method"], params, shared,
-                                                   [ks[j] for j in js], finetune_cfg, gmp, scope, prune_output,
+                                                   [ks[j] for j in js],
+                                                   gradual_cfg if curve["recovery"] == "gradual" else finetune_cfg, gmp, scope, prune_output,
                                                    seed, progress and type(runner) is LocalRunner)))
     where = {key: at for key, at, _ in tasks}
     for key, (acc, loss) in runner.map_unordered(_curve_values, [(key, args) for key, _, args in tasks]):
@@ -344,10 +349,10 @@ def _curve_key(curve, top_sparsities, config):
     settings = [config.get("scope"), config.get("prune_output")]
     if curve["method"] in ("block", "nm"):
         settings.append(config.get("block" if curve["method"] == "block" else "nm_m"))
-    if recovery != "oneshot":
+    if recovery == "finetuned":
         settings.append(config.get("finetune"))
     if recovery == "gradual":
-        settings.append(config.get("gmp"))
+        settings += [config.get("gradual", config.get("finetune")), config.get("gmp")]
     ks = curve.get("sparsities", top_sparsities)
     return json.dumps([curve["method"], recovery, ks, settings], sort_keys=True)
 

@@ -119,3 +119,15 @@ def test_pruned_by_method(small):
     n = grid.pruned(small, "neuron", 0.5)
     assert np.count_nonzero(w[0].weight) == 64 and np.count_nonzero(n[0].weight.any(axis=1)) == 4
     assert grid.pruned(small, "none", 0.5)[0].weight is small[0].weight
+
+
+def test_scipy_bsr_slow_cases_are_skipped_by_its_measured_rate():
+    """scipy's BSR runs ~1 GFLOP/s at batch 4096 (0.6-1.1 on the Xeon): its 2.5-8.5 s calls on the
+    default net at k <= 90 % are predicted as such and skipped, ours are timed."""
+    n_weights = 784 * 1000 + 1000 * 1000 + 1000 * 500 + 500 * 200 + 200 * 10
+    reason = grid.skip_reason("bsr-scipy", n_weights, 0.6, 4096, 3000)
+    assert reason is not None and reason.startswith("predicted ") and reason.endswith("s per call > 2 s")
+    assert float(reason.split()[1]) == pytest.approx(2 * 4096 * 0.4 * n_weights / 1e9, rel=0.01)
+    assert grid.skip_reason("bsr", n_weights, 0.6, 4096, 3000) is None
+    assert grid.skip_reason("bsr-scipy", n_weights, 0.6, 256, 3000) is None
+    assert grid.skip_reason("bsr-scipy", n_weights, 0.95, 4096, 3000) is None

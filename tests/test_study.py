@@ -30,7 +30,8 @@ SIZES = (784, 48, 32, 10)
     (dict(run_id="a/b"), "run_id"),
     (dict(batches="1,2"), "sequence"),
     (dict(methods=("weight", "channel")), r"unknown methods \['channel'\]"),
-    (dict(methods=("weight", "neuron")), r"unknown gradual_methods \['block'\]; expected some of weight, neuron"),
+    (dict(methods=("nm", "neuron")), r"unknown gradual_methods \['weight'\]; expected some of nm, neuron"),
+    (dict(gradual_epochs=0), "gradual_epochs must be an integer >= 1"),
     (dict(gradual_methods=("nm", "pixel")), r"unknown gradual_methods \['pixel'\]"),
     (dict(gradual_sparsities=None), "gradual_sparsities must be a sequence"),
     (dict(gradual_sparsities=(0.95, 1.0)), "sparsity"),
@@ -52,7 +53,14 @@ def test_gradual_pruning_can_be_switched_off(tiny):
         study.run_accuracy(c, c.folder(), stages.load_data(), [he_init(SIZES)], progress=False, stages=stages)
         assert seen[-1]["recoveries"] == recoveries
         assert (seen[-1]["gradual_sparsities"], seen[-1]["gradual_methods"]) == (c.gradual_sparsities, c.gradual_methods)
-    assert seen[0]["gmp"].prune_every == 1       # a tenth of the tiny run's 5 steps (100 on MNIST)
+    # gradual pruning trains gradual_epochs (2), fine-tuning finetune_epochs (1), at the same lr;
+    # a mask update every tenth of the tiny run's 2 x 5 steps (every 100 on MNIST)
+    assert (seen[0]["gradual_cfg"].epochs, seen[0]["finetune_cfg"].epochs) == (2, 1)
+    assert seen[0]["gradual_cfg"].lr == seen[0]["finetune_cfg"].lr == cfg.finetune_lr
+    assert seen[0]["gmp"].prune_every == 1
+    c = dataclasses.replace(cfg, gradual_epochs=40)
+    study.run_accuracy(c, c.folder(), stages.load_data(), [he_init(SIZES)], progress=False, stages=stages)
+    assert seen[-1]["gradual_cfg"].epochs == 40 and seen[-1]["gmp"].prune_every == 20
 
 
 def test_config_defaults_and_quick(tmp_path):
@@ -96,10 +104,9 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert len(scaling["records"]) == (2 + 1 + 1) * 2
     acc = read_json(folder / "accuracy.json")
     assert acc["seeds"] == [0, 1] and acc["complete"]
-    # every granularity one-shot and fine-tuned; weight and block also pruned gradually (the default)
+    # every granularity one-shot and fine-tuned; weight also pruned gradually (the default)
     assert {(c["method"], c["recovery"]) for c in acc["curves"]} == {
-        (m, r) for m in names.GRANULARITIES for r in ("oneshot", "finetuned")} | {("weight", "gradual"),
-                                                                                 ("block", "gradual")}
+        (m, r) for m in names.GRANULARITIES for r in ("oneshot", "finetuned")} | {("weight", "gradual")}
     ks = {(c["method"], c["recovery"]): c.get("sparsities", acc["sparsities"]) for c in acc["curves"]}
     assert ks["nm", "oneshot"] == [0.0, 0.5] and ks["nm", "finetuned"] == [0.5, 0.75]    # 2:4 and 1:4
     assert ks["block", "finetuned"] == [0.5] and ks["weight", "gradual"] == [0.95, 0.98]

@@ -1,5 +1,6 @@
 """The sweep on a tiny synthetic problem: schema, k=0 equals dense, fine-tuning keeps the mask,
 GMP reaches the final sparsity exactly, the schedule, resume."""
+import dataclasses
 import json
 
 import numpy as np
@@ -332,3 +333,32 @@ def test_gradual_pruning_ends_on_the_granularity_pattern(problem, method, k, n):
             nz = (layer.weight != 0).reshape(-1, 8, layer.weight.shape[1]).sum(axis=1)
             assert set(np.unique(nz)) <= {0, 8}
     assert np.count_nonzero(net[-1].weight) == net[-1].weight.size         # the output layer is not pruned
+
+
+def test_gradual_curves_train_with_their_own_config(problem, monkeypatch):
+    """gradual_cfg (e.g. longer than fine-tuning) reaches the gradual curves only and is recorded;
+    a resume with the same settings runs nothing, one with another gradual_cfg is refused."""
+    import sparsenet.sweep as sweep
+    models, data = problem
+    GR = dataclasses.replace(FT, epochs=3)
+    seen = []
+    real = sweep._curve_values
+
+    def spy(recovery, method, params, data_, ks, train_cfg, *a):
+        seen.append((recovery, train_cfg.epochs))
+        return real(recovery, method, params, data_, ks, train_cfg, *a)
+
+    monkeypatch.setattr(sweep, "_curve_values", spy)
+    kw = dict(sparsities=(0.0, 0.9), methods=("weight",), recoveries=("oneshot", "finetuned", "gradual"),
+              finetune_cfg=FT, finetune_sparsities=(0.9,), gradual_sparsities=(0.9,), seeds=[0],
+              gmp=GMPConfig(prune_every=10), progress=False)
+    res = run_sweep(models[:1], *data, gradual_cfg=GR, **kw)
+    assert sorted(seen) == [("finetuned", 2), ("gradual", 3), ("oneshot", 2)]
+    assert res["config"]["gradual"]["epochs"] == 3 and res["config"]["finetune"]["epochs"] == 2
+    seen.clear()
+    assert run_sweep(models[:1], *data, gradual_cfg=GR, previous=res, **kw)["curves"] == res["curves"]
+    assert seen == []
+    for other in (dataclasses.replace(GR, epochs=4), None):     # None: fine-tuning's 2 epochs
+        with pytest.raises(ValueError, match=r"finished curves \(weight/gradual\)"):
+            run_sweep(models[:1], *data, gradual_cfg=other, previous=res, **kw)
+    assert seen == []
