@@ -52,7 +52,9 @@ SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 0.98, 0.99)  # k: 
                                                    # (0.75: 1:4; 0.98: the sparse end of gradual pruning)
 BATCHES = (1, 16, 256, 4096)                       # batch sizes timed
 THREADS = (1, 2)                                   # thread limits timed (BLAS and Numba alike)
-WIDTHS = (1024, 4096, 16384)                       # scaling study: one square layer of each width
+WIDTHS = (1024, 4096)                              # scaling study: one square layer of each width (16384,
+                                                   # 1 GB dense, DRAM-bound: --widths 1024,4096,16384 adds
+                                                   # ~3 min of building its layers to the study)
 SCALING_THREADS = (1,)                             # thread limits of the scaling study
 SCALING_SPARSITIES = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)  # k of the scaling study (a 16k layer: ~20 s per k)
 FINETUNE_SPARSITIES = (0.8, 0.9, 0.95)             # k fine-tuned after pruning (N:M: NM_RECOVERY_SPARSITIES)

@@ -54,17 +54,27 @@ def reproduce_command(config, folder) -> str:
     folder = Path(folder)
     study = (config or {}).get("study") or {}
     args = ["sparsenet", "study"]
-    if study.get("is_quick"):
+    source = ((config or {}).get("timing_only") or {}).get("from")
+    timing_only = source is not None and Path(source) != folder
+    if timing_only:
+        # a sibling folder timed from `source` (study.run_timing_only): this machine's timings of its nets;
+        # the command, run here again, resumes it (on another machine it makes that machine's sibling)
+        from sparsenet.study import TIMING_FIELDS
+        args += ["--timing-only", source]
+    elif study.get("is_quick"):
         args.append("--quick")
     for opt in OPTIONS:
         value = study.get(opt.field)
         if opt.field in _FROM_FOLDER or opt.field not in study or (value is None and opt.unset is None):
             continue
+        if timing_only and opt.field not in TIMING_FIELDS:
+            continue
         if opt.kind == "bool":
             args.append(opt.flag if value else "--no-" + opt.flag[2:])
         else:
             args += [opt.flag, opt.unset if value is None else _option_text(value)]
-    args += ["--results-dir", str(folder.parent), "--run-id", folder.name]
+    if not timing_only:
+        args += ["--results-dir", str(folder.parent), "--run-id", folder.name]
     return " ".join(shlex.quote(a) for a in args)
 
 

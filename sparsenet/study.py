@@ -613,17 +613,19 @@ def _check_same_nets(source: Path, target: Path, src: dict, dst: dict) -> None:
                          f"move it away to time {source} on this machine")
 
 
-def fill_sibling(source: Path, target: Path, recorded: dict) -> dict:
+def fill_sibling(source: Path, target: Path, recorded: dict, fp: dict) -> dict:
     """Copy into the sibling `target` what does not depend on the machine: the saved net and images,
     accuracy and activations (again at every run: the source's are the ones kept up to date) and,
-    the first time, config.json (placed at target). Returns target's config.json as recorded."""
+    the first time, config.json (placed at target, naming `source` under "timing_only": the report's
+    reproduce command is then `--timing-only source`). Returns target's config.json as recorded."""
     from sparsenet import timing_inputs
     if part_path(target, "config").exists():
         here = read_run_config(target)
         _check_same_nets(source, target, recorded, here)
     else:
-        here = {**{k: v for k, v in recorded.items() if k != "timing_only"}, "run_id": target.name,
-                "study": {**recorded["study"], "results_dir": str(target.parent), "run_id": target.name}}
+        here = {**recorded, "run_id": target.name,
+                "study": {**recorded["study"], "results_dir": str(target.parent), "run_id": target.name},
+                "timing_only": {"from": str(source), "machine": fp["tag"], "options": {}}}
     timing_inputs.copy(source, target)
     for part in SHARED_PARTS:
         if part_path(source, part).exists():
@@ -680,7 +682,7 @@ def run_timing_only(folder, options: Optional[dict] = None, progress: bool = Tru
     with run_lock(target):
         if target != source:
             _say(progress, f"{source} holds another machine's timings: this one's go to {target}")
-            recorded = fill_sibling(source, target, recorded)
+            recorded = fill_sibling(source, target, recorded, fp)
         check_machine(target, fp)                        # another machine may have started in between
         cfg = write_timing_config(target, recorded, options, source, fp)
         time_this_machine(cfg, target, params, images, stage=stage, progress=progress)

@@ -400,6 +400,16 @@ def test_timing_only_on_another_machine_writes_a_sibling_folder(tiny, monkeypatc
     assert read_json(there / "machine.json")["fingerprint"]["hostname"] == "elsewhere"
     assert {r["machine"] for r in read_json(there / "timings.json")["records"]} == {fp["tag"]}
     assert _keys(there) == _keys(here) and calls["report"] == 2
+    # its reproduce command times `here`'s nets again with the recorded timing options (run here: resumes)
+    import shlex
+
+    from sparsenet import cli
+    from sparsenet.report import reproduce_command
+    argv = shlex.split(reproduce_command(config, there))
+    assert argv[:4] == ["sparsenet", "study", "--timing-only", str(here)] and "--run-id" not in argv
+    assert cli.study_options(cli.build_parser().parse_args(argv[1:])) == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in config["study"].items() if k in study.TIMING_FIELDS}
+    assert "--timing-only" not in reproduce_command(read_json(here / "config.json"), here)
     # report and compare read it as any results folder
     monkeypatch.setattr(plots, "_save", lambda fig, path: path.write_bytes(b"\x89PNG stub"))
     compare.check_comparable([(f.name, load_results(f)) for f in (here, there)])
