@@ -39,7 +39,7 @@ from sparsenet.progress import bar, say
 from sparsenet.results import part_path, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
 from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
-    OPTIONS, PLACE_FIELDS, StudyConfig, finetune_config, gmp_config, gradual_config, model_cache, train_config,
+    OPTIONS, PLACE_FIELDS, StudyConfig, available_threads, finetune_config, gmp_config, gradual_config, model_cache, train_config,
 )
 
 
@@ -70,12 +70,15 @@ class Stages:
 
 
 def make_runner(cfg: StudyConfig):
-    """The runner of the accuracy work: a Dask cluster when cfg names one, else this process (dask is
-    not imported then)."""
+    """The runner of the accuracy work: a Dask cluster when cfg names one, else single-threaded
+    worker processes of this machine, one per available thread (cluster.ProcessRunner: two tasks side
+    by side do ~1.8x the work of one on two threads), else (one thread) this process. dask is imported
+    only for a Dask cluster."""
     from sparsenet import cluster
     if cfg.scheduler or cfg.workers:
         return cluster.DaskRunner(cfg.scheduler, cfg.workers)
-    return cluster.LocalRunner()
+    workers = cluster.default_workers(available_threads())
+    return cluster.ProcessRunner(workers) if workers > 1 else cluster.LocalRunner()
 
 
 def _say(progress, msg):

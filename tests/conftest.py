@@ -5,6 +5,7 @@ import pytest
 from fixture_data import spec, tiny_arrays, write_folder
 from fixture_results import make_results
 from sparsenet import study
+from sparsenet.cluster import LocalRunner
 from sparsenet.model import he_init
 from sparsenet.study_config import StudyConfig
 
@@ -74,7 +75,8 @@ def tiny(tmp_path):
         return timing.time_cases(cases, **k)
 
     stages = study.Stages(load_data=lambda *a, **k: ds, train=cached_train, sweep=run_and_save, peaks=peaks,
-                          time_cases=time_cases, report=build_report)
+                          time_cases=time_cases, report=build_report,
+                          runner=LocalRunner())     # in this process: counters and monkeypatches see the work
     cfg = StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
                       widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
                       finetune_epochs=1, gradual_epochs=2,

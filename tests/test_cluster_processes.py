@@ -1,0 +1,75 @@
+"""The accuracy work in worker processes of this machine (cluster.ProcessRunner, the study's default
+with several threads) against the same work in this process."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sparsenet import cluster, names, study
+from sparsenet.files import read_json
+
+
+def _boom(x):
+    if x == 2:
+        raise ValueError("no twos")
+    return x * 10
+
+
+def _sum_shared(shared, i):
+    import os
+    return int(shared[i].sum()), os.getpid()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with cluster.ProcessRunner(workers=2) as r:
+        yield r
+
+
+def test_every_task_runs_and_a_failure_names_its_task(runner):
+    assert dict(runner.map_unordered(_boom, [(f"t{i}", (i,)) for i in (1, 3, 4)])) == {"t1": 10, "t3": 30, "t4": 40}
+    with pytest.raises(cluster.TaskError, match=r"task t2 failed in a worker process: ValueError: no twos"):
+        list(runner.map_unordered(_boom, [(f"t{i}", (i,)) for i in (1, 2, 3)]))
+    assert dict(runner.map_unordered(_boom, [("again", (5,))])) == {"again": 50}     # the pool survives
+
+
+def test_shared_arguments_reach_every_task_in_other_processes(runner):
+    import os
+    data = np.arange(12.0).reshape(3, 4)
+    shared = runner.share(data)
+    out = dict(runner.map_unordered(_sum_shared, [(i, (shared, i)) for i in range(3)]))
+    assert {i: s for i, (s, _) in out.items()} == {i: int(data[i].sum()) for i in range(3)}
+    assert os.getpid() not in {pid for _, pid in out.values()}
+
+
+def test_process_runner_refuses_a_bad_worker_count():
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        cluster.ProcessRunner(workers=0)
+
+
+def test_default_workers_follow_the_threads_up_to_a_limit():
+    assert [cluster.default_workers(n) for n in (1, 2, 7, 64)] == [1, 2, 7, 8]
+
+
+def test_the_study_runs_its_accuracy_work_in_processes_when_it_has_threads(monkeypatch):
+    monkeypatch.setattr(study, "available_threads", lambda: 2)
+    with study.make_runner(study.StudyConfig()) as r:
+        assert type(r) is cluster.ProcessRunner and r.workers == 2
+    monkeypatch.setattr(study, "available_threads", lambda: 1)
+    assert type(study.make_runner(study.StudyConfig())) is cluster.LocalRunner
+
+
+def test_accuracy_stage_in_processes_equals_the_local_run(tiny, runner, tmp_path):
+    """Same seeds, one thread per task on both sides: exactly the same accuracy records."""
+    from sparsenet.train import cached_train
+    cfg, calls, stages = tiny
+    stages = dataclasses.replace(stages, train=cached_train)     # tiny's counting wrapper does not pickle
+    cfg = dataclasses.replace(cfg, widths=(), batches=(1,), sparsities=(0.0, 0.9))
+    local = study.run_study(dataclasses.replace(cfg, results_dir=str(tmp_path / "local")), progress=False,
+                            stages=dataclasses.replace(stages, runner=cluster.LocalRunner(threads=1)))
+    procs = study.run_study(dataclasses.replace(cfg, results_dir=str(tmp_path / "procs"), cache_dir=str(tmp_path / "m2")),
+                            progress=False, stages=dataclasses.replace(stages, runner=runner))
+    a, b = read_json(local / "accuracy.json"), read_json(procs / "accuracy.json")
+    assert a["complete"] and b["complete"]
+    assert a["curves"] == b["curves"] and a["dense"] == b["dense"]
+    assert {c["method"] for c in b["curves"]} == set(names.GRANULARITIES)
