@@ -1,5 +1,6 @@
 """N:M kernels against numpy: n = 1, 2, 4 (compiled in) and 3 (at run time), tails, column panels
-narrower than a row, relu on/off, batch 1, typing checks."""
+narrower than a row, register tiles of 32, 64 and 128 columns, relu on/off, NaN inputs, batch 1,
+typing checks."""
 import numpy as np
 import pytest
 from numba.core.errors import TypingError
@@ -36,6 +37,41 @@ def test_matmul_against_numpy(n, m, n_in, panel, relu):
 
 
 @pytest.mark.parametrize("n, m", PATTERNS)
+@pytest.mark.parametrize("tile", nk.TILES)
+@pytest.mark.parametrize("panel", [1, 8 * 128, 1 << 20])
+@pytest.mark.parametrize("relu", [True, False])
+def test_tiles_against_numpy(n, m, tile, panel, relu):
+    # 224 = 128 + 64 + 32 columns: a call with tile=128 runs all three tile widths, one after another
+    W, a, bias = layer((37, 30), n, m, seed=4)
+    for Bc in (32, 96, 224):
+        HT = np.random.default_rng(Bc).standard_normal((30, Bc)).astype(np.float32)
+        out = np.full((37, Bc), np.nan, np.float32)
+        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, m, panel, relu, tile)
+        ref = W @ HT + bias[:, None]
+        np.testing.assert_allclose(out, np.maximum(ref, 0) if relu else ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", nk.TILES)
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 8)])
+def test_nan_input_propagates(tile, n, m):
+    # a NaN activation reaches every row that stores a weight on it (relu keeps NaN, as numpy.maximum
+    # does), and no row that never reads it
+    W, a, bias = layer((37, 30), n, m, seed=6)
+    HT = np.random.default_rng(7).standard_normal((30, 224)).astype(np.float32)
+    HT[13, 5] = HT[2, 200] = np.nan
+    out = np.zeros((37, 224), np.float32)
+    nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, m, 256, True, tile)
+    cols = a.columns()
+    for j, c in ((13, 5), (2, 200)):
+        assert np.isnan(out[W[:, j] != 0, c]).all()
+        clean = ~(cols == j).any(axis=1)
+        assert np.isfinite(out[clean, c]).all()
+        HT0 = HT.copy()
+        HT0[~np.isfinite(HT0)] = 0
+        np.testing.assert_allclose(out[clean, c], np.maximum(W @ HT0 + bias[:, None], 0)[clean, c], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, m", PATTERNS)
 @pytest.mark.parametrize("parallel", [True, False])
 def test_matvec_against_numpy(n, m, parallel):
     W, a, bias = layer((37, 29), n, m, seed=2)
@@ -46,12 +82,15 @@ def test_matvec_against_numpy(n, m, parallel):
     np.testing.assert_allclose(out, np.maximum(W @ x + bias, 0), rtol=1e-5, atol=1e-5)
 
 
-def test_all_zero_layer():
+@pytest.mark.parametrize("tile", nk.TILES)
+def test_all_zero_layer(tile):
     a = NM.from_dense(np.zeros((5, 9), np.float32), 2, 4)
     bias = np.arange(5, dtype=np.float32) - 2
-    out = np.full((5, 32), np.nan, np.float32)
-    nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, np.ones((9, 32), np.float32), out, 2, 4, 128, True)
-    np.testing.assert_array_equal(out, np.repeat(np.maximum(bias, 0)[:, None], 32, 1))
+    for Bc in (32, 224):
+        out = np.full((5, Bc), np.nan, np.float32)
+        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, np.ones((9, Bc), np.float32), out, 2, 4,
+                               128, True, tile)
+        np.testing.assert_array_equal(out, np.repeat(np.maximum(bias, 0)[:, None], Bc, 1))
 
 
 def test_rows_refuse_wrong_arrays():
