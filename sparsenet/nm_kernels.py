@@ -299,3 +299,120 @@ def nm_forward_vec(values, idx, bias, sizes, val_off, ns, m, x, buf0, buf1, para
             nm_matvec_bias_relu_serial(v, ix, b, h, o, ns[layer], m, relu)
         h = o
     return h
+
+
+# --- batch 1 on row-interleaved N:4 (nm_vec16): lanes over 16 output rows -----------------------
+
+ROWS = LANES                # output rows per lane block of the interleaved copy
+_I8V = ir.VectorType(ir.IntType(8), LANES)
+
+_VEC_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", types.float32, 1),
+             ("x", types.float32, 1), ("out", types.float32, 1))
+
+
+def interleave(values: np.ndarray, idx: np.ndarray, n: int, m: int) -> tuple:
+    """(values, idx) of an N:M layer (n_out, G * n) as row blocks of ROWS rows, slot-major within a
+    block: element ((rb * G + g) * n + s) * ROWS + lane is row rb * ROWS + lane, slot s of group g.
+    Rows past n_out are padding (value 0, index 0). Returns flat copies."""
+    M, K = values.shape
+    G = K // n
+    RB = -(-M // ROWS)
+    v = np.zeros((RB * ROWS, K), np.float32)
+    ix = np.zeros((RB * ROWS, K), np.uint8)
+    v[:M], ix[:M] = values, idx
+    order = (0, 2, 3, 1)                                               # (RB, G, n, ROWS)
+    return (np.ascontiguousarray(v.reshape(RB, ROWS, G, n).transpose(order)).ravel(),
+            np.ascontiguousarray(ix.reshape(RB, ROWS, G, n).transpose(order)).ravel())
+
+
+def _make_nm_vec16(NT):
+    """Intrinsic: row blocks rb0..rb1-1 of an interleaved N:4 layer (m = 4, n = NT compiled in):
+    out[rb * 16:][:16] = (relu)(bias[rb * 16:][:16] + sum_g,s values * x[4 g + idx]). Each group's
+    4 inputs are broadcast once and every slot picks its lane's input by the index's two bits
+    (3 selects: generic vector IR, no gather and no target permute)."""
+    n_acc = 2 if NT == 1 else 1
+
+    @intrinsic
+    def nm_vec16(typingctx, values, idx, bias, x, out, rb0, rb1, G, relu):
+        require_arrays(f"nm_kernels.nm_vec16_{NT}", _VEC_ARGS, (values, idx, bias, x, out))
+        sig = types.void(values, idx, bias, x, out, rb0, rb1, G, relu)
+
+        def codegen(context, builder, sig, args):
+            g = IR(context, builder, sig, args)
+            p_val, p_idx, p_bias, p_x, p_out = g.ptr[:5]
+            rb0, rb1, G = (g.i64(a) for a in args[5:8])
+            accs = [g.zeroed(1)[0] for _ in range(max(n_acc, NT))]
+            one = ir.Constant(_I8V, 1)
+            two = ir.Constant(_I8V, 2)
+            zero8 = ir.Constant(_I8V, 0)
+            with cgutils.for_range_slice(builder, rb0, rb1, g.const(1), inc=True) as (rb, _):
+                for a in accs:
+                    builder.store(ir.Constant(VF, None), a)
+                blk = builder.mul(builder.mul(rb, G), g.const(NT * LANES))
+
+                def group(grp, u):
+                    xs = [g.broadcast(builder.load(builder.gep(p_x, [builder.add(builder.mul(grp, g.const(4)), g.const(j))])))
+                          for j in range(4)]
+                    e0 = builder.add(blk, builder.mul(grp, g.const(NT * LANES)))
+                    for s in range(NT):
+                        e = builder.add(e0, g.const(s * LANES))
+                        ix = g.vload(p_idx, e, _I8V)
+                        b0 = builder.icmp_unsigned("!=", builder.and_(ix, one), zero8)
+                        b1 = builder.icmp_unsigned("!=", builder.and_(ix, two), zero8)
+                        xsel = builder.select(b1, builder.select(b0, xs[3], xs[2]), builder.select(b0, xs[1], xs[0]))
+                        a = accs[(u * NT + s) % len(accs)]
+                        builder.store(g.fma(g.vload(p_val, e), xsel, builder.load(a)), a)
+
+                g.pairs(g.const(0), G, group, n_acc)
+                r = builder.mul(rb, g.const(LANES))
+                t = builder.fadd(g.sum(accs), g.vload(p_bias, r))
+                g.vstore(g.relu_if(args[8], t), p_out, r)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return nm_vec16
+
+
+nm_vec16_1, nm_vec16_2, nm_vec16_4 = (_make_nm_vec16(n) for n in (1, 2, 4))
+
+
+@njit(inline="always", **_OPTS)
+def _vec16(values, idx, bias, x, out, rb0, rb1, G, n, relu):
+    if n == 2:
+        nm_vec16_2(values, idx, bias, x, out, rb0, rb1, G, relu)
+    elif n == 1:
+        nm_vec16_1(values, idx, bias, x, out, rb0, rb1, G, relu)
+    else:
+        nm_vec16_4(values, idx, bias, x, out, rb0, rb1, G, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
+    """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in 1, 2, 4:
+    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads."""
+    RB = out.shape[0] // LANES
+    G = values.shape[0] // max(RB * n * LANES, 1)
+    if parallel:
+        for rb in prange(RB):                   # prange hands each thread a contiguous range of blocks
+            _vec16(values, idx, bias, x, out, rb, rb + 1, G, n, relu)
+    else:
+        _vec16(values, idx, bias, x, out, 0, RB, G, n, relu)
+
+
+@njit(**_OPTS)
+def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel):
+    """Whole MLP at batch 1 on interleaved N:4 layers: x (>= 4 G_0,) -> a view of buf0/buf1 of
+    the output layer's 16 RB rows (rows past sizes[-1] are padding). Layer l: values/idx
+    [val_off[l]:val_off[l+1]], bias[bias_off[l]:bias_off[l+1]] (padded to 16 RB), n = ns[l]; the
+    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes."""
+    h = x
+    L = sizes.shape[0] - 1
+    for layer in range(L):
+        buf = buf0 if layer % 2 == 0 else buf1
+        b = bias[bias_off[layer]:bias_off[layer + 1]]
+        o = buf[:b.shape[0]]
+        nm_matvec16(values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]], b, h, o,
+                    ns[layer], layer < L - 1, parallel[layer])
+        h = buf
+    return h

@@ -73,7 +73,7 @@ class _Chunked(Engine):
                       layout=self.layout_name, nbytes=self.nbytes)
         if B == 1:
             par = self._parallel_layers()
-            layers = tuple(LayerPlan(f"{self.layout_name}-spmv", bool(p)) for p in par)
+            layers = tuple(LayerPlan(self._spmv_kernel(), bool(p)) for p in par)
             why = (f"batch 1: one matrix-vector kernel per layer; rows split over {self.threads} threads "
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
                    else "batch 1: one matrix-vector kernel per layer, one thread",)
@@ -84,6 +84,9 @@ class _Chunked(Engine):
                f"zero-padded), each through every layer on one thread",
                f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
+
+    def _spmv_kernel(self) -> str:
+        return f"{self.layout_name}-spmv"
 
     def _tile_columns(self, Bc: int) -> int:
         return TILE
@@ -223,6 +226,24 @@ class NMEngine(_Chunked):
         self.nbytes = int(sum(a.nbytes for a in self.nm) + sum(l.bias.nbytes for l in params if l.bias is not None))
         self.index_dtype = "uint8"
         self._vec = (_aligned_zeros(self._width), _aligned_zeros(self._width))
+        # batch 1 on N:4: a row-interleaved copy, lanes over 16 output rows (nm_kernels.nm_vec16)
+        self._vec16 = None
+        if self.m == 4 and all(n in (1, 2, 4) for n in self.ns):
+            R = nm_kernels.ROWS
+            inter = [nm_kernels.interleave(a.values, a.idx, a.n, a.m) for a in self.nm]
+            pad = [-(-n // R) * R for n in sizes[1:]]
+            bias = np.zeros(sum(pad), np.float32)
+            bias_off = np.concatenate([[0], np.cumsum(pad)]).astype(np.int64)
+            for o, n, l in zip(bias_off[:-1], sizes[1:], params):
+                if l.bias is not None:
+                    bias[o:o + n] = l.bias
+            width = max(max(pad), 4 * max(a.groups for a in self.nm))
+            self._vec16 = (np.concatenate([v for v, _ in inter]), np.concatenate([i for _, i in inter]), bias,
+                           np.concatenate([[0], np.cumsum([v.size for v, _ in inter])]).astype(np.int64), bias_off,
+                           _aligned_zeros(width), _aligned_zeros(width), _aligned_zeros(width))
+
+    def _spmv_kernel(self) -> str:
+        return "nm-spmv16" if self._vec16 is not None else "nm-spmv"
 
     def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
@@ -247,6 +268,13 @@ class NMEngine(_Chunked):
         p = self._plans.get(B) or self.plan(B)
         out = np.empty((B, self.n_out), np.float32)
         args = (self._values, self._idx, self._bias, self._sizes, self._val_off, self._ns, self.m)
+        if p.split == "none" and self._vec16 is not None:
+            values, idx, bias, val_off, bias_off, x, buf0, buf1 = self._vec16
+            x[:self.n_in] = X[0]                                    # inputs past n_in stay zero
+            o = nm_kernels.nm_forward_vec16(values, idx, bias, self._sizes, val_off, bias_off, self._ns, x, buf0,
+                                            buf1, self._parallel_layers())
+            out[0] = o[:self.n_out]
+            return out
         if p.split == "none":
             buf0, buf1 = self._vec
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())

@@ -99,3 +99,47 @@ def test_rows_refuse_wrong_arrays():
     with pytest.raises(TypingError, match="idx must be a C-contiguous 1-d uint8 array"):
         nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel().astype(np.int32), bias,
                                np.zeros((8, 32), np.float32), out, 2, 4, 128, True)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(37, 29), (16, 32), (3, 5), (40, 1)])
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+def test_matvec16_against_numpy(n, shape, parallel, relu):
+    # row-interleaved N:4 at batch 1: rows not a multiple of 16, inputs not a multiple of 4
+    W, a, bias = layer(shape, n, 4, seed=8)
+    v, ix = nk.interleave(a.values, a.idx, n, 4)
+    RB = -(-shape[0] // nk.ROWS)
+    assert v.shape == ix.shape == (RB * nk.ROWS * a.slots,)
+    bp = np.zeros(RB * nk.ROWS, np.float32)
+    bp[:shape[0]] = bias
+    x = np.zeros(4 * a.groups, np.float32)
+    x[:shape[1]] = np.random.default_rng(9).standard_normal(shape[1])
+    out = np.full(RB * nk.ROWS, np.nan, np.float32)
+    nk.nm_matvec16(v, ix, bp, x, out, n, relu, parallel)
+    ref = W @ x[:shape[1]] + bias
+    np.testing.assert_allclose(out[:shape[0]], np.maximum(ref, 0) if relu else ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[shape[0]:], 0)                 # padding rows: zero weights, zero bias
+
+
+def test_matvec16_nan_and_zero_layer():
+    W, a, bias = layer((37, 30), 2, 4, seed=10)
+    v, ix = nk.interleave(a.values, a.idx, 2, 4)
+    bp = np.zeros(48, np.float32)
+    bp[:37] = bias
+    x = np.random.default_rng(11).standard_normal(32).astype(np.float32)
+    x[13] = np.nan
+    x[30:] = np.nan                     # past n_in: never selected (tail indices < 2), never read into a sum
+    out = np.zeros(48, np.float32)
+    nk.nm_matvec16(v, ix, bp, x, out, 2, True, False)
+    assert np.isnan(out[:37][W[:, 13] != 0]).all()
+    clean = ~(a.columns() == 13).any(axis=1)
+    x0 = np.where(np.isnan(x), 0, x)[:30]
+    np.testing.assert_allclose(out[:37][clean], np.maximum(W @ x0 + bias, 0)[clean], rtol=1e-5, atol=1e-5)
+    z = NM.from_dense(np.zeros((5, 9), np.float32), 1, 4)
+    v, ix = nk.interleave(z.values, z.idx, 1, 4)
+    bp = np.zeros(16, np.float32)
+    bp[:5] = np.arange(5) - 2
+    out = np.full(16, np.nan, np.float32)
+    nk.nm_matvec16(v, ix, bp, np.ones(12, np.float32), out, 1, True, True)
+    np.testing.assert_array_equal(out, np.maximum(bp, 0))

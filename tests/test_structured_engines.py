@@ -172,6 +172,8 @@ def test_plans():
     nm = NMEngine(params, threads=2)
     assert [l.kernel for l in nm.plan(7).layers] == ["nm2:4-tile32"] * 3 + ["nm4:4-tile32"]
     assert nm.plan(7).chunk == 32
+    assert [l.kernel for l in nm.plan(1).layers] == ["nm-spmv16"] * 4                  # N:4: row-interleaved copy
+    assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 8), m=8).plan(1).layers] == ["nm-spmv"] * 4
     # batch 256: 128-column chunks on the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON)
     wide = 128 if cpu().isa == "avx512" else 64
     assert nm.tile == wide and [l.kernel for l in nm.plan(256).layers] == [f"nm2:4-tile{wide}"] * 3 + ["nm4:4-tile32"]
@@ -215,7 +217,7 @@ _AARCH64 = textwrap.dedent("""
         BSREngine(block_prune(p, 0.5, (4, 1)), threads=1, block=(4, 1))(np.ones((B, 40), np.float32))
         NMEngine(nm_prune(p, 2, 4), threads=1)(np.ones((B, 40), np.float32))
     for disp in (bsr_kernels.bsr_matmul_bias_relu, bsr_kernels.bsr_forward_vec, nm_kernels.nm_matmul_bias_relu,
-                 nm_kernels.nm_forward_vec):
+                 nm_kernels.nm_forward_vec16):
         for asm in aarch64_asm(disp):
             print(disp.__name__, "fmla" in asm)
 """)
@@ -232,6 +234,7 @@ def test_kernels_compile_for_aarch64(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
     assert lines["bsr_matmul_bias_relu"] == "True" and lines["nm_matmul_bias_relu"] == "True"
+    assert lines["nm_forward_vec16"] == "True"
 
 
 @pytest.mark.skipif(not sell_kernels.available(),
