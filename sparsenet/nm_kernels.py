@@ -3,16 +3,42 @@
 Activations are transposed, HT (n_features, B) C-contiguous as in kernels.py. Every row has the
 same K = G * n slots, slot k of row i at column (k // n) * m + idx[i, k]:
     out[i, :] = (relu)(bias[i] + sum_k values[i, k] * HT[(k // n) * m + idx[i, k], :])
-No row pointers and one byte of index per value (CSR: 2 bytes and a row pointer). The register
-tile `nm_rows{n}` keeps a row's 32 batch columns in 2 x 2 accumulator vectors (2 partial sums over
-alternate slots) over the row's slots in one column panel, like simd.csr_rows32; k // n is a
-shift for n = 1, 2, 4 (compiled for those), a division otherwise (`nm_rows_any`).
+No row pointers and one byte of index per value (CSR: 2 bytes and a row pointer).
+
+Batches (`nm_matmul_bias_relu`): register tiles `nm_tile{n}_{cols}` keep one row's 128, 64 or 32
+batch columns (8, 4 or 2 vectors of 16 floats) in registers while the row's slots of one column
+panel are added; a slot costs a value broadcast, an index byte, one multiply for its HT row and
+then one vector load + FMA per vector, so the wider the tile the smaller that overhead per FMA
+(128 columns: 10 loads per 8 FMAs; 32 columns: 4 per 2). n is compiled in for 1:M and 2:M, each
+group's n slots unrolled (no division; >= 4 slots a loop pass); other n run on 32-column tiles.
+Why these choices (issue 13, Xeon AVX-512, one thread, the machine loaded by another job, so
+ratios measured side by side against sgemm on the same layer):
+- 1000 x 1000, 128 columns, 2:4 ~x1.4 and 1:4 ~x2.3..2.9 of sgemm at 128-column tiles; the
+  32-column tiles of the first version were ~x0.8 and ~x1.5 (4 accumulator chains for 2 FMA
+  ports of latency 4, and 2 extra loads per 2 FMAs).
+- The panel (inputs per pass over the rows) holds ~32 KB of HT (`panel` floats, 8192: 64 inputs
+  of a 128-column tile): 16 KB and 64 KB were slower, no panel ~1.6x slower.
+- HT must be 64-byte aligned with rows a multiple of 16 floats (the engines' buffers are): an
+  unaligned HT split every vector load over two lines and cost ~1.7x. A tile must span the whole
+  HT row (chunks of 128 columns for 128-column tiles): a 128-column tile of a 256-column HT (1 KB
+  row stride) uses half the L1 sets and ran ~2x slower; a 256-column tile was no faster.
+- 2 partial sums per vector only on 32-column tiles: at 64/128 columns the 4/8 accumulator
+  vectors are enough independent chains (1 and 2 sums measured the same).
+Widest tile by target: its accumulators take a quarter of the vector registers at most: 128
+columns on AVX-512 (8 of 32 zmm), 64 on AVX2 (a <16 x float> is 2 ymm: 8 of 16) and NEON (16 of
+32 q); plain LLVM vector IR, so every target compiles it (tests/test_structured_engines.py).
 
 Unlike an r x 1 block (bsr_kernels), a slot's activation row serves one output row only: one
-vector load per FMA, as in CSR, so the kernel runs at CSR's speed per non-zero (2:4 at 50%
-density does not beat dense BLAS on x86; 1:4 does, by ~1.5x: see the issue 13 note). Column
-panels of 128 inputs (a 16 KB slice of a 32-column HT tile, kept in L1 while every row adds its
-slots of the panel) measured best of 64..all on one core; the spread under load was wide.
+vector load per FMA, as in CSR, so N:M can only approach dense BLAS's FMA rate, never exceed it:
+its gain is the FMAs it skips (2:4 at most ~2x, 1:4 ~4x).
+
+Batch 1 (`nm_matvec16`, N:4 only): the scalar SpMV (`nm_matvec_bias_relu`: a byte load, an
+address and a scalar load per slot) ran at x0.4 (2:4) and x0.7 (1:4) of dense sgemv. On a
+row-interleaved copy (`interleave`: 16 rows' slot s of group g contiguous) a vector of 16 output
+rows takes, per group, 4 input broadcasts and per slot one 16-byte index load, 3 selects on the
+index's two bits and one FMA: x1.5 (2:4) and x3.1..3.5 (1:4) of dense on one core, where the
+layer's bytes (5 per slot) rather than the arithmetic bound it. Selects, not a gather or an x86
+permute: generic vector IR that every target compiles (AVX2, NEON); other m keep the scalar SpMV.
 Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
@@ -25,50 +51,63 @@ from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
-W = 2                       # 16-float vectors per tile row: 32 batch columns
-TILE = LANES * W
-_ACC = 2
+TILES = (128, 64, 32)       # batch columns of a register tile (8, 4, 2 vectors of LANES floats)
+_ACC = 2                    # partial sums (alternate slots) per accumulator vector
 
 _ROWS_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", types.float32, 1),
               ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
-def _make_nm_rows(NT):
-    """Intrinsic: rows r0..r1-1, slots ks..ke-1 of each row (a column panel), on columns
-    col0..col0+31. first: start from the bias (else from out: an earlier panel's partial sums);
-    relu: apply it at the store (the last panel). NT: n compiled in (a shift or a multiply for
-    k // n), 0 for n at run time (a division per slot)."""
+def _make_nm_tile(NT, W):
+    """Intrinsic: rows r0..r1-1, groups gs..ge-1 of each row (a column panel), on columns
+    col0..col0 + LANES * W - 1 (W accumulator vectors per partial sum). first: start from the bias
+    (else from out: an earlier panel's partial sums); relu: apply it at the store (the last panel).
+    NT: n compiled in (the group's n slots unrolled, no division), 0 for n at run time (a loop)."""
+    n_acc = 1 if NT == 0 or W >= 4 else _ACC    # >= 8 independent accumulator vectors (FMA latency)
 
     @intrinsic
-    def nm_rows(typingctx, values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke, first, relu):
-        require_arrays(f"nm_kernels.nm_rows{NT or '_any'}", _ROWS_ARGS, (values, idx, bias, HT, out))
-        sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke, first, relu)
+    def nm_tile(typingctx, values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge, first, relu):
+        require_arrays(f"nm_kernels.nm_tile{NT or '_any'}x{LANES * W}", _ROWS_ARGS, (values, idx, bias, HT, out))
+        sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge, first, relu)
 
         def codegen(context, builder, sig, args):
             g = IR(context, builder, sig, args)
             p_val, p_idx, p_bias, p_h, p_out = g.ptr[:5]
-            r0, r1, K, n, m, ld_h, ld_o, col0, ks, ke = (g.i64(a) for a in args[5:15])
-            nn = g.const(NT) if NT else n
-            accs = [g.zeroed(W) for _ in range(_ACC)]
+            r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge = (g.i64(a) for a in args[5:15])
+            accs = [g.zeroed(W) for _ in range(n_acc)]
+            mh = builder.mul(m, ld_h)                         # HT offset of one group
             with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
                 b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
                 o = builder.add(builder.mul(i, ld_o), col0)
                 for w in range(W):
                     prev = g.vload(p_out, builder.add(o, g.const(LANES * w)))
                     builder.store(builder.select(args[15], b, prev), accs[0][w])
-                    builder.store(ir.Constant(VF, None), accs[1][w])
+                    for acc in accs[1:]:
+                        builder.store(ir.Constant(VF, None), acc[w])
                 base = builder.mul(i, K)
 
-                def slot(k, u):
-                    grp = builder.udiv(builder.sub(k, base), nn)
-                    col = builder.add(builder.mul(grp, m), g.at(p_idx, k, signed=False))
+                def slot(k, hg, u):
+                    """acc[u] += values[k] * HT[hg + idx[k] * ld_h:][:LANES * W]"""
                     d = g.broadcast(builder.load(builder.gep(p_val, [k])))
-                    h0 = builder.add(builder.mul(col, ld_h), col0)
+                    h0 = builder.add(hg, builder.mul(g.at(p_idx, k, signed=False), ld_h))
                     for w in range(W):
                         h = g.vload(p_h, builder.add(h0, g.const(LANES * w)))
                         builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
 
-                g.pairs(builder.add(base, ks), builder.add(base, ke), slot, _ACC)
+                if NT:
+                    def group(grp, u):
+                        k0 = builder.add(base, builder.mul(grp, g.const(NT)))
+                        hg = builder.add(builder.mul(grp, mh), col0)
+                        for s in range(NT):
+                            slot(builder.add(k0, g.const(s)), hg, (u * NT + s) % n_acc)
+
+                    g.pairs(gs, ge, group, max(4 // NT, n_acc))      # >= 4 slots a pass (loop overhead)
+                else:
+                    with cgutils.for_range_slice(builder, gs, ge, g.const(1), inc=True) as (grp, _):
+                        k0 = builder.add(base, builder.mul(grp, n))
+                        hg = builder.add(builder.mul(grp, mh), col0)
+                        with cgutils.for_range_slice(builder, g.const(0), n, g.const(1), inc=True) as (s, _):
+                            slot(builder.add(k0, s), hg, 0)
                 for w in range(W):
                     t = g.sum([acc[w] for acc in accs])
                     g.vstore(g.relu_if(args[16], t), p_out, builder.add(o, g.const(LANES * w)))
@@ -76,38 +115,64 @@ def _make_nm_rows(NT):
 
         return sig, codegen
 
-    return nm_rows
+    return nm_tile
 
 
-nm_rows1 = _make_nm_rows(1)
-nm_rows2 = _make_nm_rows(2)
-nm_rows4 = _make_nm_rows(4)
-nm_rows_any = _make_nm_rows(0)
+# nm_tile{n}_{columns}; n = 0: n at run time. Wide tiles for 1:M and 2:M only (the patterns pruning
+# makes; fewer variants, less compile time): other n run on 32-column tiles
+nm_tile1_128, nm_tile2_128 = (_make_nm_tile(n, 8) for n in (1, 2))
+nm_tile1_64, nm_tile2_64 = (_make_nm_tile(n, 4) for n in (1, 2))
+nm_tile1_32, nm_tile2_32, nm_tile4_32, nm_tile0_32 = (_make_nm_tile(n, 2) for n in (1, 2, 4, 0))
+
+
+@njit(inline="always", **_OPTS)
+def _tile(values, idx, bias, HT, out, r0, r1, K, n, m, col0, cols, gs, ge, first, relu):
+    """One register tile of `cols` (128, 64 or 32) columns over groups gs..ge-1 of every row."""
+    Bc = HT.shape[1]
+    if cols == 128:
+        if n == 2:
+            nm_tile2_128(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+        else:
+            nm_tile1_128(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+    elif cols == 64:
+        if n == 2:
+            nm_tile2_64(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+        else:
+            nm_tile1_64(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+    else:
+        if n == 2:
+            nm_tile2_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+        elif n == 1:
+            nm_tile1_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+        elif n == 4:
+            nm_tile4_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+        else:
+            nm_tile0_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
 
 
 @njit(**_OPTS)
-def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu):
+def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu, tile=32):
     """out = (relu)(W @ HT + bias[:, None]); (n_in, Bc) -> (n_out, Bc), Bc a multiple of 32;
-    values/idx flat (n_out * K,). The inputs are cut into column panels of `panel` inputs (a
-    multiple of m; >= n_in: one panel): a panel's rows of a 32-column HT tile stay in L1 while
-    every row adds its slots of the panel (a row's tile is loaded and stored once per panel)."""
+    values/idx flat (n_out * K,). Columns go in register tiles of up to `tile` (128, 64 or 32)
+    columns, the widest that fits the columns left. The inputs are cut into column panels of
+    about `panel` floats of HT (panel // cols inputs, a multiple of m; >= n_in * cols: one panel):
+    a panel's HT rows stay in L1 while every row adds its slots of the panel (a row's tile is
+    loaded and stored once per panel)."""
     n_out, Bc = out.shape
     K = values.shape[0] // max(n_out, 1)
-    Ps = max(panel // m, 1) * n                      # slots per panel
-    for t in range(Bc // 32):
-        for ks in range(0, max(K, 1), Ps):
-            ke = min(ks + Ps, K)
-            first = ks == 0
-            last = ke >= K
-            rl = relu and last
-            if n == 2:
-                nm_rows2(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
-            elif n == 1:
-                nm_rows1(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
-            elif n == 4:
-                nm_rows4(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
-            else:
-                nm_rows_any(values, idx, bias, HT, out, 0, n_out, K, n, m, Bc, Bc, 32 * t, ks, ke, first, rl)
+    G = K // n
+    c = 0
+    while c < Bc:
+        cols = 32
+        for t in (128, 64):
+            if n <= 2 and t <= tile and c + t <= Bc:
+                cols = t
+                break
+        Pg = max(panel // cols // m, 1)                 # groups per panel
+        for gs in range(0, max(G, 1), Pg):
+            ge = min(gs + Pg, G)
+            _tile(values, idx, bias, HT, out, 0, n_out, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
+        c += cols
 
 
 @njit(inline="always", **_OPTS)
@@ -195,19 +260,19 @@ def _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc):
 
 
 @njit(**_OPTS)
-def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, HT, buf0, buf1):
+def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, buf0, buf1):
     """Every layer on the calling thread: (n_in, Bc) -> (n_out, Bc), a buffer view. ns[l]: layer l's n."""
     Bc = HT.shape[1]
     h = HT
     for layer in range(sizes.shape[0] - 1):
         n_out, v, ix, b, relu, out = _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc)
-        nm_matmul_bias_relu(v, ix, b, h, out, ns[layer], m, panel, relu)
+        nm_matmul_bias_relu(v, ix, b, h, out, ns[layer], m, panel, relu, tile)
         h = out
     return h
 
 
 @njit(parallel=True, **_OPTS)
-def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out):
+def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
@@ -222,7 +287,7 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, bu
         for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w])
-            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, HT[w], buf0[w], buf1[w])
+            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
             oc = out[c0:c0 + Bc]
             for j in range(oc.shape[0]):
                 for i in range(oc.shape[1]):
@@ -242,4 +307,121 @@ def nm_forward_vec(values, idx, bias, sizes, val_off, ns, m, x, buf0, buf1, para
         else:
             nm_matvec_bias_relu_serial(v, ix, b, h, o, ns[layer], m, relu)
         h = o
+    return h
+
+
+# --- batch 1 on row-interleaved N:4 (nm_vec16): lanes over 16 output rows -----------------------
+
+ROWS = LANES                # output rows per lane block of the interleaved copy
+_I8V = ir.VectorType(ir.IntType(8), LANES)
+
+_VEC_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", types.float32, 1),
+             ("x", types.float32, 1), ("out", types.float32, 1))
+
+
+def interleave(values: np.ndarray, idx: np.ndarray, n: int, m: int) -> tuple:
+    """(values, idx) of an N:M layer (n_out, G * n) as row blocks of ROWS rows, slot-major within a
+    block: element ((rb * G + g) * n + s) * ROWS + lane is row rb * ROWS + lane, slot s of group g.
+    Rows past n_out are padding (value 0, index 0). Returns flat copies."""
+    M, K = values.shape
+    G = K // n
+    RB = -(-M // ROWS)
+    v = np.zeros((RB * ROWS, K), np.float32)
+    ix = np.zeros((RB * ROWS, K), np.uint8)
+    v[:M], ix[:M] = values, idx
+    order = (0, 2, 3, 1)                                               # (RB, G, n, ROWS)
+    return (np.ascontiguousarray(v.reshape(RB, ROWS, G, n).transpose(order)).ravel(),
+            np.ascontiguousarray(ix.reshape(RB, ROWS, G, n).transpose(order)).ravel())
+
+
+def _make_nm_vec16(NT):
+    """Intrinsic: row blocks rb0..rb1-1 of an interleaved N:4 layer (m = 4, n = NT compiled in):
+    out[rb * 16:][:16] = (relu)(bias[rb * 16:][:16] + sum_g,s values * x[4 g + idx]). Each group's
+    4 inputs are broadcast once and every slot picks its lane's input by the index's two bits
+    (3 selects: generic vector IR, no gather and no target permute)."""
+    n_acc = 2 if NT == 1 else 1
+
+    @intrinsic
+    def nm_vec16(typingctx, values, idx, bias, x, out, rb0, rb1, G, relu):
+        require_arrays(f"nm_kernels.nm_vec16_{NT}", _VEC_ARGS, (values, idx, bias, x, out))
+        sig = types.void(values, idx, bias, x, out, rb0, rb1, G, relu)
+
+        def codegen(context, builder, sig, args):
+            g = IR(context, builder, sig, args)
+            p_val, p_idx, p_bias, p_x, p_out = g.ptr[:5]
+            rb0, rb1, G = (g.i64(a) for a in args[5:8])
+            accs = [g.zeroed(1)[0] for _ in range(max(n_acc, NT))]
+            one = ir.Constant(_I8V, 1)
+            two = ir.Constant(_I8V, 2)
+            zero8 = ir.Constant(_I8V, 0)
+            with cgutils.for_range_slice(builder, rb0, rb1, g.const(1), inc=True) as (rb, _):
+                for a in accs:
+                    builder.store(ir.Constant(VF, None), a)
+                blk = builder.mul(builder.mul(rb, G), g.const(NT * LANES))
+
+                def group(grp, u):
+                    xs = [g.broadcast(builder.load(builder.gep(p_x, [builder.add(builder.mul(grp, g.const(4)), g.const(j))])))
+                          for j in range(4)]
+                    e0 = builder.add(blk, builder.mul(grp, g.const(NT * LANES)))
+                    for s in range(NT):
+                        e = builder.add(e0, g.const(s * LANES))
+                        ix = g.vload(p_idx, e, _I8V)
+                        b0 = builder.icmp_unsigned("!=", builder.and_(ix, one), zero8)
+                        b1 = builder.icmp_unsigned("!=", builder.and_(ix, two), zero8)
+                        xsel = builder.select(b1, builder.select(b0, xs[3], xs[2]), builder.select(b0, xs[1], xs[0]))
+                        a = accs[(u * NT + s) % len(accs)]
+                        builder.store(g.fma(g.vload(p_val, e), xsel, builder.load(a)), a)
+
+                g.pairs(g.const(0), G, group, n_acc)
+                r = builder.mul(rb, g.const(LANES))
+                t = builder.fadd(g.sum(accs), g.vload(p_bias, r))
+                g.vstore(g.relu_if(args[8], t), p_out, r)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return nm_vec16
+
+
+nm_vec16_1, nm_vec16_2, nm_vec16_4 = (_make_nm_vec16(n) for n in (1, 2, 4))
+
+
+@njit(inline="always", **_OPTS)
+def _vec16(values, idx, bias, x, out, rb0, rb1, G, n, relu):
+    if n == 2:
+        nm_vec16_2(values, idx, bias, x, out, rb0, rb1, G, relu)
+    elif n == 1:
+        nm_vec16_1(values, idx, bias, x, out, rb0, rb1, G, relu)
+    else:
+        nm_vec16_4(values, idx, bias, x, out, rb0, rb1, G, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
+    """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in 1, 2, 4:
+    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads."""
+    RB = out.shape[0] // LANES
+    G = values.shape[0] // max(RB * n * LANES, 1)
+    if parallel:
+        for rb in prange(RB):                   # prange hands each thread a contiguous range of blocks
+            _vec16(values, idx, bias, x, out, rb, rb + 1, G, n, relu)
+    else:
+        _vec16(values, idx, bias, x, out, 0, RB, G, n, relu)
+
+
+@njit(**_OPTS)
+def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel):
+    """Whole MLP at batch 1 on interleaved N:4 layers: x (>= 4 G_0,) -> a view of buf0/buf1 of
+    the output layer's 16 RB rows (rows past sizes[-1] are padding). Layer l: values/idx
+    [val_off[l]:val_off[l+1]], bias[bias_off[l]:bias_off[l+1]] (padded to 16 RB), n = ns[l]; the
+    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes."""
+    h = x
+    L = sizes.shape[0] - 1
+    for layer in range(L):
+        buf = buf0 if layer % 2 == 0 else buf1
+        b = bias[bias_off[layer]:bias_off[layer + 1]]
+        o = buf[:b.shape[0]]
+        nm_matvec16(values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]], b, h, o,
+                    ns[layer], layer < L - 1, parallel[layer])
+        h = buf
     return h

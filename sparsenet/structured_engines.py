@@ -73,17 +73,23 @@ class _Chunked(Engine):
                       layout=self.layout_name, nbytes=self.nbytes)
         if B == 1:
             par = self._parallel_layers()
-            layers = tuple(LayerPlan(f"{self.layout_name}-spmv", bool(p)) for p in par)
+            layers = tuple(LayerPlan(self._spmv_kernel(), bool(p)) for p in par)
             why = (f"batch 1: one matrix-vector kernel per layer; rows split over {self.threads} threads "
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
                    else "batch 1: one matrix-vector kernel per layer, one thread",)
             return Plan(split="none", layers=layers, reasons=why, **common)
         Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
-        layers = tuple(LayerPlan(k, False) for k in self._tile_kernels())
+        layers = tuple(LayerPlan(k, False) for k in self._tile_kernels(Bc))
         why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
                f"zero-padded), each through every layer on one thread",
-               f"register tiles of {TILE} columns: {self._tile_reason()}")
+               f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
+
+    def _spmv_kernel(self) -> str:
+        return f"{self.layout_name}-spmv"
+
+    def _tile_columns(self, Bc: int) -> int:
+        return TILE
 
 
 class BSREngine(_Chunked):
@@ -130,11 +136,11 @@ class BSREngine(_Chunked):
         self.index_dtype = str(self.bsr[0].indices.dtype)
         self._vec = (_aligned_zeros(self._in_rows), _aligned_zeros(self._width), _aligned_zeros(self._width))
 
-    def _tile_kernels(self):
+    def _tile_kernels(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
         return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{TILE}"] * len(self.bsr)
 
-    def _tile_reason(self):
+    def _tile_reason(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
         return f"{RT} block row(s) x {TILE} columns in registers, each loaded activation row used {RT} times"
 
@@ -172,10 +178,20 @@ class NMEngine(_Chunked):
     layout_name = "nm"
 
     def __init__(self, params, threads: Optional[int] = None, n: Optional[int] = None, m: int = 4,
-                 prune_output: bool = False, tuning: Optional[Tuning] = None, panel: int = 128):
+                 prune_output: bool = False, tuning: Optional[Tuning] = None, panel: Optional[int] = None,
+                 tile: Optional[int] = None):
         self.n, self.m = check_nm(1 if n is None else n, m)
         self._infer_n = n is None
-        self.panel = -(-int(panel) // self.m) * self.m          # inputs per column panel, a multiple of m
+        wide = cpu().isa == "avx512"
+        # widest register tile: its accumulators take a quarter of the vector registers (8 of 32 zmm;
+        # 8 of 16 ymm on AVX2, 16 of 32 q on NEON: 64 columns); see nm_kernels
+        self.tile = (128 if wide else 64) if tile is None else int(tile)
+        if self.tile not in nm_kernels.TILES:
+            raise ValueError(f"tile must be one of {nm_kernels.TILES} columns, got {tile!r}")
+        # activation floats per column panel: 32 KB of a 48 KB L1 (AVX-512 Xeons), 16 KB elsewhere
+        self.panel = (8192 if wide else 4096) if panel is None else int(panel)
+        if self.panel < 1:
+            raise ValueError(f"panel must be a positive number of floats, got {panel!r}")
         self.prune_output = bool(prune_output)
         super().__init__(params, threads, tuning)
 
@@ -210,12 +226,39 @@ class NMEngine(_Chunked):
         self.nbytes = int(sum(a.nbytes for a in self.nm) + sum(l.bias.nbytes for l in params if l.bias is not None))
         self.index_dtype = "uint8"
         self._vec = (_aligned_zeros(self._width), _aligned_zeros(self._width))
+        # batch 1 on N:4: a row-interleaved copy, lanes over 16 output rows (nm_kernels.nm_vec16)
+        self._vec16 = None
+        if self.m == 4 and all(n in (1, 2, 4) for n in self.ns):
+            R = nm_kernels.ROWS
+            inter = [nm_kernels.interleave(a.values, a.idx, a.n, a.m) for a in self.nm]
+            pad = [-(-n // R) * R for n in sizes[1:]]
+            bias = np.zeros(sum(pad), np.float32)
+            bias_off = np.concatenate([[0], np.cumsum(pad)]).astype(np.int64)
+            for o, n, l in zip(bias_off[:-1], sizes[1:], params):
+                if l.bias is not None:
+                    bias[o:o + n] = l.bias
+            width = max(max(pad), 4 * max(a.groups for a in self.nm))
+            self._vec16 = (np.concatenate([v for v, _ in inter]), np.concatenate([i for _, i in inter]), bias,
+                           np.concatenate([[0], np.cumsum([v.size for v, _ in inter])]).astype(np.int64), bias_off,
+                           _aligned_zeros(width), _aligned_zeros(width), _aligned_zeros(width))
 
-    def _tile_kernels(self):
-        return [f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{TILE}" for n in self.ns]
+    def _spmv_kernel(self) -> str:
+        return "nm-spmv16" if self._vec16 is not None else "nm-spmv"
 
-    def _tile_reason(self):
-        return f"a row's {TILE} columns in registers over its {self.n} of every {self.m} slots"
+    def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
+        """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
+        (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
+        n = self.n if n is None else n
+        return next(t for t in nm_kernels.TILES if t == TILE or (n <= 2 and t <= self.tile and t <= Bc))
+
+    def _tile_kernels(self, Bc):
+        return [f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{self._tile_columns(Bc, n)}" for n in self.ns]
+
+    def _tile_reason(self, Bc):
+        T = self._tile_columns(Bc)
+        return (f"a row's {T} columns in registers over its {self.n} of every {self.m} slots (tiles up to "
+                f"{self.tile} columns on {cpu().isa}), in column panels of {max(self.panel // T // self.m, 1) * self.m} "
+                f"inputs (~{self.panel * 4 // 1024} KB of activations kept in L1)")
 
     def describe(self) -> dict:
         return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)
@@ -225,12 +268,19 @@ class NMEngine(_Chunked):
         p = self._plans.get(B) or self.plan(B)
         out = np.empty((B, self.n_out), np.float32)
         args = (self._values, self._idx, self._bias, self._sizes, self._val_off, self._ns, self.m)
+        if p.split == "none" and self._vec16 is not None:
+            values, idx, bias, val_off, bias_off, x, buf0, buf1 = self._vec16
+            x[:self.n_in] = X[0]                                    # inputs past n_in stay zero
+            o = nm_kernels.nm_forward_vec16(values, idx, bias, self._sizes, val_off, bias_off, self._ns, x, buf0,
+                                            buf1, self._parallel_layers())
+            out[0] = o[:self.n_out]
+            return out
         if p.split == "none":
             buf0, buf1 = self._vec
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
             return out
         HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        nm_kernels.nm_forward_chunks(*args, self.panel, X, HT, buf0, buf1, out)
+        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out)
         return out
 
 

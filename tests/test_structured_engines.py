@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sparsenet.model import Layer, forward, he_init
-from sparsenet.plan import Plan
+from sparsenet.plan import Plan, cpu
 from sparsenet.prune import block_prune, nm_prune
 from sparsenet.structured_engines import ENGINE_CLASSES, BSREngine, NMEngine, ScipyBSREngine, chunk_columns
 
@@ -60,6 +60,23 @@ def test_nm_engine_matches_forward(n, m, bias, threads):
     check(NMEngine(params, threads=threads, n=n, m=m), params)
     params = nm_prune(net(bias), n, m, prune_output=True)
     check(NMEngine(params, threads=threads, n=n, m=m, prune_output=True), params)
+
+
+@pytest.mark.parametrize("tile", [32, 64, 128])
+@pytest.mark.parametrize("panel", [1, 2048, None])
+@pytest.mark.parametrize("n", [1, 2])
+def test_nm_engine_tiles_and_panels(tile, panel, n):
+    # batch 100: one 128-column chunk at 1 thread (a 128 tile, or 64 + 32 + 32), two of 64 at 2
+    params = nm_prune(net(), n, 4)
+    for threads in (1, 2):
+        eng = NMEngine(params, threads=threads, tile=tile, panel=panel)
+        check(eng, params, batches=(1, 7, 100, 256))
+        assert [l.kernel for l in eng.plan(256).layers] == [f"nm{n}:4-tile{tile}"] * 3 + ["nm4:4-tile32"]
+        assert {l.kernel for l in eng.plan(7).layers} <= {f"nm{n}:4-tile32", "nm4:4-tile32"}
+    with pytest.raises(ValueError, match="tile must be one of"):
+        NMEngine(params, tile=16)
+    with pytest.raises(ValueError, match="panel must be a positive"):
+        NMEngine(params, panel=0)
 
 
 @pytest.mark.parametrize("k", [0.5, 0.9])
@@ -155,6 +172,11 @@ def test_plans():
     nm = NMEngine(params, threads=2)
     assert [l.kernel for l in nm.plan(7).layers] == ["nm2:4-tile32"] * 3 + ["nm4:4-tile32"]
     assert nm.plan(7).chunk == 32
+    assert [l.kernel for l in nm.plan(1).layers] == ["nm-spmv16"] * 4                  # N:4: row-interleaved copy
+    assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 8), m=8).plan(1).layers] == ["nm-spmv"] * 4
+    # batch 256: 128-column chunks on the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON)
+    wide = 128 if cpu().isa == "avx512" else 64
+    assert nm.tile == wide and [l.kernel for l in nm.plan(256).layers] == [f"nm2:4-tile{wide}"] * 3 + ["nm4:4-tile32"]
     assert nm.describe()["layer_n"] == [2, 2, 2, 4]
 
 
@@ -195,7 +217,7 @@ _AARCH64 = textwrap.dedent("""
         BSREngine(block_prune(p, 0.5, (4, 1)), threads=1, block=(4, 1))(np.ones((B, 40), np.float32))
         NMEngine(nm_prune(p, 2, 4), threads=1)(np.ones((B, 40), np.float32))
     for disp in (bsr_kernels.bsr_matmul_bias_relu, bsr_kernels.bsr_forward_vec, nm_kernels.nm_matmul_bias_relu,
-                 nm_kernels.nm_forward_vec):
+                 nm_kernels.nm_forward_vec16):
         for asm in aarch64_asm(disp):
             print(disp.__name__, "fmla" in asm)
 """)
@@ -212,6 +234,7 @@ def test_kernels_compile_for_aarch64(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
     assert lines["bsr_matmul_bias_relu"] == "True" and lines["nm_matmul_bias_relu"] == "True"
+    assert lines["nm_forward_vec16"] == "True"
 
 
 @pytest.mark.skipif(not sell_kernels.available(),
