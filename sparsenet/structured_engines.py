@@ -20,6 +20,7 @@ from sparsenet.bsr import BSR
 from sparsenet.csr_engine import _aligned_zeros
 from sparsenet.engine_base import Engine
 from sparsenet.model import layer_sizes
+from sparsenet.names import NM_M
 from sparsenet.nm import NM, check_nm, max_group_nnz
 from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu
 from sparsenet.prune import DEFAULT_BLOCK, check_block
@@ -72,6 +73,7 @@ class _Chunked(Engine):
         common = dict(engine=self.name, batch=B, threads=self.threads, isa=cpu().isa,
                       layout=self.layout_name, nbytes=self.nbytes)
         if B == 1:
+            common["nbytes"] = self._spmv_nbytes()
             par = self._parallel_layers()
             layers = tuple(LayerPlan(self._spmv_kernel(), bool(p)) for p in par)
             why = (f"batch 1: one matrix-vector kernel per layer; rows split over {self.threads} threads "
@@ -87,6 +89,10 @@ class _Chunked(Engine):
 
     def _spmv_kernel(self) -> str:
         return f"{self.layout_name}-spmv"
+
+    def _spmv_nbytes(self) -> int:
+        """Parameter bytes a batch-1 call reads (its layout's; nbytes: the canonical one's)."""
+        return self.nbytes
 
     def _tile_columns(self, Bc: int) -> int:
         return TILE
@@ -177,7 +183,7 @@ class NMEngine(_Chunked):
     name = "nm"
     layout_name = "nm"
 
-    def __init__(self, params, threads: Optional[int] = None, n: Optional[int] = None, m: int = 4,
+    def __init__(self, params, threads: Optional[int] = None, n: Optional[int] = None, m: int = NM_M,
                  prune_output: bool = False, tuning: Optional[Tuning] = None, panel: Optional[int] = None,
                  tile: Optional[int] = None):
         self.n, self.m = check_nm(1 if n is None else n, m)
@@ -244,6 +250,12 @@ class NMEngine(_Chunked):
 
     def _spmv_kernel(self) -> str:
         return "nm-spmv16" if self._vec16 is not None else "nm-spmv"
+
+    def _spmv_nbytes(self) -> int:
+        if self._vec16 is None:
+            return self.nbytes
+        values, idx, bias = self._vec16[:3]            # the interleaved copy: rows padded to 16
+        return int(values.nbytes + idx.nbytes + bias.nbytes)
 
     def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer

@@ -247,3 +247,19 @@ def test_kernel_and_engine_tests_on_an_avx2_target():
              NUMBA_CPU_NAME="haswell", SPARSENET_EXPECT_ISA="avx2")
     assert r.returncode == 0, r.stdout[-6000:]
     assert " passed" in r.stdout.splitlines()[-1]
+
+
+def test_nm_engine_batch_one_reads_its_interleaved_copy():
+    """A batch-1 call of an N:4 net runs on the row-interleaved copy: its plan counts that copy's
+    bytes (rows padded to 16), batches the canonical N:M arrays; the default M is the study's."""
+    from sparsenet import names
+    from sparsenet.engines import make_engine
+    from sparsenet.prune import apply_masks, make_masks
+    params = he_init((40, 37, 10), seed=3)
+    net = apply_masks(params, make_masks(params, "nm", 0.5))
+    e = make_engine("nm", net, threads=1)
+    assert e.m == names.NM_M == 4 and e.plan(1).layers[0].kernel == "nm-spmv16"
+    values, idx, bias = e._vec16[:3]
+    assert e.plan(1).nbytes == values.nbytes + idx.nbytes + bias.nbytes != e.nbytes
+    assert bias.size == 48 + 16                          # 37 and 10 output rows, each padded to 16
+    assert e.call_nbytes(1) == e.plan(1).nbytes and e.call_nbytes(64) == e.nbytes
