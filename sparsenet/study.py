@@ -43,13 +43,21 @@ from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's co
 )
 
 
-def _default(module: str, name: str) -> Callable:
-    """The real `sparsenet.<module>.<name>`, imported when first called (keeps `import study` light)."""
-    def call(*args, **kwargs):
+@dataclass(frozen=True)
+class _default:
+    """The real `sparsenet.<module>.<name>`, imported when first called (keeps `import study` light);
+    it pickles by name, so worker processes (cluster.ProcessRunner) receive it as a task function."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args, **kwargs):
         import importlib
-        return getattr(importlib.import_module(f"sparsenet.{module}"), name)(*args, **kwargs)
-    call.__name__ = f"{module}.{name}"
-    return call
+        return getattr(importlib.import_module(f"sparsenet.{self.module}"), self.name)(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:
+        return f"{self.module}.{self.name}"
 
 
 @dataclass(frozen=True)

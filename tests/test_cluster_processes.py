@@ -73,3 +73,16 @@ def test_accuracy_stage_in_processes_equals_the_local_run(tiny, runner, tmp_path
     assert a["complete"] and b["complete"]
     assert a["curves"] == b["curves"] and a["dense"] == b["dense"]
     assert {c["method"] for c in b["curves"]} == set(names.GRANULARITIES)
+
+
+def test_the_default_stages_pickle_for_worker_processes():
+    """The study hands Stages().train to the workers (a closure did not pickle: the default study
+    failed at its first task)."""
+    import pickle
+
+    from sparsenet import train
+    stage = pickle.loads(pickle.dumps(study.Stages().train))
+    assert stage == study.Stages().train and stage.__name__ == "train.cached_train"
+    with pytest.raises(TypeError, match="cached_train"):
+        stage()                                           # calls the real function (missing arguments)
+    assert train.cached_train.__name__ == "cached_train"
