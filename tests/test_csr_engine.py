@@ -54,7 +54,8 @@ def test_default_batch_one_layout_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(sell8_kernels, "available", lambda: False)      # no AVX2 either
     assert make_engine("csr", params, threads=1).sell_kernel is None    # the SpMV
     assert make_engine("csr", params, threads=1, sell=True).sell_kernel == "sell16-portable"
-    with pytest.raises(ValueError, match="sell='sell8' needs a CPU with AVX2 and FMA"):
+    with pytest.raises(ValueError, match=r"^sell='sell8' needs a CPU with AVX2 and FMA \(as Numba targets it\); "
+                                         r"use sell='sell8-portable' or leave sell unset$"):
         make_engine("csr", params, sell="sell8")
     with pytest.raises(ValueError, match="sell must be one of None, True, False, 'portable', 'sell8', "
                                          "'sell8-portable', got 'fast'"):
@@ -121,3 +122,47 @@ def test_default_sell8_needs_the_columns_to_fit(monkeypatch):
     monkeypatch.setattr(sell8, "MAX_COLUMNS", SIZES[0] - 1)
     assert make_engine("csr", params, threads=1).sell_kernel is None
     assert make_engine("csr", params, threads=1, sell=True).sell_kernel == "sell16-portable"
+
+
+def _padding_heavy_net():
+    """16 x 100 with one full row and 15 single weights, then 4 x 16: each slice of rows pads to the
+    long row, so the SELL copy holds more than twice CSR's bytes."""
+    rng = np.random.default_rng(3)
+    w0 = np.zeros((16, 100), np.float32)
+    w0[0] = rng.standard_normal(100).astype(np.float32)
+    w0[np.arange(1, 16), np.arange(1, 16)] = 1.0
+    return (Layer(w0, None), Layer(rng.standard_normal((4, 16)).astype(np.float32), None))
+
+
+def test_default_sell_obeys_the_engines_cache_budget():
+    """The pays rule reads the engine's tuning: a SELL copy over twice CSR's bytes is kept within the
+    default cache budget, dropped at sell_cache_bytes=0; an explicit choice stands either way."""
+    params = _padding_heavy_net()
+    want = "sell16-avx512" if sell_kernels.available() else "sell8-avx2" if sell8_kernels.available() else None
+    if want is None:
+        pytest.skip("this CPU has no SELL kernel for the default batch 1")
+    kept = make_engine("csr", params, threads=1)
+    assert kept.sell_kernel == want and kept.sell_nbytes > 2 * kept.nbytes and kept.plan(1).layout == "sell"
+    dropped = make_engine("csr", params, threads=1, tuning=Tuning(sell_cache_bytes=0))
+    assert dropped.sell_kernel is None and dropped.sell_nbytes == kept.sell_nbytes
+    assert dropped.plan(1).layout == "csr"
+    X = np.random.default_rng(4).random((1, 100), dtype=np.float32)
+    _close(dropped(X), forward(params, X))
+    for choice, kernel in (("sell8-portable", "sell8-portable"), ("portable", "sell16-portable")):
+        eng = make_engine("csr", params, threads=1, sell=choice, tuning=Tuning(sell_cache_bytes=0))
+        assert eng.sell_kernel == kernel and eng.plan(1).layout == "sell"
+        _close(eng(X), forward(params, X))
+
+
+@pytest.mark.parametrize("choice", ["sell8-portable", "portable"])
+def test_sell_padding_of_a_one_weight_net(choice):
+    """sell_padding is stored slots per kept weight: with a single weight, all the slots the copy holds."""
+    w0 = np.zeros((4, 8), np.float32)
+    w0[2, 5] = 1.5
+    params = (Layer(w0, None), Layer(np.zeros((3, 4), np.float32), None))
+    eng = make_engine("csr", params, threads=1, sell=choice)
+    per = sell8.SLOTS * sell8.LANES if choice == "sell8-portable" else sell.LANES
+    assert eng.nnz == 1 and sum(eng.net.sell_slots) > 0
+    assert eng.sell_padding == sum(eng.net.sell_slots) * per
+    X = np.ones((1, 8), np.float32)
+    _close(eng(X), forward(params, X))

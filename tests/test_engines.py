@@ -698,6 +698,48 @@ def test_aligned_zeros(shape, align):
     assert csr_engine._aligned_zeros(shape).ctypes.data % 64 == 0
 
 
+def test_aligned_zeros_at_every_offset():
+    """Wherever an allocation lands (malloc: 16-byte steps), the aligned view fits in it: many live
+    allocations of growing sizes cover the offsets a 256-byte boundary can need."""
+    held = [csr_engine._aligned_zeros(n, 256) for n in range(1, 200)]
+    for n, a in enumerate(held, 1):
+        assert a.shape == (n,) and a.ctypes.data % 256 == 0 and not a.any()
+
+
+def test_a_hidden_layer_wider_than_uint16_gets_wide_indices():
+    """The concatenated indices take the dtype of the widest layer input (csr) or output (the CSC
+    copy), here the hidden layer's 65537 units: uint16 would wrap unit 65536 to 0."""
+    rng = np.random.default_rng(13)
+    w0 = np.zeros((65537, 3), np.float32)
+    w0[65536] = 1.0                                        # only the last hidden unit is live
+    w0[0] = -1.0
+    w1 = np.zeros((2, 65537), np.float32)
+    w1[:, 65536] = (2.0, -3.0)
+    w1[:, 0] = (7.0, 5.0)
+    params = (Layer(w0, None), Layer(w1, rng.standard_normal(2).astype(np.float32)))
+    X = rng.random((3, 3), dtype=np.float32)
+    for name in ("csr", "csr-skip"):
+        eng = make_engine(name, params, threads=1, sell=False)
+        assert eng.index_dtype == "uint32" and eng._plain[1].dtype == np.uint32
+        if name == "csr-skip":
+            assert eng._csc[1].dtype == np.uint32 and eng.layout(1) == "csc"
+        for B in (1, 3):
+            assert_matches(eng(X[:B]), forward(params, X[:B]))
+
+
+def test_only_the_last_layer_panelled():
+    """A net whose last layer alone is dense enough for panels still gets its panel-major copy."""
+    rng = np.random.default_rng(14)
+    w0 = (rng.standard_normal((80, 96)) * (rng.random((80, 96)) < 0.1)).astype(np.float32)   # sparse: plain
+    w1 = rng.standard_normal((10, 80)).astype(np.float32)                                    # dense: panels
+    params = (Layer(w0, None), Layer(w1, None))
+    eng = make_engine("csr", params, threads=1, tuning=Tuning(**SMALL_PANELS))
+    assert eng.panels == (96, 16) and eng._paneled is not eng._plain and eng.panel_nbytes > 0
+    assert list(eng._paneled[4]) == [96, 16] and eng.layout(64) == "csr-panels"
+    X = rng.random((64, 96), dtype=np.float32)
+    assert_matches(eng(X), forward(params, X))
+
+
 def test_row_split_buffers_are_aligned_and_cached(small):
     eng = make_engine("csr", small, threads=1)
     for B, Bp in ((15, 16), (7, 7), (130, 144)):
@@ -789,6 +831,67 @@ def test_warmup_calls_with_a_zero_float32_batch(small, monkeypatch):
     assert eng.warmup(batch=16.0) < 5
     assert [(x.shape, x.dtype) for x in seen] == [((1, SMALL[0]), np.float32), ((16, SMALL[0]), np.float32)]
     assert not any(x.any() for x in seen)
+
+
+class _BlasPool:
+    """A BLAS controller (threadpoolctl's interface) at 3 threads, recording what it is set to."""
+
+    def __init__(self):
+        self.threads, self.calls = 3, []
+
+    def get_num_threads(self):
+        return self.threads
+
+    def set_num_threads(self, n):
+        self.calls.append(n)
+        self.threads = n
+
+
+@pytest.mark.skipif(N_THREADS < 2, reason="needs 2 Numba threads to see the Numba limit")
+@pytest.mark.parametrize("name, blas, numba_", [("dense", True, False), ("csr", False, True)])
+def test_a_call_limits_only_the_pools_its_engine_uses(small, name, blas, numba_, monkeypatch):
+    """A call (outside threads_context) runs at the engine's threads on the pools the engine uses
+    (numpy's BLAS for dense, Numba for csr), leaves the other pool as it was, and restores both."""
+    from sparsenet import threads as _threads
+    pool = _BlasPool()
+    monkeypatch.setattr(_threads, "_blas", [pool])
+    eng = make_engine(name, small, threads=1)
+    assert (eng.uses_blas, eng.uses_numba) == (blas, numba_)
+    seen, real = [], eng._forward
+
+    def forward_spy(X):
+        seen.append((pool.threads, numba.get_num_threads()))
+        return real(X)
+
+    monkeypatch.setattr(eng, "_forward", forward_spy)
+    X = np.random.default_rng(4).random((5, SMALL[0]), dtype=np.float32)
+    with _threads.limit(2, blas=False):                   # Numba at 2 threads around the call
+        assert_matches(eng(X), forward(small, X))
+        assert seen == [(1 if blas else 3, 1 if numba_ else 2)]
+        assert (pool.threads, numba.get_num_threads()) == (3, 2)
+    assert pool.calls == ([1, 3] if blas else [])
+
+
+@pytest.mark.parametrize("name", UNSTRUCTURED)
+def test_forward_hook_gets_c_contiguous_float32_rows(small, name, monkeypatch):
+    """_forward's contract: (B, n_in) float32, C-contiguous, B >= 1, whatever the caller passes
+    (float64, strided or Fortran-ordered float32); an empty batch never reaches it."""
+    eng = make_engine(name, small, threads=1)
+    seen, real = [], eng._forward
+
+    def forward_spy(X):
+        seen.append((X.dtype, X.flags.c_contiguous, X.shape))
+        return real(X)
+
+    monkeypatch.setattr(eng, "_forward", forward_spy)
+    base = np.random.default_rng(6).random((4, 2 * SMALL[0]))
+    strided = base.astype(np.float32)[:, ::2]
+    ref = forward(small, np.ascontiguousarray(strided))
+    for X in (strided, np.asfortranarray(strided), np.ascontiguousarray(base[:, ::2])):
+        assert_matches(eng(X), ref)
+    assert seen == [(np.float32, True, (4, SMALL[0]))] * 3
+    empty = eng(np.zeros((0, SMALL[0]), np.float32))
+    assert empty.shape == (0, SMALL[-1]) and empty.dtype == np.float32 and len(seen) == 3
 
 
 def test_nan_rows_only(small):

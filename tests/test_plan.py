@@ -470,3 +470,19 @@ def test_batch_split_rows8_layers_are_exact():
     assert (p.split, p.chunk, p.layout, p.nbytes) == ("batch", 7, "csr", 10)
     assert p.layers == (LayerPlan("rows8", False, 0, plan.kernels.ROWS8),) * 2
     assert p.to_dict()["layers"] == [{"kernel": "rows8", "parallel": False, "panel": 0, "code": plan.kernels.ROWS8}] * 2
+
+
+def test_row_split_layer_plans_are_exact_on_one_thread():
+    """On one thread no layer of the row path is parallel, panelled or not; unpanelled layers carry
+    panel 0 (rows8 included: what the plan records)."""
+    net = _net([150, 50], [(10, 20), (5, 10)], [10, 10], csr=1, **{"csr-panels": 2})
+    t = Tuning(max_chunk=0, tile_chunk=0, min_panel_batch=32, min_parallel_work=0)
+    p = plan.plan_csr(net, 32, 1, t, None, isa="avx2")
+    assert (p.split, p.layout, p.nbytes) == ("none", "csr-panels", 2)
+    assert p.layers == (LayerPlan("panels", False, 10, kernels.PANELS), LayerPlan("tiles", False, 0, kernels.TILES))
+    p = plan.plan_csr(net, 1, 1, Tuning(min_panel_batch=1), None, isa="avx2")
+    assert p.layers == (LayerPlan("spmv-panels", False, 10, kernels.SPMV_PANELS),
+                        LayerPlan("spmv", False, 0, kernels.SPMV))
+    p = plan.plan_csr(net, 7, 2, t, None, isa="avx2")         # 7 columns, two threads: rows8
+    assert p.layers == (LayerPlan("rows8", True, 0, kernels.ROWS8),) * 2
+    assert [d["panel"] for d in p.to_dict()["layers"]] == [0, 0]
