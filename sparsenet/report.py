@@ -21,7 +21,7 @@ from sparsenet.analysis import (
 from sparsenet.files import atomic_write_bytes, make_dirs, write_json
 from sparsenet.names import engine_rank
 from sparsenet.results import load_results, missing_parts
-from sparsenet.study_config import OPTIONS
+from sparsenet.study_config import OPTIONS, TIMING_FIELDS
 
 HOW_TO = {
     "accuracy": "the study's training and pruning sweep writes it",
@@ -59,7 +59,6 @@ def reproduce_command(config, folder) -> str:
     if timing_only:
         # a sibling folder timed from `source` (study.run_timing_only): this machine's timings of its nets;
         # the command, run here again, resumes it (on another machine it makes that machine's sibling)
-        from sparsenet.study import TIMING_FIELDS
         args += ["--timing-only", source]
     elif study.get("is_quick"):
         args.append("--quick")

@@ -39,7 +39,8 @@ from sparsenet.progress import bar, say
 from sparsenet.results import part_path, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
 from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
-    OPTIONS, PLACE_FIELDS, StudyConfig, available_threads, finetune_config, gmp_config, gradual_config, model_cache, train_config,
+    OPTIONS, PLACE_FIELDS, TIMING_FIELDS, StudyConfig, available_threads, finetune_config, gmp_config,
+    gradual_config, model_cache, train_config,
 )
 
 
@@ -510,8 +511,6 @@ def _finish(folder: Path, report, total: float, times: dict, progress) -> None:
 # the fields only the machine's stages read: `--timing-only` may set them anew (each machine its own
 # threads, batches, time budget); every other field defines the nets, the data or the accuracy sweep
 # and comes from config.json as recorded
-TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
-                 "min_time", "max_case_s", "max_call_s", "dense_every_k", "remeasure_s")
 MACHINE_PARTS = ("machine", "timings", "scaling")       # what a machine's run writes
 SHARED_PARTS = ("accuracy", "activations")              # what does not depend on the machine
 

@@ -17,6 +17,9 @@ from sparsenet.hashing import short_hash
 
 # fields that say where things go, not what is measured: left out of the run id and config checks
 PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir", "scheduler", "workers")
+# the settings of the timing stages alone: what `--timing-only` may set for the machine it runs on
+TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
+                 "min_time", "max_case_s", "max_call_s", "dense_every_k", "remeasure_s")
 
 
 @dataclass(frozen=True)
