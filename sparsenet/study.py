@@ -197,14 +197,13 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stag
     recoveries = ("oneshot",)
     if cfg.finetune_epochs > 0:     # gradual pruning goes with fine-tuning (its lr, gradual_epochs long)
         recoveries += ("finetuned",) + (("gradual",) if cfg.gradual_sparsities and cfg.gradual_methods else ())
-    gr = gradual_config(cfg, len(X))
     stages.sweep(folder, models, X[tr], y[tr], X[val], y[val],
                  to_float(ds.test_images), ds.test_labels, sparsities=cfg.sparsities,
                  methods=cfg.methods, recoveries=recoveries,
                  finetune_cfg=ft if cfg.finetune_epochs > 0 else None,
                  finetune_sparsities=cfg.finetune_sparsities, gradual_sparsities=cfg.gradual_sparsities,
-                 gradual_methods=cfg.gradual_methods, gmp=gmp_config(cfg, len(tr), gr.batch_size),
-                 gradual_cfg=gr if cfg.finetune_epochs > 0 else None, seeds=cfg.seeds,
+                 gradual_methods=cfg.gradual_methods, gmp=gmp_config(cfg, len(tr)),
+                 gradual_cfg=gradual_config(cfg, len(X)) if cfg.finetune_epochs > 0 else None, seeds=cfg.seeds,
                  dataset=cfg.dataset, progress=progress, runner=stages.runner)
 
 

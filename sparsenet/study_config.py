@@ -198,14 +198,15 @@ def gradual_config(cfg: StudyConfig, n_train: int):
     return dataclasses.replace(finetune_config(cfg, n_train), epochs=cfg.gradual_epochs)
 
 
-def gmp_config(cfg: StudyConfig, n_fit: int, batch_size: int):
-    """The schedule of gradual pruning over gradual_epochs on n_fit images in batches of batch_size:
-    a mask update every 100 steps (Zhu & Gupta's spacing), or every tenth of the run when that is
-    shorter (a small study), ending three quarters into training (sweep.GMPConfig's default)."""
+def gmp_config(cfg: StudyConfig, n_fit: int):
+    """The schedule of gradual pruning (gradual_config) on n_fit images: a mask update every 100
+    steps (Zhu & Gupta's spacing), or every tenth of the run when that is shorter (a small study),
+    ending three quarters into training (sweep.GMPConfig's default)."""
     import math
 
     from sparsenet.sweep import GMPConfig
-    steps = math.ceil(n_fit / batch_size) * cfg.gradual_epochs
+    gr = gradual_config(cfg, n_fit)
+    steps = math.ceil(n_fit / gr.batch_size) * gr.epochs
     return GMPConfig(prune_every=max(1, min(100, steps // 10)))
 
 
