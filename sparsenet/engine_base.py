@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
 import time
 from typing import Optional, Sequence
 
@@ -26,6 +27,8 @@ class Engine:
     uses_blas = False      # which thread pools the forward pass uses
     uses_numba = False
     index_dtype = None
+    # scratch buffers a call sizes for its batch (None until the first call): copy() gives a copy its own
+    scratch = ("_bufs", "_chunk_bufs")
 
     def __init__(self, params: Sequence[Layer], threads: Optional[int] = None):
         params = check_params(params)
@@ -87,6 +90,16 @@ class Engine:
         t = time.perf_counter()
         self(X)
         return time.perf_counter() - t
+
+    def copy(self) -> "Engine":
+        """Another engine over the same stored weights (shared: nothing writes them after the build)
+        with scratch buffers of its own, for calls of another batch size; no layout is built again."""
+        new = _copy.copy(self)
+        for name in self.scratch:
+            if hasattr(new, name):
+                setattr(new, name, None)
+        new._held = 0
+        return new
 
     # -- counts ----------------------------------------------------------------------------------
     def flops(self, batch: int) -> int:

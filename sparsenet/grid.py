@@ -108,13 +108,19 @@ RATES_GFLOPS = {"dense": 40.0, "csr": 8.0, "csr-scipy": 4.0, "shrunk": 40.0, "bs
 
 
 def skip_reason(engine: str, n_weights: int, sparsity: float, batch: int, n_io: int,
-                max_bytes: float = 2e9, max_call_s: float = 2.0) -> Optional[str]:
+                max_bytes: float = 2e9, max_call_s: float = 2.0,
+                max_baseline_call_s: Optional[float] = None) -> Optional[str]:
     """Why a case should not be timed (too much memory, or a call predicted too slow), or None.
 
     Memory: weights (dense 4 B/entry; CSR 8 B/nonzero) + input and output (n_io floats per row);
     the limit leaves room for the temporaries of building an engine (a dense copy, CSR indices).
-    Time: flops (all weights for dense/shrunk, nonzeros for CSR) over RATES_GFLOPS.
+    Time: flops (all weights for dense/shrunk, nonzeros for CSR) over RATES_GFLOPS, against
+    `max_call_s`, or `max_baseline_call_s` (when given) for a library baseline (names.LIBRARY_BASELINES:
+    scipy's slow cases at large batches were half of the default study's timing stage).
     """
+    baseline = max_baseline_call_s is not None and engine in names.LIBRARY_BASELINES
+    if baseline:
+        max_call_s = min(max_call_s, max_baseline_call_s)
     nnz = round((1.0 - sparsity) * n_weights)
     dense = engine in names.DENSE_ENGINES
     mem = (4 * n_weights if dense else 8 * nnz) + 4 * batch * n_io
@@ -123,7 +129,8 @@ def skip_reason(engine: str, n_weights: int, sparsity: float, batch: int, n_io: 
     rate = RATES_GFLOPS.get(engine) or RATES_GFLOPS.get(names.SMALL_BATCH_ENGINES.get(engine, ("",))[0], 1.0)
     secs = 2.0 * batch * (n_weights if dense else nnz) / (rate * 1e9)
     if secs > max_call_s:
-        return f"predicted {secs:.1f} s per call > {max_call_s:g} s"
+        limit = "the library baseline limit " if baseline else ""
+        return f"predicted {secs:.2g} s per call > {limit}{max_call_s:g} s"
     return None
 
 
@@ -138,9 +145,10 @@ def small_batch_skip(engine: str, batch: int) -> Optional[str]:
 
 
 def scaling_skip(engine: str, sparsity: float, batch: int, width: int, max_bytes: float = 1.2e9,
-                 max_call_s: float = 2.0) -> Optional[str]:
+                 max_call_s: float = 2.0, max_baseline_call_s: Optional[float] = None) -> Optional[str]:
     """skip_reason for one square layer of `width`."""
-    return skip_reason(engine, width * width, sparsity, batch, 2 * width, max_bytes, max_call_s)
+    return skip_reason(engine, width * width, sparsity, batch, 2 * width, max_bytes, max_call_s,
+                       max_baseline_call_s)
 
 
 # --- engines -------------------------------------------------------------------------------------
@@ -154,12 +162,14 @@ def _estimate_nbytes(params) -> int:
 
 def _engines_for(make_engine, name, params, threads, batches) -> dict:
     """{batch: engine}: one engine per batch size (an engine may keep buffers sized for the last
-    batch it ran, and interleaved rounds would otherwise re-allocate them inside the timer), or one
-    shared engine when it is too large to build several times."""
-    if _estimate_nbytes(params) > SHARE_BYTES:
-        engine = make_engine(name, params, threads=threads)
+    batch it ran, and interleaved rounds would otherwise re-allocate them inside the timer), built
+    once and copied (Engine.copy: the stored weights shared, scratch buffers its own; building the
+    layouts again for every batch took a sixth of the timing stage), or one shared engine when it is
+    too large to hold several scratch sets."""
+    engine = make_engine(name, params, threads=threads)
+    if _estimate_nbytes(params) > SHARE_BYTES or not hasattr(engine, "copy"):
         return {b: engine for b in batches}
-    return {b: make_engine(name, params, threads=threads) for b in batches}
+    return {b: engine if i == 0 else engine.copy() for i, b in enumerate(batches)}
 
 
 def _default_make_engine(name, params, threads=None):
@@ -176,10 +186,12 @@ class Grid:
     def __init__(self, engines: Sequence[str], sparsities: Sequence[float], batches: Sequence[int],
                  threads: Sequence[int], widths: Sequence[Optional[int]] = (None,),
                  dense_every_k: bool = False, max_call_s: float = 2.0, max_bytes: float = 1.2e9,
-                 seed: int = 0, make_engine: Optional[Callable] = None):
+                 seed: int = 0, make_engine: Optional[Callable] = None,
+                 max_baseline_call_s: Optional[float] = None):
         self.engines, self.sparsities = tuple(engines), tuple(sparsities)
         self.batches, self.threads, self.widths = tuple(batches), tuple(threads), tuple(widths)
         self.dense_every_k, self.max_call_s, self.max_bytes = dense_every_k, max_call_s, max_bytes
+        self.max_baseline_call_s = max_baseline_call_s
         self.seed = seed
         self.make_engine = make_engine or _default_make_engine   # (name, params, threads=) -> engine
 
@@ -249,7 +261,8 @@ class MLPGrid(Grid):
 
     def skip(self, point: Point) -> Optional[str]:
         return small_batch_skip(point.engine, point.batch) or skip_reason(
-            point.engine, self._n_weights, point.sparsity, point.batch, self._n_io, self.max_bytes, self.max_call_s)
+            point.engine, self._n_weights, point.sparsity, point.batch, self._n_io, self.max_bytes, self.max_call_s,
+            self.max_baseline_call_s)
 
     def input(self, batch: int, n_in: int) -> np.ndarray:
         if self.inputs is None:
@@ -269,7 +282,7 @@ class ScalingGrid(Grid):
 
     def skip(self, point: Point) -> Optional[str]:
         return scaling_skip(point.engine, point.sparsity, point.batch, point.width, self.max_bytes,
-                            self.max_call_s)
+                            self.max_call_s, self.max_baseline_call_s)
 
     def net(self, unit, method: str) -> tuple:
         width, k = unit

@@ -45,6 +45,9 @@ SMALL_BATCH_ENGINES = {"dense-fused": ("dense", "max_fused_batch"), "shrunk-fuse
                        "dense-skip": ("dense", "max_fused_batch"), "shrunk-skip": ("shrunk", "max_fused_batch"),
                        "csr-skip": ("csr", "max_csc_batch")}
 SCALING_ENGINES = ("dense", "csr")                 # engines of the one-layer width-scaling study
+# library engines timed only to show what our kernels gain over them: a call predicted slower than the
+# study's max_baseline_call_s is skipped (their ratio to ours shows as well at the cheaper points)
+LIBRARY_BASELINES = ("csr-scipy", "bsr-scipy")
 
 # --- default grids -------------------------------------------------------------------------------
 

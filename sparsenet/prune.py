@@ -326,6 +326,57 @@ def block_prune(params: Sequence[Layer], sparsity, block=DEFAULT_BLOCK, prune_ou
     return apply_masks(params, block_mask(params, sparsity, block=block, prune_output=prune_output))
 
 
+def shrink_masked(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
+    """(small, small_masks, kept): apply_masks(params, masks) without the hidden neurons the masks
+    remove, for training with the masks held fixed at the smaller net's cost (neuron pruning at 90 %
+    trains a net of a tenth the width).
+
+    A hidden neuron is removed when its mask keeps none of its weights and its bias is absent or
+    masked out: it outputs ReLU(0) = 0 before and during training (its weights stay zero), so its
+    column in the next layer never counts and gets no gradient. `kept` holds the kept rows of each
+    layer (all for the output layer): expand_masked(small, kept, apply_masks(params, masks)) puts a
+    trained small net back into the original shapes.
+    """
+    _check_masks(params, masks)
+    small, small_masks, kept = [], [], []
+    cols = None                                              # the kept columns of this layer
+    last = len(params) - 1
+    for i, (layer, (keep_w, keep_b)) in enumerate(zip(params, masks)):
+        keep_w = np.asarray(keep_w, bool)
+        rows = np.ones(keep_w.shape[0], bool)
+        if i < last:
+            if layer.bias is None or keep_b is not None:
+                rows = keep_w.any(axis=1) | (False if keep_b is None else np.asarray(keep_b, bool))
+        net = apply_masks((layer,), ((keep_w, keep_b),))[0]
+        w, kw = net.weight[rows], keep_w[rows]
+        if cols is not None:
+            w, kw = w[:, cols], kw[:, cols]
+        kb = None if keep_b is None else np.asarray(keep_b, bool)[rows]
+        small.append(Layer(np.ascontiguousarray(w), None if net.bias is None else net.bias[rows]))
+        small_masks.append((np.ascontiguousarray(kw), kb))
+        kept.append(rows)
+        cols = rows
+    return tuple(small), tuple(small_masks), tuple(kept)
+
+
+def expand_masked(small: Sequence[Layer], kept: Sequence[np.ndarray], like: Sequence[Layer]) -> tuple:
+    """shrink_masked's `small` net (e.g. trained) in the shapes of `like`, the masked net it came from:
+    the kept rows and columns from `small`, every other entry as in `like` (the removed neurons' zero
+    rows and biases, and their columns downstream, which never count): the same predictions as
+    `small`, and what training the masked net itself would leave there."""
+    out, cols = [], None
+    for layer, rows, ref in zip(small, kept, like):
+        w = np.array(ref.weight, copy=True)
+        w[np.ix_(rows, cols if cols is not None else np.ones(ref.weight.shape[1], bool))] = layer.weight
+        b = None
+        if ref.bias is not None:
+            b = np.array(ref.bias, copy=True)
+            b[rows] = layer.bias
+        out.append(Layer(w, b))
+        cols = rows
+    return tuple(out)
+
+
 def _dead_rows(layer: Layer) -> np.ndarray:
     dead = ~np.any(layer.weight != 0, axis=1)                 # (n_out,)
     if layer.bias is not None:

@@ -225,7 +225,7 @@ def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
 def _timing_config(cfg: StudyConfig, scaling: bool) -> dict:
     """What a timings (scaling) file records it was made with; a resume needs it unchanged."""
     keys = ["engines", "sparsities", "batches", "threads", "rounds", "min_time", "max_case_s",
-            "max_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset"]
+            "max_call_s", "max_baseline_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset"]
     d = {k: getattr(cfg, k) for k in keys}
     if scaling:
         d.update(widths=cfg.widths, threads=cfg.scaling_threads, engines=names.SCALING_ENGINES,
@@ -238,14 +238,14 @@ def timing_grid(cfg: StudyConfig, params, make_engine=None, inputs=None) -> MLPG
     inputs cut from `inputs` (the test images) when given."""
     return MLPGrid(params, cfg.engines, cfg.sparsities, cfg.batches, cfg.threads,
                    dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s, make_engine=make_engine,
-                   inputs=inputs)
+                   inputs=inputs, max_baseline_call_s=cfg.max_baseline_call_s)
 
 
 def scaling_grid(cfg: StudyConfig, make_engine=None) -> ScalingGrid:
     """The grid of the scaling stage: one square layer per width, names.SCALING_ENGINES."""
     return ScalingGrid(names.SCALING_ENGINES, cfg.scaling_ks(), cfg.batches, cfg.scaling_threads,
                        widths=cfg.widths, dense_every_k=cfg.dense_every_k, max_call_s=cfg.max_call_s,
-                       make_engine=make_engine)
+                       make_engine=make_engine, max_baseline_call_s=cfg.max_baseline_call_s)
 
 
 def run_timings(cfg: StudyConfig, folder: Path, params, progress=True, inputs=None,
@@ -338,7 +338,9 @@ def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:
             by_unit.setdefault((r.get("width"), r["sparsity"]), []).append(i)
     n = 0
     for unit, idx in by_unit.items():
-        if time.perf_counter() - t0 > cfg.remeasure_s:
+        left = cfg.remeasure_s - (time.perf_counter() - t0)
+        idx = _within(idx, state["records"], left)
+        if not idx:
             break
         points = [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))
                   for r in (state["records"][i] for i in idx)]
@@ -358,6 +360,19 @@ def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:
     if n:
         _say(progress, f"{part}: re-timed {n} noisy case(s) in {state['remeasured_s']:.0f} s; "
                        f"{len(state['still_noisy'])} still flagged")
+
+
+def _within(idx: list, records: list, seconds: float) -> list:
+    """The first of `idx` whose timing again (its rounds of calls, a warm and a calibrating call each)
+    is predicted to fit into `seconds`."""
+    out, total = [], 0.0
+    for i in idx:
+        r = records[i]
+        total += r["median_s"] * (r["calls"] * r["rounds"] + 2)
+        if total > seconds:
+            break
+        out.append(i)
+    return out
 
 
 def _loadavg():

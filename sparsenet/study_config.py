@@ -19,7 +19,7 @@ from sparsenet.hashing import short_hash
 PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir", "scheduler", "workers")
 # the settings of the timing stages alone: what `--timing-only` may set for the machine it runs on
 TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
-                 "min_time", "max_case_s", "max_call_s", "dense_every_k", "remeasure_s")
+                 "min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "dense_every_k", "remeasure_s")
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,12 @@ class StudyConfig:
     min_time: float = 0.02                   # seconds per round per case (cheap calls are looped)
     max_case_s: float = 1.5                  # a slow case gets fewer rounds (>= 3) to stay near this budget
     max_call_s: float = 2.0                  # skip a case predicted slower than this per call (reason kept)
+    max_baseline_call_s: float = 0.2         # the same for scipy's engines (names.LIBRARY_BASELINES): they
+                                             # show what our kernels gain; their slow cases (scipy BSR at
+                                             # batch 256-4096) were half of the timing stage
     dense_every_k: bool = False              # time dense at every k (its time does not depend on k:
                                              # BLAS multiplies the zeros); False: at k = 0 only
-    remeasure_s: float = 60.0                # seconds spent re-timing flagged (noisy) cases before the verdict
+    remeasure_s: float = 30.0                # seconds spent re-timing flagged (noisy) cases before the verdict
     scheduler: Optional[str] = None          # a Dask scheduler (tcp://host:8786) for the accuracy work
     workers: Optional[int] = None            # a LocalCluster of this many single-threaded workers instead
 
@@ -110,7 +113,7 @@ class StudyConfig:
             raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
         if not (isinstance(self.rounds, int) and self.rounds >= 1):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        for name in ("min_time", "max_case_s", "max_call_s", "finetune_lr", "remeasure_s"):
+        for name in ("min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "finetune_lr", "remeasure_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -261,6 +264,8 @@ OPTIONS = (
     Option("min_time", "--min-time", "float", help="seconds per timing round per case"),
     Option("max_case_s", "--max-case-s", "float", help="time budget of one case (a slow case gets fewer rounds)"),
     Option("max_call_s", "--max-call-s", "float", help="skip a case predicted slower than this per call"),
+    Option("max_baseline_call_s", "--max-baseline-call-s", "float",
+           help="skip a scipy baseline case predicted slower than this per call"),
     Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
     Option("dense_every_k", "--dense-every-k", "bool", help="time dense at every k, not only at the smallest"),

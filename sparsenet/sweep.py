@@ -21,7 +21,9 @@ from sparsenet.names import (
     method_sparsities,
 )
 from sparsenet.progress import say
-from sparsenet.prune import DEFAULT_BLOCK, apply_masks, check_sparsity, make_masks, shrink
+from sparsenet.prune import (
+    DEFAULT_BLOCK, apply_masks, check_sparsity, expand_masked, make_masks, shrink, shrink_masked,
+)
 from sparsenet.train import fit
 
 
@@ -79,14 +81,15 @@ def oneshot_sweep(params, X_test, y_test, sparsities=SWEEP_SPARSITIES, methods=M
 
 def finetune(params, masks, X_train, y_train, X_val, y_val, cfg, progress: bool = True):
     """Apply `masks`, then train with them held fixed (pruned weights, and the rows and biases of
-    removed neurons, stay exactly zero). Epochs etc. come from the TrainConfig `cfg`.
+    removed neurons, stay exactly zero). Epochs etc. come from the TrainConfig `cfg`. Removed neurons
+    are left out while training (prune.shrink_masked: the same net, a smaller one to train).
 
-    Returns fit's best-on-validation parameters.
+    Returns fit's best-on-validation parameters, in the shapes of `params`.
     """
-    pruned = apply_masks(params, masks)
-    best, _history = fit(pruned, X_train, y_train, X_val, y_val, cfg, masks=masks,
+    small, small_masks, kept = shrink_masked(params, masks)
+    best, _history = fit(small, X_train, y_train, X_val, y_val, cfg, masks=small_masks,
                          progress=progress)
-    return best
+    return expand_masked(best, kept, apply_masks(params, masks))
 
 
 # --- gradual magnitude pruning ----------------------------------------------------------------

@@ -6,7 +6,9 @@ Method (one place, so the study and the pytest-benchmark suites agree):
 - calibration, once per case: the number of calls per round is chosen so one round lasts at least
   ``min_time`` (a batch-1 call of a few microseconds is timed in a loop; per-call time = loop / calls);
 - rounds are interleaved: round r times every case once, in an order shuffled by (seed, r), so slow
-  drift (turbo, a neighbour's load) hits all engines alike;
+  drift (turbo, a neighbour's load) hits all engines alike; multi-threaded cases of one thread pool
+  come together (the groups in shuffled order), so the pause between pools (settle) is paid a few
+  times per round, not at every other case;
 - thread limits (threads.limit, or the engine's threads_context) are held around each case's
   timing loop, not per call; the garbage collector is off inside a loop;
 - ``median_s`` is the median over rounds of the per-call time, ``min_s``/``max_s`` the extremes,
@@ -51,6 +53,7 @@ class Case:
     width: Optional[int] = None   # scaling cases: n_in = n_out = width; None for the MLP
     calls: Optional[int] = None   # calls per round, set by calibrate()
     round_s: Optional[float] = field(default=None, repr=False)  # estimated seconds of one round
+    last_out: Optional[np.ndarray] = field(default=None, repr=False)  # the last timed call's logits
 
     @property
     def batch(self) -> int:
@@ -107,12 +110,17 @@ def gc_off():
             gc.enable()
 
 
-def _loop(fn, X, calls: int) -> float:
-    """Seconds for `calls` calls of fn(X) (caller holds threads and disables GC)."""
+def _loop(case, calls: int) -> float:
+    """Seconds for `calls` calls of case.engine(case.X) (caller holds threads and disables GC); the
+    last call's output is kept in case.last_out (check_case can check the timed call itself)."""
+    fn, X = case.engine, case.X
     t0 = time.perf_counter()
-    for _ in range(calls):
-        fn(X)
-    return time.perf_counter() - t0
+    for _ in range(calls - 1):
+        fn(X)                       # discarded at once, as a caller would (its memory reused)
+    out = fn(X) if calls > 0 else None
+    t = time.perf_counter() - t0
+    case.last_out = out
+    return t
 
 
 # --- calibration and timing ----------------------------------------------------------------------
@@ -126,7 +134,7 @@ def calibrate(case: Case, min_time: float = MIN_TIME, max_calls: int = MAX_CALLS
     n = 1
     with threads_held(case), gc_off():
         while True:
-            t = _loop(case.engine, case.X, n)
+            t = _loop(case, n)
             if t >= min_time / 5 or n >= max_calls:
                 break
             n = n * 5 // 2 if str(n)[0] == "2" else n * 2
@@ -144,9 +152,25 @@ def warm(case: Case) -> float:
         return time.perf_counter() - t0
 
 
-def round_order(n_cases: int, r: int, seed: int = 0) -> list:
-    """The order in which round `r` times the cases: a permutation fixed by (seed, r)."""
-    return [int(i) for i in np.random.default_rng([seed, r]).permutation(n_cases)]
+def round_order(n_cases: int, r: int, seed: int = 0, groups: Optional[Sequence] = None) -> list:
+    """The order in which round `r` times the cases: a permutation fixed by (seed, r). With `groups`
+    (a key per case), the cases of one key come together: the keys in a shuffled order, the cases
+    shuffled within each."""
+    rng = np.random.default_rng([seed, r])
+    order = [int(i) for i in rng.permutation(n_cases)]
+    if groups is None:
+        return order
+    keys = list(dict.fromkeys(groups[i] for i in order))          # in order of first appearance
+    rank = {key: j for j, key in enumerate(keys)}
+    return sorted(order, key=lambda i: rank[groups[i]])          # stable: shuffled within a group
+
+
+def pool_group(case) -> tuple:
+    """The key round_order groups by: the thread pools a multi-threaded case runs on (settle pauses
+    between pools); single-threaded cases form one group."""
+    if case.threads < 2:
+        return ()
+    return tuple(pool for pool in ("blas", "numba") if getattr(case.engine, f"uses_{pool}", False))
 
 
 def record(case: Case, per_call: Sequence[float]) -> dict:
@@ -221,15 +245,16 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
         bar.update(1 + rounds - n)
     per_call = [[] for _ in cases]
     previous = None
+    groups = [pool_group(c) for c in cases]
     for r in range(max(n_rounds, default=0)):
-        for i in round_order(len(cases), r, seed):
+        for i in round_order(len(cases), r, seed, groups):
             if r >= n_rounds[i]:
                 continue
             case = cases[i]
             settle(previous, case)
             previous = case
             with threads_held(case), gc_off():
-                t = _loop(case.engine, case.X, case.calls)
+                t = _loop(case, case.calls)
             per_call[i].append(t / case.calls)
             bar.update(1)
     bar.close()
@@ -248,15 +273,14 @@ def settle(previous: Optional[Case], case: Case) -> None:
     """
     if previous is None or previous.threads < 2 or case.threads < 2:
         return
-    pools = lambda c: {pool for pool in ("blas", "numba") if getattr(c.engine, f"uses_{pool}", False)}
-    if pools(previous) - pools(case):
+    if set(pool_group(previous)) - set(pool_group(case)):
         time.sleep(SETTLE_S)
 
 
 def _probe(case: Case) -> float:
     """Seconds of one round of `case` (calibrated calls), measured once."""
     with threads_held(case), gc_off():
-        return _loop(case.engine, case.X, case.calls)
+        return _loop(case, case.calls)
 
 
 # --- checking and context ------------------------------------------------------------------------
@@ -271,10 +295,13 @@ def check_case(case: Case, out: Optional[np.ndarray] = None, rtol: float = 1e-4,
                atol: float = 1e-4, rows: Optional[int] = 64) -> None:
     """Raise AssertionError unless the engine's logits equal the dense reference (float32 tolerance).
 
-    Rows are independent, so the first `rows` rows (None: all) are compared, which keeps the check
-    cheap at batch 4096. The tolerance scales with the size of the logits (a sum's rounding grows
-    with its terms).
+    `out`: the logits to check; None: the last timed call's (case.last_out), or a new call when the
+    case was not timed. Rows are independent, so the first `rows` rows (None: all) are compared, which
+    keeps the check cheap at batch 4096. The tolerance scales with the size of the logits (a sum's
+    rounding grows with its terms).
     """
+    if out is None:
+        out = case.last_out
     if out is None:
         with threads_held(case):
             out = case.engine(case.X)

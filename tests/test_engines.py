@@ -995,3 +995,29 @@ def test_fused_engine_scratch_fits_a_hidden_layer_wider_than_the_input(name):
     for B in (1, 4):
         assert eng.plan(B).split == "none"
         assert_matches(eng(X[:B]), forward(params, X[:B]))
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_copy_shares_the_weights_not_the_scratch(name):
+    """Engine.copy (what the study times other batch sizes on): the same logits at every batch, its own
+    per-batch scratch buffers, so calls of one batch on the copy leave the original's untouched."""
+    from sparsenet import names
+    from sparsenet.prune import apply_masks, make_masks
+    params = he_init(SMALL, seed=4)
+    net = apply_masks(params, make_masks(params, names.method_of(name), 0.75 if name == "nm" else 0.5,
+                                         block=(8, 1)))
+    rng = np.random.default_rng(1)
+    big, one = rng.random((256, SMALL[0]), dtype=np.float32), rng.random((1, SMALL[0]), dtype=np.float32)
+    eng = make_engine(name, net, threads=min(2, numba.config.NUMBA_NUM_THREADS))
+    first = eng(big)
+    scratch = {s: getattr(eng, s, None) for s in eng.scratch}
+    twin = eng.copy()
+    assert type(twin) is type(eng) and twin.threads == eng.threads and twin.nnz == eng.nnz
+    for _ in range(2):
+        assert_matches(twin(one), forward(net, one))
+        assert_matches(twin(big[:7]), forward(net, big[:7]))
+    for s, buf in scratch.items():
+        assert getattr(eng, s, None) is buf                   # the original's buffers: as they were
+        if buf is not None:
+            assert getattr(twin, s) is not buf
+    np.testing.assert_array_equal(eng(big), first)

@@ -16,6 +16,9 @@ class Built:
     def __call__(self, X):
         return forward(self.params, X)
 
+    def copy(self):
+        return Built(self.name, self.params, self.threads)
+
 
 @pytest.fixture
 def small():
@@ -87,7 +90,9 @@ def test_engines_shared_when_large(small, monkeypatch):
     cases = g.cases((None, 0.5), g.points((None, 0.5)))
     assert [case_id(c) for c in cases] == ["dense-s50-b1-t1", "dense-s50-b4-t1",
                                            "shrunk-s50-b1-t1", "shrunk-s50-b4-t1"]
-    assert len(built) == 4 and cases[0].engine is not cases[1].engine   # one engine per batch
+    # built once per (engine, threads), copied for the other batch: its own scratch, the weights shared
+    assert len(built) == 2 and cases[0].engine is not cases[1].engine
+    assert cases[1].engine.params is cases[0].engine.params
     assert cases[2].method == "neuron" and cases[0].method == "weight"
     assert cases[0].X is not cases[1].X and cases[0].X is cases[2].X     # inputs shared by batch
     monkeypatch.setattr(grid, "SHARE_BYTES", 0)
@@ -131,3 +136,25 @@ def test_scipy_bsr_slow_cases_are_skipped_by_its_measured_rate():
     assert grid.skip_reason("bsr", n_weights, 0.6, 4096, 3000) is None
     assert grid.skip_reason("bsr-scipy", n_weights, 0.6, 256, 3000) is None
     assert grid.skip_reason("bsr-scipy", n_weights, 0.95, 4096, 3000) is None
+
+
+def test_library_baselines_have_their_own_limit():
+    """scipy's engines are timed where a call is predicted to take at most max_baseline_call_s; our
+    engines keep max_call_s; the limit never raises max_call_s."""
+    n_weights = 784 * 1000 + 1000 * 1000 + 1000 * 500 + 500 * 200 + 200 * 10
+    nnz = 0.1 * n_weights                                          # k = 90 %
+    reason = grid.skip_reason("bsr-scipy", n_weights, 0.9, 256, 3000, max_baseline_call_s=0.02)
+    assert reason == f"predicted {2 * 256 * nnz / 1e9:.2g} s per call > the library baseline limit 0.02 s"
+    assert grid.skip_reason("bsr-scipy", n_weights, 0.9, 256, 3000) is None          # no limit given
+    assert grid.skip_reason("bsr-scipy", n_weights, 0.9, 256, 3000, max_baseline_call_s=0.2) is None
+    assert grid.skip_reason("bsr-scipy", n_weights, 0.9, 16, 3000, max_baseline_call_s=0.02) is None
+    assert "library" in grid.skip_reason("csr-scipy", n_weights, 0.5, 256, 3000, max_baseline_call_s=0.02)
+    for ours in ("bsr", "csr", "nm", "dense"):
+        assert grid.skip_reason(ours, n_weights, 0.5, 256, 3000, max_baseline_call_s=1e-9) is None
+    assert grid.skip_reason("csr-scipy", n_weights, 0.0, 4096, 3000, max_call_s=2.0,
+                            max_baseline_call_s=10.0).endswith("> the library baseline limit 2 s")
+    g = grid.MLPGrid(he_init(seed=0), ("csr", "csr-scipy"), (0.9,), (1, 256), (1,), max_baseline_call_s=0.02)
+    assert g.skip(grid.Point("csr-scipy", 0.9, 256, 1)) and g.skip(grid.Point("csr-scipy", 0.9, 1, 1)) is None
+    assert g.skip(grid.Point("csr", 0.9, 256, 1)) is None
+    s = grid.ScalingGrid(("dense", "csr-scipy"), (0.9,), (1, 256), (1,), widths=(4096,), max_baseline_call_s=0.02)
+    assert s.skip(grid.Point("csr-scipy", 0.9, 256, 1, 4096)) and s.skip(grid.Point("dense", 0.9, 256, 1, 4096)) is None

@@ -11,7 +11,8 @@ from sparsenet.model import Layer, forward, he_init, layer_sizes
 from sparsenet.prune import (
     ALL_METHODS, DEFAULT_BLOCK, METHODS, SCOPES, STRUCTURED_METHODS, _drop_smallest, apply_masks, block_mask,
     block_norms, block_prune, check_block, check_nm, check_sparsity, describe_shrink, make_masks,
-    n_to_prune, neuron_mask, neuron_prune, nm_mask, nm_prune, shrink, sparsity_of, weight_mask, weight_prune,
+    expand_masked, n_to_prune, neuron_mask, neuron_prune, nm_mask, nm_prune, shrink, shrink_masked, sparsity_of,
+    weight_mask, weight_prune,
 )
 
 SWEEP = (0, .25, .5, .6, .7, .8, .9, .95, .97, .99)
@@ -832,3 +833,55 @@ def test_nm_matches_torch_2_4():
     torch_keep = model[0].parametrizations.weight[0].mask.detach().numpy().astype(bool)
     (keep, _), = nm_mask(one_layer(w), 2, 4, prune_output=True)
     np.testing.assert_array_equal(keep, torch_keep)
+
+
+# --- shrink_masked: training the masked net at the smaller net's cost ---------------------------
+
+def _with_biases(params, seed=5):
+    rng = np.random.default_rng(seed)
+    return tuple(Layer(l.weight, rng.standard_normal(l.weight.shape[0]).astype(np.float32)) for l in params)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("method, k", [("neuron", 0.5), ("neuron", 0.0), ("weight", 0.9), ("nm", 0.75),
+                                       ("block", 0.5)])
+def test_shrink_masked_is_the_masked_net(method, k, bias):
+    params = he_init((16, 12, 8, 3), seed=1)
+    if bias:
+        params = _with_biases(params)
+    masks = make_masks(params, method, k, block=(2, 2))
+    masked = apply_masks(params, masks)
+    small, small_masks, kept = shrink_masked(params, masks)
+    X = np.random.default_rng(2).standard_normal((9, 16)).astype(np.float32)
+    np.testing.assert_allclose(forward(small, X), forward(masked, X), rtol=1e-5, atol=1e-6)
+    for layer, (kw, kb), rows in zip(small, small_masks, kept):
+        assert kw.shape == layer.weight.shape and kw.dtype == bool and layer.weight.shape[0] == rows.sum()
+        assert (kb is None) or kb.shape == layer.bias.shape
+        assert np.all(layer.weight[~kw] == 0)
+    assert kept[-1].all() and len(kept[-1]) == 3                          # output units never go
+    if method == "neuron":                                                 # exactly the pruned rows go
+        assert layer_sizes(small) == (16, 12 - round(k * 12), 8 - round(k * 8), 3)
+    elif bias:                                                             # an unmasked bias keeps its neuron
+        assert layer_sizes(small) == layer_sizes(params)
+    back = expand_masked(small, kept, masked)
+    for a, b in zip(back, masked):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        assert (a.bias is None) == (b.bias is None)
+        if a.bias is not None:
+            np.testing.assert_array_equal(a.bias, b.bias)
+    for layer in params:                                                   # input untouched
+        assert layer.weight.flags.writeable
+
+
+def test_shrink_masked_removes_only_silent_neurons():
+    """A row with no kept weight goes only when its bias is absent or masked out as well."""
+    params = _with_biases(he_init((6, 4, 2), seed=0))
+    keep_w0 = np.ones((4, 6), bool)
+    keep_w0[1] = keep_w0[3] = False                       # rows 1 and 3: no weight kept
+    keep_b0 = np.array([True, True, True, False])         # row 1 keeps its bias, row 3 does not
+    masks = ((keep_w0, keep_b0), (np.ones((2, 4), bool), None))
+    small, _, kept = shrink_masked(params, masks)
+    assert kept[0].tolist() == [True, True, True, False] and layer_sizes(small) == (6, 3, 2)
+    np.testing.assert_array_equal(small[1].weight, params[1].weight[:, :3])
+    masks = ((keep_w0, None), masks[1])                   # biases unmasked: every neuron stays
+    assert layer_sizes(shrink_masked(params, masks)[0]) == (6, 4, 2)

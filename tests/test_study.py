@@ -318,6 +318,17 @@ def test_noisy_cases_are_remeasured_within_the_budget(tiny):
     assert seen[2:] == [2, 2]                                    # one re-run per unit, csr's two cases
 
 
+def test_remeasure_takes_the_flagged_cases_that_fit_its_budget():
+    """The budget is checked per case before timing it (a unit's re-run took 101 s of a 60 s budget)."""
+    records = [{"median_s": 0.01, "calls": 1, "rounds": 7}, {"median_s": 0.001, "calls": 10, "rounds": 7},
+               {"median_s": 1.0, "calls": 1, "rounds": 3}, {"median_s": 0.001, "calls": 1, "rounds": 7}]
+    # predicted seconds: 0.01 * 9 = 0.09, 0.001 * 72 = 0.072, 1.0 * 5 = 5, ...
+    assert study._within([0, 1, 2, 3], records, 10.0) == [0, 1, 2, 3]
+    assert study._within([0, 1, 2, 3], records, 1.0) == [0, 1]              # the first that fit, in order
+    assert study._within([1, 0], records, 0.1) == [1]
+    assert study._within([2], records, 4.9) == [] and study._within([0], records, -1.0) == []
+
+
 # --- accuracy on the cluster, timing on each machine -------------------------------------------
 
 def _refuse(what):

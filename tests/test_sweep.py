@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsenet.files import read_json, write_json
-from sparsenet.model import evaluate, he_init
+from sparsenet.model import evaluate, forward, he_init
 from sparsenet.prune import apply_masks, n_to_prune, neuron_mask, sparsity_of
 from sparsenet.sweep import (
     GMPConfig, METHODS, SWEEP_SPARSITIES, finetune, gmp_mask_schedule, gmp_sparsity, gradual_prune,
@@ -110,6 +110,18 @@ def test_finetune_keeps_mask_and_does_not_hurt(problem):
         after = evaluate(tuned, Xva, yva)[0]
         assert after >= before          # best-on-validation includes no worse than the 1st epoch...
         assert sparsity_of(tuned)["layers"][0] >= (s if method == "weight" else 0.0)
+
+
+def test_finetune_of_neurons_trains_the_shrunk_net_as_the_masked_one(problem):
+    """Fine-tuning leaves removed neurons out (prune.shrink_masked); the result is the masked full
+    net's training, to float rounding, in the full shapes."""
+    models, (Xtr, ytr, Xva, yva, Xte, yte) = problem
+    masks = make_masks(models[0], "neuron", 0.7)
+    tuned = finetune(models[0], masks, Xtr, ytr, Xva, yva, FT, progress=False)
+    full, _ = fit(apply_masks(models[0], masks), Xtr, ytr, Xva, yva, FT, masks=masks, progress=False)
+    for a, b in zip(tuned, full):
+        assert a.weight.shape == b.weight.shape
+    np.testing.assert_allclose(forward(tuned, Xte), forward(full, Xte), rtol=1e-3, atol=1e-3)
 
 
 def test_finetune_with_biases():

@@ -188,3 +188,54 @@ def test_records_name_the_kernel_plan(small):
     assert rec["kernel"] == plan.summary() and rec["isa"] == cpu().isa == plan.isa
     assert rec["plan"] == plan.to_dict() and rec["layout"] == plan.layout
     assert timing.extra_info(case)["kernel"] == plan.summary()
+
+
+def test_round_order_groups_cases_of_one_key():
+    groups = ["a", "b", "a", "c", "b", "a", "c"]
+    orders = [timing.round_order(7, r, seed=1, groups=groups) for r in range(8)]
+    for order in orders:
+        assert sorted(order) == list(range(7))                        # every case once
+        keys = [groups[i] for i in order]
+        runs = [k for j, k in enumerate(keys) if j == 0 or keys[j - 1] != k]
+        assert len(runs) == 3                                          # each key in one run
+    assert len({tuple(groups[i] for i in o) for o in orders}) > 1      # the groups' order is shuffled
+    assert len({tuple(i for i in o if groups[i] == "a") for o in orders}) > 1   # and within a group
+    assert timing.round_order(7, 2, 1, groups=["x"] * 7) == timing.round_order(7, 2, 1)
+
+
+def test_multithreaded_cases_of_one_pool_run_together(small, monkeypatch):
+    """settle's pause between thread pools is paid once per change of pool group in a round."""
+    pauses = []
+    monkeypatch.setattr(timing.time, "sleep", pauses.append)
+    log, cases = [], []
+    for j in range(6):
+        c = fake_case(small, f"{'blas' if j % 2 else 'numba'}{j}", log)
+        c.engine.uses_blas, c.engine.uses_numba = j % 2 == 1, j % 2 == 0
+        c.threads, c.calls = 2, 1
+        cases.append(c)
+    timing.time_cases(cases, rounds=5, warmup=0, progress=False, seed=0)
+    assert len(pauses) <= 2 * 5 - 1 and {timing.pool_group(c) for c in cases} == {("blas",), ("numba",)}
+    one = fake_case(small, "one", [])
+    assert timing.pool_group(one) == ()                               # single-threaded: one group
+
+
+def test_check_case_checks_the_last_timed_call(small):
+    """The study checks the logits of the last timed call: an engine that goes wrong only after
+    many calls (a buffer reused badly) is caught, with no extra call."""
+    calls = []
+
+    def drifting(X):
+        calls.append(1)
+        return forward(small, X) + (0.0 if len(calls) < 4 else 1.0)
+
+    case = timing.make_case("drift", small, method="weight", sparsity=0.0, batch=2, threads=1, engine=drifting)
+    case.calls = 3
+    timing.time_cases([case], rounds=2, warmup=1, progress=False)
+    assert len(calls) == 7 and case.last_out is not None
+    with pytest.raises(AssertionError, match="drift-s0-b2-t1"):
+        timing.check_case(case)
+    assert len(calls) == 7                                            # checked without calling again
+    fresh = fake_case(small, "dense", [])
+    assert fresh.last_out is None
+    timing.check_case(fresh)                                          # not timed: one call of its own
+    assert fresh.engine.log == ["dense"]
