@@ -204,6 +204,25 @@ def _accuracy_rows(accuracy) -> list:
     return rows
 
 
+def _skipped_markdown(timings) -> str:
+    """The cases the timing stage left out, by engine and reason (their k and batches), or ''."""
+    groups: dict = {}
+    for sk in timings.get("skipped") or []:
+        reason = sk.get("reason", "")
+        kind = reason.split(" > ", 1)[-1] if reason.startswith("predicted ") else reason
+        groups.setdefault((sk["engine"], kind), []).append(sk)
+    if not groups:
+        return ""
+    lines = ["\nNot timed (grid.skip_reason; a call predicted slower than the limit, or too large):\n"]
+    for (engine, kind), cases in groups.items():
+        ks = sorted({round(c["sparsity"], 6) for c in cases})
+        batches = sorted({c["batch"] for c in cases})
+        prefix = "predicted > " if cases[0].get("reason", "").startswith("predicted ") else ""
+        lines.append(f"- {engine}: {len(cases)} case(s), {prefix}{kind}; k {', '.join(pct(k) for k in ks)}; "
+                     f"batch {', '.join(map(str, batches))}")
+    return "\n".join(lines) + "\n"
+
+
 def _latency_rows(timings) -> tuple:
     combos = [(b, t) for b in batch_sizes(timings) for t in thread_counts(timings)]
     keys = sorted({(r["engine"], r["method"], sparsity_key(r["sparsity"])) for r in records_of(timings)},
@@ -465,6 +484,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         md.append("\nKernels behind these timings (the plan each record names: layout; how the batch is split; "
                   "per-layer kernels, `/par` on several threads; `sparsenet plan` explains one):\n")
         md.append(kernels_markdown(tim))
+        md.append(_skipped_markdown(tim))
     else:
         md.append(miss(["timings"], "this table"))
     md.append("\n### 8.3 Speed-up over dense\n")

@@ -128,3 +128,22 @@ def test_report_opens_with_three_short_sentences(results_folder, tmp_path):
     sentences = [x for x in opening.strip("*").split(". ") if x]
     assert len(sentences) <= 3 and len(opening.split()) < 90
     assert "At equal accuracy (within 0.5 points)" in opening and "csr breaks even with dense at" in opening
+
+
+def test_cases_not_timed_are_listed_with_their_reason():
+    from sparsenet import grid
+    from sparsenet.report import _skipped_markdown
+    n = 784 * 1000 + 1000 * 1000 + 1000 * 500 + 500 * 200 + 200 * 10
+    skipped = [{"engine": e, "sparsity": k, "batch": b, "threads": t, "width": None,
+                "reason": grid.skip_reason(e, n, k, b, 3000, max_baseline_call_s=0.2)}
+               for e, k, b in (("bsr-scipy", 0.5, 256), ("bsr-scipy", 0.0, 4096), ("csr", 0.0, 4096))
+               for t in (1, 2)]
+    skipped.append({"engine": "csr-skip", "sparsity": 0.5, "batch": 16, "threads": 1, "width": None,
+                    "reason": grid.small_batch_skip("csr-skip", 16)})
+    text = _skipped_markdown({"skipped": skipped})
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- bsr-scipy: 4 case(s), predicted > the library baseline limit 0.2 s; k 0%, 50%; batch 256, 4096",
+        "- csr: 2 case(s), predicted > 2 s; k 0%; batch 4096",
+        f"- csr-skip: 1 case(s), {grid.small_batch_skip('csr-skip', 16)}; k 50%; batch 16"]
+    assert _skipped_markdown({"skipped": []}) == "" and _skipped_markdown({}) == ""
