@@ -66,6 +66,39 @@ class LocalRunner:
         self.close()
 
 
+_FED, _FEED_FAILED = object(), object()     # ProcessRunner.map_unordered: all tasks submitted / the list failed
+
+
+class Pending:
+    """A task started in a worker (ProcessRunner.submit); result() waits for it and returns its value
+    (passed through `then` once, when given), raising TaskError (naming the task) if it failed."""
+
+    def __init__(self, key: str, future, then: Optional[Callable] = None):
+        import threading
+        self.key, self._future, self._then = key, future, then
+        self._value, self._has_value, self._lock = None, False, threading.Lock()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self):
+        with self._lock:                    # the sweep's task feeder and the study's thread may both ask
+            if not self._has_value:
+                try:
+                    value = self._future.result()
+                except Exception as exc:
+                    raise TaskError(f"task {self.key} failed in a worker process: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+                self._value = value if self._then is None else self._then(value)
+                self._has_value = True
+            return self._value
+
+
+def ready(obj):
+    """obj, or the value of a Pending obj (waited for)."""
+    return obj.result() if isinstance(obj, Pending) else obj
+
+
 class _Shared:
     """A large argument stored once in a file by ProcessRunner.share; a worker loads it at its first
     task and keeps it for the others (the path is the key)."""
@@ -119,19 +152,53 @@ class ProcessRunner(LocalRunner):
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
         return _Shared(str(path))
 
+    def submit(self, fn: Callable, key: str, args: tuple, then: Optional[Callable] = None) -> Pending:
+        """Start fn(*args) in a worker now; Pending.result() waits for it (see Pending for `then`)."""
+        return Pending(key, self._pool.submit(_run_shared, fn, self.threads, args), then)
+
     def map_unordered(self, fn: Callable, tasks: Iterable[tuple]) -> Iterator[tuple]:
-        from concurrent.futures import as_completed
-        futures = {self._pool.submit(_run_shared, fn, self.threads, args): key for key, args in tasks}
+        """As LocalRunner.map_unordered. `tasks` is read in a thread of its own while finished tasks
+        are handed back, so a lazy iterable may wait (say, for a net still training in a worker) with
+        its earlier tasks running and their results saved meanwhile."""
+        import queue
+        import threading
+        done: queue.Queue = queue.Queue()
+        futures, stop = [], threading.Event()
+
+        def feed():
+            n = 0
+            try:
+                for key, args in tasks:
+                    if stop.is_set():
+                        return
+                    fut = self._pool.submit(_run_shared, fn, self.threads, args)
+                    futures.append(fut)
+                    fut.add_done_callback(lambda f, key=key: done.put((key, f)))
+                    n += 1
+            except BaseException as exc:            # the task list itself failed: raise it in the caller
+                done.put((_FEED_FAILED, exc))
+                return
+            done.put((_FED, n))
+
+        threading.Thread(target=feed, name="sparsenet-feed", daemon=True).start()
+        expected, got = None, 0
         try:
-            for fut in as_completed(futures):
-                key = futures[fut]
+            while expected is None or got < expected:
+                key, item = done.get()
+                if key is _FEED_FAILED:
+                    raise item
+                if key is _FED:
+                    expected = item
+                    continue
+                got += 1
                 try:
-                    result = fut.result()
+                    result = item.result()
                 except Exception as exc:
                     raise TaskError(f"task {key} failed in a worker process: {type(exc).__name__}: {exc}") from exc
                 yield key, result
         finally:                    # an error, an interrupt or a caller that stops early: drop the rest
-            for fut in futures:
+            stop.set()
+            for fut in list(futures):
                 fut.cancel()
 
     def close(self):

@@ -301,31 +301,46 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
     data = (X_train, y_train, X_val, y_val, X_test, y_test)
     update = on_update or (lambda r: None)
 
-    _check_dense(result, models, X_test, y_test)
+    from sparsenet.cluster import LocalRunner, Pending
+    # a net may still be training in a worker (cluster.Pending): its dense check and tasks come last,
+    # after those of the trained nets, and wait for it
+    later = [i for i, m in enumerate(models) if isinstance(m, Pending)]
+    now = [i for i in range(len(models)) if i not in later]
+    _check_dense(result, models, X_test, y_test, now)
     update(result)
-    from sparsenet.cluster import LocalRunner
     runner = runner or LocalRunner()
     shared = runner.share(data)
-    # one task per (curve, seed) for one-shot curves (cheap: a prune and an evaluation per k), one
-    # per (curve, seed, k) for fine-tuned and gradual ones (each k trains): tasks of similar length
-    tasks, started, pending = [], {}, {}
-    for i, curve in enumerate(result["curves"]):
-        ks = curve.get("sparsities", sparsities)
-        for seed, params in zip(seeds, models):
-            if seed in curve["seeds"]:
-                continue
-            started[i, seed] = time.perf_counter()
-            pending[i, seed] = {}
-            parts = [list(range(len(ks)))] if curve["recovery"] == "oneshot" else [[j] for j in range(len(ks))]
-            for js in parts:
-                key = f"{curve['recovery']}-{curve['method']}-seed{seed}" + (
-                    f"-k{ks[js[0]]:g}" if len(js) == 1 and len(ks) > 1 else "")
-                tasks.append((key, (i, seed, js), (curve["recovery"], curve["method"], params, shared,
-                                                   [ks[j] for j in js],
-                                                   gradual_cfg if curve["recovery"] == "gradual" else finetune_cfg, gmp, scope, prune_output,
-                                                   seed, progress and type(runner) is LocalRunner)))
-    where = {key: at for key, at, _ in tasks}
-    for key, (acc, loss) in runner.map_unordered(_curve_values, [(key, args) for key, _, args in tasks]):
+    started, pending, where = {}, {}, {}
+
+    def seed_tasks(seed_idx):
+        # one task per (curve, seed) for one-shot curves (cheap: a prune and an evaluation per k), one
+        # per (curve, seed, k) for fine-tuned and gradual ones (each k trains): tasks of similar length
+        for i, curve in enumerate(result["curves"]):
+            ks = curve.get("sparsities", sparsities)
+            for s in seed_idx:
+                seed, params = seeds[s], models[s]
+                if seed in curve["seeds"]:
+                    continue
+                started[i, seed] = time.perf_counter()
+                pending[i, seed] = {}
+                parts = [list(range(len(ks)))] if curve["recovery"] == "oneshot" else [[j] for j in range(len(ks))]
+                for js in parts:
+                    key = f"{curve['recovery']}-{curve['method']}-seed{seed}" + (
+                        f"-k{ks[js[0]]:g}" if len(js) == 1 and len(ks) > 1 else "")
+                    where[key] = (i, seed, js)
+                    yield key, (curve["recovery"], curve["method"], params, shared, [ks[j] for j in js],
+                                gradual_cfg if curve["recovery"] == "gradual" else finetune_cfg, gmp, scope,
+                                prune_output, seed, progress and type(runner) is LocalRunner)
+
+    def tasks():
+        yield from seed_tasks(now)
+        for s in later:
+            models[s] = models[s].result()          # waits for the net (this runs beside the results)
+            _check_dense(result, models, X_test, y_test, [s])
+            yield from seed_tasks([s])
+
+    models = list(models)
+    for key, (acc, loss) in runner.map_unordered(_curve_values, tasks()):
         i, seed, js = where[key]
         pending[i, seed].update({j: (a, l) for j, a, l in zip(js, acc, loss)})
         curve = result["curves"][i]
@@ -400,10 +415,11 @@ def _merge_previous(result, previous):
                          "use a new output folder")
 
 
-def _check_dense(result, models, X_test, y_test):
-    """The models must be those of the stored results: their dense test figures must match."""
-    for i, params in enumerate(models):
-        a, l = evaluate(params, X_test, y_test)
+def _check_dense(result, models, X_test, y_test, which=None):
+    """The models (those at the indices `which`; None: all) must be those of the stored results: their
+    dense test figures must match."""
+    for i in range(len(models)) if which is None else which:
+        a, l = evaluate(models[i], X_test, y_test)
         old_a, old_l = result["dense"]["accuracy"][i], result["dense"]["loss"][i]
         # tolerance: another BLAS thread count may round differently and flip an argmax or two
         if old_a is not None and (abs(old_a - a) * len(y_test) > 2

@@ -86,3 +86,84 @@ def test_the_default_stages_pickle_for_worker_processes():
     with pytest.raises(TypeError, match="cached_train"):
         stage()                                           # calls the real function (missing arguments)
     assert train.cached_train.__name__ == "cached_train"
+
+
+# --- a lazy task list: the accuracy work starts while a net still trains ---------------------------
+
+@pytest.fixture(scope="module")
+def pool():
+    """A runner of their own: run_study closes the runner it is given (the `runner` above)."""
+    with cluster.ProcessRunner(workers=2) as r:
+        yield r
+
+
+def _square(x):
+    return x * x
+
+
+def _sleepy_train(ds, cfg, cache_dir, progress=False):
+    """A stand-in for train.cached_train (module level: it must pickle): the last seed takes longer."""
+    import time
+
+    from sparsenet.model import he_init
+    time.sleep(2.0 if cfg.seed == 2 else 0.0)
+    return he_init(cfg.sizes, seed=cfg.seed), {"test_acc": 0.5}
+
+
+def test_a_lazy_task_list_may_wait_while_earlier_results_come_back(pool):
+    import threading
+    first_back = threading.Event()
+
+    def tasks():
+        yield "a", (2,)
+        if not first_back.wait(30):            # eager consumption in the caller's thread would stall here
+            raise AssertionError("no result came back while the task list waited")
+        yield "b", (3,)
+
+    out = []
+    for key, value in pool.map_unordered(_square, tasks()):
+        out.append((key, value))
+        first_back.set()
+    assert out == [("a", 4), ("b", 9)]
+
+
+def test_a_failing_task_list_raises_in_the_caller(pool):
+    def tasks():
+        yield "a", (2,)
+        raise RuntimeError("the list broke")
+
+    with pytest.raises(RuntimeError, match="the list broke"):
+        list(pool.map_unordered(_square, tasks()))
+    assert dict(pool.map_unordered(_square, [("c", (4,))])) == {"c": 16}         # the pool survives
+
+
+def test_submit_hands_back_a_pending_result(pool):
+    calls = []
+    p = pool.submit(_square, "sq", (5,), then=lambda v: calls.append(v) or v + 1)
+    assert p.result() == 26 and p.result() == 26 and calls == [25] and p.done()
+    assert cluster.ready(p) == 26 and cluster.ready(7) == 7
+    bad = pool.submit(_boom, "boom", (2,))
+    with pytest.raises(cluster.TaskError, match="task boom failed in a worker process: ValueError: no twos"):
+        bad.result()
+
+
+def test_training_hands_on_the_nets_still_training_and_the_sweep_waits(tiny, pool):
+    """3 seeds on 2 workers: the stage returns with the third net still training (cluster.Pending);
+    the accuracy sweep runs the trained nets' tasks first and the same records come out."""
+    from sparsenet import sweep
+    from sparsenet.data import to_float
+    cfg, _calls, stages = tiny
+    cfg = dataclasses.replace(cfg, seeds=(0, 1, 2))
+    ds = stages.load_data(cfg)
+    models = study.train_models(cfg, ds, progress=False,
+                                stages=dataclasses.replace(stages, train=_sleepy_train, runner=pool))
+    assert [isinstance(m, cluster.Pending) for m in models] == [False, False, True]
+    assert not models[2].done()
+    X, y = to_float(ds.train_images[:300]), ds.train_labels[:300]
+    Xt, yt = to_float(ds.test_images), ds.test_labels
+    kw = dict(sparsities=(0.0, 0.5), methods=("weight", "neuron"), recoveries=("oneshot",), seeds=(0, 1, 2))
+    waited = sweep.run_sweep(models, X, y, X, y, Xt, yt, runner=pool, progress=False, **kw)
+    ready = [cluster.ready(m) for m in models]
+    assert models[2].done() and not isinstance(ready[2], cluster.Pending)
+    direct = sweep.run_sweep(ready, X, y, X, y, Xt, yt, progress=False, runner=cluster.LocalRunner(threads=1), **kw)
+    assert waited["complete"] and waited["curves"] == direct["curves"] and waited["dense"] == direct["dense"]
