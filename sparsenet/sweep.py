@@ -265,7 +265,9 @@ def run_sweep(models: Sequence, X_train, y_train, X_val, y_val, X_test, y_test,
 
     `runner` (cluster.LocalRunner by default, or cluster.DaskRunner) runs the work as independent
     tasks (a one-shot curve per seed; a fine-tuned or gradual curve per seed and k) and hands back
-    each as it finishes; an entry is saved as soon as all its k are in.
+    each as it finishes; an entry is saved as soon as all its k are in. A model may be a
+    cluster.Pending (a net still training in a worker): its tasks come after the others' and wait
+    for it.
     """
     sparsities, methods = _check_args(sparsities, methods)
     for r in recoveries:
