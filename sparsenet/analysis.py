@@ -72,22 +72,30 @@ def engines_present(timings) -> list:
     return [e for e in ENGINES if e in seen] + sorted(seen - set(ENGINES))
 
 
-def dense_reference(timings, batch, threads):
-    """Median seconds of the unpruned dense net at (batch, threads): of the method "none" records if there are
-    any, else of every dense record (dense time does not depend on the zeros, and one record can be noisy)."""
+def _at(records, sparsity) -> list:
+    return [r for r in records if sparsity_key(r["sparsity"]) == sparsity_key(sparsity)]
+
+
+def dense_reference(timings, batch, threads, sparsity=None):
+    """Median seconds of the unpruned dense net at (batch, threads). With `sparsity`: of the dense records
+    at that k when there are any (timed in the same unit as that k's engines, interleaved with them: a
+    slow spell of the machine hits both sides of the ratio; the study's --dense-every-k). Otherwise of
+    the method "none" records if there are any, else of every dense record (dense time does not depend on
+    the zeros, and one record can be noisy)."""
     dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
-    for pick in (select(dense, method="none"), dense):
+    for pick in (_at(dense, sparsity) if sparsity is not None else [], select(dense, method="none"), dense):
         if pick:
             return float(median(r["median_s"] for r in pick))
     return None
 
 
-def fastest_dense(timings, batch, threads):
+def fastest_dense(timings, batch, threads, sparsity=None):
     """(engine, seconds) of the fastest dense baseline on the unpruned net at (batch, threads):
-    numpy's chain (dense) or our one-call forward (dense-fused, timed at small batches); None if neither."""
-    times = {"dense": dense_reference(timings, batch, threads)}
-    fused = [r for r in select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
-             if sparsity_key(r["sparsity"]) == 0]
+    numpy's chain (dense) or our one-call forward (dense-fused, timed at small batches); None if neither.
+    With `sparsity`: each timed at that k when it was (see dense_reference), else at k = 0."""
+    times = {"dense": dense_reference(timings, batch, threads, sparsity)}
+    fused = select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
+    fused = (_at(fused, sparsity) if sparsity is not None else []) or _at(fused, 0.0)
     if fused:
         times["dense-fused"] = float(median(r["median_s"] for r in fused))
     times = {e: t for e, t in times.items() if t is not None}
@@ -102,7 +110,7 @@ def engine_time(timings, engine, method, sparsity, batch, threads):
     if recs:
         return float(median(r["median_s"] for r in recs))
     if engine == "dense":
-        return dense_reference(timings, batch, threads)
+        return dense_reference(timings, batch, threads, sparsity)
     return None
 
 
@@ -112,7 +120,7 @@ def engine_records(timings, engine, method, sparsity, batch, threads) -> list:
     if recs or engine != "dense":
         return recs
     dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
-    return select(dense, method="none") or dense
+    return _at(dense, sparsity) or select(dense, method="none") or dense
 
 
 def ratio_interval(timings, num: tuple, den: tuple):
@@ -135,10 +143,10 @@ def speedups(timings, engine, method, batch, threads=None, baseline="dense") -> 
     threads = default_threads(timings) if threads is None else threads
     timed = select(records_of(timings), engine=engine, method=method, batch=batch, threads=threads)
     ks = sorted({sparsity_key(r["sparsity"]) for r in timed})
-    fastest = fastest_dense(timings, batch, threads) if baseline == "fastest" else None
     out = []
     for k in ks:
         t = engine_time(timings, engine, method, k, batch, threads)
+        fastest = fastest_dense(timings, batch, threads, k) if baseline == "fastest" else None
         d = fastest[1] if fastest else None if baseline == "fastest" else engine_time(
             timings, "dense", method, k, batch, threads)
         if t and d:
@@ -255,9 +263,10 @@ def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> l
                 t = engine_time(timings, engine, curve["method"], row["sparsity"], batch, threads)
                 if t is None:
                     continue
+                d = dense_reference(timings, batch, threads, row["sparsity"])     # side by side when timed at k
                 out.append({"method": curve["method"], "recovery": curve["recovery"], "sparsity": row["sparsity"],
                             "engine": engine, "accuracy": row["accuracy"], "seconds": t,
-                            "speedup": ref / t if ref else None})
+                            "speedup": d / t if d else None})
     return out
 
 
@@ -291,7 +300,7 @@ def times_at(timings, sparsity=None, batch=None, threads=None) -> dict:
         if r["engine"] not in seconds:
             seconds[r["engine"]] = engine_time(timings, r["engine"], r["method"], k, batch, threads)
     dense = select(recs, engine="dense", batch=batch, threads=threads)
-    dense_s = seconds.get("dense", dense_reference(timings, batch, threads))
+    dense_s = seconds.get("dense", dense_reference(timings, batch, threads, k))
     return {"sparsity": k, "batch": batch, "threads": threads, "seconds": seconds, "dense_s": dense_s,
             "dense_sparsity": min((r["sparsity"] for r in dense), default=None)}
 

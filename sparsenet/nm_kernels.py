@@ -32,7 +32,7 @@ Unlike an r x 1 block (bsr_kernels), a slot's activation row serves one output r
 vector load per FMA, as in CSR, so N:M can only approach dense BLAS's FMA rate, never exceed it:
 its gain is the FMAs it skips (2:4 at most ~2x, 1:4 ~4x).
 
-Batch 1 (`nm_matvec16`, N:4 only): the scalar SpMV (`nm_matvec_bias_relu`: a byte load, an
+Batch 1 (`nm_matvec16`, N:4, every N): the scalar SpMV (`nm_matvec_bias_relu`: a byte load, an
 address and a scalar load per slot) ran at x0.4 (2:4) and x0.7 (1:4) of dense sgemv. On a
 row-interleaved copy (`interleave`: 16 rows' slot s of group g contiguous) a vector of 16 output
 rows takes, per group, 4 input broadcasts and per slot one 16-byte index load, 3 selects on the
@@ -383,7 +383,8 @@ def _make_nm_vec16(NT):
     return nm_vec16
 
 
-nm_vec16_1, nm_vec16_2, nm_vec16_4 = (_make_nm_vec16(n) for n in (1, 2, 4))
+nm_vec16_1, nm_vec16_2, nm_vec16_3, nm_vec16_4 = (_make_nm_vec16(n) for n in (1, 2, 3, 4))
+VEC16_N = (1, 2, 3, 4)      # every N of N:4 (3:4 on the scalar SpMV ran 5 ms, 8x its 4:4 here: a cliff in k)
 
 
 @njit(inline="always", **_OPTS)
@@ -392,13 +393,15 @@ def _vec16(values, idx, bias, x, out, rb0, rb1, G, n, relu):
         nm_vec16_2(values, idx, bias, x, out, rb0, rb1, G, relu)
     elif n == 1:
         nm_vec16_1(values, idx, bias, x, out, rb0, rb1, G, relu)
+    elif n == 3:
+        nm_vec16_3(values, idx, bias, x, out, rb0, rb1, G, relu)
     else:
         nm_vec16_4(values, idx, bias, x, out, rb0, rb1, G, relu)
 
 
 @njit(parallel=True, **_OPTS)
 def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
-    """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in 1, 2, 4:
+    """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in VEC16_N:
     x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads."""
     RB = out.shape[0] // LANES
     G = values.shape[0] // max(RB * n * LANES, 1)

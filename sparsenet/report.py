@@ -400,6 +400,10 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
                   "kernel) and csr-scipy (baseline); neuron-pruned nets on shrunk; block-pruned nets on bsr (ours) and "
                   "bsr-scipy (baseline); N:M-pruned nets on nm (ours, at the k where N:M exists). Break-even: the smallest sparsity "
                   "from which the engine is at least as fast as dense and stays so (linear interpolation).\n")
+        dense_ks = {sparsity_key(r["sparsity"]) for r in select(records_of(tim), engine="dense")}
+        if len(dense_ks) > 1:
+            md.append("Speed-ups at each k divide by dense timed at that k: in the same unit as that k's engines, "
+                      "their rounds interleaved, so a slow spell of the machine hits both sides of the ratio.\n")
         layouts = sorted({r["layout"] for r in select(records_of(tim), engine="csr", batch=1) if "layout" in r})
         if layouts:
             md.append(f"At batch 1, csr ran on: {', '.join(layouts)} (sell: the SELL-16x32 AVX-512 permute "

@@ -234,7 +234,7 @@ class NMEngine(_Chunked):
         self._vec = (_aligned_zeros(self._width), _aligned_zeros(self._width))
         # batch 1 on N:4: a row-interleaved copy, lanes over 16 output rows (nm_kernels.nm_vec16)
         self._vec16 = None
-        if self.m == 4 and all(n in (1, 2, 4) for n in self.ns):
+        if self.m == 4 and all(n in nm_kernels.VEC16_N for n in self.ns):
             R = nm_kernels.ROWS
             inter = [nm_kernels.interleave(a.values, a.idx, a.n, a.m) for a in self.nm]
             pad = [-(-n // R) * R for n in sizes[1:]]

@@ -60,8 +60,10 @@ class StudyConfig:
     max_baseline_call_s: float = 0.2         # the same for scipy's engines (names.LIBRARY_BASELINES): they
                                              # show what our kernels gain; their slow cases (scipy BSR at
                                              # batch 256-4096) were half of the timing stage
-    dense_every_k: bool = False              # time dense at every k (its time does not depend on k:
-                                             # BLAS multiplies the zeros); False: at k = 0 only
+    dense_every_k: bool = True               # time dense beside every k's engines: its time does not depend
+                                             # on k, but this VM drifted +-15 % over seconds, and a speed-up
+                                             # against a dense timed minutes earlier took that drift in
+                                             # (analysis.dense_reference); False: at the smallest k only
     remeasure_s: float = 30.0                # seconds spent re-timing flagged (noisy) cases before the verdict
     scheduler: Optional[str] = None          # a Dask scheduler (tcp://host:8786) for the accuracy work
     workers: Optional[int] = None            # a LocalCluster of this many single-threaded workers instead
@@ -268,7 +270,8 @@ OPTIONS = (
            help="skip a scipy baseline case predicted slower than this per call"),
     Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
-    Option("dense_every_k", "--dense-every-k", "bool", help="time dense at every k, not only at the smallest"),
+    Option("dense_every_k", "--dense-every-k", "bool",
+           help="time dense beside every k's engines (speed-ups side by side), not only at the smallest k"),
     Option("scheduler", "--scheduler", "str", help="run the accuracy work on this Dask scheduler, e.g. "
                                                    "tcp://host:8786 (timing stays on this machine)"),
     Option("workers", "--workers", "int", help="run the accuracy work on a local Dask cluster of N workers"),

@@ -275,3 +275,22 @@ def test_equal_sparsity_decisions_from_rounds():
     lines = analysis.headline(v)
     assert lines == ["At equal sparsity (k < 50%) the claim that neuron pruning is faster holds at batch 1; "
                      "undecided within noise at batch 16; fails at batch 256."]
+
+
+def test_speed_ups_pair_each_k_with_the_dense_timed_beside_it():
+    """Dense timed at every k (the study's default): each k's speed-up uses the dense record of that k,
+    timed in the same unit (a slow spell of the machine hits both); without one, the reference."""
+    recs = [rec("dense", "weight", 0.0, 1.0), rec("dense", "weight", 0.5, 2.0),     # k = 0.5: a slow spell
+            rec("csr", "weight", 0.5, 1.0), rec("bsr", "block", 0.5, 0.5), rec("csr", "weight", 0.9, 0.25),
+            rec("dense-fused", "weight", 0.0, 0.8), rec("dense-fused", "weight", 0.5, 1.6)]
+    t = {"records": recs}
+    assert dense_reference(t, 1, 1, 0.5) == 2.0 and dense_reference(t, 1, 1, 0.9) == 1.5     # 0.9: the median
+    assert dense_reference(t, 1, 1) == 1.5
+    assert [(r["sparsity"], r["speedup"]) for r in speedups(t, "csr", "weight", 1, 1)] == [(0.5, 2.0), (0.9, 6.0)]
+    assert [r["speedup"] for r in speedups(t, "bsr", "block", 1, 1)] == [4.0]            # other methods too
+    fastest = speedups(t, "csr", "weight", 1, 1, baseline="fastest")
+    assert [(r["sparsity"], r["dense_s"]) for r in fastest] == [(0.5, 1.6), (0.9, 0.8)]   # fused at k, else at 0
+    acc = {"sparsities": [0.0, 0.5], "seeds": [0], "dense": {"accuracy": [0.98]},
+           "curves": [{"method": "weight", "recovery": "oneshot", "accuracy": [[0.98], [0.97]]}]}
+    row = next(c for c in candidates(acc, t, 1, 1) if c["engine"] == "csr")
+    assert row["speedup"] == 2.0

@@ -101,7 +101,7 @@ def test_rows_refuse_wrong_arrays():
                                np.zeros((8, 32), np.float32), out, 2, 4, 128, True)
 
 
-@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("n", nk.VEC16_N)
 @pytest.mark.parametrize("shape", [(37, 29), (16, 32), (3, 5), (40, 1)])
 @pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("relu", [True, False])

@@ -19,7 +19,7 @@ SIZES = (45, 38, 27, 13, 10)                 # no width a multiple of 4 or 8 but
 BATCHES = (1, 7, 256)
 SPARSITIES = (0, 0.5, 0.9, 0.99)
 BLOCKS = [(4, 1), (8, 1), (1, 4), (4, 4), (3, 2)]
-PATTERNS = [(2, 4), (1, 4), (3, 8)]
+PATTERNS = [(2, 4), (1, 4), (3, 4), (3, 8)]
 
 
 def net(bias=True, seed=0, sizes=SIZES):
@@ -174,6 +174,8 @@ def test_plans():
     assert nm.plan(7).chunk == 32
     assert [l.kernel for l in nm.plan(1).layers] == ["nm-spmv16"] * 4                  # N:4: row-interleaved copy
     assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 8), m=8).plan(1).layers] == ["nm-spmv"] * 4
+    # every N of N:4 (3:4 on the scalar SpMV was 8x slower than 4:4: a cliff at k = 25 %)
+    assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 4)).plan(1).layers] == ["nm-spmv16"] * 4
     # batch 256: 128-column chunks on the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON)
     wide = 128 if cpu().isa == "avx512" else 64
     assert nm.tile == wide and [l.kernel for l in nm.plan(256).layers] == [f"nm2:4-tile{wide}"] * 3 + ["nm4:4-tile32"]

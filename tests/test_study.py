@@ -86,12 +86,13 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     timings = read_json(folder / "timings.json")
     assert timings["complete"] and set(timings["compile_s"]) == set(cfg.engines)
     recs = timings["records"]
-    n_engines = sum(len([e for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
+    n_engines = sum(len([e for e in grid.engines_at(cfg.engines, k, cfg.sparsities, cfg.dense_every_k)
                          if names.has_sparsity(names.method_of(e), k)]) for k in cfg.sparsities)
-    # dense and dense-fused at k = 0 only by default; nm where N:M exists (k = 0 and 0.5, not 0.9)
-    assert n_engines == 12 + 10 + 9
-    # engines x batches (1 thread), less the small-batch engines at batch 8 (5 at k = 0, 4 above)
-    assert len(recs) == n_engines * 2 - 5 - 4 - 4 == 49
+    # dense and dense-fused at every k by default (side by side); nm where N:M exists (k = 0 and 0.5, not 0.9)
+    assert cfg.dense_every_k and n_engines == 12 + 12 + 11
+    assert {r["sparsity"] for r in recs if r["engine"] == "dense"} == set(cfg.sparsities)
+    # engines x batches (1 thread), less the small-batch engines at batch 8 (5 at each k)
+    assert len(recs) == n_engines * 2 - 3 * 5 == 55
     assert {r["sparsity"] for r in recs if r["engine"] == "nm"} == {0.0, 0.5}
     assert {r["method"] for r in recs if r["engine"] in ("bsr", "bsr-scipy")} == {"block"}
     assert all(grid.small_batch_skip(r["engine"], r["batch"]) is None for r in recs)
@@ -101,7 +102,7 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert all(r["min_s"] <= r["median_s"] <= r["max_s"] for r in recs)
     scaling = read_json(folder / "scaling.json")
     assert {r["width"] for r in scaling["records"]} == {64}
-    assert len(scaling["records"]) == (2 + 1 + 1) * 2
+    assert len(scaling["records"]) == (2 + 2 + 2) * 2                     # dense and csr at every k
     acc = read_json(folder / "accuracy.json")
     assert acc["seeds"] == [0, 1] and acc["complete"]
     # every granularity one-shot and fine-tuned; weight also pruned gradually (the default)
@@ -139,17 +140,18 @@ def test_interrupted_timings_resume(tiny):
     study.run_study(cfg, progress=False, stages=resumed)
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
-    assert part["complete"] and len(part["records"]) == 49        # as in the uninterrupted run
+    assert part["complete"] and len(part["records"]) == 55        # as in the uninterrupted run
 
 
 def test_the_grid_builds_and_resumes_from_one_source(tiny):
     """The grid the timings stage walks is the one its records are checked against on resume."""
     cfg, _, stages = tiny
-    g = study.timing_grid(cfg, he_init(SIZES))
-    assert [p.key() for p in g.all_points()] == [
+    smallest = study.timing_grid(dataclasses.replace(cfg, dense_every_k=False), he_init(SIZES))
+    assert [p.key() for p in smallest.all_points()] == [
         (e, k, b, 1, None) for k in cfg.sparsities for e in grid.engines_at(cfg.engines, k, cfg.sparsities)
         if names.has_sparsity(names.method_of(e), k) for b in cfg.batches]
-    every = study.timing_grid(dataclasses.replace(cfg, dense_every_k=True), he_init(SIZES))
+    assert {p.sparsity for p in smallest.all_points() if p.engine == "dense"} == {0.0}
+    every = study.timing_grid(cfg, he_init(SIZES))                   # the default: dense beside every k
     # every engine at every k, but N:M only where it exists (k = 0 and 0.5 of 0, 0.5, 0.9)
     assert len(every.all_points()) == (len(names.STUDY_ENGINES) * 3 - 1) * 2
     assert {p.sparsity for p in every.all_points() if p.engine == "nm"} == {0.0, 0.5}
