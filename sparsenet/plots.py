@@ -317,7 +317,7 @@ def plot_roofline(timings, machine, path, threads=None) -> Path:
             y = [r["flops"] / r["median_s"] / 1e9 for r in pts]
             ax.scatter(x, y, color=ENGINE_COLORS.get(engine), marker=ENGINE_MARKERS.get(engine, "o"), s=26,
                        alpha=0.85 if fills[batch] else 0.5, label=f"{engine}, batch {batch}")
-    peak = sgemm_peak(machine, threads)
+    peak = sgemm_peak(machine, threads, timings)
     bw = (machine or {}).get("peaks", {}).get("bandwidth_gbs")
     xs = [r["flops"] / call_bytes(r) for r in recs]
     lo, hi = min(xs) / 2, max(xs) * 2

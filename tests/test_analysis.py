@@ -294,3 +294,18 @@ def test_speed_ups_pair_each_k_with_the_dense_timed_beside_it():
            "curves": [{"method": "weight", "recovery": "oneshot", "accuracy": [[0.98], [0.97]]}]}
     row = next(c for c in candidates(acc, t, 1, 1) if c["engine"] == "csr")
     assert row["speedup"] == 2.0
+
+
+def test_the_sgemm_peak_is_at_least_the_fastest_dense_call():
+    """A dense call is sgemm too: when the machine stage caught a slow spell, the timings' fastest dense
+    call is the peak fractions are taken of; other engines' calls never raise it."""
+    from sparsenet.analysis import sgemm_peak
+    machine = {"peaks": {"sgemm_gflops": {"1": 1.0, "2": 5.0}}}
+    # rec's flops are 1000: 1e-7 s is 10 GFLOP/s, 4e-7 s 2.5, 1e-9 s 1000
+    t = {"records": [rec("dense", "weight", 0.0, 4e-7), rec("dense-fused", "weight", 0.5, 1e-7),
+                     rec("csr", "weight", 0.9, 1e-9), rec("dense", "weight", 0.0, 4e-7, threads=2)]}
+    assert sgemm_peak(machine, 1) == 1.0                                      # the machine stage's alone
+    assert sgemm_peak(machine, 1, t) == pytest.approx(10.0)                  # dense-fused's 10 beats it
+    assert sgemm_peak(machine, 2, t) == 5.0                                  # dense's 2.5 does not
+    assert sgemm_peak({}, 1, t) == pytest.approx(10.0) and sgemm_peak({}, 1, {"records": []}) is None
+    assert sgemm_peak(machine, 1, {"records": [rec("csr", "weight", 0.9, 1e-9)]}) == 1.0
