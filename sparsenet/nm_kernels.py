@@ -158,6 +158,12 @@ def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu, tile=32):
     about `panel` floats of HT (panel // cols inputs, a multiple of m; >= n_in * cols: one panel):
     a panel's HT rows stay in L1 while every row adds its slots of the panel (a row's tile is
     loaded and stored once per panel)."""
+    _matmul_rows(values, idx, bias, HT, out, 0, out.shape[0], n, m, panel, relu, tile)
+
+
+@njit(inline="always", **_OPTS)
+def _matmul_rows(values, idx, bias, HT, out, r0, r1, n, m, panel, relu, tile):
+    """nm_matmul_bias_relu on rows r0..r1-1 of out only."""
     n_out, Bc = out.shape
     K = values.shape[0] // max(n_out, 1)
     G = K // n
@@ -171,7 +177,7 @@ def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu, tile=32):
         Pg = max(panel // cols // m, 1)                 # groups per panel
         for gs in range(0, max(G, 1), Pg):
             ge = min(gs + Pg, G)
-            _tile(values, idx, bias, HT, out, 0, n_out, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
+            _tile(values, idx, bias, HT, out, r0, r1, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
         c += cols
 
 
@@ -292,6 +298,27 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
             for j in range(oc.shape[0]):
                 for i in range(oc.shape[1]):
                     oc[j, i] = o[i, j]
+
+
+@njit(parallel=True, **_OPTS)
+def nm_forward_rows(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out, n_blocks):
+    """Whole MLP on a batch narrower than one tile per thread: X (B, n_in) -> out (B, n_out) through
+    HT (n_in, Bp) (zero-padded to Bp, a multiple of 32 columns), every layer's rows split into
+    `n_blocks` blocks over the threads (one parallel region per layer: its outputs are the next
+    layer's inputs). The batch split would leave all but one thread idle at batch 2-32."""
+    B = X.shape[0]
+    Bp = HT.shape[1]
+    _gather_columns(X, 0, HT)
+    h = HT
+    for layer in range(sizes.shape[0] - 1):
+        n_out, v, ix, b, relu, o = _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bp)
+        nb = min(n_blocks, n_out)
+        for blk in prange(nb):
+            _matmul_rows(v, ix, b, h, o, blk * n_out // nb, (blk + 1) * n_out // nb, ns[layer], m, panel, relu, 32)
+        h = o
+    for j in range(B):
+        for i in range(out.shape[1]):
+            out[j, i] = h[i, j]
 
 
 @njit(**_OPTS)

@@ -275,6 +275,25 @@ class NMEngine(_Chunked):
     def describe(self) -> dict:
         return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)
 
+    def _rows_pay(self, B: int) -> bool:
+        """Rows split over the threads instead of the batch: when the batch split would leave a thread
+        idle (fewer chunks of >= 32 columns than threads: batch 2-32 on 2 threads) and a layer has
+        enough work to share (min_parallel_work stored multiply-adds per column)."""
+        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        return (1 < B and self.threads > 1 and -(-B // Bc) < self.threads
+                and max(self._stored) >= self.tuning.min_parallel_work)
+
+    def _make_plan(self, B: int) -> Plan:
+        if not self._rows_pay(B):
+            return super()._make_plan(B)
+        Bp = -(-B // TILE) * TILE
+        layers = tuple(LayerPlan(k, True) for k in self._tile_kernels(Bp))
+        why = (f"row split: the batch ({B} columns, padded to {Bp}) is one {TILE}-column chunk, so every "
+               f"layer's rows are split over the {self.threads} threads instead (the batch split would run "
+               "on one)", f"register tiles of {TILE} columns: {self._tile_reason(Bp)}")
+        return Plan(engine=self.name, batch=B, threads=self.threads, isa=cpu().isa, layout=self.layout_name,
+                    nbytes=self.nbytes, split="rows", padded_batch=Bp, layers=layers, reasons=why)
+
     def _forward(self, X):
         B = X.shape[0]
         p = self._plans.get(B) or self.plan(B)
@@ -290,6 +309,10 @@ class NMEngine(_Chunked):
         if p.split == "none":
             buf0, buf1 = self._vec
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
+            return out
+        if p.split == "rows":
+            HT, buf0, buf1 = self._chunk_buffers(p.padded_batch)
+            nm_kernels.nm_forward_rows(*args, self.panel, X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
         HT, buf0, buf1 = self._chunk_buffers(p.chunk)
         nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out)

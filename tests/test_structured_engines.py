@@ -214,12 +214,16 @@ _AARCH64 = textwrap.dedent("""
     from sparsenet.prune import block_prune, nm_prune
     from sparsenet.structured_engines import BSREngine, NMEngine
 
+    from sparsenet.plan import Tuning
     p = he_init((40, 24, 10), bias=True)
     for B in (1, 32):
         BSREngine(block_prune(p, 0.5, (4, 1)), threads=1, block=(4, 1))(np.ones((B, 40), np.float32))
         NMEngine(nm_prune(p, 2, 4), threads=1)(np.ones((B, 40), np.float32))
+    rows = NMEngine(nm_prune(p, 2, 4), threads=2, tuning=Tuning(min_parallel_work=0))      # the row split
+    assert rows.plan(5).split == "rows"
+    rows(np.ones((5, 40), np.float32))
     for disp in (bsr_kernels.bsr_matmul_bias_relu, bsr_kernels.bsr_forward_vec, nm_kernels.nm_matmul_bias_relu,
-                 nm_kernels.nm_forward_vec16):
+                 nm_kernels.nm_forward_vec16, nm_kernels.nm_forward_rows):
         for asm in aarch64_asm(disp):
             print(disp.__name__, "fmla" in asm)
 """)
@@ -236,7 +240,7 @@ def test_kernels_compile_for_aarch64(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
     assert lines["bsr_matmul_bias_relu"] == "True" and lines["nm_matmul_bias_relu"] == "True"
-    assert lines["nm_forward_vec16"] == "True"
+    assert lines["nm_forward_vec16"] == "True" and "nm_forward_rows" in lines
 
 
 @pytest.mark.skipif(not sell_kernels.available(),
@@ -265,3 +269,41 @@ def test_nm_engine_batch_one_reads_its_interleaved_copy():
     assert e.plan(1).nbytes == values.nbytes + idx.nbytes + bias.nbytes != e.nbytes
     assert bias.size == 48 + 16                          # 37 and 10 output rows, each padded to 16
     assert e.call_nbytes(1) == e.plan(1).nbytes and e.call_nbytes(64) == e.nbytes
+
+
+@pytest.mark.parametrize("n, m", PATTERNS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_nm_small_batches_split_rows_over_threads(n, m, bias):
+    """Batch 2-32 at 2 threads: one 32-column chunk would leave a thread idle; every layer's rows are
+    split instead (nm_forward_rows), with the same logits, call after call."""
+    from sparsenet.plan import Tuning
+    params = nm_prune(net(bias), n, m)
+    eng = NMEngine(params, threads=2, n=n, m=m, tuning=Tuning(min_parallel_work=0))
+    for B in (2, 7, 16, 32):
+        assert eng.plan(B).split == "rows" and eng.plan(B).padded_batch == 32
+        assert all(l.parallel for l in eng.plan(B).layers)
+    assert eng.plan(33).split == "batch" and eng.plan(1).split == "none"
+    for _ in range(2):                                       # consecutive calls: the buffers are reused
+        check(eng, params, batches=(2, 7, 16, 32, 33, 1))
+    X = np.random.default_rng(3).standard_normal((9, SIZES[0])).astype(np.float32)
+    X[4, 7] = np.nan
+    out = eng(X)
+    assert np.isnan(out[4]).all() and np.isfinite(np.delete(out, 4, axis=0)).all()
+    assert_matches(np.delete(out, 4, axis=0), forward(params, np.delete(X, 4, axis=0)))
+    one = NMEngine(params, threads=1, n=n, m=m, tuning=Tuning(min_parallel_work=0))
+    assert one.plan(16).split == "batch"                     # one thread: nothing to split
+    assert_matches(eng(X[::2]), forward(params, X[::2]))      # non-contiguous rows
+
+
+def test_nm_row_split_all_zero_layer_and_the_default_rule():
+    from sparsenet.plan import Tuning
+    params = list(nm_prune(net(), 2, 4))
+    params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
+    eng = NMEngine(tuple(params), threads=2, tuning=Tuning(min_parallel_work=0))
+    assert eng.plan(5).split == "rows"
+    check(eng, tuple(params), batches=(5, 16))
+    small = NMEngine(nm_prune(net(), 2, 4), threads=2)       # this net's layers are below min_parallel_work
+    assert small.plan(16).split == "batch"
+    big = NMEngine(nm_prune(he_init((784, 1000, 1000, 500, 200, 10), seed=0), 2, 4), threads=2)
+    assert big.plan(16).split == "rows" and big.plan(64).split == "batch"
+    assert "row split" in big.plan(16).describe()
