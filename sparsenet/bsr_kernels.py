@@ -110,19 +110,24 @@ def rows_per_tile(r: int) -> int:
 def bsr_matmul_bias_relu(data, indices, indptr, bias, HT, out, r, c, relu):
     """out = (relu)(W @ HT + bias[:, None]) on padded shapes; (n_in_p, Bc) -> (n_out_p, Bc), Bc a
     multiple of 32. data flat (nblocks * r * c,), bias padded to n_out_p = (len(indptr) - 1) * r."""
-    Rb = indptr.shape[0] - 1
+    _matmul_block_rows(data, indices, indptr, bias, HT, out, 0, indptr.shape[0] - 1, r, c, relu)
+
+
+@njit(inline="always", **_OPTS)
+def _matmul_block_rows(data, indices, indptr, bias, HT, out, br0, br1, r, c, relu):
+    """bsr_matmul_bias_relu on block rows br0..br1-1 only."""
     Bc = HT.shape[1]
     RT = 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
     for t in range(Bc // 32):
         for rs0 in range(0, r, RT):
             if RT == 8:
-                bsr_tile8(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+                bsr_tile8(data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, Bc, Bc, 32 * t, relu)
             elif RT == 4:
-                bsr_tile4(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+                bsr_tile4(data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, Bc, Bc, 32 * t, relu)
             elif RT == 2:
-                bsr_tile2(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+                bsr_tile2(data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, Bc, Bc, 32 * t, relu)
             else:
-                bsr_tile1(data, indices, indptr, bias, HT, out, 0, Rb, r, c, rs0, Bc, Bc, 32 * t, relu)
+                bsr_tile1(data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, Bc, Bc, 32 * t, relu)
 
 
 @njit(inline="always", **_OPTS)
@@ -256,6 +261,31 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
             for j in range(oc.shape[0]):
                 for i in range(n_out):
                     oc[j, i] = o[i, j]
+
+
+@njit(parallel=True, **_OPTS)
+def bsr_forward_rows(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
+                     X, HT, buf0, buf1, out, n_blocks):
+    """Whole MLP on a batch narrower than one tile per thread (layout: bsr_forward_chunks): X (B, n_in)
+    -> out (B, n_out) through HT (rows[0], Bp), Bp a multiple of 32; every layer's block rows split
+    into `n_blocks` ranges over the threads (one parallel region per layer)."""
+    B = X.shape[0]
+    Bp = HT.shape[1]
+    n_last = sizes[sizes.shape[0] - 1]
+    _gather_columns(X, 0, HT[:sizes[0]])
+    h = HT
+    for layer in range(sizes.shape[0] - 1):
+        n_out, d, ix, ip, b, relu, o = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
+                                              rows, r, c, layer, buf0, buf1, Bp)
+        Rb = ip.shape[0] - 1
+        nb = max(min(n_blocks, Rb), 1)
+        for blk in prange(nb):
+            _matmul_block_rows(d, ix, ip, b, h, o, blk * Rb // nb, (blk + 1) * Rb // nb, r, c, relu)
+        o[n_out:] = np.float32(0.0)            # the next layer's padded columns read zeros
+        h = o
+    for j in range(B):
+        for i in range(n_last):
+            out[j, i] = h[i, j]
 
 
 @njit(**_OPTS)

@@ -43,6 +43,10 @@ class Tuning:
     max_chunk: int = 128
     # ... or >= 16 columns when nnz * batch is at most this (short calls: the row split's regions cost more)
     small_work: int = 2_500_000
+    # bsr and nm split every layer's rows over the threads at batches of one chunk (2-32) only from this
+    # many multiply-adds per call (stored x 32 padded columns): 8x1 blocks at 90 % (7.7M) ran 0.15 ms on
+    # one thread, 0.18-0.25 ms split (one region a layer); at 50 % (38M) 2.0 -> 0.7 ms, 1:4 (19M) x1.6
+    min_rows_work: int = 12_000_000
     # chunk width when no layer is dense enough for panels: 32-column register tiles
     tile_chunk: int = 32
     # ... and the narrowest such chunk worth a thread (16: one register tile)

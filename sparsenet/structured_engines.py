@@ -80,12 +80,27 @@ class _Chunked(Engine):
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
                    else "batch 1: one matrix-vector kernel per layer, one thread",)
             return Plan(split="none", layers=layers, reasons=why, **common)
+        if self._rows_pay(B):
+            Bp = -(-B // TILE) * TILE
+            layers = tuple(LayerPlan(k, True) for k in self._tile_kernels(Bp))
+            why = (f"row split: the batch ({B} columns, padded to {Bp}) is one {TILE}-column chunk, so every "
+                   f"layer's rows are split over the {self.threads} threads instead (the batch split would "
+                   "run on one)", f"register tiles of {TILE} columns: {self._tile_reason(Bp)}")
+            return Plan(split="rows", padded_batch=Bp, layers=layers, reasons=why, **common)
         Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
         layers = tuple(LayerPlan(k, False) for k in self._tile_kernels(Bc))
         why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
                f"zero-padded), each through every layer on one thread",
                f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
+
+    def _rows_pay(self, B: int) -> bool:
+        """Rows split over the threads instead of the batch: when the batch split would leave a thread
+        idle (fewer chunks of >= 32 columns than threads: batch 2-32 on 2 threads) and the call has
+        enough work to pay a parallel region per layer (Tuning.min_rows_work)."""
+        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        return (1 < B and self.threads > 1 and -(-B // Bc) < self.threads
+                and sum(self._stored) * -(-B // TILE) * TILE >= self.tuning.min_rows_work)
 
     def _spmv_kernel(self) -> str:
         return f"{self.layout_name}-spmv"
@@ -167,6 +182,10 @@ class BSREngine(_Chunked):
             x[:self.n_in] = X[0]                                    # rows past n_in stay zero
             o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers())
             out[0] = o[:self.n_out]
+            return out
+        if p.split == "rows":
+            HT, buf0, buf1 = self._chunk_buffers(p.padded_batch)
+            bsr_kernels.bsr_forward_rows(*self._args(), X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
         HT, buf0, buf1 = self._chunk_buffers(p.chunk)
         bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out)
@@ -275,24 +294,6 @@ class NMEngine(_Chunked):
     def describe(self) -> dict:
         return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)
 
-    def _rows_pay(self, B: int) -> bool:
-        """Rows split over the threads instead of the batch: when the batch split would leave a thread
-        idle (fewer chunks of >= 32 columns than threads: batch 2-32 on 2 threads) and a layer has
-        enough work to share (min_parallel_work stored multiply-adds per column)."""
-        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
-        return (1 < B and self.threads > 1 and -(-B // Bc) < self.threads
-                and max(self._stored) >= self.tuning.min_parallel_work)
-
-    def _make_plan(self, B: int) -> Plan:
-        if not self._rows_pay(B):
-            return super()._make_plan(B)
-        Bp = -(-B // TILE) * TILE
-        layers = tuple(LayerPlan(k, True) for k in self._tile_kernels(Bp))
-        why = (f"row split: the batch ({B} columns, padded to {Bp}) is one {TILE}-column chunk, so every "
-               f"layer's rows are split over the {self.threads} threads instead (the batch split would run "
-               "on one)", f"register tiles of {TILE} columns: {self._tile_reason(Bp)}")
-        return Plan(engine=self.name, batch=B, threads=self.threads, isa=cpu().isa, layout=self.layout_name,
-                    nbytes=self.nbytes, split="rows", padded_batch=Bp, layers=layers, reasons=why)
 
     def _forward(self, X):
         B = X.shape[0]

@@ -219,11 +219,12 @@ _AARCH64 = textwrap.dedent("""
     for B in (1, 32):
         BSREngine(block_prune(p, 0.5, (4, 1)), threads=1, block=(4, 1))(np.ones((B, 40), np.float32))
         NMEngine(nm_prune(p, 2, 4), threads=1)(np.ones((B, 40), np.float32))
-    rows = NMEngine(nm_prune(p, 2, 4), threads=2, tuning=Tuning(min_parallel_work=0))      # the row split
-    assert rows.plan(5).split == "rows"
-    rows(np.ones((5, 40), np.float32))
+    for rows in (NMEngine(nm_prune(p, 2, 4), threads=2, tuning=Tuning(min_rows_work=0)),      # the row split
+                 BSREngine(block_prune(p, 0.5, (4, 1)), threads=2, block=(4, 1), tuning=Tuning(min_rows_work=0))):
+        assert rows.plan(5).split == "rows"
+        rows(np.ones((5, 40), np.float32))
     for disp in (bsr_kernels.bsr_matmul_bias_relu, bsr_kernels.bsr_forward_vec, nm_kernels.nm_matmul_bias_relu,
-                 nm_kernels.nm_forward_vec16, nm_kernels.nm_forward_rows):
+                 nm_kernels.nm_forward_vec16, nm_kernels.nm_forward_rows, bsr_kernels.bsr_forward_rows):
         for asm in aarch64_asm(disp):
             print(disp.__name__, "fmla" in asm)
 """)
@@ -240,7 +241,7 @@ def test_kernels_compile_for_aarch64(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
     assert lines["bsr_matmul_bias_relu"] == "True" and lines["nm_matmul_bias_relu"] == "True"
-    assert lines["nm_forward_vec16"] == "True" and "nm_forward_rows" in lines
+    assert lines["nm_forward_vec16"] == "True" and {"nm_forward_rows", "bsr_forward_rows"} <= set(lines)
 
 
 @pytest.mark.skipif(not sell_kernels.available(),
@@ -278,7 +279,7 @@ def test_nm_small_batches_split_rows_over_threads(n, m, bias):
     split instead (nm_forward_rows), with the same logits, call after call."""
     from sparsenet.plan import Tuning
     params = nm_prune(net(bias), n, m)
-    eng = NMEngine(params, threads=2, n=n, m=m, tuning=Tuning(min_parallel_work=0))
+    eng = NMEngine(params, threads=2, n=n, m=m, tuning=Tuning(min_rows_work=0))
     for B in (2, 7, 16, 32):
         assert eng.plan(B).split == "rows" and eng.plan(B).padded_batch == 32
         assert all(l.parallel for l in eng.plan(B).layers)
@@ -290,7 +291,7 @@ def test_nm_small_batches_split_rows_over_threads(n, m, bias):
     out = eng(X)
     assert np.isnan(out[4]).all() and np.isfinite(np.delete(out, 4, axis=0)).all()
     assert_matches(np.delete(out, 4, axis=0), forward(params, np.delete(X, 4, axis=0)))
-    one = NMEngine(params, threads=1, n=n, m=m, tuning=Tuning(min_parallel_work=0))
+    one = NMEngine(params, threads=1, n=n, m=m, tuning=Tuning(min_rows_work=0))
     assert one.plan(16).split == "batch"                     # one thread: nothing to split
     assert_matches(eng(X[::2]), forward(params, X[::2]))      # non-contiguous rows
 
@@ -299,11 +300,41 @@ def test_nm_row_split_all_zero_layer_and_the_default_rule():
     from sparsenet.plan import Tuning
     params = list(nm_prune(net(), 2, 4))
     params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
-    eng = NMEngine(tuple(params), threads=2, tuning=Tuning(min_parallel_work=0))
+    eng = NMEngine(tuple(params), threads=2, tuning=Tuning(min_rows_work=0))
     assert eng.plan(5).split == "rows"
     check(eng, tuple(params), batches=(5, 16))
-    small = NMEngine(nm_prune(net(), 2, 4), threads=2)       # this net's layers are below min_parallel_work
+    small = NMEngine(nm_prune(net(), 2, 4), threads=2)       # this net's calls are below min_rows_work
     assert small.plan(16).split == "batch"
     big = NMEngine(nm_prune(he_init((784, 1000, 1000, 500, 200, 10), seed=0), 2, 4), threads=2)
     assert big.plan(16).split == "rows" and big.plan(64).split == "batch"
     assert "row split" in big.plan(16).describe()
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_bsr_small_batches_split_rows_over_threads(block, bias):
+    """As for nm: batch 2-32 at 2 threads splits every layer's block rows over the threads
+    (bsr_forward_rows), same logits call after call, NaN rows, non-contiguous input."""
+    from sparsenet.plan import Tuning
+    params = block_prune(net(bias), 0.5, block)
+    eng = BSREngine(params, threads=2, block=block, tuning=Tuning(min_rows_work=0))
+    for B in (2, 7, 16, 32):
+        assert eng.plan(B).split == "rows" and eng.plan(B).padded_batch == 32
+    assert eng.plan(33).split == "batch" and eng.plan(1).split == "none"
+    for _ in range(2):
+        check(eng, params, batches=(2, 7, 16, 32, 33, 1))
+    X = np.random.default_rng(5).standard_normal((9, SIZES[0])).astype(np.float32)
+    X[2, 0] = np.inf
+    out = eng(X)
+    assert np.isnan(out[2]).all()
+    assert_matches(np.delete(out, 2, axis=0), forward(params, np.delete(X, 2, axis=0)))
+    assert_matches(eng(X[1::2]), forward(params, X[1::2]))
+    zero = list(params)
+    zero[2] = Layer(np.zeros_like(zero[2].weight), zero[2].bias)
+    check(BSREngine(tuple(zero), threads=2, block=block, tuning=Tuning(min_rows_work=0)), tuple(zero),
+          batches=(3, 16))
+    he = he_init((784, 1000, 1000, 500, 200, 10), seed=0)
+    big = BSREngine(block_prune(he, 0.5, (8, 1)), threads=2, block=(8, 1))
+    assert big.plan(16).split == "rows" and big.plan(64).split == "batch"
+    sparse = BSREngine(block_prune(he, 0.9, (8, 1)), threads=2, block=(8, 1))   # 7.7M multiply-adds a call
+    assert sparse.plan(16).split == "batch"
