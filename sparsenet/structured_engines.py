@@ -294,7 +294,6 @@ class NMEngine(_Chunked):
     def describe(self) -> dict:
         return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)
 
-
     def _forward(self, X):
         B = X.shape[0]
         p = self._plans.get(B) or self.plan(B)
