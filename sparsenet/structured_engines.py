@@ -50,12 +50,17 @@ class _Chunked(Engine):
 
     def _chunk_buffers(self, Bc):
         """HT (threads, in_rows, Bc), buf0/buf1 (threads, width * Bc): 64-byte aligned, zeroed,
-        cached for the last chunk width."""
+        cached for the last chunk width; and the work counter the threads claim chunks from."""
         if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
             n = self.threads
             self._chunk_bufs = (Bc, _aligned_zeros((n, self._in_rows, Bc)),
-                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)),
+                                np.zeros(1, np.int64))
         return self._chunk_bufs[1:]
+
+    def _chunk_width(self, B: int) -> int:
+        """Columns per chunk of the batch split."""
+        return chunk_columns(B, self.threads, self.tuning.max_chunk)
 
     def _parallel_layers(self):
         """Batch 1: which layers split their rows over the threads (enough stored multiply-adds)."""
@@ -80,12 +85,17 @@ class _Chunked(Engine):
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
                    else "batch 1: one matrix-vector kernel per layer, one thread",)
             return Plan(split="none", layers=layers, reasons=why, **common)
-        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        Bc = self._chunk_width(B)
         layers = tuple(LayerPlan(k, False) for k in self._tile_kernels(Bc))
         why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
-               f"zero-padded), each through every layer on one thread",
+               f"zero-padded), each through every layer on one thread; threads claim chunks one at a "
+               f"time (a slower core runs fewer)", self._chunk_reason(Bc),
                f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
+
+    def _chunk_reason(self, Bc: int) -> str:
+        return (f"chunks <= {self.tuning.max_chunk} columns, their number a multiple of the threads "
+                f"(plan.batch_chunk)")
 
     def _spmv_kernel(self) -> str:
         return f"{self.layout_name}-spmv"
@@ -142,6 +152,17 @@ class BSREngine(_Chunked):
         self.index_dtype = str(self.bsr[0].indices.dtype)
         self._vec = (_aligned_zeros(self._in_rows), _aligned_zeros(self._width), _aligned_zeros(self._width))
 
+    def _chunk_width(self, B: int) -> int:
+        """One register tile (TILE columns): a chunk's weights stream once per 32-column tile
+        whatever its width, so narrow chunks cost nothing (k = 0 / 50 / 90 %, 1 thread: 32 columns
+        as fast as 128 or faster, the chunk's activations fit L2) and give the threads many
+        pieces to share (docs/perf-notes.md, session 7)."""
+        return TILE
+
+    def _chunk_reason(self, Bc: int) -> str:
+        return (f"chunks of one register tile ({TILE} columns): the blocks stream once per tile at any chunk "
+                f"width, and many chunks let a faster core take more")
+
     def _tile_kernels(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
         return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{TILE}"] * len(self.bsr)
@@ -168,8 +189,8 @@ class BSREngine(_Chunked):
             o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers())
             out[0] = o[:self.n_out]
             return out
-        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out)
+        HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
+        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out, counter)
         return out
 
 
@@ -257,6 +278,38 @@ class NMEngine(_Chunked):
         values, idx, bias = self._vec16[:3]            # the interleaved copy: rows padded to 16
         return int(values.nbytes + idx.nbytes + bias.nbytes)
 
+    def _row_split(self, B: int) -> bool:
+        """Batches whose batch split would give a thread fewer than ROW_BLOCKS_PER_THREAD chunks run
+        each layer's rows over the threads instead: 2 chunks of 128 columns for 2 threads (batch
+        256) ran at the slower core's pace (the VM's vCPUs alternate between ~0.55 and ~0.95 ms for
+        the same chunk), while narrower chunks lose the 128-column tiles (2:4 +11 % at 64, +40 % at 32)."""
+        if self.threads < 2 or B < 2:
+            return False
+        return -(-B // chunk_columns(B, self.threads, self.tuning.max_chunk)) < \
+            nm_kernels.ROW_BLOCKS_PER_THREAD * self.threads
+
+    def _make_plan(self, B: int) -> Plan:
+        p = super()._make_plan(B)
+        if not self._row_split(B):
+            return p
+        Bc = chunk_columns(B, 1, self.tuning.max_chunk)
+        R = [nm_kernels.row_block(n, self.threads) for n in self.layer_sizes[1:]]
+        why = (f"row split: each layer's rows in blocks of {', '.join(map(str, R))} rows claimed by {self.threads} "
+               f"threads (a parallel region a layer), every block over {-(-B // Bc)} chunk(s) of {Bc} columns: "
+               f"a batch split would give a thread < {nm_kernels.ROW_BLOCKS_PER_THREAD} chunks, "
+               f"and a slower core would hold the call", p.reasons[-1])
+        return Plan(engine=p.engine, batch=p.batch, threads=p.threads, isa=p.isa, layout=p.layout, nbytes=p.nbytes,
+                    split="rows", chunk=Bc, layers=tuple(LayerPlan(l.kernel, True) for l in p.layers), reasons=why)
+
+    def _row_buffers(self, n_chunks: int, Bc: int):
+        """HT (n_chunks, in_rows, Bc), buf0/buf1 (n_chunks * width * Bc) and a counter for the row split."""
+        key = ("rows", n_chunks, Bc)
+        if self._chunk_bufs is None or self._chunk_bufs[0] != key:
+            self._chunk_bufs = (key, _aligned_zeros((n_chunks, self._in_rows, Bc)),
+                                _aligned_zeros(n_chunks * self._width * Bc), _aligned_zeros(n_chunks * self._width * Bc),
+                                np.zeros(1, np.int64))
+        return self._chunk_bufs[1:]
+
     def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
         (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
@@ -291,8 +344,12 @@ class NMEngine(_Chunked):
             buf0, buf1 = self._vec
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
             return out
-        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out)
+        if p.split == "rows":
+            HT, buf0, buf1, counter = self._row_buffers(-(-B // p.chunk), p.chunk)
+            nm_kernels.nm_forward_rows(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter, self.threads)
+            return out
+        HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
+        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter)
         return out
 
 
