@@ -33,12 +33,9 @@ SIZES = (784, 1000, 1000, 500, 200, 10)
 
 
 def _old(e):
-    """The same engine on session 6's plan: bsr chunks of up to 128 columns, nm on the batch split."""
+    """The same engine on session 6's chunk widths (bsr: up to 128 columns; nm: unchanged)."""
     from sparsenet.structured_engines import chunk_columns
-    if hasattr(e, "_row_split"):
-        e._row_split = lambda B: False
-    else:
-        e._chunk_width = lambda B: chunk_columns(B, e.threads, e.tuning.max_chunk)
+    e._chunk_width = lambda B: chunk_columns(B, e.threads, e.tuning.max_chunk)
     return e
 
 
@@ -68,8 +65,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--secs", type=float, default=0.12)
     ap.add_argument("--settle", type=float, default=0.15)
-    ap.add_argument("--old", action="store_true", help="also time the previous plans (bsr 128-column chunks, nm batch split)")
-    ap.add_argument("--which", default="bsr:block:0.9,nm:nm:0.75,nm:nm:0.5")
+    ap.add_argument("--old", action="store_true", help="also time the previous chunk widths (bsr: 128 columns)")
+    ap.add_argument("--which", default="bsr:block:0.9,nm:nm:0.75,nm:nm:0.5", help="engine:method:k,...")
     a = ap.parse_args(argv)
     which = [(w.split(":")[0], w.split(":")[1], float(w.split(":")[2])) for w in a.which.split(",")]
     if a.run:

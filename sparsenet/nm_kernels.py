@@ -174,14 +174,8 @@ def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu, tile=32):
     about `panel` floats of HT (panel // cols inputs, a multiple of m; >= n_in * cols: one panel):
     a panel's HT rows stay in L1 while every row adds its slots of the panel (a row's tile is
     loaded and stored once per panel)."""
-    n_out = out.shape[0]
-    nm_matmul_rows(values, idx, bias, HT, out, 0, n_out, values.shape[0] // max(n_out, 1), n, m, panel, relu, tile)
-
-
-@njit(**_OPTS)
-def nm_matmul_rows(values, idx, bias, HT, out, r0, r1, K, n, m, panel, relu, tile):
-    """nm_matmul_bias_relu on rows r0..r1-1 only (K slots a row): the row split's piece of work."""
-    Bc = out.shape[1]
+    n_out, Bc = out.shape
+    K = values.shape[0] // max(n_out, 1)
     G = K // n
     c = 0
     while c < Bc:
@@ -193,7 +187,7 @@ def nm_matmul_rows(values, idx, bias, HT, out, r0, r1, K, n, m, panel, relu, til
         Pg = max(panel // cols // m, 1)                 # groups per panel
         for gs in range(0, max(G, 1), Pg):
             ge = min(gs + Pg, G)
-            _tile(values, idx, bias, HT, out, r0, r1, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
+            _tile(values, idx, bias, HT, out, 0, n_out, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
         c += cols
 
 
@@ -300,7 +294,10 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
     and bias[sum(sizes[1:l+1]):][:sizes[l+1]], its pattern is ns[l]:m. Worker w owns HT[w] (n_in, Bc) and buf0[w], buf1[w]
     (>= max(hidden sizes) * Bc floats) and runs chunks of Bc columns (a multiple of 32) as
-    kernels.csr_forward_chunks does, claimed from `counter` (bsr_kernels.claim; reset here).
+    kernels.csr_forward_chunks does, claimed from `counter` (int64 (1,), reset here): a worker on
+    a slower core runs fewer chunks. (A row split, each layer's rows in claimed blocks over 128-column
+    tiles, was no faster on a quiet machine and 4x slower with a third process on the 2 cores: a
+    parallel region a layer waits for a descheduled thread at every layer; docs/perf-notes.md, session 7.)
     """
     B = X.shape[0]
     n_workers, n_in, Bc = HT.shape
@@ -318,78 +315,6 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
             for j in range(oc.shape[0]):
                 for i in range(oc.shape[1]):
                     oc[j, i] = o[i, j]
-
-
-ROW_BLOCKS_PER_THREAD = 4   # the row split cuts a layer into >= this many row blocks per thread
-
-
-def row_block(n_out: int, threads: int) -> int:
-    """Rows per block of the row split (its rule, also in nm_rows_parallel): about n_out /
-    (ROW_BLOCKS_PER_THREAD * threads), a multiple of 16 rows and at least 16: enough blocks that a
-    thread on a slower core hands the rest to the other, big enough that a block's panel of HT
-    (kept in L1) serves many rows."""
-    return max(16, n_out // (ROW_BLOCKS_PER_THREAD * threads) // 16 * 16)
-
-
-@njit(parallel=True, **_OPTS)
-def nm_rows_parallel(values, idx, bias, HT, out, n, m, panel, relu, tile, counter, n_workers):
-    """One layer, its rows split over the threads: HT (n_chunks, n_in, Bc) -> out (n_chunks, n_out,
-    Bc). Threads claim blocks of row_block rows from `counter` (reset here) and run each block
-    over every chunk of columns; a slower core claims fewer blocks. n_workers: the engine's threads."""
-    n_chunks, n_out, Bc = out.shape
-    K = values.shape[0] // max(n_out, 1)
-    R = max(16, n_out // (ROW_BLOCKS_PER_THREAD * n_workers) // 16 * 16)
-    n_blocks = -(-n_out // R)
-    counter[0] = 0
-    for _ in prange(n_workers):
-        while True:
-            blk = claim(counter)
-            if blk >= n_blocks:
-                break
-            r0 = blk * R
-            r1 = min(r0 + R, n_out)
-            for ch in range(n_chunks):
-                nm_matmul_rows(values, idx, bias, HT[ch], out[ch], r0, r1, K, n, m, panel, relu, tile)
-
-
-@njit(parallel=True, **_OPTS)
-def _gather_chunks(X, HT):
-    """HT[ch] = X[ch * Bc:][:Bc].T, zero-padded: (B, n_in) -> (n_chunks, n_in, Bc), chunks over threads."""
-    n_chunks, n_in, Bc = HT.shape
-    for ch in prange(n_chunks):
-        _gather_columns(X, ch * Bc, HT[ch])
-
-
-@njit(**_OPTS)
-def nm_forward_rows(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter,
-                    n_workers):
-    """Whole MLP, each layer's rows split over the threads (nm_rows_parallel: a parallel region a
-    layer): X (B, n_in) -> out (B, n_out). HT (n_chunks, n_in, Bc) takes X in chunks of Bc columns
-    (the register tile's width: a tile spans its HT row); buf0, buf1 (>= n_chunks * max(hidden
-    sizes) * Bc floats). For batches with too few chunks to share (plan: fewer than
-    ROW_BLOCKS_PER_THREAD a thread): the rows give every thread many pieces and keep 128-column tiles."""
-    n_chunks, n_in, Bc = HT.shape
-    _gather_chunks(X, HT)
-    h = HT
-    L = sizes.shape[0] - 1
-    for layer in range(L):
-        n_out = sizes[layer + 1]
-        r = 0
-        for l in range(layer):
-            r += sizes[l + 1]
-        buf = buf0 if layer % 2 == 0 else buf1
-        lo, hi = val_off[layer], val_off[layer + 1]
-        o = buf[:n_chunks * n_out * Bc].reshape((n_chunks, n_out, Bc))
-        nm_rows_parallel(values[lo:hi], idx[lo:hi], bias[r:r + n_out], h, o, ns[layer], m, panel, layer < L - 1,
-                         tile, counter, n_workers)
-        h = o
-    B = X.shape[0]
-    n_last = sizes[L]
-    for j in range(B):
-        ch = j // Bc
-        jj = j - ch * Bc
-        for i in range(n_last):
-            out[j, i] = h[ch, i, jj]
 
 
 @njit(**_OPTS)

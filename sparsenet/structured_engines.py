@@ -278,38 +278,6 @@ class NMEngine(_Chunked):
         values, idx, bias = self._vec16[:3]            # the interleaved copy: rows padded to 16
         return int(values.nbytes + idx.nbytes + bias.nbytes)
 
-    def _row_split(self, B: int) -> bool:
-        """Batches whose batch split would give a thread fewer than ROW_BLOCKS_PER_THREAD chunks run
-        each layer's rows over the threads instead: 2 chunks of 128 columns for 2 threads (batch
-        256) ran at the slower core's pace (the VM's vCPUs alternate between ~0.55 and ~0.95 ms for
-        the same chunk), while narrower chunks lose the 128-column tiles (2:4 +11 % at 64, +40 % at 32)."""
-        if self.threads < 2 or B < 2:
-            return False
-        return -(-B // chunk_columns(B, self.threads, self.tuning.max_chunk)) < \
-            nm_kernels.ROW_BLOCKS_PER_THREAD * self.threads
-
-    def _make_plan(self, B: int) -> Plan:
-        p = super()._make_plan(B)
-        if not self._row_split(B):
-            return p
-        Bc = chunk_columns(B, 1, self.tuning.max_chunk)
-        R = [nm_kernels.row_block(n, self.threads) for n in self.layer_sizes[1:]]
-        why = (f"row split: each layer's rows in blocks of {', '.join(map(str, R))} rows claimed by {self.threads} "
-               f"threads (a parallel region a layer), every block over {-(-B // Bc)} chunk(s) of {Bc} columns: "
-               f"a batch split would give a thread < {nm_kernels.ROW_BLOCKS_PER_THREAD} chunks, "
-               f"and a slower core would hold the call", p.reasons[-1])
-        return Plan(engine=p.engine, batch=p.batch, threads=p.threads, isa=p.isa, layout=p.layout, nbytes=p.nbytes,
-                    split="rows", chunk=Bc, layers=tuple(LayerPlan(l.kernel, True) for l in p.layers), reasons=why)
-
-    def _row_buffers(self, n_chunks: int, Bc: int):
-        """HT (n_chunks, in_rows, Bc), buf0/buf1 (n_chunks * width * Bc) and a counter for the row split."""
-        key = ("rows", n_chunks, Bc)
-        if self._chunk_bufs is None or self._chunk_bufs[0] != key:
-            self._chunk_bufs = (key, _aligned_zeros((n_chunks, self._in_rows, Bc)),
-                                _aligned_zeros(n_chunks * self._width * Bc), _aligned_zeros(n_chunks * self._width * Bc),
-                                np.zeros(1, np.int64))
-        return self._chunk_bufs[1:]
-
     def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
         (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
@@ -343,10 +311,6 @@ class NMEngine(_Chunked):
         if p.split == "none":
             buf0, buf1 = self._vec
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
-            return out
-        if p.split == "rows":
-            HT, buf0, buf1, counter = self._row_buffers(-(-B // p.chunk), p.chunk)
-            nm_kernels.nm_forward_rows(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter, self.threads)
             return out
         HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
         nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter)
