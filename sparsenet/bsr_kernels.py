@@ -101,6 +101,23 @@ bsr_tile4 = _make_bsr_tile(4)
 bsr_tile8 = _make_bsr_tile(8)
 
 
+@intrinsic
+def claim(typingctx, counter):
+    """The old counter[0], atomically incremented: the next piece of work of a parallel region.
+    Threads claim pieces (chunks, row blocks) until one claims past the end, so a core that runs
+    slower (a VM's vCPU shares its core with a neighbour, another process) does fewer pieces
+    instead of holding the call (an LLVM atomicrmw: every target compiles it)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
+
+
 def rows_per_tile(r: int) -> int:
     """Rows of a block one register tile holds: the largest of 8, 4, 2, 1 dividing r."""
     return 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
@@ -236,7 +253,7 @@ def _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_o
 
 @njit(parallel=True, **_OPTS)
 def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
-                       X, HT, buf0, buf1, out):
+                       X, HT, buf0, buf1, out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns blocks blk_off[l]:blk_off[l+1] (data flat, r * c floats a
@@ -246,13 +263,19 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
     (as an input). Worker w owns HT[w] (rows[0], Bc: its rows past n_in stay zero) and buf0[w],
     buf1[w] (>= max(rows) * Bc floats) and runs chunks of Bc columns (a multiple of 32) as
     kernels.csr_forward_chunks does: transpose, every layer on one thread, write the logits back.
+    Chunks are claimed from `counter` (int64 (1,), reset here), not dealt out in equal shares: a
+    worker on a slower core runs fewer of them.
     """
     B = X.shape[0]
     n_workers, n_in_p, Bc = HT.shape
     n_out = sizes[sizes.shape[0] - 1]
     n_chunks = -(-B // Bc)
+    counter[0] = 0
     for w in prange(n_workers):
-        for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
+        while True:
+            ch = claim(counter)
+            if ch >= n_chunks:
+                break
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w][:sizes[0]])
             o = _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,

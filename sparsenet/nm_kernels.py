@@ -58,6 +58,22 @@ _ROWS_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", ty
               ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
+@intrinsic
+def claim(typingctx, counter):
+    """The old counter[0], atomically incremented (an LLVM atomicrmw, every target): the next piece of
+    work of a parallel region. bsr_kernels.claim's twin (a kernel module imports no other kernel
+    module but kernels and simd: tests/test_architecture.py; simd.py would be its one home)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
+
+
 def _make_nm_tile(NT, W):
     """Intrinsic: rows r0..r1-1, groups gs..ge-1 of each row (a column panel), on columns
     col0..col0 + LANES * W - 1 (W accumulator vectors per partial sum). first: start from the bias
@@ -278,19 +294,26 @@ def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, b
 
 
 @njit(parallel=True, **_OPTS)
-def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out):
+def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
     and bias[sum(sizes[1:l+1]):][:sizes[l+1]], its pattern is ns[l]:m. Worker w owns HT[w] (n_in, Bc) and buf0[w], buf1[w]
     (>= max(hidden sizes) * Bc floats) and runs chunks of Bc columns (a multiple of 32) as
-    kernels.csr_forward_chunks does.
+    kernels.csr_forward_chunks does, claimed from `counter` (int64 (1,), reset here): a worker on
+    a slower core runs fewer chunks. (A row split, each layer's rows in claimed blocks over 128-column
+    tiles, was no faster on a quiet machine and 4x slower with a third process on the 2 cores: a
+    parallel region a layer waits for a descheduled thread at every layer; docs/perf-notes.md, session 7.)
     """
     B = X.shape[0]
     n_workers, n_in, Bc = HT.shape
     n_chunks = -(-B // Bc)
+    counter[0] = 0
     for w in prange(n_workers):
-        for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
+        while True:
+            ch = claim(counter)
+            if ch >= n_chunks:
+                break
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w])
             o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])

@@ -50,12 +50,17 @@ class _Chunked(Engine):
 
     def _chunk_buffers(self, Bc):
         """HT (threads, in_rows, Bc), buf0/buf1 (threads, width * Bc): 64-byte aligned, zeroed,
-        cached for the last chunk width."""
+        cached for the last chunk width; and the work counter the threads claim chunks from."""
         if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
             n = self.threads
             self._chunk_bufs = (Bc, _aligned_zeros((n, self._in_rows, Bc)),
-                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)),
+                                np.zeros(1, np.int64))
         return self._chunk_bufs[1:]
+
+    def _chunk_width(self, B: int) -> int:
+        """Columns per chunk of the batch split."""
+        return chunk_columns(B, self.threads, self.tuning.max_chunk)
 
     def _parallel_layers(self):
         """Batch 1: which layers split their rows over the threads (enough stored multiply-adds)."""
@@ -87,10 +92,11 @@ class _Chunked(Engine):
                    f"layer's rows are split over the {self.threads} threads instead (the batch split would "
                    "run on one)", f"register tiles of {TILE} columns: {self._tile_reason(Bp)}")
             return Plan(split="rows", padded_batch=Bp, layers=layers, reasons=why, **common)
-        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        Bc = self._chunk_width(B)
         layers = tuple(LayerPlan(k, False) for k in self._tile_kernels(Bc))
         why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
-               f"zero-padded), each through every layer on one thread",
+               f"zero-padded), each through every layer on one thread; threads claim chunks one at a "
+               f"time (a slower core runs fewer)", self._chunk_reason(Bc),
                f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
 
@@ -98,9 +104,13 @@ class _Chunked(Engine):
         """Rows split over the threads instead of the batch: when the batch split would leave a thread
         idle (fewer chunks of >= 32 columns than threads: batch 2-32 on 2 threads) and the call has
         enough work to pay a parallel region per layer (Tuning.min_rows_work)."""
-        Bc = chunk_columns(B, self.threads, self.tuning.max_chunk)
+        Bc = self._chunk_width(B)
         return (1 < B and self.threads > 1 and -(-B // Bc) < self.threads
                 and sum(self._stored) * -(-B // TILE) * TILE >= self.tuning.min_rows_work)
+
+    def _chunk_reason(self, Bc: int) -> str:
+        return (f"chunks <= {self.tuning.max_chunk} columns, their number a multiple of the threads "
+                f"(plan.batch_chunk)")
 
     def _spmv_kernel(self) -> str:
         return f"{self.layout_name}-spmv"
@@ -157,6 +167,17 @@ class BSREngine(_Chunked):
         self.index_dtype = str(self.bsr[0].indices.dtype)
         self._vec = (_aligned_zeros(self._in_rows), _aligned_zeros(self._width), _aligned_zeros(self._width))
 
+    def _chunk_width(self, B: int) -> int:
+        """One register tile (TILE columns): a chunk's weights stream once per 32-column tile
+        whatever its width, so narrow chunks cost nothing (k = 0 / 50 / 90 %, 1 thread: 32 columns
+        as fast as 128 or faster, the chunk's activations fit L2) and give the threads many
+        pieces to share (docs/perf-notes.md, session 7)."""
+        return TILE
+
+    def _chunk_reason(self, Bc: int) -> str:
+        return (f"chunks of one register tile ({TILE} columns): the blocks stream once per tile at any chunk "
+                f"width, and many chunks let a faster core take more")
+
     def _tile_kernels(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
         return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{TILE}"] * len(self.bsr)
@@ -184,11 +205,11 @@ class BSREngine(_Chunked):
             out[0] = o[:self.n_out]
             return out
         if p.split == "rows":
-            HT, buf0, buf1 = self._chunk_buffers(p.padded_batch)
+            HT, buf0, buf1, _ = self._chunk_buffers(p.padded_batch)
             bsr_kernels.bsr_forward_rows(*self._args(), X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
-        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out)
+        HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
+        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out, counter)
         return out
 
 
@@ -311,11 +332,11 @@ class NMEngine(_Chunked):
             out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
             return out
         if p.split == "rows":
-            HT, buf0, buf1 = self._chunk_buffers(p.padded_batch)
+            HT, buf0, buf1, _ = self._chunk_buffers(p.padded_batch)
             nm_kernels.nm_forward_rows(*args, self.panel, X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
-        HT, buf0, buf1 = self._chunk_buffers(p.chunk)
-        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out)
+        HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
+        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter)
         return out
 
 

@@ -167,7 +167,7 @@ def test_plans():
             assert eng.layout(B) == layout and p.reasons
     bsr = BSREngine(params, threads=2, block=(8, 1))
     assert [l.kernel for l in bsr.plan(1).layers] == ["bsr-spmv"] * 4
-    assert bsr.plan(256).split == "batch" and bsr.plan(256).chunk == 128
+    assert bsr.plan(256).split == "batch" and bsr.plan(256).chunk == 32        # one register tile a chunk
     assert {l.kernel for l in bsr.plan(256).layers} == {"bsr8x1-tile8x32"}
     nm = NMEngine(params, threads=2)
     assert [l.kernel for l in nm.plan(7).layers] == ["nm2:4-tile32"] * 3 + ["nm4:4-tile32"]
@@ -338,3 +338,48 @@ def test_bsr_small_batches_split_rows_over_threads(block, bias):
     assert big.plan(16).split == "rows" and big.plan(64).split == "batch"
     sparse = BSREngine(block_prune(he, 0.9, (8, 1)), threads=2, block=(8, 1))   # 7.7M multiply-adds a call
     assert sparse.plan(16).split == "batch"
+
+# --- work claimed by the threads (session 7): bsr chunks of one tile --------------
+
+
+@pytest.mark.parametrize("B", [1, 7, 33, 256, 300])
+def test_claimed_work_matches_forward_on_wide_layers(B):
+    """Batches of several chunks claimed by the threads (bsr: 32 columns, nm: up to 128):
+    1 and 2 threads give the reference, twice in a row, with an all-zero layer, k = 0 and 99 %."""
+    base = net(sizes=(70, 301, 130, 37, 10))
+    zero = base[:1] + (Layer(np.zeros_like(base[1].weight), base[1].bias),) + base[2:]
+    rng = np.random.default_rng(B)
+    X = rng.standard_normal((B, 70)).astype(np.float32)
+    for params in (base, zero):
+        for k in (0, 0.99):
+            p = block_prune(params, k, (8, 1))
+            for threads in (1, 2):
+                eng = BSREngine(p, threads=threads)
+                assert_matches(eng(X), forward(p, X))
+                assert_matches(eng(X), forward(p, X))
+        for n in (1, 2, 4):
+            p = nm_prune(params, n, 4)
+            outs = []
+            for threads in (1, 2):
+                eng = NMEngine(p, threads=threads)
+                outs.append(eng(X))
+                assert_matches(outs[-1], forward(p, X))
+                assert_matches(eng(X), forward(p, X))
+            np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_claimed_work_propagates_nan():
+    p = nm_prune(net(sizes=(70, 301, 130, 37, 10)), 1, 4)
+    X = np.ones((256, 70), np.float32)
+    X[5, 3] = np.nan
+    for eng in (NMEngine(p, threads=2), BSREngine(block_prune(p, 0.5, (8, 1)), threads=2)):
+        out = eng(X)
+        assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
+
+
+def test_claimed_chunk_plans():
+    p = nm_prune(net(sizes=(70, 1000, 130, 37, 10)), 1, 4)
+    two = NMEngine(p, threads=2)
+    assert two.plan(256).split == "batch" and two.plan(256).chunk == 128 and two.plan(1).split == "none"
+    assert BSREngine(block_prune(p, 0.9, (8, 1)), threads=2).plan(4096).chunk == 32
+    assert "claim" in " ".join(two.plan(256).reasons)
