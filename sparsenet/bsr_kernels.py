@@ -23,7 +23,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsenet.kernels import _gather_columns
-from sparsenet.simd import IR, LANES, VF, require_arrays
+from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 W = 2                       # 16-float vectors per tile row: 32 batch columns
@@ -99,23 +99,6 @@ bsr_tile1 = _make_bsr_tile(1)
 bsr_tile2 = _make_bsr_tile(2)
 bsr_tile4 = _make_bsr_tile(4)
 bsr_tile8 = _make_bsr_tile(8)
-
-
-@intrinsic
-def claim(typingctx, counter):
-    """The old counter[0], atomically incremented: the next piece of work of a parallel region.
-    Threads claim pieces (chunks, row blocks) until one claims past the end, so a core that runs
-    slower (a VM's vCPU shares its core with a neighbour, another process) does fewer pieces
-    instead of holding the call (an LLVM atomicrmw: every target compiles it)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        return None
-    sig = types.int64(counter)
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "monotonic")
-
-    return sig, codegen
 
 
 def rows_per_tile(r: int) -> int:

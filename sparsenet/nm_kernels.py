@@ -48,7 +48,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsenet.kernels import _gather_columns
-from sparsenet.simd import IR, LANES, VF, require_arrays
+from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 TILES = (128, 64, 32)       # batch columns of a register tile (8, 4, 2 vectors of LANES floats)
@@ -56,22 +56,6 @@ _ACC = 2                    # partial sums (alternate slots) per accumulator vec
 
 _ROWS_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", types.float32, 1),
               ("HT", types.float32, 2), ("out", types.float32, 2))
-
-
-@intrinsic
-def claim(typingctx, counter):
-    """The old counter[0], atomically incremented (an LLVM atomicrmw, every target): the next piece of
-    work of a parallel region. bsr_kernels.claim's twin (a kernel module imports no other kernel
-    module but kernels and simd: tests/test_architecture.py; simd.py would be its one home)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        return None
-    sig = types.int64(counter)
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "monotonic")
-
-    return sig, codegen
 
 
 def _make_nm_tile(NT, W):

@@ -152,3 +152,20 @@ def _make_csr_rows(W):
 
 csr_rows16 = _make_csr_rows(1)   # 16-column tiles
 csr_rows32 = _make_csr_rows(2)   # 32-column tiles
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """The old counter[0], atomically incremented: the next piece of work of a parallel region.
+    Threads claim pieces (chunks, row blocks) until one claims past the end, so a core that runs
+    slower (a VM's vCPU shares its core with a neighbour, another process) does fewer pieces
+    instead of holding the call (an LLVM atomicrmw: every target compiles it)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
