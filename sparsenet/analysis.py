@@ -72,10 +72,6 @@ def engines_present(timings) -> list:
     return [e for e in ENGINES if e in seen] + sorted(seen - set(ENGINES))
 
 
-def _at(records, sparsity) -> list:
-    return [r for r in records if sparsity_key(r["sparsity"]) == sparsity_key(sparsity)]
-
-
 def dense_reference(timings, batch, threads, sparsity=None):
     """Median seconds of the unpruned dense net at (batch, threads). With `sparsity`: of the dense records
     at that k when there are any (timed in the same unit as that k's engines, interleaved with them: a
@@ -83,7 +79,7 @@ def dense_reference(timings, batch, threads, sparsity=None):
     the method "none" records if there are any, else of every dense record (dense time does not depend on
     the zeros, and one record can be noisy)."""
     dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
-    for pick in (_at(dense, sparsity) if sparsity is not None else [], select(dense, method="none"), dense):
+    for pick in (select(dense, sparsity=sparsity) if sparsity is not None else [], select(dense, method="none"), dense):
         if pick:
             return float(median(r["median_s"] for r in pick))
     return None
@@ -95,7 +91,7 @@ def fastest_dense(timings, batch, threads, sparsity=None):
     With `sparsity`: each timed at that k when it was (see dense_reference), else at k = 0."""
     times = {"dense": dense_reference(timings, batch, threads, sparsity)}
     fused = select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
-    fused = (_at(fused, sparsity) if sparsity is not None else []) or _at(fused, 0.0)
+    fused = (select(fused, sparsity=sparsity) if sparsity is not None else []) or select(fused, sparsity=0.0)
     if fused:
         times["dense-fused"] = float(median(r["median_s"] for r in fused))
     times = {e: t for e, t in times.items() if t is not None}
@@ -120,7 +116,7 @@ def engine_records(timings, engine, method, sparsity, batch, threads) -> list:
     if recs or engine != "dense":
         return recs
     dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
-    return _at(dense, sparsity) or select(dense, method="none") or dense
+    return select(dense, sparsity=sparsity) or select(dense, method="none") or dense
 
 
 def ratio_interval(timings, num: tuple, den: tuple):
