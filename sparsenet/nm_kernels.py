@@ -24,9 +24,13 @@ ratios measured side by side against sgemm on the same layer):
   row stride) uses half the L1 sets and ran ~2x slower; a 256-column tile was no faster.
 - 2 partial sums per vector only on 32-column tiles: at 64/128 columns the 4/8 accumulator
   vectors are enough independent chains (1 and 2 sums measured the same).
-Widest tile by target: its accumulators take a quarter of the vector registers at most: 128
-columns on AVX-512 (8 of 32 zmm), 64 on AVX2 (a <16 x float> is 2 ymm: 8 of 16) and NEON (16 of
-32 q); plain LLVM vector IR, so every target compiles it (tests/test_structured_engines.py).
+Widest tile by target: one row's accumulators take a quarter of the vector registers at most:
+128 columns on AVX-512 (8 of 32 zmm), 64 on AVX2 (a <16 x float> is 2 ymm: 8 of 16) and NEON (16
+of 32 q); plain LLVM vector IR, so every target compiles it (tests/test_structured_engines.py).
+On AVX-512 a wide tile takes several rows at a time (`rows_per_tile`: 128 columns x 2 rows, 64 x 4,
+16 zmm accumulators; session 8, one 1000 x 1000 layer against sgemm side by side, one thread:
+2:4 x1.39 -> x1.46..1.49, 1:4 x2.52 -> x2.56..2.64; 64 x 1 row was x1.19 / x2.46): more
+independent FMA chains, and the 64-column tile's panel twice as deep for the same 32 KB.
 
 Unlike an r x 1 block (bsr_kernels), a slot's activation row serves one output row only: one
 vector load per FMA, as in CSR, so N:M can only approach dense BLAS's FMA rate, never exceed it:
@@ -47,6 +51,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsenet.cpu import cpu
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
@@ -58,11 +63,21 @@ _ROWS_ARGS = (("values", types.float32, 1), ("idx", types.uint8, 1), ("bias", ty
               ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
+def rows_per_tile(W: int, isa: str) -> int:
+    """Rows a register tile of W vectors (LANES * W columns) takes at a time: on AVX-512 (32 zmm)
+    as many as make 16 accumulator vectors (128 columns x 2 rows, 64 x 4), elsewhere 1 (a <16 x
+    float> is 2 ymm of AVX2's 16 or 4 q of NEON's 32: 64 columns already fill half of them)."""
+    return 16 // W if isa == "avx512" and W >= 4 else 1
+
+
 def _make_nm_tile(NT, W):
     """Intrinsic: rows r0..r1-1, groups gs..ge-1 of each row (a column panel), on columns
-    col0..col0 + LANES * W - 1 (W accumulator vectors per partial sum). first: start from the bias
-    (else from out: an earlier panel's partial sums); relu: apply it at the store (the last panel).
-    NT: n compiled in (the group's n slots unrolled, no division), 0 for n at run time (a loop)."""
+    col0..col0 + LANES * W - 1 (W accumulator vectors per row). first: start from the bias (else
+    from out: an earlier panel's partial sums); relu: apply it at the store (the last panel).
+    NT: n compiled in (the group's n slots unrolled, no division), 0 for n at run time (a loop).
+    Rows go rows_per_tile(W) at a time (R * W accumulators: R independent chains per vector, each
+    slot's broadcast serves W FMAs; the rows past a multiple of R one at a time), decided for the
+    CPU Numba compiles for. On tiles of W < 4 vectors a row has 2 partial sums instead."""
     n_acc = 1 if NT == 0 or W >= 4 else _ACC    # >= 8 independent accumulator vectors (FMA latency)
 
     @intrinsic
@@ -71,46 +86,63 @@ def _make_nm_tile(NT, W):
         sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge, first, relu)
 
         def codegen(context, builder, sig, args):
+            R = rows_per_tile(W, cpu().isa) if NT else 1
             g = IR(context, builder, sig, args)
             p_val, p_idx, p_bias, p_h, p_out = g.ptr[:5]
             r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge = (g.i64(a) for a in args[5:15])
-            accs = [g.zeroed(W) for _ in range(n_acc)]
+            accs = [[g.zeroed(W) for _ in range(n_acc)] for _ in range(R)]      # [row][partial sum][vector]
             mh = builder.mul(m, ld_h)                         # HT offset of one group
-            with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
-                b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
-                o = builder.add(builder.mul(i, ld_o), col0)
+
+            def slot(k, hg, acc):
+                """acc += values[k] * HT[hg + idx[k] * ld_h:][:LANES * W]"""
+                d = g.broadcast(builder.load(builder.gep(p_val, [k])))
+                h0 = builder.add(hg, builder.mul(g.at(p_idx, k, signed=False), ld_h))
                 for w in range(W):
-                    prev = g.vload(p_out, builder.add(o, g.const(LANES * w)))
-                    builder.store(builder.select(args[15], b, prev), accs[0][w])
-                    for acc in accs[1:]:
-                        builder.store(ir.Constant(VF, None), acc[w])
-                base = builder.mul(i, K)
+                    h = g.vload(p_h, builder.add(h0, g.const(LANES * w)))
+                    builder.store(g.fma(d, h, builder.load(acc[w])), acc[w])
 
-                def slot(k, hg, u):
-                    """acc[u] += values[k] * HT[hg + idx[k] * ld_h:][:LANES * W]"""
-                    d = g.broadcast(builder.load(builder.gep(p_val, [k])))
-                    h0 = builder.add(hg, builder.mul(g.at(p_idx, k, signed=False), ld_h))
-                    for w in range(W):
-                        h = g.vload(p_h, builder.add(h0, g.const(LANES * w)))
-                        builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
+            def rows(lo, hi, RR):
+                """Rows lo..hi-1, RR at a time (hi - lo a multiple of RR)."""
+                with cgutils.for_range_slice(builder, lo, hi, g.const(RR), inc=True) as (i0, _):
+                    offs, bases = [], []
+                    for u in range(RR):
+                        i = builder.add(i0, g.const(u))
+                        b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
+                        o = builder.add(builder.mul(i, ld_o), col0)
+                        for w in range(W):
+                            prev = g.vload(p_out, builder.add(o, g.const(LANES * w)))
+                            builder.store(builder.select(args[15], b, prev), accs[u][0][w])
+                            for acc in accs[u][1:]:
+                                builder.store(ir.Constant(VF, None), acc[w])
+                        offs.append(o)
+                        bases.append(builder.mul(i, K))
+                    if NT:
+                        def group(grp, v):
+                            hg = builder.add(builder.mul(grp, mh), col0)
+                            for s in range(NT):
+                                for u in range(RR):
+                                    k = builder.add(bases[u], builder.add(builder.mul(grp, g.const(NT)), g.const(s)))
+                                    slot(k, hg, accs[u][(v * NT + s) % n_acc])
 
-                if NT:
-                    def group(grp, u):
-                        k0 = builder.add(base, builder.mul(grp, g.const(NT)))
-                        hg = builder.add(builder.mul(grp, mh), col0)
-                        for s in range(NT):
-                            slot(builder.add(k0, g.const(s)), hg, (u * NT + s) % n_acc)
+                        g.pairs(gs, ge, group, max(4 // (NT * RR), n_acc, 1))     # >= 4 slots a pass
+                    else:
+                        with cgutils.for_range_slice(builder, gs, ge, g.const(1), inc=True) as (grp, _):
+                            k0 = builder.add(bases[0], builder.mul(grp, n))
+                            hg = builder.add(builder.mul(grp, mh), col0)
+                            with cgutils.for_range_slice(builder, g.const(0), n, g.const(1), inc=True) as (s, _):
+                                slot(builder.add(k0, s), hg, accs[0][0])
+                    for u in range(RR):
+                        for w in range(W):
+                            t = g.sum([acc[w] for acc in accs[u]])
+                            g.vstore(g.relu_if(args[16], t), p_out, builder.add(offs[u], g.const(LANES * w)))
 
-                    g.pairs(gs, ge, group, max(4 // NT, n_acc))      # >= 4 slots a pass (loop overhead)
-                else:
-                    with cgutils.for_range_slice(builder, gs, ge, g.const(1), inc=True) as (grp, _):
-                        k0 = builder.add(base, builder.mul(grp, n))
-                        hg = builder.add(builder.mul(grp, mh), col0)
-                        with cgutils.for_range_slice(builder, g.const(0), n, g.const(1), inc=True) as (s, _):
-                            slot(builder.add(k0, s), hg, 0)
-                for w in range(W):
-                    t = g.sum([acc[w] for acc in accs])
-                    g.vstore(g.relu_if(args[16], t), p_out, builder.add(o, g.const(LANES * w)))
+            if R > 1:
+                span = builder.sub(r1, r0)
+                mid = builder.sub(r1, builder.srem(span, g.const(R)))
+                rows(r0, mid, R)
+                rows(mid, r1, 1)
+            else:
+                rows(r0, r1, 1)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -297,6 +297,21 @@ class NMEngine(_Chunked):
         values, idx, bias = self._vec16[:3]            # the interleaved copy: rows padded to 16
         return int(values.nbytes + idx.nbytes + bias.nbytes)
 
+    def _chunk_width(self, B: int) -> int:
+        """Chunks of one register tile: a tile spans its chunk's HT rows (a 128-column tile of a
+        256-column HT leaves half of L1's sets unused and ran ~2x slower, nm_kernels). The widest
+        tile, unless that gives the threads fewer than 2 chunks each: then 64 columns (AVX-512:
+        64 x 4-row tiles ran as fast as 128 x 2), so that a thread on a faster core claims more of
+        them (this VM's two vCPUs ran up to 1.7x apart; batch 256, 2 threads: 4 chunks, not 2)."""
+        Bc = chunk_columns(B, self.threads, min(self.tile, self.tuning.max_chunk))
+        if self.threads > 1 and Bc > 64 and -(-B // Bc) < 2 * self.threads:
+            Bc = 64
+        return Bc
+
+    def _chunk_reason(self, Bc: int) -> str:
+        return (f"chunks of one register tile (<= {min(self.tile, self.tuning.max_chunk)} columns; 64 when "
+                f"wider ones would leave a thread fewer than 2 chunks to claim)")
+
     def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
         (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
@@ -304,13 +319,20 @@ class NMEngine(_Chunked):
         return next(t for t in nm_kernels.TILES if t == TILE or (n <= 2 and t <= self.tile and t <= Bc))
 
     def _tile_kernels(self, Bc):
-        return [f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{self._tile_columns(Bc, n)}" for n in self.ns]
+        names = []
+        for n in self.ns:
+            T = self._tile_columns(Bc, n)
+            R = nm_kernels.rows_per_tile(T // nm_kernels.LANES, cpu().isa)
+            names.append(f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{R}x{T}")
+        return names
 
     def _tile_reason(self, Bc):
         T = self._tile_columns(Bc)
-        return (f"a row's {T} columns in registers over its {self.n} of every {self.m} slots (tiles up to "
-                f"{self.tile} columns on {cpu().isa}), in column panels of {max(self.panel // T // self.m, 1) * self.m} "
-                f"inputs (~{self.panel * 4 // 1024} KB of activations kept in L1)")
+        R = nm_kernels.rows_per_tile(T // nm_kernels.LANES, cpu().isa)
+        return (f"{R} row(s) x {T} columns in registers over their {self.n} of every {self.m} slots (tiles up "
+                f"to {self.tile} columns on {cpu().isa}), in column panels of "
+                f"{max(self.panel // T // self.m, 1) * self.m} inputs (~{self.panel * 4 // 1024} KB of "
+                "activations kept in L1)")
 
     def describe(self) -> dict:
         return dict(super().describe(), n=self.n, m=self.m, layer_n=list(self.ns), n_useful=self.n_useful)

@@ -51,6 +51,26 @@ def test_tiles_against_numpy(n, m, tile, panel, relu):
         np.testing.assert_allclose(out, np.maximum(ref, 0) if relu else ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 9])
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("tile", [128, 64])
+def test_rows_not_a_multiple_of_a_tiles_rows(rows, n, tile):
+    # wide tiles take rows_per_tile rows at a time (2 or 4 on AVX-512): fewer rows than that, and
+    # the rows past a multiple of it, run one at a time; over two column panels (first / later)
+    W, a, bias = layer((rows, 40), n, 4, seed=rows)
+    HT = np.random.default_rng(rows).standard_normal((40, tile)).astype(np.float32)
+    for panel in (20 * tile, 1 << 20):
+        out = np.full((rows, tile), np.nan, np.float32)
+        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, 4, panel, True, tile)
+        np.testing.assert_allclose(out, np.maximum(W @ HT + bias[:, None], 0), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_per_tile_keeps_accumulators_within_the_registers():
+    # 16 accumulator vectors on AVX-512's 32 zmm; one row elsewhere (64 columns are 8 of AVX2's 16 ymm)
+    assert [nk.rows_per_tile(W, "avx512") for W in (8, 4, 2)] == [2, 4, 1]
+    assert {nk.rows_per_tile(W, isa) for W in (8, 4, 2) for isa in ("avx2", "neon", "generic")} == {1}
+
+
 @pytest.mark.parametrize("tile", nk.TILES)
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 8)])
 def test_nan_input_propagates(tile, n, m):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparsenet import nm_kernels
 from sparsenet.model import Layer, forward, he_init
 from sparsenet.plan import Plan, cpu
 from sparsenet.prune import block_prune, nm_prune
@@ -62,6 +63,11 @@ def test_nm_engine_matches_forward(n, m, bias, threads):
     check(NMEngine(params, threads=threads, n=n, m=m, prune_output=True), params)
 
 
+def tile_name(n, cols):
+    """The plan's name of an n:4 tile kernel of `cols` columns (rows per tile by the target's ISA)."""
+    return f"nm{n}:4-tile{nm_kernels.rows_per_tile(cols // 16, cpu().isa)}x{cols}"
+
+
 @pytest.mark.parametrize("tile", [32, 64, 128])
 @pytest.mark.parametrize("panel", [1, 2048, None])
 @pytest.mark.parametrize("n", [1, 2])
@@ -71,8 +77,11 @@ def test_nm_engine_tiles_and_panels(tile, panel, n):
     for threads in (1, 2):
         eng = NMEngine(params, threads=threads, tile=tile, panel=panel)
         check(eng, params, batches=(1, 7, 100, 256))
-        assert [l.kernel for l in eng.plan(256).layers] == [f"nm{n}:4-tile{tile}"] * 3 + ["nm4:4-tile32"]
-        assert {l.kernel for l in eng.plan(7).layers} <= {f"nm{n}:4-tile32", "nm4:4-tile32"}
+        # batch 256 at 2 threads: chunks of 64 columns at most (4 to claim, not 2 of 128)
+        T = tile if threads == 1 else min(tile, 64)
+        assert eng.plan(256).chunk == T
+        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(n, T)] * 3 + [tile_name(4, 32)]
+        assert {l.kernel for l in eng.plan(7).layers} <= {tile_name(n, 32), tile_name(4, 32)}
     with pytest.raises(ValueError, match="tile must be one of"):
         NMEngine(params, tile=16)
     with pytest.raises(ValueError, match="panel must be a positive"):
@@ -170,15 +179,20 @@ def test_plans():
     assert bsr.plan(256).split == "batch" and bsr.plan(256).chunk == 32        # one register tile a chunk
     assert {l.kernel for l in bsr.plan(256).layers} == {"bsr8x1-tile8x32"}
     nm = NMEngine(params, threads=2)
-    assert [l.kernel for l in nm.plan(7).layers] == ["nm2:4-tile32"] * 3 + ["nm4:4-tile32"]
+    assert [l.kernel for l in nm.plan(7).layers] == [tile_name(2, 32)] * 3 + [tile_name(4, 32)]
     assert nm.plan(7).chunk == 32
     assert [l.kernel for l in nm.plan(1).layers] == ["nm-spmv16"] * 4                  # N:4: row-interleaved copy
     assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 8), m=8).plan(1).layers] == ["nm-spmv"] * 4
     # every N of N:4 (3:4 on the scalar SpMV was 8x slower than 4:4: a cliff at k = 25 %)
     assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 4)).plan(1).layers] == ["nm-spmv16"] * 4
-    # batch 256: 128-column chunks on the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON)
+    # chunks of the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON), 64 columns when
+    # that leaves a thread fewer than 2 chunks (batch 256 on 2 threads)
     wide = 128 if cpu().isa == "avx512" else 64
-    assert nm.tile == wide and [l.kernel for l in nm.plan(256).layers] == [f"nm2:4-tile{wide}"] * 3 + ["nm4:4-tile32"]
+    nm1 = NMEngine(params, threads=1)
+    assert nm1.tile == wide and nm1.plan(256).chunk == wide
+    assert [l.kernel for l in nm1.plan(256).layers] == [tile_name(2, wide)] * 3 + [tile_name(4, 32)]
+    assert nm.plan(256).chunk == 64 and nm.plan(4096).chunk == wide
+    assert [l.kernel for l in nm.plan(256).layers] == [tile_name(2, 64)] * 3 + [tile_name(4, 32)]
     assert nm.describe()["layer_n"] == [2, 2, 2, 4]
 
 
@@ -380,6 +394,8 @@ def test_claimed_work_propagates_nan():
 def test_claimed_chunk_plans():
     p = nm_prune(net(sizes=(70, 1000, 130, 37, 10)), 1, 4)
     two = NMEngine(p, threads=2)
-    assert two.plan(256).split == "batch" and two.plan(256).chunk == 128 and two.plan(1).split == "none"
+    # batch 256: 4 chunks of 64 columns for 2 threads (2 of 128 would leave none to rebalance)
+    assert two.plan(256).split == "batch" and two.plan(256).chunk == 64 and two.plan(1).split == "none"
+    assert two.plan(1024).chunk == two.tile
     assert BSREngine(block_prune(p, 0.9, (8, 1)), threads=2).plan(4096).chunk == 32
     assert "claim" in " ".join(two.plan(256).reasons)
