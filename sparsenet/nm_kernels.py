@@ -75,9 +75,9 @@ def _make_nm_tile(NT, W):
     col0..col0 + LANES * W - 1 (W accumulator vectors per row). first: start from the bias (else
     from out: an earlier panel's partial sums); relu: apply it at the store (the last panel).
     NT: n compiled in (the group's n slots unrolled, no division), 0 for n at run time (a loop).
-    Rows go rows_per_tile(W) at a time (R * W accumulators: R independent chains per vector, each
-    slot's broadcast serves W FMAs; the rows past a multiple of R one at a time), decided for the
-    CPU Numba compiles for. On tiles of W < 4 vectors a row has 2 partial sums instead."""
+    Rows go rows_per_tile(W) at a time (R * W accumulators: R independent chains per vector; the
+    last pass repeats the last row where the rows are not a multiple of R), decided for the CPU
+    Numba compiles for. On tiles of W < 4 vectors a row has 2 partial sums instead."""
     n_acc = 1 if NT == 0 or W >= 4 else _ACC    # >= 8 independent accumulator vectors (FMA latency)
 
     @intrinsic
@@ -102,11 +102,14 @@ def _make_nm_tile(NT, W):
                     builder.store(g.fma(d, h, builder.load(acc[w])), acc[w])
 
             def rows(lo, hi, RR):
-                """Rows lo..hi-1, RR at a time (hi - lo a multiple of RR)."""
+                """Rows lo..hi-1, RR at a time; past hi - 1 a pass takes row hi - 1 again (every copy loads
+                out before any stores, so each stores the same sums: one body, not a second for the rest)."""
+                last = builder.sub(hi, g.const(1))
                 with cgutils.for_range_slice(builder, lo, hi, g.const(RR), inc=True) as (i0, _):
                     offs, bases = [], []
                     for u in range(RR):
                         i = builder.add(i0, g.const(u))
+                        i = builder.select(builder.icmp_signed(">", i, last), last, i)
                         b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
                         o = builder.add(builder.mul(i, ld_o), col0)
                         for w in range(W):
@@ -136,13 +139,7 @@ def _make_nm_tile(NT, W):
                             t = g.sum([acc[w] for acc in accs[u]])
                             g.vstore(g.relu_if(args[16], t), p_out, builder.add(offs[u], g.const(LANES * w)))
 
-            if R > 1:
-                span = builder.sub(r1, r0)
-                mid = builder.sub(r1, builder.srem(span, g.const(R)))
-                rows(r0, mid, R)
-                rows(mid, r1, 1)
-            else:
-                rows(r0, r1, 1)
+            rows(r0, r1, R)
             return context.get_dummy_value()
 
         return sig, codegen
