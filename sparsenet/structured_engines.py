@@ -229,9 +229,10 @@ class NMEngine(_Chunked):
         self.n, self.m = check_nm(1 if n is None else n, m)
         self._infer_n = n is None
         wide = cpu().isa == "avx512"
-        # widest register tile: its accumulators take a quarter of the vector registers (8 of 32 zmm;
-        # 8 of 16 ymm on AVX2, 16 of 32 q on NEON: 64 columns); see nm_kernels
-        self.tile = (128 if wide else 64) if tile is None else int(tile)
+        # register tiles of 64 columns on every target (AVX-512: 4 rows at a time, as fast as 128 x 2
+        # and twice the chunks for the threads to claim; AVX2 / NEON: one row, 8 of 16 ymm / 16 of 32 q);
+        # see nm_kernels
+        self.tile = 64 if tile is None else int(tile)
         if self.tile not in nm_kernels.TILES:
             raise ValueError(f"tile must be one of {nm_kernels.TILES} columns, got {tile!r}")
         # activation floats per column panel: 32 KB of a 48 KB L1 (AVX-512 Xeons), 16 KB elsewhere
@@ -299,10 +300,9 @@ class NMEngine(_Chunked):
 
     def _chunk_width(self, B: int) -> int:
         """Chunks of one register tile: a tile spans its chunk's HT rows (a 128-column tile of a
-        256-column HT leaves half of L1's sets unused and ran ~2x slower, nm_kernels). The widest
-        tile, unless that gives the threads fewer than 2 chunks each: then 64 columns (AVX-512:
-        64 x 4-row tiles ran as fast as 128 x 2), so that a thread on a faster core claims more of
-        them (this VM's two vCPUs ran up to 1.7x apart; batch 256, 2 threads: 4 chunks, not 2)."""
+        256-column HT leaves half of L1's sets unused and ran ~2x slower, nm_kernels). With tile=128,
+        64 columns where 128 would give the threads fewer than 2 chunks each, so that a thread on a
+        faster core claims more of them (this VM's two vCPUs ran up to 1.7x apart)."""
         Bc = chunk_columns(B, self.threads, min(self.tile, self.tuning.max_chunk))
         if self.threads > 1 and Bc > 64 and -(-B // Bc) < 2 * self.threads:
             Bc = 64

@@ -185,14 +185,14 @@ def test_plans():
     assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 8), m=8).plan(1).layers] == ["nm-spmv"] * 4
     # every N of N:4 (3:4 on the scalar SpMV was 8x slower than 4:4: a cliff at k = 25 %)
     assert [l.kernel for l in NMEngine(nm_prune(net(), 3, 4)).plan(1).layers] == ["nm-spmv16"] * 4
-    # chunks of the widest tile of the target (128 on AVX-512, 64 on AVX2/NEON), 64 columns when
-    # that leaves a thread fewer than 2 chunks (batch 256 on 2 threads)
-    wide = 128 if cpu().isa == "avx512" else 64
-    nm1 = NMEngine(params, threads=1)
-    assert nm1.tile == wide and nm1.plan(256).chunk == wide
-    assert [l.kernel for l in nm1.plan(256).layers] == [tile_name(2, wide)] * 3 + [tile_name(4, 32)]
-    assert nm.plan(256).chunk == 64 and nm.plan(4096).chunk == wide
-    assert [l.kernel for l in nm.plan(256).layers] == [tile_name(2, 64)] * 3 + [tile_name(4, 32)]
+    # chunks of one 64-column tile on every target (4 rows at a time on AVX-512); with tile=128,
+    # 64 columns where 128 would leave a thread fewer than 2 chunks (batch 256 on 2 threads)
+    for eng in (nm, NMEngine(params, threads=1)):
+        assert eng.tile == 64 and eng.plan(256).chunk == eng.plan(4096).chunk == 64
+        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(2, 64)] * 3 + [tile_name(4, 32)]
+    wide1, wide2 = NMEngine(params, threads=1, tile=128), NMEngine(params, threads=2, tile=128)
+    assert wide1.plan(256).chunk == wide2.plan(512).chunk == 128 and wide2.plan(256).chunk == 64
+    assert [l.kernel for l in wide1.plan(256).layers] == [tile_name(2, 128)] * 3 + [tile_name(4, 32)]
     assert nm.describe()["layer_n"] == [2, 2, 2, 4]
 
 
@@ -396,6 +396,6 @@ def test_claimed_chunk_plans():
     two = NMEngine(p, threads=2)
     # batch 256: 4 chunks of 64 columns for 2 threads (2 of 128 would leave none to rebalance)
     assert two.plan(256).split == "batch" and two.plan(256).chunk == 64 and two.plan(1).split == "none"
-    assert two.plan(1024).chunk == two.tile
+    assert NMEngine(p, threads=2, tile=128).plan(256).chunk == 64
     assert BSREngine(block_prune(p, 0.9, (8, 1)), threads=2).plan(4096).chunk == 32
     assert "claim" in " ".join(two.plan(256).reasons)
