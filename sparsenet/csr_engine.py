@@ -58,8 +58,8 @@ class CSREngine(Engine):
         sizes = layer_sizes(params)
         self.layer_sizes = sizes
         idx = index_dtype(max(sizes[:-1]))               # one dtype for the concatenated indices
-        # calls over >= min_panel_batch columns run on column panels where a layer is dense enough
-        # (a second, panel-major copy of those layers)
+        # batches run their register tiles over column panels where a layer is dense enough
+        # (plan.Tuning.dense_panels; a second, panel-major copy of those layers)
         self.panels = tuple(panel_width(t, c.density, c.shape[1], c.nnz) for c in self.csr)
         self._plain = _flatten([(c.data, c.indices, c.indptr) for c in self.csr], idx, sizes[:-1])
         if all(P >= n for P, n in zip(self.panels, sizes[:-1])):

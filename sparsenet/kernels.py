@@ -6,7 +6,7 @@ and the inner loop is a contiguous axpy over the batch. At batch 1 the same form
 dot product per row (SpMV).
 
 Which kernel runs for a layer is decided by the plan (plan.py) and passed in as a code (SPMV,
-SPMV_PANELS, ROWS8, PANELS, TILES, | PARALLEL); nothing here re-decides. Rules the loops follow
+SPMV_PANELS, ROWS8, PANELS, TILES, TILE_PANELS | PARALLEL); nothing here re-decides. Rules the loops follow
 (figures: docs/perf-notes.md):
 - rows are sliced (d = data[lo:hi]) and walked from 0, indices are unsigned: Numba adds a
   wraparound select to data[k] when it cannot prove k >= 0;
@@ -32,6 +32,7 @@ SPMV_PANELS = 1   # batch 1 on column panels: csr_panels_matvec_bias_relu
 ROWS8 = 2         # csr_matmul_bias_relu(_serial): 8 non-zeros per pass over an output row
 PANELS = 3        # column panels: csr_panels_matmul_bias_relu(_serial)
 TILES = 4         # register tiles (simd.py): 32 columns, then 16; needs a batch (or chunk) of >= 16 columns
+TILE_PANELS = 5   # register tiles over column panels (panel layout as PANELS): dense-ish layers
 PARALLEL = 16     # flag: the layer's rows are split over the threads (row split only)
 NEVER = np.iinfo(np.int64).max   # a work threshold no layer reaches: never parallel
 
@@ -204,9 +205,29 @@ def _tiles(d, c, ip, b, h, out, r0, r1, relu):
     or B >= 16: the last 16-column tile overlaps the one before it)."""
     B = h.shape[1]
     for t in range(B // 32):
-        csr_rows32(d, c, ip, b, h, out, r0, r1, B, B, 32 * t, relu)
+        csr_rows32(d, c, ip, b, h, out, r0, r1, B, B, 32 * t, True, relu)
     if B % 32:
-        csr_rows16(d, c, ip, b, h, out, r0, r1, B, B, B - 16, relu)
+        csr_rows16(d, c, ip, b, h, out, r0, r1, B, B, B - 16, True, relu)
+
+
+@njit(inline="always", **_OPTS)
+def _tile_panels(d, c, ip, panel, b, h, out, r0, r1, relu):
+    """_tiles over column panels (layout: csr_panels_matmul_bias_relu): for each register tile, the
+    rows add their segment of one panel after another, that panel's rows of h staying in L1 (a
+    row's tile loaded and stored once a panel; the first panel starts from 0 and the last adds the
+    bias and applies relu). B % 16 == 0, or B >= 16 as in _tiles."""
+    n_out, B = out.shape
+    n_panels = ip.shape[0] // (n_out + 1)
+    n_tiles = B // 32 + (1 if B % 32 else 0)
+    for t in range(n_tiles):
+        for p in range(n_panels):
+            H = h[p * panel:(p + 1) * panel]
+            q = ip[p * (n_out + 1):(p + 1) * (n_out + 1)]
+            last = p == n_panels - 1
+            if t < B // 32:
+                csr_rows32(d, c, q, b, H, out, r0, r1, B, B, 32 * t, p == 0, relu and last)
+            else:
+                csr_rows16(d, c, q, b, H, out, r0, r1, B, B, B - 16, p == 0, relu and last)
 
 
 @njit(parallel=True, **_OPTS)
@@ -218,6 +239,16 @@ def csr_tiles_bias_relu(data, indices, indptr, bias, HT, out, relu, n_blocks):
     for blk in prange(n_blocks):
         _tiles(data, indices, indptr, bias, HT, out, blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks,
                relu)
+
+
+@njit(parallel=True, **_OPTS)
+def csr_tile_panels_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):
+    """_tile_panels with the rows cut into n_blocks blocks over the threads (one parallel region)."""
+    n_out = out.shape[0]
+    n_blocks = max(1, min(n_blocks, n_out))
+    for blk in prange(n_blocks):
+        _tile_panels(data, indices, indptr, panel, bias, HT, out, blk * n_out // n_blocks,
+                     (blk + 1) * n_out // n_blocks, relu)
 
 
 @njit(inline="always", **_OPTS)
@@ -241,7 +272,7 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     (panels[l] >= n_in, ptr_off[l+1] - ptr_off[l] == n_out + 1), else column-panelled (see
     csr_panels_matmul_bias_relu). buf0/buf1 hold >= max(hidden sizes) * B floats (ping-pong); the
     result is a view into one of them. codes[l] is layer l's kernel (SPMV, SPMV_PANELS, ROWS8,
-    PANELS, TILES) | PARALLEL when its rows run on all threads: the plan decides; n_threads is the
+    PANELS, TILES, TILE_PANELS) | PARALLEL when its rows run on all threads: the plan decides; n_threads is the
     caller's Numba thread count (panelled layers split their rows that many ways).
     """
     B = HT.shape[1]
@@ -267,6 +298,8 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
                 csr_matvec_bias_relu_serial(d, c, ip, b, x, o, relu)
         elif kind == TILES:
             csr_tiles_bias_relu(d, c, ip, b, h, out, relu, n_threads if parallel else 1)
+        elif kind == TILE_PANELS:
+            csr_tile_panels_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads if parallel else 1)
         elif parallel:
             csr_matmul_bias_relu(d, c, ip, b, h, out, relu)
         else:
@@ -278,7 +311,7 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
 
 @njit(**_OPTS)
 def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes):
-    """csr_forward on the calling thread alone (layout as there; codes PANELS, TILES or ROWS8);
+    """csr_forward on the calling thread alone (layout as there; codes PANELS, TILES, TILE_PANELS or ROWS8);
     (n_in, Bc) -> (n_out, Bc), a buffer view."""
     Bc = HT.shape[1]
     n_layers = sizes.shape[0] - 1
@@ -292,6 +325,8 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
         elif kind == TILES:                      # register tiles (simd.py): 32 columns, then 16
             _tiles(d, c, ip, b, h, out, 0, n_out, relu)
+        elif kind == TILE_PANELS:
+            _tile_panels(d, c, ip, panels[layer], b, h, out, 0, n_out, relu)
         else:
             csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)
         h = out

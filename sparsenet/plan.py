@@ -19,7 +19,7 @@ from sparsenet.cpu import CPU, cpu  # noqa: F401  (CPU re-exported: the plan's v
 
 # kernel names by code (kernels.py owns the codes)
 KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.SPMV_PANELS: "spmv-panels", kernels.ROWS8: "rows8",
-                kernels.PANELS: "panels", kernels.TILES: "tiles"}
+                kernels.PANELS: "panels", kernels.TILES: "tiles", kernels.TILE_PANELS: "tile-panels"}
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,15 @@ class Tuning:
     min_parallel_work: int = 20_000
     # a layer is cut into column panels only from this many non-zeros (small layers: no time to win)
     min_panel_nnz: int = 32_768
-    # inputs per column panel at density >= dense_panels, twice that at 0.25..dense_panels, none below
-    panel_width: int = 64
-    # density from which column panels beat 32-column register tiles in the batch split
-    dense_panels: float = 0.45
+    # inputs per column panel (0: by the target, 32 KB of a 32-column chunk's activations on AVX-512,
+    # 256 inputs for its 48 KB L1; 16 KB, 128 inputs, elsewhere)
+    panel_width: int = 0
+    # density from which a layer's register tiles run over column panels (1000 x 1000, 32 columns,
+    # AVX-512: x1.45 at density 0.5, x1.25 at 0.3, even at 0.2, whole rows better at 0.15)
+    dense_panels: float = 0.25
     # kernel calls over at least this many batch columns use the column panels (fewer: whole rows)
     min_panel_batch: int = 96
-    # batch split at threads > 1 only when a thread's chunk has >= min_chunk columns (2x with panels)
-    min_chunk: int = 64
-    # widest chunk of the batch split (a 128-column chunk of a panelled net keeps its panels in L1)
+    # widest chunk of the bsr / nm batch split (0: no batch split; the csr engine's: tile_chunk)
     max_chunk: int = 128
     # ... or >= 16 columns when nnz * batch is at most this (short calls: the row split's regions cost more)
     small_work: int = 2_500_000
@@ -47,9 +47,9 @@ class Tuning:
     # many multiply-adds per call (stored x 32 padded columns): 8x1 blocks at 90 % (7.7M) ran 0.15 ms on
     # one thread, 0.18-0.25 ms split (one region a layer); at 50 % (38M) 2.0 -> 0.7 ms, 1:4 (19M) x1.6
     min_rows_work: int = 12_000_000
-    # chunk width when no layer is dense enough for panels: 32-column register tiles
+    # chunk width of the csr batch split: one 32-column register tile (over column panels or not)
     tile_chunk: int = 32
-    # ... and the narrowest such chunk worth a thread (16: one register tile)
+    # ... and the narrowest chunk worth a thread (16: one register tile; 2x that with panelled layers)
     tile_min_chunk: int = 16
     # batch 1 on SELL: a layer runs on all threads from this many slots
     min_parallel_slots: int = 3000
@@ -183,9 +183,11 @@ class NetShape:
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
 
 
-def panel_width(t: Tuning, density: float, n_in: int, nnz: int) -> int:
-    """Inputs per column panel of a layer; n_in (one panel: plain CSR) when sparse or small."""
-    P = t.panel_width if density >= t.dense_panels else 2 * t.panel_width if density >= 0.25 else n_in
+def panel_width(t: Tuning, density: float, n_in: int, nnz: int, isa: Optional[str] = None) -> int:
+    """Inputs per column panel of a layer (Tuning.panel_width, 0: by the target's ISA); n_in (one
+    panel: plain CSR) when sparser than dense_panels or small."""
+    width = t.panel_width or (256 if (isa or cpu().isa) == "avx512" else 128)
+    P = width if density >= t.dense_panels else n_in
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 
 
@@ -211,11 +213,10 @@ def padded_batch(B: int) -> int:
 
 
 def chunk_limits(t: Tuning, net: NetShape) -> tuple:
-    """(min_chunk, max_chunk) of the batch split: 32-column tile chunks unless a layer is dense
-    enough for its panels to pay (density >= dense_panels)."""
-    dense_panelled = any(nnz >= t.dense_panels * m * n and P < n
-                         for nnz, (m, n), P in zip(net.nnz, net.shape, net.panels))
-    return (t.min_chunk, t.max_chunk) if dense_panelled else (t.tile_min_chunk, t.tile_chunk)
+    """(narrowest, widest) chunk of the batch split: chunks of one 32-column register tile, panelled
+    layers or not (tiles over column panels replaced session 4's 128-column chunks of whole-row
+    panels, which ran at half dense's speed at k = 50 %: docs/perf-notes.md, session 8)."""
+    return t.tile_min_chunk, t.tile_chunk
 
 
 def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
@@ -264,7 +265,9 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         panels_on = Bc >= t.min_panel_batch
         layers = []
         for (_, n), P in zip(net.shape, net.panels):
-            if panels_on and P < n:
+            if P < n and Bc % 16 == 0:
+                layers.append(LayerPlan("tile-panels", False, P, kernels.TILE_PANELS))
+            elif panels_on and P < n:
                 layers.append(LayerPlan("panels", False, P, kernels.PANELS))
             elif Bc % 16 == 0:
                 layers.append(LayerPlan("tiles", False, 0, kernels.TILES))
@@ -287,6 +290,8 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
                                     kernels.SPMV_PANELS if B == 1 else kernels.PANELS))
         elif B == 1:
             layers.append(LayerPlan("spmv", par, 0, kernels.SPMV))
+        elif Bp >= t.tile_min_chunk and Bp % 16 == 0 and P < n:
+            layers.append(LayerPlan("tile-panels", par, P, kernels.TILE_PANELS))
         elif Bp >= t.tile_min_chunk and Bp % 16 == 0:
             layers.append(LayerPlan("tiles", par, 0, kernels.TILES))
         else:

@@ -116,19 +116,25 @@ _ROWS_ARGS = (("data", types.float32, 1), ("indices", types.Integer, 1), ("indpt
 
 def _make_csr_rows(W):
     @intrinsic
-    def csr_rows(typingctx, data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu):
+    def csr_rows(typingctx, data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, first, relu):
         require_arrays(f"simd.csr_rows{LANES * W}", _ROWS_ARGS, (data, indices, indptr, bias, HT, out))
-        sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, relu)
+        sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, first, relu)
 
         def codegen(context, builder, sig, args):
             g = IR(context, builder, sig, args)
             p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
             r0, r1, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:11])
+            first, relu = args[11], args[12]
             accs = [g.zeroed(W) for _ in range(_ACC)]
+            zero = ir.Constant(VF, None)
             with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
-                for acc in accs:
+                o = builder.add(builder.mul(i, ld_o), col0)
+                for w in range(W):        # an earlier column panel's sums, or 0 (the bias is added at the end)
+                    prev = g.vload(p_out, builder.add(o, g.const(LANES * w)))
+                    builder.store(builder.select(first, zero, prev), accs[0][w])
+                for acc in accs[1:]:
                     for a in acc:
-                        builder.store(ir.Constant(VF, None), a)
+                        builder.store(zero, a)
 
                 def nonzero(k, u):
                     d = g.broadcast(builder.load(builder.gep(p_data, [k])))
@@ -138,11 +144,10 @@ def _make_csr_rows(W):
                         builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
 
                 g.pairs(g.at(p_ptr, i), g.at(p_ptr, builder.add(i, g.const(1))), nonzero, _ACC)
-                b = g.broadcast(builder.load(builder.gep(p_bias, [i])))
-                o = builder.add(builder.mul(i, ld_o), col0)
+                b = builder.select(first, g.broadcast(builder.load(builder.gep(p_bias, [i]))), zero)
                 for w in range(W):
                     t = builder.fadd(g.sum([acc[w] for acc in accs]), b)
-                    g.vstore(g.relu_if(args[11], t), p_out, builder.add(o, g.const(LANES * w)))
+                    g.vstore(g.relu_if(relu, t), p_out, builder.add(o, g.const(LANES * w)))
             return context.get_dummy_value()
 
         return sig, codegen

@@ -112,7 +112,8 @@ def test_default_sizes(name, k):
     assert eng.layer_sizes[0] == 784 and eng.layer_sizes[-1] == 10
     if name == "csr":                         # dense-ish layers are column-panelled, sparse ones plain
         d = eng.describe()
-        assert d["panels"] == ([64, 64, 64, 64, 200] if k == 0 else [784, 1000, 1000, 500, 200])
+        P = plan.panel_width(Tuning(), 1.0, 10**6, 10**9)          # the target's: 256 inputs on AVX-512, else 128
+        assert d["panels"] == ([P, P, P, P if 2 * P <= 500 else 500, 200] if k == 0 else [784, 1000, 1000, 500, 200])
         assert (d["panel_nbytes"] > 0) == (k == 0)
 
 
@@ -130,7 +131,7 @@ def test_thread_counts_agree(threads):
 
 def split(chunks, **tuning):
     """Tuning that forces the batch split (chunks=True) or the row split (False) for every batch > 1."""
-    force = dict(min_chunk=0, tile_min_chunk=0) if chunks else dict(max_chunk=0, tile_chunk=0)
+    force = dict(tile_min_chunk=0) if chunks else dict(max_chunk=0, tile_chunk=0)
     return Tuning(**{**tuning, **force})
 
 
@@ -150,6 +151,24 @@ def test_batch_split_matches_reference(base_params, k, threads, panels, max_chun
     check_engine_on(eng, params, UNEVEN)
     if k <= 0.5 or not panels:
         assert (eng.panel_nbytes > 0) == panels
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [0.0, 0.5, 0.75])
+def test_register_tiles_over_column_panels(base_params, k, threads):
+    # tile-panels in both splits: the batch split's 32-column chunks (16 + 16 when a chunk is 16 wide)
+    # and the row split's padded batch, a panelled layer's rows in blocks over the threads (parallel);
+    # panels of 16 inputs, so every layer has several, the last one narrower
+    threads_or_skip(threads)
+    params = weight_prune(base_params, k)
+    small = dict(min_panel_nnz=0, panel_width=16, min_parallel_work=0)
+    for tuning, batches in ((Tuning(**small), (16, 32, 64, 300)), (split(False, **small), (16, 31, 32))):
+        eng = make_engine("csr", params, threads=threads, tuning=tuning)
+        for B in batches:
+            p = eng.plan(B)
+            assert p.layout == "csr-panels" and all(l.kernel == "tile-panels" and l.panel == 16 for l in p.layers)
+            assert all(l.parallel == (p.split == "rows" and threads > 1) for l in p.layers)
+        check_engine_on(eng, params, batches)
 
 
 def check_engine_on(eng, params, batches, seed=0):
@@ -208,15 +227,15 @@ def test_chunk_policy():
     plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
     assert plan.chunk_limits(plain.tuning, plain.net)[1] == Tuning().tile_chunk                           # 32-column register tiles
     assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]
-    dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1
-    assert plan.chunk_limits(dense.tuning, dense.net)[1] == Tuning().max_chunk
-    assert [dense.chunk_width(B) for B in (64, 128, 255, 256)] == [0, 0, 128, 128]
+    dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1: tile chunks too
+    assert plan.chunk_limits(dense.tuning, dense.net)[1] == Tuning().tile_chunk
+    assert [dense.chunk_width(B) for B in (32, 56, 64, 128, 256)] == [0, 0, 32, 32, 32]
     tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
     assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 32]
     one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
     assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 32, 32]
-    mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # panels (density 0.3) lose to tiles
-    assert mid.panel_nbytes > 0 and plan.chunk_limits(mid.tuning, mid.net)[1] == Tuning().tile_chunk
+    mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # density 0.3: tiles over panels
+    assert mid.panel_nbytes > 0 and "tile-panels" in mid.plan(256).summary()
 
 
 # ---- hypothesis: random shapes, sparsities and batches -----------------------------------------
@@ -551,9 +570,9 @@ def test_unknown_engine_message(small):
 
 def test_csr_refuses_a_tuning_that_is_not_one(small):
     with pytest.raises(ValueError, match=r"^tuning must be a plan\.Tuning, got dict$"):
-        make_engine("csr", small, tuning={"min_chunk": 0})
+        make_engine("csr", small, tuning={"tile_min_chunk": 0})
     assert make_engine("csr", small).tuning == Tuning()
-    t = Tuning(min_chunk=3)
+    t = Tuning(tile_min_chunk=3)
     assert make_engine("csr", small, tuning=t).tuning is t
 
 

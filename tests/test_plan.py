@@ -25,8 +25,8 @@ def nets():
 
 
 def test_tuning_refuses_negative_values():
-    with pytest.raises(ValueError, match="Tuning.min_chunk must be >= 0, got -1"):
-        Tuning(min_chunk=-1)
+    with pytest.raises(ValueError, match="Tuning.tile_min_chunk must be >= 0, got -1"):
+        Tuning(tile_min_chunk=-1)
 
 
 @pytest.mark.parametrize("flags, machine, isa", [
@@ -93,10 +93,12 @@ def test_two_thread_plans(nets):
     assert [l.kernel for l in p256.layers] == ["tiles"] * 5 and not any(l.parallel for l in p256.layers)
     assert p256.summary() == "csr; batch split 32 cols x 2 threads; tiles x5"
     dense = make_engine("csr", nets[0.0], threads=2, sell=False)
-    p = dense.plan(256)                                   # density 1: panels, 128-column chunks
-    assert (p.layout, p.chunk) == ("csr-panels", 128)
-    assert [l.kernel for l in p.layers] == ["panels"] * 4 + ["tiles"]
-    assert [l.panel for l in p.layers] == [64, 64, 64, 64, 0]
+    p = dense.plan(256)                                   # density 1: tiles over column panels, 32-column chunks
+    P = panel_width(Tuning(), 1.0, 10**6, 10**9)          # the target's width: 256 inputs on AVX-512, 128 elsewhere
+    panelled = [2 * P <= n for n in (784, 1000, 1000, 500)] + [False]        # 200 x 10: too few non-zeros
+    assert (p.layout, p.chunk) == ("csr-panels", 32)
+    assert [l.kernel for l in p.layers] == ["tile-panels" if q else "tiles" for q in panelled]
+    assert [l.panel for l in p.layers] == [P if q else 0 for q in panelled]
     assert p.nbytes == dense.nbytes + dense.panel_nbytes - sum(c.nbytes for c in dense.csr)
     sell = make_engine("csr", nets[0.9], threads=2, sell="portable")
     assert [l.parallel for l in sell.plan(1).layers] == [s >= Tuning().min_parallel_slots
@@ -147,8 +149,10 @@ def test_engine_runs_the_planned_layout(nets, monkeypatch):
     np.testing.assert_array_equal(calls[0][-2], eng.plan(256).codes())
     np.testing.assert_allclose(out, forward(nets[0.0], X), rtol=1e-4, atol=1e-3)
     calls.clear()
-    eng(X[:64])                                           # 64 columns: whole rows, plain arrays
-    assert eng.plan(64).layout == "csr" and calls[0][2] is eng._plain[2]
+    sparse = make_engine("csr", nets[0.9], threads=1, sell=False)    # density 0.1: whole rows, plain arrays
+    calls = _spy(monkeypatch, "csr_forward_chunks")
+    sparse(X)
+    assert sparse.plan(256).layout == "csr" and calls[0][2] is sparse._plain[2]
 
 
 def test_codes_carry_the_parallel_flag(nets):
@@ -164,23 +168,23 @@ from sparsenet.plan import LayerPlan, NetShape, Plan, batch_chunk, chunk_width, 
 
 
 def test_panel_width_boundaries():
-    t = Tuning()                                          # panel_width 64, min_panel_nnz 32768
-    assert panel_width(t, 0.45, 1024, 32768) == 64        # density == dense_panels: the narrow panels
-    assert panel_width(t, 0.4499, 1024, 32768) == 128
-    assert panel_width(t, 0.25, 1024, 32768) == 128       # density == 0.25: twice as wide
-    assert panel_width(t, 0.2499, 1024, 32768) == 1024    # below: no panels
-    assert panel_width(t, 1.0, 128, 32768) == 64          # 2 P == n_in: still two panels
-    assert panel_width(t, 1.0, 127, 32768) == 127
-    assert panel_width(t, 0.3, 256, 32768) == 128 and panel_width(t, 0.3, 255, 32768) == 255
-    assert panel_width(t, 1.0, 1024, 32767) == 1024       # nnz one short of min_panel_nnz
-    assert panel_width(Tuning(panel_width=16, min_panel_nnz=0), 0.5, 32, 0) == 16
+    t = Tuning()                                          # panel_width 0 (by ISA), dense_panels 0.25, min_panel_nnz 32768
+    for isa, P in (("avx512", 256), ("avx2", 128), ("neon", 128), ("generic", 128)):
+        assert panel_width(t, 1.0, 1024, 32768, isa) == P          # 32 KB | 16 KB of a 32-column chunk
+        assert panel_width(t, 0.25, 1024, 32768, isa) == P          # density == dense_panels
+        assert panel_width(t, 0.2499, 1024, 32768, isa) == 1024     # below: whole rows
+        assert panel_width(t, 1.0, 2 * P, 32768, isa) == P          # 2 P == n_in: still two panels
+        assert panel_width(t, 1.0, 2 * P - 1, 32768, isa) == 2 * P - 1
+        assert panel_width(t, 1.0, 1024, 32767, isa) == 1024        # nnz one short of min_panel_nnz
+    assert panel_width(Tuning(panel_width=16, min_panel_nnz=0), 0.5, 32, 0, "avx512") == 16
+    assert panel_width(t, 1.0, 1024, 32768) == panel_width(t, 1.0, 1024, 32768, plan.cpu().isa)
 
 
 def test_panel_width_follows_dense_panels():
-    """Tuning.dense_panels sets where the narrow panels start (its documented rule)."""
+    """Tuning.dense_panels sets the density from which a layer is panelled (its documented rule)."""
     t = Tuning(dense_panels=0.6)
-    assert panel_width(t, 0.6, 1024, 10**6) == 64
-    assert panel_width(t, 0.5, 1024, 10**6) == 128
+    assert panel_width(t, 0.6, 1024, 10**6, "avx512") == 256
+    assert panel_width(t, 0.5999, 1024, 10**6, "avx512") == 1024
 
 
 @pytest.mark.parametrize("B, Bp", [(1, 1), (2, 2), (14, 14), (15, 16), (16, 16), (17, 17), (113, 113),
@@ -214,15 +218,12 @@ def test_chunk_width_boundaries():
     assert chunk_width(Tuning(tile_min_chunk=17, small_work=10**9), plain, 30, 2) == 16   # 15 -> 16 columns
     assert chunk_width(Tuning(tile_min_chunk=14, small_work=0), plain, 28, 2) == 14       # Bc == tile_min_chunk
     assert chunk_width(Tuning(tile_min_chunk=15, small_work=10**9), plain, 28, 2) == 0    # short, but < 16
-    dense = _net([6000], [(100, 100)], [50])                # density 0.6, panelled: min 64 (x2), max 128
-    assert plan.chunk_limits(t, dense) == (64, 128)
-    assert plan.chunk_limits(t, _net([4499], [(100, 100)], [50])) == (16, 32)   # density < dense_panels
-    assert plan.chunk_limits(t, _net([4500], [(100, 100)], [50])) == (64, 128)  # density == dense_panels
-    assert plan.chunk_limits(t, _net([9000], [(100, 100)])) == (16, 32)         # dense but not panelled
-    assert chunk_width(t, dense, 256, 2) == 128             # Bc == 2 * min_chunk
-    assert chunk_width(t, dense, 224, 2) == 0               # 112 < 128
-    assert chunk_width(Tuning(small_work=0, min_chunk=56), dense, 224, 2) == 112
-    assert chunk_width(Tuning(small_work=10**9), dense, 224, 2) == 112   # short call
+    dense = _net([6000], [(100, 100)], [50])                # panelled: tile chunks too, min 16 (x2), max 32
+    assert plan.chunk_limits(t, dense) == plan.chunk_limits(t, plain) == (16, 32)
+    assert chunk_width(t, dense, 256, 2) == 32 and chunk_width(t, dense, 64, 2) == 32   # Bc == 2 * tile_min_chunk
+    assert chunk_width(t, dense, 56, 2) == 0                # 28 < 32: the row split
+    assert chunk_width(Tuning(small_work=0, tile_min_chunk=14), dense, 56, 2) == 28
+    assert chunk_width(Tuning(small_work=10**9), dense, 56, 2) == 28     # short call
     assert chunk_width(t, dense, 1, 2) == 0 and chunk_width(t, dense, 1, 1) == 0
 
 
@@ -262,9 +263,11 @@ def test_row_split_panels_from_min_panel_batch():
     p = plan.plan_csr(net, 32, 2, t, None, isa="avx2")      # B == min_panel_batch: panels on
     assert [(l.kernel, l.panel, l.parallel) for l in p.layers] == [("panels", 10, True), ("tiles", 0, False)]
     assert (p.layout, p.nbytes) == ("csr-panels", 2)
-    p = plan.plan_csr(net, 31, 2, t, None, isa="avx2")       # padded to 32: register tiles
-    assert [l.kernel for l in p.layers] == ["tiles"] * 2 and (p.layout, p.nbytes) == ("csr", 1)
-    assert p.padded_batch == 32
+    p = plan.plan_csr(net, 31, 2, t, None, isa="avx2")       # padded to 32: register tiles (over the panels)
+    assert [(l.kernel, l.panel) for l in p.layers] == [("tile-panels", 10), ("tiles", 0)]
+    assert (p.layout, p.nbytes, p.padded_batch) == ("csr-panels", 2, 32)
+    p = plan.plan_csr(net, 31, 2, Tuning(max_chunk=0, tile_chunk=0, dense_panels=0.8), None, isa="avx2")
+    assert p.layers[0].kernel == "tile-panels"               # the panels the engine holds, whatever dense_panels says
     p = plan.plan_csr(net, 1, 2, Tuning(min_panel_batch=1), None, isa="avx2")
     assert [(l.kernel, l.code, l.parallel) for l in p.layers] == [
         ("spmv-panels", plan.kernels.SPMV_PANELS, True), ("spmv", plan.kernels.SPMV, False)]
@@ -274,12 +277,16 @@ def test_batch_split_plan_is_exact():
     net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10, **{"csr-panels": 20})
     t = Tuning(small_work=0, min_panel_batch=128)
     p = plan.plan_csr(net, 256, 2, t, None, isa="avx512")
-    assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 128, 0, 20)
-    assert p.layers == (LayerPlan("panels", False, 50, plan.kernels.PANELS), LayerPlan("tiles", False, 0, plan.kernels.TILES))
-    assert p.reasons == ("batch split: 2 chunk(s) of 128 columns, each through every layer on one thread "
-                         "(chunks <= 128 columns)",)
-    p = plan.plan_csr(net, 256, 2, Tuning(small_work=0, min_panel_batch=129), None, isa="avx512")
-    assert [l.kernel for l in p.layers] == ["tiles", "tiles"] and (p.layout, p.nbytes) == ("csr", 10)
+    assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 32, 0, 20)
+    assert p.layers == (LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS),
+                        LayerPlan("tiles", False, 0, plan.kernels.TILES))
+    assert p.reasons == ("batch split: 8 chunk(s) of 32 columns, each through every layer on one thread "
+                         "(chunks <= 32 columns)",)
+    # whole-row panels (PANELS) only where a chunk is not a multiple of 16 columns and >= min_panel_batch
+    p = plan.plan_csr(net, 97, 1, Tuning(small_work=0, min_panel_batch=97, tile_chunk=97), None, isa="avx512")
+    assert p.chunk == 97 and p.layers[0] == LayerPlan("panels", False, 50, plan.kernels.PANELS)
+    p = plan.plan_csr(net, 97, 1, Tuning(small_work=0, min_panel_batch=98, tile_chunk=97), None, isa="avx512")
+    assert [l.kernel for l in p.layers] == ["rows8", "rows8"] and (p.layout, p.nbytes) == ("csr", 10)
     p = plan.plan_csr(net, 7, 1, t, None, isa="avx512")        # 7 columns: rows8
     assert [l.code for l in p.layers] == [plan.kernels.ROWS8] * 2 and p.chunk == 7
     assert p.reasons[-1] == "7 columns is not a multiple of 16: rows8 instead of register tiles"
@@ -391,7 +398,7 @@ def test_tuning_refuses_every_negative_field():
     for f in fields(Tuning):
         with pytest.raises(ValueError, match=rf"^Tuning\.{f.name} must be >= 0, got -1$"):
             Tuning(**{f.name: -1})
-    assert Tuning(**{f.name: 0 for f in fields(Tuning)}).min_chunk == 0
+    assert Tuning(**{f.name: 0 for f in fields(Tuning)}).tile_min_chunk == 0
 
 
 def test_plan_nbytes_default_to_zero_for_a_layout_without_bytes():
@@ -403,7 +410,8 @@ def test_plan_nbytes_default_to_zero_for_a_layout_without_bytes():
              "batch": plan.plan_csr(net, 32, 1, t, None, isa="avx2"),
              "rows": plan.plan_csr(net, 32, 2, Tuning(max_chunk=0, tile_chunk=0), None, isa="avx2")}
     assert {k: (p.layout, p.split) for k, p in plans.items()} == {
-        "csc": ("csc", "none"), "sell": ("sell", "none"), "batch": ("csr-panels", "batch"), "rows": ("csr", "rows")}
+        "csc": ("csc", "none"), "sell": ("sell", "none"), "batch": ("csr-panels", "batch"),
+        "rows": ("csr-panels", "rows")}
     for p in plans.values():
         assert p.nbytes == 0 and type(p.nbytes) is int
 

@@ -10,12 +10,12 @@ from test_csr import sparse_matrix
 
 @njit
 def _call16(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, relu):
-    csr_rows16(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, relu)
+    csr_rows16(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, True, relu)
 
 
 @njit
 def _call32(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, relu):
-    csr_rows32(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, relu)
+    csr_rows32(d, c, p, b, HT, out, r0, r1, ld_h, ld_o, col0, True, relu)
 
 
 @pytest.mark.parametrize("width, call", [(16, _call16), (32, _call32)])
