@@ -81,7 +81,7 @@ class CSREngine(Engine):
         self.index_dtype = str(idx)
         self._width = max(sizes[1:])
         self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
-        self._chunk_bufs = None                          # (Bc, HT, buf0, buf1), see _chunk_buffers
+        self._chunk_bufs = None                          # (Bc, HT, buf0, buf1, counter), see _chunk_buffers
         self._build_sell(params)
         self._csc, csc_nbytes = None, 0
         if self.skip_zeros:                              # the columns of every layer: CSR of W.T
@@ -175,12 +175,13 @@ class CSREngine(Engine):
         return self._bufs[1:]
 
     def _chunk_buffers(self, Bc):
-        """Per-thread scratch of the batch split: HT (threads, n_in, Bc), buf0/1 (threads, width * Bc);
-        64-byte aligned and cached for the last chunk width."""
+        """Per-thread scratch of the batch split: HT (threads, n_in, Bc), buf0/1 (threads, width * Bc),
+        64-byte aligned, and the counter the threads claim chunks from; cached for the last chunk width."""
         if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
             n = self.threads
             self._chunk_bufs = (Bc, _aligned_zeros((n, self.n_in, Bc)),
-                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)))
+                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)),
+                                np.zeros(1, np.int64))
         return self._chunk_bufs[1:]
 
     # -- the call --------------------------------------------------------------------------------
@@ -203,10 +204,10 @@ class CSREngine(Engine):
             return self._forward_csc(X)
         data, indices, indptr, ptr_off, panels = self._paneled if p.layout == "csr-panels" else self._plain
         if p.split == "batch":
-            HT, buf0, buf1 = self._chunk_buffers(p.chunk)
+            HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
             out = np.empty((B, self.n_out), np.float32)
             kernels.csr_forward_chunks(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
-                                       ptr_off, panels, X, HT, buf0, buf1, codes, out)
+                                       ptr_off, panels, X, HT, buf0, buf1, codes, out, counter)
             return out
         Bp, HT, buf0, buf1 = self._buffers(B)
         if B == 1:

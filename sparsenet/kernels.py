@@ -15,14 +15,15 @@ SPMV_PANELS, ROWS8, PANELS, TILES, TILE_PANELS | PARALLEL); nothing here re-deci
 - callers pass 64-byte aligned HT/out rows;
 - SpMV keeps 4 partial sums; only FMA contraction is allowed (no reassociation: results stay
   within float32 rounding of the reference and NaN/inf propagate);
-- csr_forward_chunks splits the batch statically, one chunk through every layer per thread,
-  transposing its own columns (contiguous writes, strided reads).
+- csr_forward_chunks splits the batch into chunks the threads claim one at a time (simd.claim),
+  each chunk through every layer on one thread, transposing its own columns (contiguous writes,
+  strided reads).
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np
 from numba import njit, prange
 
-from sparsenet.simd import csr_rows16, csr_rows32
+from sparsenet.simd import claim, csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
@@ -409,22 +410,27 @@ def _gather_columns(X, c0, HT):
 
 @njit(parallel=True, **_OPTS)
 def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1,
-                       codes, out):
+                       codes, out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers as in csr_forward. The batch is cut into n_chunks = ceil(B / Bc) chunks of Bc columns;
     worker w (one per thread) owns HT[w] (n_in, Bc) and buf0[w], buf1[w] (>= max(hidden sizes) * Bc
-    floats each), and takes chunks w * n_chunks // n_workers to (w + 1) * n_chunks // n_workers - 1
-    one after another: transpose the chunk's rows of X into HT[w] (zero pad columns), run every
-    layer on one thread, write the chunk's logits back. No barrier between layers, and a thread
+    floats each), and claims chunks from `counter` (int64 (1,), reset here) until none is left, so
+    a worker on a slower core runs fewer (this VM's two vCPUs ran up to 1.7x apart): transpose the
+    chunk's rows of X into HT[w] (zero pad columns), run every layer on one thread, write the
+    chunk's logits back. No barrier between layers, and a thread
     reads only its own activations (a 128-column chunk of a 1000-wide layer: 512 KB, not the 1 MB
     of a 256 batch that both threads read under a row split).
     """
     B = X.shape[0]
     n_workers, n_in, Bc = HT.shape
     n_chunks = -(-B // Bc)
+    counter[0] = 0
     for w in prange(n_workers):
-        for ch in range(w * n_chunks // n_workers, (w + 1) * n_chunks // n_workers):
+        while True:
+            ch = claim(counter)
+            if ch >= n_chunks:
+                break
             c0 = ch * Bc
             _gather_columns(X, c0, HT[w])
             o = _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w],

@@ -216,8 +216,8 @@ def test_batch_chunk_shares(B, threads, max_chunk):
     n_chunks = -(-B // Bc)
     assert 1 <= Bc <= max_chunk
     assert Bc % 16 == 0 or (-(-Bc // 16) * 16 - Bc) * 8 > Bc      # aligned unless that costs > 1/8
-    # the busiest thread (csr_forward_chunks hands out contiguous runs of chunks) does at most 1/8
-    # more than an equal share of the padded work, or one chunk more when there are few chunks
+    # with equal threads, the busiest (they claim chunks one at a time) does at most 1/8 more than an
+    # equal share of the padded work, or one chunk more when there are few chunks
     busiest = -(-n_chunks // threads) * Bc
     assert busiest <= max(1.125 * -(-B // threads), (n_chunks // threads + 1) * Bc)
 
@@ -775,9 +775,10 @@ def test_chunk_buffers_are_per_thread_aligned_and_cached(small):
     eng = make_engine("csr", small, threads=N_THREADS)
     for Bc in (16, 9, 32):
         first = eng._chunk_buffers(Bc)
-        HT, buf0, buf1 = first
+        HT, buf0, buf1, counter = first
         assert HT.shape == (N_THREADS, SMALL[0], Bc) and buf0.shape == buf1.shape == (N_THREADS, 80 * Bc)
-        assert all(a.dtype == np.float32 and a.ctypes.data % 64 == 0 and not a.any() for a in first)
+        assert all(a.dtype == np.float32 and a.ctypes.data % 64 == 0 and not a.any() for a in first[:3])
+        assert counter.shape == (1,) and counter.dtype == np.int64
         assert all(a is b for a, b in zip(first, eng._chunk_buffers(Bc)))
         assert buf0 is not buf1 and not np.shares_memory(buf0, buf1)
 

@@ -120,7 +120,7 @@ def test_forward_chunks(B, Bc, n_workers, panel, rows8):
     else:
         kind = kernels.TILES if Bc % 16 == 0 and not rows8 else kernels.ROWS8
     codes = np.full(len(params), kind, np.int64)
-    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, codes, out)
+    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, codes, out, np.full(1, 99, np.int64))
     close(out, forward(params, X))
 
 

@@ -146,7 +146,7 @@ def test_engine_runs_the_planned_layout(nets, monkeypatch):
     out = eng(X)
     assert eng.plan(256).layout == "csr-panels"
     assert calls and calls[0][2] is eng._paneled[2]       # indptr of the panel-major copy
-    np.testing.assert_array_equal(calls[0][-2], eng.plan(256).codes())
+    np.testing.assert_array_equal(calls[0][-3], eng.plan(256).codes())
     np.testing.assert_allclose(out, forward(nets[0.0], X), rtol=1e-4, atol=1e-3)
     calls.clear()
     sparse = make_engine("csr", nets[0.9], threads=1, sell=False)    # density 0.1: whole rows, plain arrays
