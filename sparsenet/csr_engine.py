@@ -175,13 +175,9 @@ class CSREngine(Engine):
         return self._bufs[1:]
 
     def _chunk_buffers(self, Bc):
-        """Per-thread scratch of the batch split: HT (threads, n_in, Bc), buf0/1 (threads, width * Bc),
-        64-byte aligned, and the counter the threads claim chunks from; cached for the last chunk width."""
+        """The batch split's scratch (chunk_scratch), cached for the last chunk width."""
         if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
-            n = self.threads
-            self._chunk_bufs = (Bc, _aligned_zeros((n, self.n_in, Bc)),
-                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)),
-                                np.zeros(1, np.int64))
+            self._chunk_bufs = chunk_scratch(self.threads, self.n_in, self._width, Bc)
         return self._chunk_bufs[1:]
 
     # -- the call --------------------------------------------------------------------------------
@@ -239,6 +235,14 @@ def sell_pays(sell_nbytes: int, csr_nbytes: int, tuning: Optional[Tuning] = None
     It wins while its bytes stay in the caches (tuning.sell_cache_bytes) or are at most twice CSR's.
     """
     return sell_nbytes <= max((tuning or Tuning()).sell_cache_bytes, 2 * csr_nbytes)
+
+
+def chunk_scratch(threads: int, rows: int, width: int, Bc: int) -> tuple:
+    """(Bc, HT, buf0, buf1, counter) of a batch split over `threads`: HT (threads, rows, Bc) and the
+    ping-pong buffers buf0/buf1 (threads, width * Bc), 64-byte aligned and zeroed, and the int64
+    counter the threads claim chunks from (simd.claim). The csr, bsr and nm engines keep one."""
+    return (Bc, _aligned_zeros((threads, rows, Bc)), _aligned_zeros((threads, width * Bc)),
+            _aligned_zeros((threads, width * Bc)), np.zeros(1, np.int64))
 
 
 def _flatten(layout, idx_dtype, panels) -> tuple:

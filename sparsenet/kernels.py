@@ -33,7 +33,7 @@ SPMV_PANELS = 1   # batch 1 on column panels: csr_panels_matvec_bias_relu
 ROWS8 = 2         # csr_matmul_bias_relu(_serial): 8 non-zeros per pass over an output row
 PANELS = 3        # column panels: csr_panels_matmul_bias_relu(_serial)
 TILES = 4         # register tiles (simd.py): 32 columns, then 16; needs a batch (or chunk) of >= 16 columns
-TILE_PANELS = 5   # register tiles over column panels (panel layout as PANELS): dense-ish layers
+TILE_PANELS = 5   # TILES over column panels (panel layout as PANELS): dense-ish layers (same kernel, several panels)
 PARALLEL = 16     # flag: the layer's rows are split over the threads (row split only)
 NEVER = np.iinfo(np.int64).max   # a work threshold no layer reaches: never parallel
 
@@ -201,22 +201,13 @@ def csr_panels_matvec_bias_relu(data, indices, indptr, panel, bias, x, out, relu
 
 
 @njit(inline="always", **_OPTS)
-def _tiles(d, c, ip, b, h, out, r0, r1, relu):
-    """Rows r0:r1 of out = (relu)(W @ h + b) on register tiles: 32 columns, then 16 (B % 16 == 0,
-    or B >= 16: the last 16-column tile overlaps the one before it)."""
-    B = h.shape[1]
-    for t in range(B // 32):
-        csr_rows32(d, c, ip, b, h, out, r0, r1, B, B, 32 * t, True, relu)
-    if B % 32:
-        csr_rows16(d, c, ip, b, h, out, r0, r1, B, B, B - 16, True, relu)
-
-
-@njit(inline="always", **_OPTS)
 def _tile_panels(d, c, ip, panel, b, h, out, r0, r1, relu):
-    """_tiles over column panels (layout: csr_panels_matmul_bias_relu): for each register tile, the
+    """Rows r0:r1 of out = (relu)(W @ h + b) on register tiles (32 columns, then 16: B % 16 == 0, or
+    B >= 16 and the last 16-column tile overlaps the one before it) over column panels (layout:
+    csr_panels_matmul_bias_relu; a plain CSR layer is one panel, panel >= n_in): for each tile the
     rows add their segment of one panel after another, that panel's rows of h staying in L1 (a
     row's tile loaded and stored once a panel; the first panel starts from 0 and the last adds the
-    bias and applies relu). B % 16 == 0, or B >= 16 as in _tiles."""
+    bias and applies relu). Codes TILES and TILE_PANELS both run it."""
     n_out, B = out.shape
     n_panels = ip.shape[0] // (n_out + 1)
     n_tiles = B // 32 + (1 if B % 32 else 0)
@@ -232,19 +223,9 @@ def _tile_panels(d, c, ip, panel, b, h, out, r0, r1, relu):
 
 
 @njit(parallel=True, **_OPTS)
-def csr_tiles_bias_relu(data, indices, indptr, bias, HT, out, relu, n_blocks):
-    """out = (relu)(W @ HT + bias[:, None]) on register tiles (simd.py), rows cut into n_blocks
-    blocks over the threads (one parallel region); (n_in, B) -> (n_out, B), B >= 16."""
-    n_out = out.shape[0]
-    n_blocks = max(1, min(n_blocks, n_out))
-    for blk in prange(n_blocks):
-        _tiles(data, indices, indptr, bias, HT, out, blk * n_out // n_blocks, (blk + 1) * n_out // n_blocks,
-               relu)
-
-
-@njit(parallel=True, **_OPTS)
 def csr_tile_panels_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):
-    """_tile_panels with the rows cut into n_blocks blocks over the threads (one parallel region)."""
+    """out = (relu)(W @ HT + bias[:, None]) on register tiles over column panels (_tile_panels), rows
+    cut into n_blocks blocks over the threads (one parallel region); (n_in, B) -> (n_out, B), B >= 16."""
     n_out = out.shape[0]
     n_blocks = max(1, min(n_blocks, n_out))
     for blk in prange(n_blocks):
@@ -297,9 +278,7 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
                 csr_matvec_bias_relu(d, c, ip, b, x, o, relu)
             else:
                 csr_matvec_bias_relu_serial(d, c, ip, b, x, o, relu)
-        elif kind == TILES:
-            csr_tiles_bias_relu(d, c, ip, b, h, out, relu, n_threads if parallel else 1)
-        elif kind == TILE_PANELS:
+        elif kind == TILES or kind == TILE_PANELS:          # a plain layer: one panel (panels[layer] = n_in)
             csr_tile_panels_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads if parallel else 1)
         elif parallel:
             csr_matmul_bias_relu(d, c, ip, b, h, out, relu)
@@ -324,9 +303,7 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
         kind = codes[layer] & (PARALLEL - 1)
         if kind == PANELS:
             csr_panels_matmul_bias_relu_serial(d, c, ip, panels[layer], b, h, out, relu)
-        elif kind == TILES:                      # register tiles (simd.py): 32 columns, then 16
-            _tiles(d, c, ip, b, h, out, 0, n_out, relu)
-        elif kind == TILE_PANELS:
+        elif kind == TILES or kind == TILE_PANELS:  # register tiles (simd.py), a plain layer one panel
             _tile_panels(d, c, ip, panels[layer], b, h, out, 0, n_out, relu)
         else:
             csr_matmul_bias_relu_serial(d, c, ip, b, h, out, relu)

@@ -290,10 +290,9 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
                                     kernels.SPMV_PANELS if B == 1 else kernels.PANELS))
         elif B == 1:
             layers.append(LayerPlan("spmv", par, 0, kernels.SPMV))
-        elif Bp >= t.tile_min_chunk and Bp % 16 == 0 and P < n:
-            layers.append(LayerPlan("tile-panels", par, P, kernels.TILE_PANELS))
         elif Bp >= t.tile_min_chunk and Bp % 16 == 0:
-            layers.append(LayerPlan("tiles", par, 0, kernels.TILES))
+            layers.append(LayerPlan("tile-panels", par, P, kernels.TILE_PANELS) if P < n
+                          else LayerPlan("tiles", par, 0, kernels.TILES))
         else:
             layers.append(LayerPlan("rows8", par, 0, kernels.ROWS8))
     if threads > 1:

@@ -17,7 +17,7 @@ import numpy as np
 
 from sparsenet import bsr_kernels, nm_kernels
 from sparsenet.bsr import BSR
-from sparsenet.csr_engine import _aligned_zeros
+from sparsenet.csr_engine import _aligned_zeros, chunk_scratch
 from sparsenet.engine_base import Engine
 from sparsenet.model import layer_sizes
 from sparsenet.names import NM_M
@@ -49,13 +49,10 @@ class _Chunked(Engine):
         super().__init__(params, threads)
 
     def _chunk_buffers(self, Bc):
-        """HT (threads, in_rows, Bc), buf0/buf1 (threads, width * Bc): 64-byte aligned, zeroed,
-        cached for the last chunk width; and the work counter the threads claim chunks from."""
+        """The batch split's scratch (csr_engine.chunk_scratch, HT over the padded in_rows), cached
+        for the last chunk width."""
         if self._chunk_bufs is None or self._chunk_bufs[0] != Bc:
-            n = self.threads
-            self._chunk_bufs = (Bc, _aligned_zeros((n, self._in_rows, Bc)),
-                                _aligned_zeros((n, self._width * Bc)), _aligned_zeros((n, self._width * Bc)),
-                                np.zeros(1, np.int64))
+            self._chunk_bufs = chunk_scratch(self.threads, self._in_rows, self._width, Bc)
         return self._chunk_bufs[1:]
 
     def _chunk_width(self, B: int) -> int:
