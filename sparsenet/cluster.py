@@ -226,8 +226,11 @@ class DaskRunner(LocalRunner):
             self.client = Client(self._cluster)
 
     def share(self, obj):
-        """Scatter a large argument once to every worker; tasks receive it by reference."""
-        return self.client.scatter(obj, broadcast=True)
+        """Scatter a large argument once to every worker; tasks receive it by reference. Each call gets a
+        key of its own (hash=False): with the default content-hash key, scattering data equal to an
+        earlier share whose future was just dropped can race with that key's release and leave the new
+        tasks with a lost dependency (dask/distributed#8576; seen here as FutureCancelledError)."""
+        return self.client.scatter(obj, broadcast=True, hash=False)
 
     def map_unordered(self, fn: Callable, tasks: Iterable[tuple]) -> Iterator[tuple]:
         from dask.distributed import as_completed

@@ -35,6 +35,24 @@ def test_a_task_failing_on_a_worker_names_the_task(dask_runner):
         list(dask_runner.map_unordered(_boom, [(f"t{i}", (i,)) for i in (1, 2, 3)]))
 
 
+def _total(a):
+    return float(a.sum())
+
+
+def test_sharing_equal_data_again_after_dropping_it_keeps_the_tasks_fed(dask_runner):
+    """Each share has a key of its own: equal data scattered right after an earlier share was dropped
+    must not race with that key's release (dask/distributed#8576, a lost dependency)."""
+    import numpy as np
+    x = np.arange(1000, dtype=np.float32)
+    first = dask_runner.share(x)
+    second = dask_runner.share(x.copy())
+    assert first.key != second.key
+    for _ in range(20):                     # drop a share and scatter equal data at once, then use it
+        shared = dask_runner.share(x)
+        assert dict(dask_runner.map_unordered(_total, [("t", (shared,))])) == {"t": float(x.sum())}
+        del shared
+
+
 def test_accuracy_stage_on_the_cluster_equals_the_local_run(tiny, dask_runner, tmp_path):
     """Same seeds, one thread per task on both sides: exactly the same accuracy records."""
     cfg, calls, stages = tiny
@@ -47,3 +65,4 @@ def test_accuracy_stage_on_the_cluster_equals_the_local_run(tiny, dask_runner, t
     assert a["complete"] and b["complete"]
     assert a["curves"] == b["curves"] and a["dense"] == b["dense"]
     assert {c["method"] for c in b["curves"]} == set(names.GRANULARITIES)
+
