@@ -18,8 +18,10 @@ from sparsenet import kernels
 from sparsenet.cpu import CPU, cpu  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 # kernel names by code (kernels.py owns the codes)
-KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.SPMV_PANELS: "spmv-panels", kernels.ROWS8: "rows8",
-                kernels.PANELS: "panels", kernels.TILES: "tiles", kernels.TILE_PANELS: "tile-panels"}
+KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.TILES: "tiles", kernels.TILE_PANELS: "tile-panels"}
+
+
+TILE = 16        # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,19 @@ class Tuning:
     # density from which a layer's register tiles run over column panels (1000 x 1000, 32 columns,
     # AVX-512: x1.45 at density 0.5, x1.25 at 0.3, even at 0.2, whole rows better at 0.15)
     dense_panels: float = 0.25
-    # kernel calls over at least this many batch columns use the column panels (fewer: whole rows)
-    min_panel_batch: int = 96
     # widest chunk of the bsr / nm batch split (0: no batch split; the csr engine's: tile_chunk)
     max_chunk: int = 128
-    # ... or >= 16 columns when nnz * batch is at most this (short calls: the row split's regions cost more)
+    # ... or whenever nnz * batch is at most this (short calls: the row split's regions cost more)
     small_work: int = 2_500_000
     # bsr and nm split every layer's rows over the threads at batches of one chunk (2-32) only from this
     # many multiply-adds per call (stored x 32 padded columns): 8x1 blocks at 90 % (7.7M) ran 0.15 ms on
     # one thread, 0.18-0.25 ms split (one region a layer); at 50 % (38M) 2.0 -> 0.7 ms, 1:4 (19M) x1.6
     min_rows_work: int = 12_000_000
-    # chunk width of the csr batch split: one 32-column register tile (over column panels or not)
+    # chunk width of the csr batch split: one 32-column register tile (over column panels or not); a
+    # multiple of 16 (0: no batch split). 16-column chunks where they give each thread at most one
     tile_chunk: int = 32
-    # ... and the narrowest chunk worth a thread (16: one register tile; 2x that with panelled layers)
+    # at several threads the batch split needs this many columns per thread (16: one register tile;
+    # 2x that with panelled layers), else the row split, unless the call is short (small_work)
     tile_min_chunk: int = 16
     # batch 1 on SELL: a layer runs on all threads from this many slots
     min_parallel_slots: int = 3000
@@ -71,13 +73,16 @@ class Tuning:
         for name, value in asdict(self).items():
             if value < 0:
                 raise ValueError(f"Tuning.{name} must be >= 0, got {value}")
+        if self.tile_chunk % TILE:
+            raise ValueError(f"Tuning.tile_chunk must be a multiple of {TILE} columns (a register tile), "
+                             f"got {self.tile_chunk}")
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     """One layer of a plan: its kernel and whether it runs on several threads."""
 
-    kernel: str        # spmv, spmv-panels, rows8, panels, tiles, sell16-avx512, sell16-portable, sgemm, ...
+    kernel: str        # spmv, tiles, tile-panels, sell16-avx512, sell8-avx2, nm2:4-tile4x64, bsr8x1, sgemm, ...
     parallel: bool     # the layer's rows are split over the engine's threads
     panel: int = 0     # inputs per column panel (0: the layer is not panelled)
     code: int = -1     # kernels.<KERNEL> code passed to the csr kernels (-1: not a csr kernel)
@@ -207,26 +212,28 @@ def batch_chunk(B: int, threads: int, max_chunk: int = Tuning.max_chunk) -> int:
 
 
 def padded_batch(B: int) -> int:
-    """The row split's batch: padded to a multiple of 16 floats (aligned rows) when that costs <= 1/8."""
-    Bp = -(-B // 16) * 16
-    return B if (Bp - B) * 8 > B else Bp
-
-
-def chunk_limits(t: Tuning, net: NetShape) -> tuple:
-    """(narrowest, widest) chunk of the batch split: chunks of one 32-column register tile, panelled
-    layers or not (tiles over column panels replaced session 4's 128-column chunks of whole-row
-    panels, which ran at half dense's speed at k = 50 %: docs/perf-notes.md, session 8)."""
-    return t.tile_min_chunk, t.tile_chunk
+    """The row split's batch: padded to a multiple of 16 columns (register tiles, aligned rows); 1 stays 1."""
+    return B if B <= 1 else -(-B // TILE) * TILE
 
 
 def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
-    """Columns per chunk of the batch split, or 0: split each layer's rows over the threads instead."""
-    min_chunk, max_chunk = chunk_limits(t, net)
-    Bc = batch_chunk(B, threads, max_chunk)
-    if threads == 1 or Bc == 0:
+    """Columns per chunk of the csr batch split (a multiple of 16; the last chunk is zero-padded), or 0:
+    split each layer's rows over the threads instead.
+
+    Chunks of 16 columns while there are at most `threads` of them (each thread one), else of
+    tile_chunk (32): a 16-column tile costs ~1.5x a 32-column one per column (docs/perf-notes.md,
+    session 9), so 16 pays only where 32 would leave a thread idle. Unpadded chunks (widths such as 25)
+    ran whole-row kernels 2-5x slower than the padded tiles until session 9. At several threads the
+    batch split needs tile_min_chunk columns a thread (twice that with panelled layers), or a short call.
+    """
+    if B <= 1 or t.tile_chunk == 0:
+        return 0
+    Bc = TILE if -(-B // TILE) <= threads else t.tile_chunk
+    if threads == 1:
         return Bc
     panelled = any(P < n for (_, n), P in zip(net.shape, net.panels))
-    if Bc >= (2 * min_chunk if panelled else min_chunk) or (Bc >= 16 and sum(net.nnz) * B <= t.small_work):
+    least = 2 * t.tile_min_chunk if panelled else t.tile_min_chunk
+    if B >= threads * least or sum(net.nnz) * B <= t.small_work:
         return Bc
     return 0
 
@@ -262,39 +269,27 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         reasons.append({"avx512": "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, "
                                   "or sell=False)"}.get(isa, f"no AVX-512F ({isa}): batch 1 on the CSR SpMV"))
     if Bc:
-        panels_on = Bc >= t.min_panel_batch
-        layers = []
-        for (_, n), P in zip(net.shape, net.panels):
-            if P < n and Bc % 16 == 0:
-                layers.append(LayerPlan("tile-panels", False, P, kernels.TILE_PANELS))
-            elif panels_on and P < n:
-                layers.append(LayerPlan("panels", False, P, kernels.PANELS))
-            elif Bc % 16 == 0:
-                layers.append(LayerPlan("tiles", False, 0, kernels.TILES))
-            else:
-                layers.append(LayerPlan("rows8", False, 0, kernels.ROWS8))
-        reasons.append(f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns, each through every layer on "
-                       f"one thread (chunks <= {chunk_limits(t, net)[1]} columns)")
-        if any(l.kernel == "rows8" for l in layers):
-            reasons.append(f"{Bc} columns is not a multiple of 16: rows8 instead of register tiles")
+        layers = tuple(LayerPlan("tile-panels", False, P, kernels.TILE_PANELS) if P < n
+                       else LayerPlan("tiles", False, 0, kernels.TILES) for (_, n), P in zip(net.shape, net.panels))
+        n_chunks = -(-B // Bc)
+        pad = n_chunks * Bc - B
+        reasons.append(f"batch split: {n_chunks} chunk(s) of {Bc} columns" + (f" (the last with {pad} zero "
+                       f"columns)" if pad else "") + ", each through every layer on one thread, claimed by "
+                       f"{threads} thread(s)")
         layout = "csr-panels" if any(l.panel for l in layers) else "csr"
-        return Plan(layout=layout, split="batch", chunk=Bc, layers=tuple(layers),
+        return Plan(layout=layout, split="batch", chunk=Bc, layers=layers,
                     reasons=tuple(reasons), nbytes=net.nbytes.get(layout, 0), **common)
-    Bp = padded_batch(B) if B > 1 else 1
-    panels_on = B >= t.min_panel_batch
+    Bp = padded_batch(B)
     layers = []
     for nnz, (_, n), P in zip(net.nnz, net.shape, net.panels):
         par = threads > 1 and nnz * Bp >= t.min_parallel_work
-        if panels_on and P < n:
-            layers.append(LayerPlan("spmv-panels" if B == 1 else "panels", threads > 1, P,
-                                    kernels.SPMV_PANELS if B == 1 else kernels.PANELS))
-        elif B == 1:
+        if B == 1:
             layers.append(LayerPlan("spmv", par, 0, kernels.SPMV))
-        elif Bp >= t.tile_min_chunk and Bp % 16 == 0:
+        else:
             layers.append(LayerPlan("tile-panels", par, P, kernels.TILE_PANELS) if P < n
                           else LayerPlan("tiles", par, 0, kernels.TILES))
-        else:
-            layers.append(LayerPlan("rows8", par, 0, kernels.ROWS8))
+    if Bp > B:
+        reasons.append(f"batch padded to {Bp} columns (register tiles of 32 and 16 columns)")
     if threads > 1:
         if B > 1:
             reasons.append(f"row split: chunks of this batch would be too narrow for {threads} threads")

@@ -174,7 +174,8 @@ def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_bl
         else:
             sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
         h = out
-    logits[0, :] = out[:logits.shape[1]]
+    for i in range(logits.shape[1]):       # a loop: a slice assignment compiles numba's generic setitem (~3 s cold)
+        logits[0, i] = out[i]
 
 
 @njit(**_OPTS)
@@ -192,4 +193,5 @@ def sell_forward_portable(data, indices, block, slot_ptr, chunk_ptr, bias, n_chu
         else:
             sell_matvec_portable_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
         h = out
-    logits[0, :] = out[:logits.shape[1]]
+    for i in range(logits.shape[1]):       # a loop: a slice assignment compiles numba's generic setitem (~3 s cold)
+        logits[0, i] = out[i]

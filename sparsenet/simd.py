@@ -8,8 +8,8 @@ typing-time check of its array arguments (raw pointers would misread a float64 o
 csr_rows: out[i, col0:col0 + 16 W] = (relu)(bias[i] + sum_k data[k] * HT[indices[k], col0:][:16 W])
 for rows r0..r1-1, on W <16 x float> accumulator registers per partial sum (2 partial sums over
 alternate non-zeros, against the FMA latency): a row's tile stays in registers from its first
-non-zero to its store (the loop Numba makes of kernels._row_acc8 keeps out[i, :] in memory and
-re-checks aliasing per 8 non-zeros). Plain LLVM vector IR, no target intrinsic: AVX2 gets it as
+non-zero to its store (the loop Numba made of the old whole-row kernel, 8 non-zeros per pass, kept
+out[i, :] in memory and re-checked aliasing per pass). Plain LLVM vector IR, no target intrinsic: AVX2 gets it as
 pairs of 256-bit operations, aarch64 as NEON (tests/test_portability.py). Figures: docs/perf-notes.md.
 """
 from __future__ import annotations

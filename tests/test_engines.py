@@ -77,7 +77,7 @@ def test_engine_matches_reference(base_params, name, method, k):
 
 
 # Panel every dense-enough layer of the small nets (16 inputs a panel), at every batch > 1.
-SMALL_PANELS = dict(min_panel_nnz=0, panel_width=16, min_panel_batch=2)
+SMALL_PANELS = dict(min_panel_nnz=0, panel_width=16)
 
 
 def threads_or_skip(threads):
@@ -225,15 +225,13 @@ def test_batch_chunk_shares(B, threads, max_chunk):
 def test_chunk_policy():
     threads_or_skip(2)
     plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
-    assert plan.chunk_limits(plain.tuning, plain.net)[1] == Tuning().tile_chunk                           # 32-column register tiles
-    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]
+    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]   # 32-column tiles
     dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1: tile chunks too
-    assert plan.chunk_limits(dense.tuning, dense.net)[1] == Tuning().tile_chunk
-    assert [dense.chunk_width(B) for B in (32, 56, 64, 128, 256)] == [0, 0, 32, 32, 32]
+    assert [dense.chunk_width(B) for B in (32, 56, 64, 100, 128, 256)] == [0, 0, 32, 32, 32, 32]
     tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
-    assert [tiny.chunk_width(B) for B in (16, 32, 64, 128)] == [0, 16, 32, 32]
+    assert [tiny.chunk_width(B) for B in (2, 16, 32, 33, 64, 128)] == [16, 16, 16, 32, 32, 32]
     one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
-    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 256, 300)] == [0, 2, 7, 16, 32, 32]
+    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 17, 256, 300)] == [0, 16, 16, 16, 32, 32, 32]
     mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # density 0.3: tiles over panels
     assert mid.panel_nbytes > 0 and "tile-panels" in mid.plan(256).summary()
 
@@ -761,7 +759,7 @@ def test_only_the_last_layer_panelled():
 
 def test_row_split_buffers_are_aligned_and_cached(small):
     eng = make_engine("csr", small, threads=1)
-    for B, Bp in ((15, 16), (7, 7), (130, 144)):
+    for B, Bp in ((15, 16), (7, 16), (130, 144)):
         first = eng._buffers(B)
         Bp_, HT, buf0, buf1 = first
         assert Bp_ == Bp and HT.shape == (SMALL[0], Bp) and buf0.shape == buf1.shape == (80 * Bp,)

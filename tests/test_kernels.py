@@ -8,7 +8,6 @@ from sparsenet.csr import CSR
 from sparsenet.csr_engine import panel_layout
 from sparsenet.model import forward, he_init
 
-MATMUL = [kernels.csr_matmul_bias_relu, kernels.csr_matmul_bias_relu_serial]
 MATVEC = [kernels.csr_matvec_bias_relu, kernels.csr_matvec_bias_relu_serial]
 
 
@@ -30,18 +29,19 @@ def close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max(initial=0.0)))
 
 
-@pytest.mark.parametrize("kernel", MATMUL, ids=["parallel", "serial"])
-@pytest.mark.parametrize("B", [2, 7, 8, 16, 17, 33, 256])
+@pytest.mark.parametrize("n_blocks", [1, 3, 40], ids=["serial", "3-blocks", "more-blocks-than-rows"])
+@pytest.mark.parametrize("B", [16, 32, 48, 256])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("idx", [np.uint16, np.uint32])
-def test_matmul(kernel, B, relu, idx):
+def test_matmul(n_blocks, B, relu, idx):
+    """Register tiles on a plain layer (one panel of every input); B a multiple of 16, as the engine pads."""
     W = ragged()
     c = CSR.from_dense(W).check()
     rng = np.random.default_rng(B)
     HT = rng.standard_normal((W.shape[1], B)).astype(np.float32)
     b = rng.standard_normal(W.shape[0]).astype(np.float32)
     out = np.full((W.shape[0], B), np.nan, np.float32)
-    kernel(c.data, c.indices.astype(idx), c.indptr, b, HT, out, relu)
+    kernels.csr_tile_panels_bias_relu(c.data, c.indices.astype(idx), c.indptr, W.shape[1], b, HT, out, relu, n_blocks)
     close(out, reference(W, HT, b, relu))
 
 
@@ -83,19 +83,16 @@ def chain_params(seed):
                  for l in params)
 
 
-@pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
-@pytest.mark.parametrize("B", [1, 5, 64])
+@pytest.mark.parametrize("B, panel", [(1, None), (16, None), (16, 4), (16, 7), (64, None), (64, 4), (64, 7)])
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
 def test_forward_chain(B, parallel, panel):
+    # (batch 1 runs the SpMV on the plain layout: the plan never pairs it with panels)
     params = chain_params(seed=B)
     X = np.random.default_rng(0).standard_normal((B, 30)).astype(np.float32)
     width = 25
     HT = np.ascontiguousarray(X.T)
-    buf0, buf1 = np.empty(width * B, np.float32), np.empty(width * B, np.float32)
-    if panel is None:
-        kind = kernels.SPMV if B == 1 else kernels.ROWS8
-    else:
-        kind = kernels.SPMV_PANELS if B == 1 else kernels.PANELS
+    buf0, buf1 = np.full(width * B, np.nan, np.float32), np.full(width * B, np.nan, np.float32)
+    kind = kernels.SPMV if B == 1 else kernels.TILES if panel is None else kernels.TILE_PANELS
     codes = np.full(len(params), kind | (kernels.PARALLEL if parallel else 0), np.int64)
     outT = kernels.csr_forward(*flat(params, panel), HT, buf0, buf1, codes, 2)
     close(outT.T, forward(params, X))
@@ -103,10 +100,9 @@ def test_forward_chain(B, parallel, panel):
 
 @pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
 @pytest.mark.parametrize("B, Bc, n_workers", [
-    (1, 1, 1), (5, 16, 1), (16, 16, 2), (17, 16, 2), (17, 5, 3), (7, 4, 4), (64, 32, 2), (33, 8, 2),
-    (100, 7, 2)])
-@pytest.mark.parametrize("rows8", [False, True], ids=["tiles", "rows8"])
-def test_forward_chunks(B, Bc, n_workers, panel, rows8):
+    (1, 16, 1), (5, 16, 1), (16, 16, 2), (17, 16, 2), (17, 32, 3), (7, 16, 4), (64, 32, 2), (33, 16, 2),
+    (100, 32, 2), (100, 48, 3)])
+def test_forward_chunks(B, Bc, n_workers, panel):
     # uneven splits (a padded last chunk, more workers than chunks, an odd chunk count); scratch
     # full of NaN: pad columns must be zeroed and nothing stale may reach the logits
     params = chain_params(seed=B)
@@ -115,17 +111,12 @@ def test_forward_chunks(B, Bc, n_workers, panel, rows8):
     HT = np.full((n_workers, 30, Bc), np.nan, np.float32)
     buf0, buf1 = (np.full((n_workers, width * Bc), np.nan, np.float32) for _ in range(2))
     out = np.full((B, 4), np.nan, np.float32)
-    if panel is not None:
-        kind = kernels.PANELS
-    else:
-        kind = kernels.TILES if Bc % 16 == 0 and not rows8 else kernels.ROWS8
-    codes = np.full(len(params), kind, np.int64)
-    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, codes, out, np.full(1, 99, np.int64))
+    kernels.csr_forward_chunks(*flat(params, panel), X, HT, buf0, buf1, out, np.full(1, 99, np.int64))
     close(out, forward(params, X))
 
 
 @settings(max_examples=40, deadline=None)
-@given(M=st.integers(0, 30), N=st.integers(1, 30), B=st.integers(1, 40), P=st.integers(1, 31),
+@given(M=st.integers(0, 30), N=st.integers(1, 30), B=st.sampled_from([16, 32, 48]), P=st.integers(1, 31),
        density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), seed=st.integers(0, 999))
 def test_random_shapes(M, N, B, P, density, seed):
     rng = np.random.default_rng(seed)
@@ -134,25 +125,20 @@ def test_random_shapes(M, N, B, P, density, seed):
     HT = rng.standard_normal((N, B)).astype(np.float32)
     b = rng.standard_normal(M).astype(np.float32)
     ref = reference(W, HT, b, True)
-    out = np.empty((M, B), np.float32)
-    kernels.csr_matmul_bias_relu(c.data, c.indices, c.indptr, b, HT, out, True)
+    out = np.full((M, B), np.nan, np.float32)
+    kernels.csr_tile_panels_bias_relu(c.data, c.indices, c.indptr, N, b, HT, out, True, 1 + seed % 4)
     close(out, ref)
     o1 = np.empty(M, np.float32)
     kernels.csr_matvec_bias_relu(c.data, c.indices, c.indptr, b, HT[:, 0].copy(), o1, True)
     close(o1, ref[:, 0])
     data, indices, indptr = panel_layout(c, P)
     out[:] = np.nan
-    kernels.csr_panels_matmul_bias_relu(data, indices, indptr, P, b, HT, out, True, 1 + seed % 4)
+    kernels.csr_tile_panels_bias_relu(data, indices, indptr, P, b, HT, out, True, 1 + seed % 4)
     close(out, ref)
-    out[:] = np.nan
-    kernels.csr_panels_matmul_bias_relu_serial(data, indices, indptr, P, b, HT, out, True)
-    close(out, ref)
-    kernels.csr_panels_matvec_bias_relu(data, indices, indptr, P, b, HT[:, 0].copy(), o1, True)
-    close(o1, ref[:, 0])
 
 
 @pytest.mark.parametrize("P", [1, 3, 8, 16, 40])
-@pytest.mark.parametrize("B", [1, 2, 17, 32])
+@pytest.mark.parametrize("B", [16, 32, 48])
 def test_panels(P, B):
     W = ragged()
     c = CSR.from_dense(W).check()
@@ -163,15 +149,10 @@ def test_panels(P, B):
     rng = np.random.default_rng(P)
     HT = rng.standard_normal((W.shape[1], B)).astype(np.float32)
     b = rng.standard_normal(W.shape[0]).astype(np.float32)
-    out = np.full((W.shape[0], B), np.nan, np.float32)
-    kernels.csr_panels_matmul_bias_relu(data, indices, indptr, P, b, HT, out, True, 3)
-    close(out, reference(W, HT, b, True))
-    out[:] = np.nan
-    kernels.csr_panels_matmul_bias_relu_serial(data, indices, indptr, P, b, HT, out, False)
-    close(out, reference(W, HT, b, False))
-    o1 = np.full(W.shape[0], np.nan, np.float32)
-    kernels.csr_panels_matvec_bias_relu(data, indices, indptr, P, b, HT[:, 0].copy(), o1, False)
-    close(o1, reference(W, HT[:, :1], b, False)[:, 0])
+    for relu, n_blocks in ((True, 3), (False, 1)):
+        out = np.full((W.shape[0], B), np.nan, np.float32)
+        kernels.csr_tile_panels_bias_relu(data, indices, indptr, P, b, HT, out, relu, n_blocks)
+        close(out, reference(W, HT, b, relu))
 
 
 def test_fastmath_contract_only():

@@ -146,7 +146,10 @@ def test_engine_runs_the_planned_layout(nets, monkeypatch):
     out = eng(X)
     assert eng.plan(256).layout == "csr-panels"
     assert calls and calls[0][2] is eng._paneled[2]       # indptr of the panel-major copy
-    np.testing.assert_array_equal(calls[0][-3], eng.plan(256).codes())
+    layers = eng.plan(256).layers                         # each layer's panels as planned (n_in: one panel)
+    assert [int(P) for P in calls[0][7]] == [l.panel or n for l, (_, n) in zip(layers, eng.net.shape)]
+    assert [l.kernel for l in layers] == ["tile-panels" if l.panel else "tiles" for l in layers]
+    assert layers[0].kernel == "tile-panels" and layers[-1].kernel == "tiles"   # the 200 x 10 layer: whole rows
     np.testing.assert_allclose(out, forward(nets[0.0], X), rtol=1e-4, atol=1e-3)
     calls.clear()
     sparse = make_engine("csr", nets[0.9], threads=1, sell=False)    # density 0.1: whole rows, plain arrays
@@ -187,8 +190,8 @@ def test_panel_width_follows_dense_panels():
     assert panel_width(t, 0.5999, 1024, 10**6, "avx512") == 1024
 
 
-@pytest.mark.parametrize("B, Bp", [(1, 1), (2, 2), (14, 14), (15, 16), (16, 16), (17, 17), (113, 113),
-                                   (114, 128), (120, 128), (128, 128), (129, 144), (130, 144), (255, 256)])
+@pytest.mark.parametrize("B, Bp", [(1, 1), (2, 16), (14, 16), (15, 16), (16, 16), (17, 32), (113, 128),
+                                   (128, 128), (129, 144), (255, 256)])
 def test_padded_batch(B, Bp):
     assert padded_batch(B) == Bp
 
@@ -208,28 +211,33 @@ def _net(nnz, shape, panels=None, **nbytes):
 
 
 def test_chunk_width_boundaries():
-    plain = _net([1000], [(100, 100)])                      # no panels: tile chunks, min 16, max 32
+    plain = _net([1000], [(100, 100)])                      # no panels: a thread needs tile_min_chunk columns
     t = Tuning(small_work=0)
-    assert chunk_width(t, plain, 32, 2) == 16               # Bc == tile_min_chunk
-    assert chunk_width(t, plain, 28, 2) == 0                # 14 columns: the row split
-    assert chunk_width(t, plain, 28, 1) == 28               # one thread: always the batch split
+    for B, Bc in ((2, 16), (7, 16), (16, 16), (17, 32), (25, 32), (100, 32), (4096, 32)):
+        assert chunk_width(t, plain, B, 1) == Bc, B         # one thread: 16 columns only for B <= 16
+    assert chunk_width(t, plain, 32, 2) == 16               # 2 chunks of 16: each thread one (B == 2 * 16)
+    assert chunk_width(t, plain, 33, 2) == 32               # 3 chunks of 16 would make a second round
+    assert chunk_width(t, plain, 31, 2) == 0                # 15.5 columns a thread: the row split
+    assert chunk_width(t, plain, 48, 3) == 16 and chunk_width(t, plain, 49, 3) == 32
     assert chunk_width(Tuning(tile_min_chunk=17, small_work=32_000), plain, 32, 2) == 16   # short: 1000 * 32
     assert chunk_width(Tuning(tile_min_chunk=17, small_work=31_999), plain, 32, 2) == 0
-    assert chunk_width(Tuning(tile_min_chunk=17, small_work=10**9), plain, 30, 2) == 16   # 15 -> 16 columns
-    assert chunk_width(Tuning(tile_min_chunk=14, small_work=0), plain, 28, 2) == 14       # Bc == tile_min_chunk
-    assert chunk_width(Tuning(tile_min_chunk=15, small_work=10**9), plain, 28, 2) == 0    # short, but < 16
-    dense = _net([6000], [(100, 100)], [50])                # panelled: tile chunks too, min 16 (x2), max 32
-    assert plan.chunk_limits(t, dense) == plan.chunk_limits(t, plain) == (16, 32)
-    assert chunk_width(t, dense, 256, 2) == 32 and chunk_width(t, dense, 64, 2) == 32   # Bc == 2 * tile_min_chunk
-    assert chunk_width(t, dense, 56, 2) == 0                # 28 < 32: the row split
-    assert chunk_width(Tuning(small_work=0, tile_min_chunk=14), dense, 56, 2) == 28
-    assert chunk_width(Tuning(small_work=10**9), dense, 56, 2) == 28     # short call
+    assert chunk_width(Tuning(tile_min_chunk=0, small_work=0), plain, 4, 2) == 16          # always the batch split
+    assert chunk_width(Tuning(tile_chunk=64, small_work=0), plain, 100, 2) == 64
+    assert chunk_width(Tuning(tile_chunk=0), plain, 100, 1) == 0                         # no batch split
+    dense = _net([6000], [(100, 100)], [50])                # panelled: 2 * tile_min_chunk columns a thread
+    assert chunk_width(t, dense, 256, 2) == 32 and chunk_width(t, dense, 64, 2) == 32   # B == 2 * 2 * 16
+    assert chunk_width(t, dense, 63, 2) == 0                # 31.5 < 32: the row split
+    assert chunk_width(t, dense, 100, 2) == 32              # 4 chunks, the last with 28 zero columns
+    assert chunk_width(Tuning(small_work=0, tile_min_chunk=14), dense, 56, 2) == 32
+    assert chunk_width(Tuning(small_work=10**9), dense, 30, 2) == 16     # short call
     assert chunk_width(t, dense, 1, 2) == 0 and chunk_width(t, dense, 1, 1) == 0
+    with pytest.raises(ValueError, match="Tuning.tile_chunk must be a multiple of 16 columns"):
+        Tuning(tile_chunk=24)
 
 
 def test_row_split_parallel_threshold():
     net = _net([100, 50], [(10, 20), (5, 10)])
-    for B, Bp in ((1, 1), (7, 7), (15, 16)):
+    for B, Bp in ((1, 1), (7, 16), (15, 16), (17, 32)):
         t = Tuning(min_parallel_work=100 * Bp, max_chunk=0, tile_chunk=0)
         assert [l.parallel for l in plan.plan_csr(net, B, 2, t, None, isa="avx2").layers] == [True, False]
         t = Tuning(min_parallel_work=100 * Bp + 1, max_chunk=0, tile_chunk=0)
@@ -247,50 +255,48 @@ def test_row_split_plan_is_exact():
                      reasons=("row split: chunks of this batch would be too narrow for 2 threads",
                               "a layer runs on 2 threads when nnz * batch >= 0"), nbytes=1234)
     assert p.summary() == "csr; row split over 2 threads; tiles/par x2"
-    p = plan.plan_csr(net, 7, 1, t, None, isa="avx2")
-    assert (p.split, p.padded_batch, p.reasons) == ("none", 7, ())
-    assert [(l.kernel, l.code) for l in p.layers] == [("rows8", plan.kernels.ROWS8)] * 2
-    assert p.summary() == "csr; none; rows8 x2"
+    p = plan.plan_csr(net, 7, 1, t, None, isa="avx2")          # tile_chunk=0: no batch split at one thread
+    assert (p.split, p.padded_batch) == ("none", 16)
+    assert p.reasons == ("batch padded to 16 columns (register tiles of 32 and 16 columns)",)
+    assert [(l.kernel, l.code) for l in p.layers] == [("tiles", plan.kernels.TILES)] * 2
+    assert p.summary() == "csr; none; tiles x2"
     p = plan.plan_csr(net, 1, 1, t, None, isa="avx512", engine="csr-skip")
     assert p.engine == "csr-skip" and p.reasons == (
         "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, or sell=False)",)
     assert [(l.kernel, l.code, l.parallel) for l in p.layers] == [("spmv", plan.kernels.SPMV, False)] * 2
 
 
-def test_row_split_panels_from_min_panel_batch():
+def test_row_split_runs_register_tiles_over_the_panels():
     net = _net([150, 50], [(10, 20), (5, 10)], [10, 10], csr=1, **{"csr-panels": 2})
-    t = Tuning(max_chunk=0, tile_chunk=0, min_panel_batch=32)
-    p = plan.plan_csr(net, 32, 2, t, None, isa="avx2")      # B == min_panel_batch: panels on
-    assert [(l.kernel, l.panel, l.parallel) for l in p.layers] == [("panels", 10, True), ("tiles", 0, False)]
-    assert (p.layout, p.nbytes) == ("csr-panels", 2)
-    p = plan.plan_csr(net, 31, 2, t, None, isa="avx2")       # padded to 32: register tiles (over the panels)
-    assert [(l.kernel, l.panel) for l in p.layers] == [("tile-panels", 10), ("tiles", 0)]
-    assert (p.layout, p.nbytes, p.padded_batch) == ("csr-panels", 2, 32)
+    t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=150 * 16)     # layer 0 on both threads
+    for B in (2, 31, 32):                                    # padded to 16 / 32: register tiles (over the panels)
+        p = plan.plan_csr(net, B, 2, t, None, isa="avx2")
+        assert [(l.kernel, l.panel, l.parallel) for l in p.layers] == [("tile-panels", 10, True), ("tiles", 0, False)]
+        assert (p.layout, p.nbytes, p.padded_batch) == ("csr-panels", 2, 16 if B == 2 else 32)
     p = plan.plan_csr(net, 31, 2, Tuning(max_chunk=0, tile_chunk=0, dense_panels=0.8), None, isa="avx2")
     assert p.layers[0].kernel == "tile-panels"               # the panels the engine holds, whatever dense_panels says
-    p = plan.plan_csr(net, 1, 2, Tuning(min_panel_batch=1), None, isa="avx2")
+    p = plan.plan_csr(net, 1, 2, Tuning(), None, isa="avx2")          # batch 1: the SpMV on the plain layout
     assert [(l.kernel, l.code, l.parallel) for l in p.layers] == [
-        ("spmv-panels", plan.kernels.SPMV_PANELS, True), ("spmv", plan.kernels.SPMV, False)]
+        ("spmv", plan.kernels.SPMV, False), ("spmv", plan.kernels.SPMV, False)]
+    assert (p.layout, p.nbytes) == ("csr", 1)
 
 
 def test_batch_split_plan_is_exact():
     net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10, **{"csr-panels": 20})
-    t = Tuning(small_work=0, min_panel_batch=128)
+    t = Tuning(small_work=0)
     p = plan.plan_csr(net, 256, 2, t, None, isa="avx512")
     assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 32, 0, 20)
     assert p.layers == (LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS),
                         LayerPlan("tiles", False, 0, plan.kernels.TILES))
-    assert p.reasons == ("batch split: 8 chunk(s) of 32 columns, each through every layer on one thread "
-                         "(chunks <= 32 columns)",)
-    # whole-row panels (PANELS) only where a chunk is not a multiple of 16 columns and >= min_panel_batch
-    p = plan.plan_csr(net, 97, 1, Tuning(small_work=0, min_panel_batch=97, tile_chunk=97), None, isa="avx512")
-    assert p.chunk == 97 and p.layers[0] == LayerPlan("panels", False, 50, plan.kernels.PANELS)
-    p = plan.plan_csr(net, 97, 1, Tuning(small_work=0, min_panel_batch=98, tile_chunk=97), None, isa="avx512")
-    assert [l.kernel for l in p.layers] == ["rows8", "rows8"] and (p.layout, p.nbytes) == ("csr", 10)
-    p = plan.plan_csr(net, 7, 1, t, None, isa="avx512")        # 7 columns: rows8
-    assert [l.code for l in p.layers] == [plan.kernels.ROWS8] * 2 and p.chunk == 7
-    assert p.reasons[-1] == "7 columns is not a multiple of 16: rows8 instead of register tiles"
-    assert p.summary() == "csr; batch split 7 cols x 1 threads; rows8 x2"
+    assert p.reasons == ("batch split: 8 chunk(s) of 32 columns, each through every layer on one thread, "
+                         "claimed by 2 thread(s)",)
+    p = plan.plan_csr(net, 97, 1, t, None, isa="avx512")        # 4 chunks of 32, the last with 31 zero columns
+    assert (p.chunk, p.layers[0]) == (32, LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS))
+    assert p.reasons == ("batch split: 4 chunk(s) of 32 columns (the last with 31 zero columns), each through "
+                         "every layer on one thread, claimed by 1 thread(s)",)
+    p = plan.plan_csr(net, 7, 1, t, None, isa="avx512")         # 7 columns: one padded 16-column chunk
+    assert [l.code for l in p.layers] == [plan.kernels.TILE_PANELS, plan.kernels.TILES] and p.chunk == 16
+    assert p.summary() == "csr-panels; batch split 16 cols x 1 threads; tile-panels, tiles"
 
 
 def test_sell_plan_is_exact():
@@ -404,7 +410,7 @@ def test_tuning_refuses_every_negative_field():
 def test_plan_nbytes_default_to_zero_for_a_layout_without_bytes():
     # a NetShape whose nbytes names no layout: every plan_csr path reads 0 bytes (an int), not None
     net = NetShape(nnz=(100, 50), shape=((10, 20), (5, 10)), sell_slots=(1, 1), panels=(10, 10))
-    t = Tuning(small_work=0, min_panel_batch=1, max_csc_batch=2)
+    t = Tuning(small_work=0, max_csc_batch=2)
     plans = {"csc": plan.plan_csr(net, 2, 1, t, None, isa="avx2", skip_zeros=True),
              "sell": plan.plan_csr(net, 1, 1, t, "sell8-portable", isa="avx2"),
              "batch": plan.plan_csr(net, 32, 1, t, None, isa="avx2"),
@@ -444,23 +450,16 @@ def test_batch_one_csr_reason_names_the_isa():
         "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, or sell=False)",)
 
 
-def test_chunk_width_of_one_column_is_the_row_split_on_two_threads():
-    plain = _net([1000], [(100, 100)])
-    t = Tuning(tile_chunk=1, small_work=10**9)              # chunks of one column: below the 16-column tile
-    assert batch_chunk(4, 2, 1) == 1
-    assert chunk_width(t, plain, 4, 2) == 0 and chunk_width(t, plain, 4, 1) == 1
-    assert chunk_width(Tuning(tile_chunk=1, tile_min_chunk=1, small_work=0), plain, 4, 2) == 1
-
-
 def test_row_split_kernels_and_reasons_at_small_batches():
     net = _net([100, 50], [(10, 20), (5, 10)], csr=3)
     t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=0)
     rows = ("row split: chunks of this batch would be too narrow for 2 threads",
             "a layer runs on 2 threads when nnz * batch >= 0")
-    for B, Bp, kernel in ((2, 2, "rows8"), (15, 16, "tiles"), (16, 16, "tiles"), (17, 17, "rows8")):
+    for B, Bp in ((2, 16), (15, 16), (16, 16), (17, 32)):
         p = plan.plan_csr(net, B, 2, t, None, isa="avx2")
-        assert (p.split, p.padded_batch, p.reasons, p.nbytes) == ("rows", Bp, rows, 3), B
-        assert [(l.kernel, l.parallel) for l in p.layers] == [(kernel, True)] * 2, B
+        pad = ("batch padded to %d columns (register tiles of 32 and 16 columns)" % Bp,) if Bp > B else ()
+        assert (p.split, p.padded_batch, p.reasons, p.nbytes) == ("rows", Bp, pad + rows, 3), B
+        assert [(l.kernel, l.parallel) for l in p.layers] == [("tiles", True)] * 2, B
     p = plan.plan_csr(net, 1, 2, t, None, isa="avx2")
     assert (p.split, p.padded_batch) == ("rows", 1)
     assert p.reasons == ("no AVX-512F (avx2): batch 1 on the CSR SpMV", rows[1])
@@ -472,25 +471,15 @@ def test_codes_are_int64_even_without_layers():
     assert codes.dtype == np.int64 and codes.shape == (0,)
 
 
-def test_batch_split_rows8_layers_are_exact():
-    net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10)
-    p = plan.plan_csr(net, 7, 1, Tuning(small_work=0, min_panel_batch=128), None, isa="avx2")
-    assert (p.split, p.chunk, p.layout, p.nbytes) == ("batch", 7, "csr", 10)
-    assert p.layers == (LayerPlan("rows8", False, 0, plan.kernels.ROWS8),) * 2
-    assert p.to_dict()["layers"] == [{"kernel": "rows8", "parallel": False, "panel": 0, "code": plan.kernels.ROWS8}] * 2
-
-
 def test_row_split_layer_plans_are_exact_on_one_thread():
     """On one thread no layer of the row path is parallel, panelled or not; unpanelled layers carry
-    panel 0 (rows8 included: what the plan records)."""
+    panel 0 (what the plan records)."""
     net = _net([150, 50], [(10, 20), (5, 10)], [10, 10], csr=1, **{"csr-panels": 2})
-    t = Tuning(max_chunk=0, tile_chunk=0, min_panel_batch=32, min_parallel_work=0)
+    t = Tuning(max_chunk=0, tile_chunk=0, min_parallel_work=0)
     p = plan.plan_csr(net, 32, 1, t, None, isa="avx2")
     assert (p.split, p.layout, p.nbytes) == ("none", "csr-panels", 2)
-    assert p.layers == (LayerPlan("panels", False, 10, kernels.PANELS), LayerPlan("tiles", False, 0, kernels.TILES))
-    p = plan.plan_csr(net, 1, 1, Tuning(min_panel_batch=1), None, isa="avx2")
-    assert p.layers == (LayerPlan("spmv-panels", False, 10, kernels.SPMV_PANELS),
-                        LayerPlan("spmv", False, 0, kernels.SPMV))
-    p = plan.plan_csr(net, 7, 2, t, None, isa="avx2")         # 7 columns, two threads: rows8
-    assert p.layers == (LayerPlan("rows8", True, 0, kernels.ROWS8),) * 2
+    assert p.layers == (LayerPlan("tile-panels", False, 10, kernels.TILE_PANELS),
+                        LayerPlan("tiles", False, 0, kernels.TILES))
+    p = plan.plan_csr(net, 1, 1, t, None, isa="avx2")
+    assert p.layers == (LayerPlan("spmv", False, 0, kernels.SPMV),) * 2
     assert [d["panel"] for d in p.to_dict()["layers"]] == [0, 0]
