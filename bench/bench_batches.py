@@ -9,8 +9,8 @@ group's csr time with the batch sizes around it. Dense is timed beside csr at ev
 """
 import pytest
 
-from conftest import MAX_CALL_S, QUICK, THREADS, grid_params, mlp_params, pruned_net, run_case
-from sparsenet import grid, timing
+from conftest import MAX_CALL_S, QUICK, THREADS, grid_params, mlp_params, run_mlp_point
+from sparsenet import grid
 
 ODD_BATCHES = (7, 130) if QUICK else (2, 7, 24, 25, 40, 100, 128, 130, 200)
 GRID = grid.MLPGrid(mlp_params(), ("dense", "csr"), (0.5, 0.9), ODD_BATCHES, THREADS, dense_every_k=True,
@@ -19,10 +19,4 @@ GRID = grid.MLPGrid(mlp_params(), ("dense", "csr"), (0.5, 0.9), ODD_BATCHES, THR
 
 @pytest.mark.parametrize("point", grid_params(GRID, lambda p: f"batch {p.batch}, k {p.sparsity:g}"))
 def test_batches_between_the_studys(benchmark, point):
-    reason = GRID.skip(point)
-    if reason:
-        pytest.skip(reason)
-    method = GRID.method(point.engine)
-    case = timing.make_case(point.engine, pruned_net(method, point.sparsity), method=method,
-                            sparsity=point.sparsity, batch=point.batch, threads=point.threads)
-    run_case(benchmark, case)
+    run_mlp_point(benchmark, GRID, point)

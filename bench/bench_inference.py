@@ -8,8 +8,8 @@ the others the weight-pruned one); dense is timed at every k here (the study tim
 """
 import pytest
 
-from conftest import BATCHES, MAX_CALL_S, SPARSITIES, THREADS, grid_params, mlp_params, pruned_net, run_case
-from sparsenet import grid, names, timing
+from conftest import BATCHES, MAX_CALL_S, SPARSITIES, THREADS, grid_params, mlp_params, run_mlp_point
+from sparsenet import grid, names
 
 GRID = grid.MLPGrid(mlp_params(), names.STUDY_ENGINES, SPARSITIES, BATCHES, THREADS, dense_every_k=True,
                     max_call_s=MAX_CALL_S)
@@ -17,10 +17,4 @@ GRID = grid.MLPGrid(mlp_params(), names.STUDY_ENGINES, SPARSITIES, BATCHES, THRE
 
 @pytest.mark.parametrize("point", grid_params(GRID, lambda p: f"batch {p.batch}"))
 def test_inference(benchmark, point):
-    reason = GRID.skip(point)
-    if reason:
-        pytest.skip(reason)
-    method = GRID.method(point.engine)
-    case = timing.make_case(point.engine, pruned_net(method, point.sparsity), method=method,
-                            sparsity=point.sparsity, batch=point.batch, threads=point.threads)
-    run_case(benchmark, case)
+    run_mlp_point(benchmark, GRID, point)

@@ -85,3 +85,15 @@ def run_case(benchmark, case, rounds: int = ROUNDS, min_time: float = timing.MIN
         out = benchmark.pedantic(case.engine, **kwargs)
     timing.check_case(case, out)
     return out
+
+
+def run_mlp_point(benchmark, g, point):
+    """Time one point of an MLP grid (grid.MLPGrid) on the pruned net of its engine's method, or skip it
+    with the grid's reason (too slow, too large, a small-batch twin)."""
+    reason = g.skip(point)
+    if reason:
+        pytest.skip(reason)
+    method = g.method(point.engine)
+    case = timing.make_case(point.engine, pruned_net(method, point.sparsity), method=method,
+                            sparsity=point.sparsity, batch=point.batch, threads=point.threads)
+    return run_case(benchmark, case)

@@ -8,6 +8,11 @@ from __future__ import annotations
 import functools
 import platform
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+_SYS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+L1D_FALLBACK = 32 * 1024     # when the host does not say: the L1d of most x86 cores (Zen 2-5, Skylake-Haswell)
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,26 @@ def _known_features(cpu_name: str) -> set:
              "sapphirerapids": avx512, "emeraldrapids": avx512, "znver4": avx512, "x86-64-v4": avx512,
              "x86-64-v3": avx2}
     return table.get(cpu_name, set())
+
+
+@functools.lru_cache(maxsize=1)
+def l1d_bytes() -> Optional[int]:
+    """The host's level-1 data cache per core in bytes (Linux sysfs), None when it does not say. The
+    column panels of the csr and nm kernels are sized by it (plan.panel_bytes)."""
+    return _l1d_from(_SYS_CACHE)
+
+
+def _l1d_from(root: Path) -> Optional[int]:
+    """The L1d size in the sysfs cache folder `root` (index*/level, type, size like '48K')."""
+    try:
+        for index in sorted(root.glob("index*")):
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            if level == "1" and kind in ("Data", "Unified"):
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1024, "M": 1024 ** 2}.get(size[-1:], 1)
+                value = int(size.rstrip("KM")) * scale
+                return value if value > 0 else None
+    except (OSError, ValueError):
+        return None
+    return None

@@ -103,7 +103,7 @@ def machine_info(peaks=None) -> dict:
     import threadpoolctl
     import numba
 
-    from sparsenet.plan import cpu
+    from sparsenet.plan import cpu, l1d_bytes
     target = cpu()
     info = {
         "cpu": cpu_model(),
@@ -117,6 +117,7 @@ def machine_info(peaks=None) -> dict:
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "isa": target.isa,                   # ISA level of the kernels the plans choose (plan.CPU.isa)
         "numba_cpu": target.name,            # the CPU Numba compiles for (NUMBA_CPU_NAME, else the host)
+        "l1d_bytes": l1d_bytes(),            # the host's L1d per core (None: unknown): sizes the column panels
         "fingerprint": fingerprint(),        # which machine timed (its tag names timing-only folders)
     }
     if peaks is not None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from sparsenet import kernels
-from sparsenet.cpu import CPU, cpu  # noqa: F401  (CPU re-exported: the plan's view of the target)
+from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 # kernel names by code (kernels.py owns the codes)
 KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.TILES: "tiles", kernels.TILE_PANELS: "tile-panels"}
@@ -33,8 +33,8 @@ class Tuning:
     min_parallel_work: int = 20_000
     # a layer is cut into column panels only from this many non-zeros (small layers: no time to win)
     min_panel_nnz: int = 32_768
-    # inputs per column panel (0: by the target, 32 KB of a 32-column chunk's activations on AVX-512,
-    # 256 inputs for its 48 KB L1; 16 KB, 128 inputs, elsewhere)
+    # inputs per column panel (0: by the L1d, plan.panel_bytes: a panel of a 32-column chunk's
+    # activations fills the largest power of two of bytes within it, 256 inputs for 32-63 KB)
     panel_width: int = 0
     # density from which a layer's register tiles run over column panels (1000 x 1000, 32 columns,
     # AVX-512: x1.45 at density 0.5, x1.25 at 0.3, even at 0.2, whole rows better at 0.15)
@@ -188,10 +188,20 @@ class NetShape:
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
 
 
-def panel_width(t: Tuning, density: float, n_in: int, nnz: int, isa: Optional[str] = None) -> int:
-    """Inputs per column panel of a layer (Tuning.panel_width, 0: by the target's ISA); n_in (one
-    panel: plain CSR) when sparser than dense_panels or small."""
-    width = t.panel_width or (256 if (isa or cpu().isa) == "avx512" else 128)
+def panel_bytes(l1d: Optional[int] = None) -> int:
+    """Bytes of activations a column panel holds: the largest power of two within the L1d (l1d, else
+    the host's, cpu.l1d_bytes; 32 KB when unknown), at least 4 KB. Measured: on a 32 KB L1d (Zen 4)
+    panels of ~32 KB of HT were best, on a 48 KB one (Xeon) 32 KB (64 KB lost 4-10 %, 16 KB 7-17 %),
+    with AVX-512 and AVX2 code alike (docs/perf-notes.md, sessions 1, 8 and 9)."""
+    size = l1d or l1d_bytes() or L1D_FALLBACK
+    return max(4096, 1 << (int(size).bit_length() - 1))
+
+
+def panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[int] = None) -> int:
+    """Inputs per column panel of a layer (Tuning.panel_width, 0: panel_bytes of a 32-column chunk's
+    activations, 256 inputs for an L1d of 32-63 KB); n_in (one panel: plain CSR) when sparser than
+    dense_panels or small."""
+    width = t.panel_width or panel_bytes(l1d) // (4 * 32)
     P = width if density >= t.dense_panels else n_in
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 

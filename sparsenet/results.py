@@ -12,6 +12,7 @@ machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
                 "peaks": {"sgemm_gflops": {"1": float, "2": float}, "bandwidth_gbs": float},
                 "isa": "avx512"|"avx2"|"neon"|"generic",  # kernels the plans choose (plan.CPU.isa)
                 "numba_cpu": str,                          # the CPU Numba compiles for
+                "l1d_bytes": int|None,                     # the host's L1d (sizes the column panels)
                 "fingerprint": {"hostname": str, "cpu": str, "isa": str, "n_cores": int,
                                 "tag": str}}               # which machine timed (machine.fingerprint)
 accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],

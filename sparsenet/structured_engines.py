@@ -22,7 +22,7 @@ from sparsenet.engine_base import Engine
 from sparsenet.model import layer_sizes
 from sparsenet.names import NM_M
 from sparsenet.nm import NM, check_nm, max_group_nnz
-from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu
+from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu, panel_bytes
 from sparsenet.prune import DEFAULT_BLOCK, check_block
 
 TILE = 32                  # columns of a register tile: chunk widths are multiples of it
@@ -225,15 +225,15 @@ class NMEngine(_Chunked):
                  tile: Optional[int] = None):
         self.n, self.m = check_nm(1 if n is None else n, m)
         self._infer_n = n is None
-        wide = cpu().isa == "avx512"
         # register tiles of 64 columns on every target (AVX-512: 4 rows at a time, as fast as 128 x 2
         # and twice the chunks for the threads to claim; AVX2 / NEON: one row, 8 of 16 ymm / 16 of 32 q);
         # see nm_kernels
         self.tile = 64 if tile is None else int(tile)
         if self.tile not in nm_kernels.TILES:
             raise ValueError(f"tile must be one of {nm_kernels.TILES} columns, got {tile!r}")
-        # activation floats per column panel: 32 KB of a 48 KB L1 (AVX-512 Xeons), 16 KB elsewhere
-        self.panel = (8192 if wide else 4096) if panel is None else int(panel)
+        # activation floats per column panel: plan.panel_bytes (32 KB for an L1d of 32-63 KB; on the
+        # Xeon's 48 KB, 16 KB and 64 KB were slower: nm_kernels)
+        self.panel = panel_bytes() // 4 if panel is None else int(panel)
         if self.panel < 1:
             raise ValueError(f"panel must be a positive number of floats, got {panel!r}")
         self.prune_output = bool(prune_output)

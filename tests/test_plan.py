@@ -94,7 +94,7 @@ def test_two_thread_plans(nets):
     assert p256.summary() == "csr; batch split 32 cols x 2 threads; tiles x5"
     dense = make_engine("csr", nets[0.0], threads=2, sell=False)
     p = dense.plan(256)                                   # density 1: tiles over column panels, 32-column chunks
-    P = panel_width(Tuning(), 1.0, 10**6, 10**9)          # the target's width: 256 inputs on AVX-512, 128 elsewhere
+    P = panel_width(Tuning(), 1.0, 10**6, 10**9)          # the host's width: 256 inputs for an L1d of 32-63 KB
     panelled = [2 * P <= n for n in (784, 1000, 1000, 500)] + [False]        # 200 x 10: too few non-zeros
     assert (p.layout, p.chunk) == ("csr-panels", 32)
     assert [l.kernel for l in p.layers] == ["tile-panels" if q else "tiles" for q in panelled]
@@ -171,23 +171,37 @@ from sparsenet.plan import LayerPlan, NetShape, Plan, batch_chunk, chunk_width, 
 
 
 def test_panel_width_boundaries():
-    t = Tuning()                                          # panel_width 0 (by ISA), dense_panels 0.25, min_panel_nnz 32768
-    for isa, P in (("avx512", 256), ("avx2", 128), ("neon", 128), ("generic", 128)):
-        assert panel_width(t, 1.0, 1024, 32768, isa) == P          # 32 KB | 16 KB of a 32-column chunk
-        assert panel_width(t, 0.25, 1024, 32768, isa) == P          # density == dense_panels
-        assert panel_width(t, 0.2499, 1024, 32768, isa) == 1024     # below: whole rows
-        assert panel_width(t, 1.0, 2 * P, 32768, isa) == P          # 2 P == n_in: still two panels
-        assert panel_width(t, 1.0, 2 * P - 1, 32768, isa) == 2 * P - 1
-        assert panel_width(t, 1.0, 1024, 32767, isa) == 1024        # nnz one short of min_panel_nnz
-    assert panel_width(Tuning(panel_width=16, min_panel_nnz=0), 0.5, 32, 0, "avx512") == 16
-    assert panel_width(t, 1.0, 1024, 32768) == panel_width(t, 1.0, 1024, 32768, plan.cpu().isa)
+    t = Tuning()                                          # panel_width 0 (by the L1d), dense_panels 0.25, min_panel_nnz 32768
+    for l1d, P in ((32768, 256), (49152, 256), (65535, 256), (65536, 512), (16384, 128), (131072, 1024)):
+        assert panel_width(t, 1.0, 4096, 32768, l1d) == P, l1d      # a power of two of bytes within the L1d
+        assert panel_width(t, 0.25, 4096, 32768, l1d) == P          # density == dense_panels
+        assert panel_width(t, 0.2499, 4096, 32768, l1d) == 4096     # below: whole rows
+        assert panel_width(t, 1.0, 2 * P, 32768, l1d) == P          # 2 P == n_in: still two panels
+        assert panel_width(t, 1.0, 2 * P - 1, 32768, l1d) == 2 * P - 1
+        assert panel_width(t, 1.0, 4096, 32767, l1d) == 4096        # nnz one short of min_panel_nnz
+    assert plan.panel_bytes(1000) == 4096 and plan.panel_bytes(48 * 1024) == 32768
+    assert panel_width(Tuning(panel_width=16, min_panel_nnz=0), 0.5, 32, 0, 49152) == 16
+    assert panel_width(t, 1.0, 4096, 32768) == panel_width(t, 1.0, 4096, 32768, plan.l1d_bytes() or plan.L1D_FALLBACK)
+
+
+def test_l1d_is_read_from_sysfs(tmp_path):
+    from sparsenet.cpu import _l1d_from
+    for i, (level, kind, size) in enumerate((("1", "Instruction", "32K"), ("1", "Data", "48K"), ("2", "Unified", "2048K"))):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(value + "\n")
+    assert _l1d_from(tmp_path) == 48 * 1024
+    (tmp_path / "index1" / "size").write_text("junk\n")
+    assert _l1d_from(tmp_path) is None                     # unreadable: unknown, never a guess
+    assert _l1d_from(tmp_path / "missing") is None
 
 
 def test_panel_width_follows_dense_panels():
     """Tuning.dense_panels sets the density from which a layer is panelled (its documented rule)."""
     t = Tuning(dense_panels=0.6)
-    assert panel_width(t, 0.6, 1024, 10**6, "avx512") == 256
-    assert panel_width(t, 0.5999, 1024, 10**6, "avx512") == 1024
+    assert panel_width(t, 0.6, 1024, 10**6, 49152) == 256
+    assert panel_width(t, 0.5999, 1024, 10**6, 49152) == 1024
 
 
 @pytest.mark.parametrize("B, Bp", [(1, 1), (2, 16), (14, 16), (15, 16), (16, 16), (17, 32), (113, 128),
