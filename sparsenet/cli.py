@@ -194,6 +194,7 @@ def cmd_plan(args) -> int:
     import json
 
     from sparsenet.engines import make_engine
+    from sparsenet import plan
     from sparsenet.plan import cpu
     from sparsenet.threads import check_threads, max_threads
 
@@ -208,13 +209,16 @@ def cmd_plan(args) -> int:
         plans += [engine.plan(b) for b in args.batch]
     if args.json:
         print(json.dumps({"net": about, "cpu": {"name": target.name, "machine": target.machine, "isa": target.isa,
-                                                "avx512f": target.avx512f, "avx2": target.avx2, "fma": target.fma},
+                                                "avx512f": target.avx512f, "avx2": target.avx2, "fma": target.fma,
+                                                "l1d_bytes": plan.l1d_bytes(), "panel_bytes": plan.panel_bytes()},
                           "plans": [p.to_dict() for p in plans]}, indent=2))
         return 0
     print(f"net: {about['source']}, layers {'-'.join(map(str, about['layer_sizes']))}, {about['method']}-pruned "
           f"to k={100 * about['sparsity']:g}% ({about['nnz']} of {about['n_weights']} weights kept)")
+    l1d = plan.l1d_bytes()
     print(f"CPU: Numba target {target.name} ({target.machine}), kernels for {target.isa}"
-          f" (avx512f={target.avx512f}, avx2={target.avx2}, fma={target.fma})")
+          f" (avx512f={target.avx512f}, avx2={target.avx2}, fma={target.fma}); L1d "
+          f"{f'{l1d // 1024} KB' if l1d else 'unknown'}: column panels of {plan.panel_bytes() // 1024} KB")
     for p in plans:
         print()
         print(p.describe())

@@ -306,6 +306,8 @@ def _machine_md(machine, timings, config, miss) -> str:
             ["BLAS kernel (threadpoolctl)", kernels],
             ["kernel ISA (sparsenet plans)", f"{machine['isa']} (Numba target {machine.get('numba_cpu', '?')})"
              if machine.get("isa") else "–"],
+            ["L1 data cache (sizes the column panels)", f"{machine['l1d_bytes'] // 1024} KB"
+             if machine.get("l1d_bytes") else "–"],
             ["thread counts timed", ", ".join(map(str, thread_counts(timings))) or "–"],
             ["measured sgemm peak", ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in sg.items()) or "–"],
             ["measured bandwidth", f"{peaks['bandwidth_gbs']:.1f} GB/s" if peaks.get("bandwidth_gbs") else "–"],
