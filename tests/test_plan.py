@@ -497,3 +497,23 @@ def test_row_split_layer_plans_are_exact_on_one_thread():
     p = plan.plan_csr(net, 1, 1, t, None, isa="avx2")
     assert p.layers == (LayerPlan("spmv", False, 0, kernels.SPMV),) * 2
     assert [d["panel"] for d in p.to_dict()["layers"]] == [0, 0]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_every_batch_runs_register_tiles_on_a_multiple_of_16_columns(threads):
+    """No batch size falls between the kernels (session 9: batches such as 7, 25 or 130 ran whole-row
+    kernels 2-5x slower than their neighbours): every plan of a batch > 1 runs tiles on padded columns,
+    its chunk or padded batch covers the batch, and the padding stays under one tile per chunk."""
+    nets = (_net([6000, 500], [(100, 100), (10, 100)], [50, 100]),        # panelled
+            _net([1000, 500], [(100, 100), (10, 100)]),                   # plain
+            _net([10**6, 10**5], [(1000, 1000), (10, 1000)], [256, 1000]))  # long calls: no short-call rule
+    for net in nets:
+        for B in range(2, 300):
+            p = plan.plan_csr(net, B, threads, Tuning(), None, isa="avx2")
+            assert {l.kernel for l in p.layers} <= {"tiles", "tile-panels"}, (B, p.summary())
+            if p.split == "batch":
+                assert p.chunk in (16, 32) and p.padded_batch == 0
+                n_chunks = -(-B // p.chunk)
+                assert n_chunks * p.chunk - B < p.chunk and (p.chunk == 32 or n_chunks <= threads)
+            else:
+                assert p.split in ("rows", "none") and p.padded_batch % 16 == 0 and 0 <= p.padded_batch - B < 16
