@@ -193,16 +193,15 @@ def plan_net(args):
 def cmd_plan(args) -> int:
     import json
 
-    from sparsenet.engines import make_engine
     from sparsenet import plan
-    from sparsenet.plan import cpu
+    from sparsenet.engines import make_engine
     from sparsenet.threads import check_threads, max_threads
 
     threads = args.threads or tuple(sorted({1, max_threads()}))
     for t in threads:
         check_threads(t, "--threads")
     net, about = plan_net(args)
-    target = cpu()
+    target = plan.cpu()
     plans = []
     for t in threads:
         engine = make_engine(args.engine, net, threads=t)

@@ -247,6 +247,14 @@ def csc_forward_skip(data, indices, indptr, bias, sizes, nnz_off, ptr_off, HT, b
 
 
 @njit(inline="always", **_OPTS)
+def _store_logits(out, logits):
+    """logits[0, :] = out[:n_out] of a batch-1 forward, as a loop: a slice assignment compiles Numba's
+    generic setitem (~3 s cold). The SELL drivers (sell_kernels, sell8_kernels) share it."""
+    for j in range(logits.shape[1]):
+        logits[0, j] = out[j]
+
+
+@njit(inline="always", **_OPTS)
 def _gather_columns(X, c0, HT):
     """HT[:, :w] = X[c0:c0 + w].T, zeros in HT[:, w:]; w = min(Bc, B - c0). (w, n_in) -> (n_in, Bc)."""
     n_in, Bc = HT.shape

@@ -17,11 +17,8 @@ from typing import Optional, Sequence
 from sparsenet import kernels
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
-# kernel names by code (kernels.py owns the codes)
-KERNEL_NAMES = {kernels.SPMV: "spmv", kernels.TILES: "tiles", kernels.TILE_PANELS: "tile-panels"}
-
-
 TILE = 16        # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
+WIDE_TILE = 32   # columns of the widest (simd.csr_rows32): a column panel holds panel_bytes of its activations
 
 
 @dataclass(frozen=True)
@@ -201,7 +198,7 @@ def panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[in
     """Inputs per column panel of a layer (Tuning.panel_width, 0: panel_bytes of a 32-column chunk's
     activations, 256 inputs for an L1d of 32-63 KB); n_in (one panel: plain CSR) when sparser than
     dense_panels or small."""
-    width = t.panel_width or panel_bytes(l1d) // (4 * 32)
+    width = t.panel_width or panel_bytes(l1d) // (4 * WIDE_TILE)
     P = width if density >= t.dense_panels else n_in
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 

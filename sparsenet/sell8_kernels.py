@@ -40,6 +40,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from sparsenet.kernels import _store_logits
 from sparsenet.sell8 import LANES, SLOTS, STEP, index_bits
 from sparsenet.simd import IR, require_arrays
 
@@ -231,12 +232,6 @@ def _load_input(X, xbuf):
         xbuf[j] = x[j]
     for j in range(n_in, xbuf.shape[0]):
         xbuf[j] = np.float32(0.0)
-
-
-@njit(inline="always", **_OPTS)
-def _store_logits(out, logits):
-    for j in range(logits.shape[1]):
-        logits[0, j] = out[j]
 
 
 @njit(inline="always", **_OPTS)

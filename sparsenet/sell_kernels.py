@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from sparsenet.kernels import _store_logits
 from sparsenet.sell import BLOCK, LANES
 from sparsenet.simd import IR, VF, require_arrays
 
@@ -174,8 +175,7 @@ def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_bl
         else:
             sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
         h = out
-    for i in range(logits.shape[1]):       # a loop: a slice assignment compiles numba's generic setitem (~3 s cold)
-        logits[0, i] = out[i]
+    _store_logits(out, logits)
 
 
 @njit(**_OPTS)
@@ -193,5 +193,4 @@ def sell_forward_portable(data, indices, block, slot_ptr, chunk_ptr, bias, n_chu
         else:
             sell_matvec_portable_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
         h = out
-    for i in range(logits.shape[1]):       # a loop: a slice assignment compiles numba's generic setitem (~3 s cold)
-        logits[0, i] = out[i]
+    _store_logits(out, logits)
