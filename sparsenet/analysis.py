@@ -336,16 +336,39 @@ def call_bytes(r) -> float:
     return r.get("call_nbytes") or r["nbytes"]
 
 
-def sgemm_peak(machine, threads, timings=None):
-    """The measured sgemm peak in GFLOP/s at `threads` (None if not measured): the machine stage's, or,
-    with `timings`, the fastest dense-engine call there when that was faster (a dense call is BLAS
-    sgemm too; the machine stage's few seconds can catch a slow spell of a VM: 76 GFLOP/s measured in
-    a run whose dense engine ran 123)."""
-    peak = ((machine or {}).get("peaks", {}).get("sgemm_gflops") or {}).get(str(threads))
+def peaks_of(timings) -> list:
+    """The sgemm peak records timed in the timing rounds (timings.json "peaks"; [] before they were)."""
+    return list((timings or {}).get("peaks", []))
+
+
+def run_peak(timings, threads, sparsity=None):
+    """GFLOP/s of the sgemm peak timed in the timing rounds at `threads` (timing.peak_case): the one
+    timed beside the records of k = `sparsity` when given (and timed), else the median over every k;
+    None when the timings hold none at `threads`."""
+    recs = [r for r in peaks_of(timings) if int(r["threads"]) == int(threads) and has_rate(r)]
+    if sparsity is not None:
+        recs = [r for r in recs if sparsity_key(r["sparsity"]) == sparsity_key(sparsity)] or recs
+    rates = [r["flops"] / r["median_s"] / 1e9 for r in recs]
+    return float(median(rates)) if rates else None
+
+
+def sgemm_peak(machine, threads, timings=None, sparsity=None):
+    """The measured sgemm peak in GFLOP/s at `threads` (None if not measured).
+
+    With `timings` that timed the peak in their rounds (run_peak): that peak, beside k = `sparsity`
+    when given (a median against medians of the same rounds), or a dense-engine call of those rounds
+    where one was faster (a dense call is BLAS sgemm too). Else the machine stage's best-of-a-few, or,
+    with `timings`, the fastest dense-engine call there when that was faster (the machine stage's few
+    seconds can catch a slow spell of a VM: 76 GFLOP/s measured in a run whose dense engine ran 123)."""
+    run = run_peak(timings, threads, sparsity)
+    peak = run if run is not None else \
+        ((machine or {}).get("peaks", {}).get("sgemm_gflops") or {}).get(str(threads))
     if timings is not None:
-        dense = [r["flops"] / r["median_s"] / 1e9 for r in select(records_of(timings), threads=threads)
+        dense = [r for r in select(records_of(timings), threads=threads)
                  if r.get("engine") in DENSE_BASELINES and has_rate(r)]
-        peak = max(dense + ([peak] if peak else []), default=None)
+        if run is not None and sparsity is not None:
+            dense = [r for r in dense if sparsity_key(r["sparsity"]) == sparsity_key(sparsity)]
+        peak = max([r["flops"] / r["median_s"] / 1e9 for r in dense] + ([peak] if peak else []), default=None)
     return peak
 
 

@@ -2,10 +2,13 @@
 
 Peaks, measured with NumPy so they say what this Python stack can reach:
 - ``sgemm_gflops[str(t)]``: float32 ``A @ B`` of two n x n matrices (n = 2048; 1024 when quick)
-  under a BLAS limit of t threads (threads.limit); 2 n^3 flops per product; median of repeats;
+  under a BLAS limit of t threads (threads.limit); 2 n^3 flops per product; best of repeats;
 - ``bandwidth_gbs``: ``np.copyto(dst, src)`` of a 256 MB float32 array (64 MB when quick), one
   thread; bytes moved = 2 x nbytes (read src + write dst; write-allocate traffic not counted);
-  median of repeats.
+  best of repeats.
+These are a few seconds of the machine stage, minutes away from the timings. The same product is
+also timed as a case of the timing stage (`SgemmPeak`, timings.json "peaks"), in the rounds of the
+engines it stands beside: a fraction of peak is then a ratio of two medians of one run.
 """
 from __future__ import annotations
 
@@ -147,6 +150,32 @@ def sgemm_gflops(n: int = 2048, threads: int = 1, repeats: int = 5) -> float:
     with limit(int(threads), numba_threads=False):       # BLAS threads only (threads.py owns limits)
         secs = _best_time(lambda: np.matmul(A, B, out=C), repeats)
     return 2.0 * n ** 3 / secs / 1e9
+
+
+PEAK_NAME = "sgemm-peak"      # the engine name of SgemmPeak's timing records (timings.json "peaks")
+
+
+class SgemmPeak:
+    """The sgemm peak as an engine for the timing harness (timing.peak_case): C = A @ X of n x n
+    float32 matrices, under the case's BLAS limit (uses_blas: grouped with the BLAS engines when
+    interleaved). 2 n^3 flops per call at the case's "batch" n."""
+
+    uses_blas, uses_numba = True, False
+
+    def __init__(self, n: int):
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"the sgemm peak needs n >= 1, got {n}")
+        self.A = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        self.C = np.empty((n, n), np.float32)
+        self.layer_sizes = (n, n)
+        self.nbytes = int(self.A.nbytes)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return np.matmul(self.A, X, out=self.C)
+
+    def flops(self, batch: int) -> float:
+        return 2.0 * self.A.shape[0] ** 2 * int(batch)
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 * 2 ** 20, repeats: int = 5) -> float:

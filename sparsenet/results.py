@@ -24,7 +24,9 @@ accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],
 activations.json {"records": [{"seed": int, "method": "none"|"weight", "sparsity": float, "batch": int,
                               "zero_fraction": [per layer input: fraction of inputs zero in every row of
                                                 a batch of the test set]}], "layer_sizes": [int...]}
-timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}, "machine": {...fingerprint}}
+timings.json   {"records": [TIMING...], "compile_s": {"csr": float, ...}, "machine": {...fingerprint},
+                "peaks": [TIMING of engine "sgemm-peak", method "none", batch n: an n x n float32 sgemm
+                          timed in the rounds of k = "sparsity"'s cases, one per thread count]}
 scaling.json   {"records": [TIMING... with "width" set and "method" "weight"], "machine": {...fingerprint}}
 net.npz, test-images.npy, checksums.json
                the timed net (first seed) and the test images the timings feed, checksummed

@@ -244,9 +244,11 @@ def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
 def _timing_config(cfg: StudyConfig, scaling: bool) -> dict:
     """What a timings (scaling) file records it was made with; a resume needs it unchanged."""
     keys = ["engines", "sparsities", "batches", "threads", "rounds", "min_time", "max_case_s",
-            "max_call_s", "max_baseline_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset"]
+            "max_call_s", "max_baseline_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset",
+            "peak_n"]
     d = {k: getattr(cfg, k) for k in keys}
     if scaling:
+        del d["peak_n"]                                 # the scaling stage times no peak
         d.update(widths=cfg.widths, threads=cfg.scaling_threads, engines=names.SCALING_ENGINES,
                  sparsities=cfg.scaling_ks())
     return json.loads(json.dumps(d))
@@ -272,7 +274,7 @@ def run_timings(cfg: StudyConfig, folder: Path, params, progress=True, inputs=No
     """timings.json: every engine x sparsity x batch x threads on the seed-0 net, saved per k; each
     batch is the first rows of `inputs` (the test images) when given."""
     return run_grid(cfg, folder, "timings", _timing_config(cfg, scaling=False),
-                    timing_grid(cfg, params, stages.make_engine, inputs), progress, stages)
+                    timing_grid(cfg, params, stages.make_engine, inputs), progress, stages, peak_n=cfg.peak_n)
 
 
 def run_scaling(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = Stages()) -> dict:
@@ -281,22 +283,26 @@ def run_scaling(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
                     scaling_grid(cfg, stages.make_engine), progress, stages)
 
 
-def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = Stages()) -> dict:
+def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = Stages(), peak_n: int = 0) -> dict:
     """Time every point of `grid` not yet in `folder/<part>.json`, unit by unit, saving after each; the
-    file and each record carry the machine's fingerprint (its tag in a record)."""
+    file and each record carry the machine's fingerprint (its tag in a record).
+
+    peak_n > 0: each unit's cases are timed together with an n x n sgemm per thread count of the
+    unit (timing.peak_case), interleaved in the same rounds; those records go to the file's "peaks"
+    (analysis.sgemm_peak: a fraction of peak from medians that met the same spells of the machine)."""
     from sparsenet.machine import fingerprint
-    from sparsenet.timing import check_case
+    from sparsenet.timing import check_case, peak_case
     path = part_path(folder, part)
     machine = fingerprint()
     state = {"records": [], "skipped": [], "compile_s": {}, "config": config, "complete": False,
-             "loadavg": [], "machine": machine}
+             "loadavg": [], "machine": machine, "peaks": []}
     if path.exists():
         old = read_json(path)
         if old.get("config") == config:
             if old.get("complete"):
                 _say(progress, f"{part}: done before, skipped")
                 return old
-            state.update({k: old.get(k, state[k]) for k in ("records", "skipped", "compile_s", "loadavg")})
+            state.update({k: old.get(k, state[k]) for k in ("records", "skipped", "compile_s", "loadavg", "peaks")})
         else:
             _say(progress, f"{part}: existing file has another config; starting over")
     done = {record_key(r) for r in state["records"]} | {record_key(s) for s in state["skipped"]}
@@ -322,7 +328,10 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
         for case in cases:
             if case.name not in state["compile_s"]:
                 state["compile_s"][case.name] = _compile_seconds(case)
-        state["records"] += _time(stages, cases, cfg, machine["tag"])
+        peaks = [peak_case(peak_n, t, unit[1]) for t in sorted({c.threads for c in cases})] if peak_n > 0 else []
+        recs = _time(stages, cases + peaks, cfg, machine["tag"])
+        state["records"] += recs[:len(cases)]
+        state["peaks"] += recs[len(cases):]
         for case in cases:
             check_case(case)
         # 1-min load average when each unit started: a busy machine explains flagged timings

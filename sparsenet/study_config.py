@@ -19,7 +19,7 @@ from sparsenet.hashing import short_hash
 PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir", "scheduler", "workers")
 # the settings of the timing stages alone: what `--timing-only` may set for the machine it runs on
 TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
-                 "min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "dense_every_k", "remeasure_s")
+                 "min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "dense_every_k", "remeasure_s", "peak_n")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class StudyConfig:
                                              # on k, but this VM drifted +-15 % over seconds, and a speed-up
                                              # against a dense timed minutes earlier took that drift in
                                              # (analysis.dense_reference); False: at the smallest k only
+    peak_n: int = 2048                       # the timings stage times an n x n sgemm (the peak) beside each k's
+                                             # engines, per thread count (0: none; machine.json's peak only)
     remeasure_s: float = 30.0                # seconds spent re-timing flagged (noisy) cases before the verdict
     scheduler: Optional[str] = None          # a Dask scheduler (tcp://host:8786) for the accuracy work
     workers: Optional[int] = None            # a LocalCluster of this many single-threaded workers instead
@@ -113,6 +115,8 @@ class StudyConfig:
         if self.train_subset is not None and not (isinstance(self.train_subset, int)
                                                   and 100 <= self.train_subset <= 60000):
             raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
+        if not (isinstance(self.peak_n, int) and not isinstance(self.peak_n, bool) and self.peak_n >= 0):
+            raise ValueError(f"peak_n must be an integer >= 0 (0: no sgemm peak in the timings), got {self.peak_n!r}")
         if not (isinstance(self.rounds, int) and self.rounds >= 1):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
         for name in ("min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "finetune_lr", "remeasure_s"):
@@ -133,7 +137,7 @@ class StudyConfig:
                     threads=names.QUICK_THREADS, widths=names.QUICK_WIDTHS, scaling_sparsities=None, epochs=1,
                     train_subset=5000, finetune_epochs=1, finetune_sparsities=(0.9,), gradual_sparsities=(0.9,),
                     gradual_methods=("weight",), gradual_epochs=1, rounds=3, min_time=0.01,
-                    max_case_s=1.0, max_call_s=0.5, remeasure_s=5.0)
+                    max_case_s=1.0, max_call_s=0.5, remeasure_s=5.0, peak_n=1024)
         base.update(overrides)
         base.pop("quick", None)
         base["is_quick"] = True
@@ -269,6 +273,7 @@ OPTIONS = (
     Option("max_baseline_call_s", "--max-baseline-call-s", "float",
            help="skip a scipy baseline case predicted slower than this per call"),
     Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
+    Option("peak_n", "--peak-n", "int", help="time an n x n sgemm (the peak) beside every k's engines (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
     Option("dense_every_k", "--dense-every-k", "bool",
            help="time dense beside every k's engines (speed-ups side by side), not only at the smallest k"),

@@ -89,6 +89,15 @@ def make_case(name: str, params, *, method: str, sparsity: float, batch: int, th
                 threads=int(threads), params=tuple(params), width=width)
 
 
+def peak_case(n: int, threads: int, sparsity: float = 0.0) -> Case:
+    """The sgemm peak (machine.SgemmPeak, n x n) as a case, labelled with the k of the cases it is
+    timed beside (study.run_grid times one per thread count with every k's cases)."""
+    from sparsenet.machine import PEAK_NAME, SgemmPeak
+    X = np.random.default_rng(1).random((int(n), int(n)), dtype=np.float32)
+    return Case(engine=SgemmPeak(n), X=X, name=PEAK_NAME, method="none", sparsity=float(sparsity),
+                threads=int(threads))
+
+
 # --- thread limits and the loop ------------------------------------------------------------------
 
 def threads_held(case):

@@ -80,7 +80,7 @@ def tiny(tmp_path):
     cfg = StudyConfig(seeds=(0, 1), sparsities=(0.0, 0.5, 0.9), batches=(1, 8), threads=(1,),
                       widths=(64,), scaling_sparsities=None, epochs=1, train_subset=600,
                       finetune_epochs=1, gradual_epochs=2,
-                      finetune_sparsities=(0.5,), rounds=2, min_time=0.0005, remeasure_s=0.0,
+                      finetune_sparsities=(0.5,), rounds=2, min_time=0.0005, remeasure_s=0.0, peak_n=64,
                       results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "models"))
     return cfg, calls, stages
 

@@ -168,8 +168,12 @@ def make_results(folder, missing=(), batches=BATCHES) -> Path:
                                                        for _ in SIZES[1:-1]]}
         for seed in SEEDS for k in ks for b in (1, 16)]}
     method_of = names.ENGINE_METHOD
+    # the sgemm peak timed beside every k (study.run_grid): 1024^3 products at ~50 / ~95 GFLOP/s
+    peaks = [{"engine": "sgemm-peak", "method": "none", "sparsity": k, "batch": 1024, "threads": t,
+              "median_s": 2.0 * 1024 ** 3 / ((50.0 if t == 1 else 95.0) * (1 + 0.05 * rng.standard_normal()) * 1e9),
+              "nbytes": 4 * 1024 ** 2, "flops": 2.0 * 1024 ** 3} for k in ks for t in THREADS]
     parts["timings"] = {"records": _timings_for(SIZES, ks, ENGINES, method_of, rng, batches=batches),
-                        "compile_s": {"csr": 1.8}}
+                        "compile_s": {"csr": 1.8}, "peaks": peaks}
     scaling = []
     for width in WIDTHS:
         # like the study: one square (width x width) layer per width, dense vs csr

@@ -309,3 +309,23 @@ def test_the_sgemm_peak_is_at_least_the_fastest_dense_call():
     assert sgemm_peak(machine, 2, t) == 5.0                                  # dense's 2.5 does not
     assert sgemm_peak({}, 1, t) == pytest.approx(10.0) and sgemm_peak({}, 1, {"records": []}) is None
     assert sgemm_peak(machine, 1, {"records": [rec("csr", "weight", 0.9, 1e-9)]}) == 1.0
+
+
+def test_the_sgemm_peak_timed_beside_a_k_is_the_one_its_records_are_divided_by():
+    """timings.json "peaks" (an sgemm timed in the rounds of each k): a record's peak is the one timed
+    beside it, or a dense call of those rounds where faster; without k the median over k; the machine
+    stage's peak and other ks' dense calls do not enter; the other thread count falls back."""
+    from sparsenet.analysis import run_peak, sgemm_peak
+    machine = {"peaks": {"sgemm_gflops": {"1": 500.0, "2": 5.0}}}
+    peaks = [rec("sgemm-peak", "none", k, s) for k, s in ((0.0, 1e-7), (0.5, 2e-7), (0.9, 4e-7))]   # 10, 5, 2.5 GFLOP/s
+    t = {"records": [rec("dense", "weight", 0.0, 5e-8), rec("dense", "weight", 0.9, 8e-7),       # 20, 1.25
+                     rec("csr", "weight", 0.5, 1e-9), rec("dense", "weight", 0.0, 4e-7, threads=2)], "peaks": peaks}
+    assert run_peak(t, 1, 0.5) == pytest.approx(5.0) and run_peak(t, 1, 0.9) == pytest.approx(2.5)
+    assert run_peak(t, 1) == pytest.approx(5.0)                                # the median over k
+    assert run_peak(t, 1, 0.7) == pytest.approx(5.0)                           # a k without one: the median
+    assert run_peak(t, 2) is None and run_peak({"records": []}, 1) is None and run_peak(None, 1) is None
+    assert sgemm_peak(machine, 1, t, 0.9) == pytest.approx(2.5)                # not machine.json's 500
+    assert sgemm_peak(machine, 1, t, 0.5) == pytest.approx(5.0)                # csr's 1000 is no dense call
+    assert sgemm_peak(machine, 1, t, 0.0) == pytest.approx(20.0)               # dense beside it was faster
+    assert sgemm_peak(machine, 1, t) == pytest.approx(20.0)                    # no k: every dense call
+    assert sgemm_peak(machine, 2, t, 0.9) == 5.0                               # no peak timed at 2 threads

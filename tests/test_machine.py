@@ -1,6 +1,7 @@
 """machine.json contents and the peak measurements."""
 import json
 
+import numpy as np
 import pytest
 
 from sparsenet import machine
@@ -24,6 +25,15 @@ def test_machine_info_keys():
 def test_machine_info_with_peaks():
     peaks = {"sgemm_gflops": {"1": 1.0}, "bandwidth_gbs": 2.0}
     assert machine.machine_info(peaks)["peaks"] == peaks
+
+
+def test_the_sgemm_peak_engine_multiplies_and_counts_its_flops():
+    eng = machine.SgemmPeak(8)
+    X = np.arange(64, dtype=np.float32).reshape(8, 8)
+    np.testing.assert_allclose(eng(X), eng.A @ X, rtol=1e-6)
+    assert eng.flops(8) == 2 * 8 ** 3 and eng.layer_sizes == (8, 8) and eng.uses_blas and not eng.uses_numba
+    with pytest.raises(ValueError, match="n >= 1"):
+        machine.SgemmPeak(0)
 
 
 def test_measure_peaks_quick():

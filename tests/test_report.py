@@ -104,6 +104,19 @@ def test_memory_and_roofline_tables_use_the_layout_a_call_read():
     assert _roofline_rows({"records": [_rec(1)]}, {}, 1)[0][4:7] == ["–", "–", f"{2 * 240_000 / 1_500_000:.3g}"]
 
 
+def test_roofline_fractions_divide_by_the_peak_timed_beside_the_record():
+    from sparsenet.report import _roofline_rows
+    r = _rec(256)                                           # 2 * 240_000 * 256 flops in 1e-4 s: 1228.8 GFLOP/s
+    peak = {"engine": "sgemm-peak", "method": "none", "sparsity": 0.9, "batch": 64, "threads": 1,
+            "median_s": 1e-3, "nbytes": 4, "flops": 2.0 * 1e12 * 1e-3}                 # 2000 GFLOP/s
+    other = dict(peak, sparsity=0.5, median_s=2e-3)                                    # 1000 GFLOP/s, another k
+    machine = {"peaks": {"sgemm_gflops": {"1": 4000.0}}}
+    (row,) = _roofline_rows({"records": [r], "peaks": [peak, other]}, machine, 1)
+    assert row[-1] == "61.4%"                                                          # 1228.8 / 2000
+    (old,) = _roofline_rows({"records": [r]}, machine, 1)                              # no peaks timed: machine.json's
+    assert old[-1] == "30.7%"
+
+
 def test_report_refuses_an_unmeasured_thread_count_before_writing(tmp_path, fast_figures):
     folder = make_results(tmp_path / "run", missing=("scaling", "accuracy"))
     build_report(folder, threads=1)

@@ -35,6 +35,8 @@ SIZES = (784, 48, 32, 10)
     (dict(gradual_methods=("nm", "pixel")), r"unknown gradual_methods \['pixel'\]"),
     (dict(gradual_sparsities=None), "gradual_sparsities must be a sequence"),
     (dict(gradual_sparsities=(0.95, 1.0)), "sparsity"),
+    (dict(peak_n=-1), "peak_n must be an integer >= 0"),
+    (dict(peak_n=True), "peak_n"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -100,7 +102,14 @@ def test_tiny_study_writes_all_parts_and_resumes(tiny):
     assert by[("shrunk", 0.5, 8)]["method"] == "neuron" and by[("csr", 0.5, 8)]["method"] == "weight"
     assert by[("shrunk", 0.5, 8)]["layer_sizes"] == [784, 24, 16, 10]
     assert all(r["min_s"] <= r["median_s"] <= r["max_s"] for r in recs)
+    # the sgemm peak timed with every k's cases (one per thread count), kept apart from the engines' records
+    peaks = timings["peaks"]
+    assert [(p["engine"], p["sparsity"], p["threads"], p["batch"]) for p in peaks] == [
+        ("sgemm-peak", k, 1, cfg.peak_n) for k in cfg.sparsities]
+    assert all(p["flops"] == 2.0 * cfg.peak_n ** 3 and p["median_s"] > 0 for p in peaks)
+    assert "sgemm-peak" not in {r["engine"] for r in recs}
     scaling = read_json(folder / "scaling.json")
+    assert scaling["peaks"] == []                                           # the scaling stage times none
     assert {r["width"] for r in scaling["records"]} == {64}
     assert len(scaling["records"]) == (2 + 2 + 2) * 2                     # dense and csr at every k
     acc = read_json(folder / "accuracy.json")
@@ -141,6 +150,15 @@ def test_interrupted_timings_resume(tiny):
     assert timed[:2] == [{0.5}, {0.9}]                        # k = 0 was not timed again
     part = read_json(cfg.folder() / "timings.json")
     assert part["complete"] and len(part["records"]) == 55        # as in the uninterrupted run
+    assert [p["sparsity"] for p in part["peaks"]] == [0.0, 0.5, 0.9]  # k = 0's peak kept, none timed twice
+
+
+def test_peak_n_0_times_no_peak(tiny):
+    cfg, _, stages = tiny
+    cfg = dataclasses.replace(cfg, peak_n=0, sparsities=(0.5,), engines=("dense", "csr"), widths=())
+    study.run_timings(cfg, cfg.folder(), he_init(SIZES), progress=False, stages=stages)
+    timings = read_json(cfg.folder() / "timings.json")
+    assert timings["peaks"] == [] and {r["engine"] for r in timings["records"]} == {"dense", "csr"}
 
 
 def test_the_grid_builds_and_resumes_from_one_source(tiny):
