@@ -259,9 +259,10 @@ def _memory_rows(timings) -> list:
 
 
 def _roofline_rows(timings, machine, threads) -> list:
-    rows = []
+    rows, peaks = [], {}
     for r in filter(has_rate, select(records_of(timings), threads=threads)):
-        peak = sgemm_peak(machine, threads, timings, r["sparsity"])      # the one timed beside r, if any
+        k = sparsity_key(r["sparsity"])                                  # the peak timed beside r, if any
+        peak = peaks[k] if k in peaks else peaks.setdefault(k, sgemm_peak(machine, threads, timings, k))
         g = r["flops"] / r["median_s"] / 1e9
         rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], r.get("layout", "–"),
                      r.get("kernel", "–"), f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}",
@@ -312,8 +313,8 @@ def _machine_md(machine, timings, config, miss) -> str:
             ["measured sgemm peak (machine stage, best of a few)",
              ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in sg.items()) or "–"],
             ["sgemm peak timed beside the engines (median over k)",
-             ", ".join(f"{run_peak(timings, t):.1f} GFLOP/s at {t} thread(s)" for t in thread_counts(timings)
-                       if run_peak(timings, t)) or "–"],
+             ", ".join(f"{p:.1f} GFLOP/s at {t} thread(s)" for t, p in ((t, run_peak(timings, t)) for t in
+                                                                       thread_counts(timings)) if p) or "–"],
             ["measured bandwidth", f"{peaks['bandwidth_gbs']:.1f} GB/s" if peaks.get("bandwidth_gbs") else "–"],
             ["environment", ", ".join(f"{k}={v}" for k, v in (machine.get("env") or {}).items()) or "–"],
         ]))
@@ -460,13 +461,14 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
 
     md.append("\n## 6. Roofline vs measured peaks\n")
     if tim:
+        in_run = run_peak(tim, threads) is not None      # the timings hold an sgemm peak timed beside the engines
         md.append("Achieved GFLOP/s = useful flops / median time; arithmetic intensity = flops / stored parameter bytes "
                   "(an approximation: activations, repeated index reads and caches are ignored, so true intensity is "
                   "lower for large batches). Roofs: the sgemm peak (below) and the bandwidth measured by the machine stage. "
                   + ("The fractions of peak in 8.5 divide by the sgemm peak timed in the same rounds as the "
                      "record's engines (an n x n float32 product beside every k, medians of both; timings.json "
                      "`peaks`), or by a dense call of those rounds where one was faster; the line in the plot "
-                     "is its median over k.\n" if run_peak(tim, threads) else
+                     "is its median over k.\n" if in_run else
                      "The fractions of peak in 8.5 divide by machine.json's sgemm peak, or by the fastest dense "
                      "call of the timings where that was faster (a dense call is sgemm too).\n"))
         if not mac:
@@ -476,7 +478,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
             own, used = sgemm_peak(mac, threads), sgemm_peak(mac, threads, tim)
             md.append(f"> **Note:** {above} timing record(s) exceed the sgemm peak machine.json measured at "
                       f"{threads_word(threads)} (a quick measurement, or a slow spell of the machine); "
-                      + ("fractions of peak in 8.5 use the peak timed beside the engines instead.\n" if run_peak(tim, threads)
+                      + ("fractions of peak in 8.5 use the peak timed beside the engines instead.\n" if in_run
                          else f"fractions of peak in 8.5 use the fastest dense call's {used:.0f} GFLOP/s instead.\n"
                          if used and own and used > own else "fractions of peak in 8.5 are overstated.\n"))
         md.append(fig("roofline.png", plots.plot_roofline, tim, mac, threads=threads))

@@ -244,11 +244,11 @@ def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
 def _timing_config(cfg: StudyConfig, scaling: bool) -> dict:
     """What a timings (scaling) file records it was made with; a resume needs it unchanged."""
     keys = ["engines", "sparsities", "batches", "threads", "rounds", "min_time", "max_case_s",
-            "max_call_s", "max_baseline_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset",
-            "peak_n"]
+            "max_call_s", "max_baseline_call_s", "dense_every_k", "seeds", "epochs", "train_subset", "dataset"]
     d = {k: getattr(cfg, k) for k in keys}
-    if scaling:
-        del d["peak_n"]                                 # the scaling stage times no peak
+    if not scaling:
+        d["peak_n"] = cfg.peak_n                        # the scaling stage times no peak
+    else:
         d.update(widths=cfg.widths, threads=cfg.scaling_threads, engines=names.SCALING_ENGINES,
                  sparsities=cfg.scaling_ks())
     return json.loads(json.dumps(d))
