@@ -18,10 +18,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsenet.cfuncs import callback, run_workers
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
@@ -194,17 +195,24 @@ def _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib):
         _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
-@njit(parallel=True, **_OPTS)
-def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu):
-    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over threads."""
-    for ib in prange(indptr.shape[0] - 1):
-        _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
+def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, n_threads=None):
+    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over
+    n_threads threads (Numba's count by default). The engine's layers run the same callback."""
+    n = get_num_threads() if n_threads is None else int(n_threads)
+    args = (data, indices, indptr, bias, x, out, int(r), int(c), bool(relu))
+    run_workers(_matvec_part.of(*args, 1, 0), n, *args, n)
 
 
-@njit(**_OPTS)
 def bsr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, r, c, relu):
     """Single-threaded bsr_matvec_bias_relu."""
-    for ib in range(indptr.shape[0] - 1):
+    bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, 1)
+
+
+@callback
+def _matvec_part(data, indices, indptr, bias, x, out, r, c, relu, n_parts, w):
+    """Part w of n_parts of a layer's block rows at batch 1."""
+    Rb = indptr.shape[0] - 1
+    for ib in range(w * Rb // n_parts, (w + 1) * Rb // n_parts):
         _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
@@ -220,21 +228,22 @@ def _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows,
             buf[:rows[layer + 1] * Bc].reshape((rows[layer + 1], Bc)))
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, HT, buf0, buf1):
-    """Every layer on the calling thread: (rows[0], Bc) -> (rows[-1], Bc), a buffer view."""
+    """Every layer on the calling thread: (rows[0], Bc) -> the last layer's (rows[-1], Bc) in buf0 or
+    buf1 (_layer's view)."""
     Bc = HT.shape[1]
     h = HT
     for layer in range(sizes.shape[0] - 1):
         n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
                                                 rows, r, c, layer, buf0, buf1, Bc)
-        bsr_matmul_bias_relu(d, ix, ip, b, h, out, r, c, relu)
-        out[n_out:] = np.float32(0.0)          # the next layer's padded columns read zeros
+        _matmul_block_rows(d, ix, ip, b, h, out, 0, ip.shape[0] - 1, r, c, relu)
+        for i in range(n_out, out.shape[0]):   # the next layer's padded columns read zeros (a loop: a
+            for j in range(Bc):                # slice assignment compiles Numba's generic setitem)
+                out[i, j] = np.float32(0.0)
         h = out
-    return h
 
 
-@njit(parallel=True, **_OPTS)
 def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
                        X, HT, buf0, buf1, out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
@@ -249,24 +258,35 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
     Chunks are claimed from `counter` (int64 (1,), reset here), not dealt out in equal shares: a
     worker on a slower core runs fewer of them.
     """
-    B = X.shape[0]
-    n_workers, n_in_p, Bc = HT.shape
-    n_out = sizes[sizes.shape[0] - 1]
-    n_chunks = -(-B // Bc)
+    args = (data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, int(r), int(c),
+            X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    for w in prange(n_workers):
-        while True:
-            ch = claim(counter)
-            if ch >= n_chunks:
-                break
-            c0 = ch * Bc
-            _gather_columns(X, c0, HT[w][:sizes[0]])
-            o = _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
-                                HT[w], buf0[w], buf1[w])
-            oc = out[c0:c0 + Bc]
-            for j in range(oc.shape[0]):
-                for i in range(n_out):
-                    oc[j, i] = o[i, j]
+    run_workers(_worker.of(*args, 0), HT.shape[0], *args)
+
+
+@callback
+def _worker(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, X, HT, buf0, buf1, out,
+            counter, w):
+    """Worker w of bsr_forward_chunks: claims chunks until none is left."""
+    B = X.shape[0]
+    Bc = HT.shape[2]
+    last = sizes.shape[0] - 2
+    n_out = sizes[last + 1]
+    n_chunks = -(-B // Bc)
+    while True:
+        ch = claim(counter)
+        if ch >= n_chunks:
+            break
+        c0 = ch * Bc
+        _gather_columns(X, c0, HT[w][:sizes[0]])
+        _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, HT[w], buf0[w],
+                        buf1[w])
+        o = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, last,
+                   buf0[w], buf1[w], Bc)[6]
+        oc = out[c0:c0 + Bc]
+        for j in range(oc.shape[0]):
+            for i in range(n_out):
+                oc[j, i] = o[i, j]
 
 
 @njit(parallel=True, **_OPTS)
@@ -294,20 +314,32 @@ def bsr_forward_rows(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_
             out[j, i] = h[i, j]
 
 
-@njit(**_OPTS)
 def bsr_forward_vec(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
                     parallel):
     """Whole MLP at batch 1: x (rows[0],) zero past n_in -> (rows[-1],) a view of buf0/buf1 (logits
     first). parallel[l]: layer l's block rows are split over the threads."""
+    r, c = int(r), int(c)
+    part = _matvec_part.of(data, indices, indptr, bias, x, buf0, r, c, True, 1, 0)
+    return _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0,
+                        buf1, parallel, get_num_threads())
+
+
+@njit(**_OPTS)
+def _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
+                 parallel, n_threads):
+    """bsr_forward_vec's layers; part: _matvec_part compiled for these arguments, run on n_threads
+    threads (run_workers) for a parallel layer (numba.get_num_threads() inside would make the
+    driver uncacheable: a dynamic global)."""
     h = x
     for layer in range(sizes.shape[0] - 1):
         n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
                                                 rows, r, c, layer, buf0, buf1, 1)
         o = out.reshape(out.shape[0])
         if parallel[layer]:
-            bsr_matvec_bias_relu(d, ix, ip, b, h, o, r, c, relu)
+            run_workers(part, n_threads, d, ix, ip, b, h, o, r, c, relu, n_threads)
         else:
-            bsr_matvec_bias_relu_serial(d, ix, ip, b, h, o, r, c, relu)
-        o[n_out:] = np.float32(0.0)
+            part(d, ix, ip, b, h, o, r, c, relu, 1, 0)
+        for i in range(n_out, o.shape[0]):
+            o[i] = np.float32(0.0)
         h = o
     return h

@@ -24,6 +24,7 @@ Nothing is compiled at import: every kernel compiles lazily on first call (cache
 import numpy as np
 from numba import njit, prange
 
+from sparsenet.cfuncs import callback, run_workers
 from sparsenet.simd import claim, csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
@@ -171,10 +172,11 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     return out
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1):
     """csr_forward on the calling thread alone, every layer on register tiles (TILES or TILE_PANELS:
-    panels[l] says which; Bc a multiple of 16); (n_in, Bc) -> (n_out, Bc), a buffer view."""
+    panels[l] says which; Bc a multiple of 16); (n_in, Bc) -> the last layer's (n_out, Bc) in buf0 or
+    buf1 (_layer's view)."""
     Bc = HT.shape[1]
     n_layers = sizes.shape[0] - 1
     h = HT
@@ -185,7 +187,6 @@ def _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels
         _tile_panels(d, c, ip, panels[layer], b, h, out, 0, n_out, relu)     # TILES or TILE_PANELS
         h = out
         r += n_out
-    return h
 
 
 @njit(inline="always", **_OPTS)
@@ -269,7 +270,6 @@ def _gather_columns(X, c0, HT):
             HT[i, j] = np.float32(0.0)
 
 
-@njit(parallel=True, **_OPTS)
 def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1,
                        out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
@@ -284,20 +284,27 @@ def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, pan
     32-column chunk of a 1000-wide layer: 128 KB, not the 1 MB of a 256 batch that both threads read
     under a row split).
     """
-    B = X.shape[0]
-    n_workers, n_in, Bc = HT.shape
-    n_chunks = -(-B // Bc)
+    args = (data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    for w in prange(n_workers):
-        while True:
-            ch = claim(counter)
-            if ch >= n_chunks:
-                break
-            c0 = ch * Bc
-            _gather_columns(X, c0, HT[w])
-            o = _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w],
-                                buf0[w], buf1[w])                               # (n_out, Bc)
-            oc = out[c0:c0 + Bc]                                                # (<= Bc, n_out)
-            for j in range(oc.shape[0]):
-                for i in range(oc.shape[1]):
-                    oc[j, i] = o[i, j]
+    run_workers(_worker.of(*args, 0), HT.shape[0], *args)
+
+
+@callback
+def _worker(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1, out, counter, w):
+    """Worker w of csr_forward_chunks: claims chunks until none is left."""
+    B = X.shape[0]
+    Bc = HT.shape[2]
+    n_chunks = -(-B // Bc)
+    while True:
+        ch = claim(counter)
+        if ch >= n_chunks:
+            break
+        c0 = ch * Bc
+        _gather_columns(X, c0, HT[w])
+        _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w], buf0[w], buf1[w])
+        o = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, sizes.shape[0] - 2, 0, buf0[w], buf1[w],
+                   Bc)[6]                                                   # (n_out, Bc)
+        oc = out[c0:c0 + Bc]                                                # (<= Bc, n_out)
+        for j in range(oc.shape[0]):
+            for i in range(oc.shape[1]):
+                oc[j, i] = o[i, j]

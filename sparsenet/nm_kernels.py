@@ -47,10 +47,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsenet.cfuncs import callback, run_workers
 from sparsenet.cpu import cpu
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
@@ -294,19 +295,18 @@ def _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc):
             buf[:n_out * Bc].reshape((n_out, Bc)))
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, buf0, buf1):
-    """Every layer on the calling thread: (n_in, Bc) -> (n_out, Bc), a buffer view. ns[l]: layer l's n."""
+    """Every layer on the calling thread: (n_in, Bc) -> the last layer's (n_out, Bc) in buf0 or buf1
+    (_layer's view). ns[l]: layer l's n."""
     Bc = HT.shape[1]
     h = HT
     for layer in range(sizes.shape[0] - 1):
         n_out, v, ix, b, relu, out = _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc)
-        nm_matmul_bias_relu(v, ix, b, h, out, ns[layer], m, panel, relu, tile)
+        _matmul_rows(v, ix, b, h, out, 0, n_out, ns[layer], m, panel, relu, tile)
         h = out
-    return h
 
 
-@njit(parallel=True, **_OPTS)
 def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
@@ -318,22 +318,29 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
     tiles, was no faster on a quiet machine and 4x slower with a third process on the 2 cores: a
     parallel region a layer waits for a descheduled thread at every layer; docs/perf-notes.md, session 7.)
     """
-    B = X.shape[0]
-    n_workers, n_in, Bc = HT.shape
-    n_chunks = -(-B // Bc)
+    args = (values, idx, bias, sizes, val_off, ns, int(m), int(panel), int(tile), X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    for w in prange(n_workers):
-        while True:
-            ch = claim(counter)
-            if ch >= n_chunks:
-                break
-            c0 = ch * Bc
-            _gather_columns(X, c0, HT[w])
-            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
-            oc = out[c0:c0 + Bc]
-            for j in range(oc.shape[0]):
-                for i in range(oc.shape[1]):
-                    oc[j, i] = o[i, j]
+    run_workers(_worker.of(*args, 0), HT.shape[0], *args)
+
+
+@callback
+def _worker(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter, w):
+    """Worker w of nm_forward_chunks: claims chunks until none is left."""
+    B = X.shape[0]
+    Bc = HT.shape[2]
+    n_chunks = -(-B // Bc)
+    while True:
+        ch = claim(counter)
+        if ch >= n_chunks:
+            break
+        c0 = ch * Bc
+        _gather_columns(X, c0, HT[w])
+        _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
+        o = _layer(values, idx, bias, sizes, val_off, sizes.shape[0] - 2, buf0[w], buf1[w], Bc)[5]
+        oc = out[c0:c0 + Bc]
+        for j in range(oc.shape[0]):
+            for i in range(oc.shape[1]):
+                oc[j, i] = o[i, j]
 
 
 @njit(parallel=True, **_OPTS)
@@ -462,32 +469,48 @@ def _vec16(values, idx, bias, x, out, rb0, rb1, G, n, relu):
         nm_vec16_4(values, idx, bias, x, out, rb0, rb1, G, relu)
 
 
-@njit(parallel=True, **_OPTS)
 def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
     """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in VEC16_N:
-    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads."""
-    RB = out.shape[0] // LANES
-    G = values.shape[0] // max(RB * n * LANES, 1)
-    if parallel:
-        for rb in prange(RB):                   # prange hands each thread a contiguous range of blocks
-            _vec16(values, idx, bias, x, out, rb, rb + 1, G, n, relu)
-    else:
-        _vec16(values, idx, bias, x, out, 0, RB, G, n, relu)
+    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads.
+    The engine's layers run the same callback."""
+    k = get_num_threads() if parallel else 1
+    args = (values, idx, bias, x, out, int(n), bool(relu))
+    run_workers(_vec16_part.of(*args, 1, 0), k, *args, k)
 
 
-@njit(**_OPTS)
 def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel):
     """Whole MLP at batch 1 on interleaved N:4 layers: x (>= 4 G_0,) -> a view of buf0/buf1 of
     the output layer's 16 RB rows (rows past sizes[-1] are padding). Layer l: values/idx
     [val_off[l]:val_off[l+1]], bias[bias_off[l]:bias_off[l+1]] (padded to 16 RB), n = ns[l]; the
-    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes."""
+    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes. parallel[l]: layer l's row
+    blocks split over the threads."""
+    part = _vec16_part.of(values, idx, bias, x, buf0, 2, True, 1, 0)
+    return _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel,
+                          get_num_threads())
+
+
+@callback
+def _vec16_part(values, idx, bias, x, out, n, relu, n_parts, w):
+    """Part w of n_parts of an interleaved layer's row blocks (nm_matvec16's)."""
+    RB = out.shape[0] // LANES
+    G = values.shape[0] // max(RB * n * LANES, 1)
+    _vec16(values, idx, bias, x, out, w * RB // n_parts, (w + 1) * RB // n_parts, G, n, relu)
+
+
+@njit(**_OPTS)
+def _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel, n_threads):
+    """nm_forward_vec16's layers; part: _vec16_part compiled for these arguments, run on n_threads
+    threads (run_workers) for a parallel layer."""
     h = x
     L = sizes.shape[0] - 1
     for layer in range(L):
         buf = buf0 if layer % 2 == 0 else buf1
         b = bias[bias_off[layer]:bias_off[layer + 1]]
         o = buf[:b.shape[0]]
-        nm_matvec16(values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]], b, h, o,
-                    ns[layer], layer < L - 1, parallel[layer])
+        v, ix = values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]]
+        if parallel[layer]:
+            run_workers(part, n_threads, v, ix, b, h, o, ns[layer], layer < L - 1, n_threads)
+        else:
+            part(v, ix, b, h, o, ns[layer], layer < L - 1, 1, 0)
         h = buf
     return h

@@ -7,7 +7,7 @@ import re
 
 
 def aarch64_asm(dispatcher) -> list:
-    """NEON assembly of every compiled signature of `dispatcher`, re-targeted from this CPU's IR to
+    """NEON assembly of every compiled signature of `dispatcher` (or a cfuncs.Callback), re-targeted from this CPU's IR to
     aarch64; asserts the IR is there, uses no x86 intrinsic, verifies, and emits an object."""
     import llvmlite.binding as llvm
     llvm.initialize_all_targets()

@@ -1,0 +1,57 @@
+"""Kernels compiled once and called by address: what keeps a parallel driver's cold compile short.
+
+Numba links the LLVM module of every function a jitted function calls into the caller's module and
+optimises and generates machine code for all of it again (`CodeLibrary.add_linking_library`,
+`_optimize_final_module`). A parallel driver (a prange) is four such modules: the parfor's gufunc,
+its two wrappers and the driver. So a chain of register tiles called from a parallel region was
+compiled five or six times over: the nm engine at batch 256 spent 6.9 s of LLVM on six copies of the
+same tiles, 10 s cold in all (session 11, Xeon AVX-512, a slow phase of the VM).
+
+`Callback(py_func)` compiles py_func as a C callback (`numba.cfunc`) for the types of the arguments
+it is first asked for, on first use (nothing at import) and cached on disk like every kernel. A
+driver takes the callback as an argument (a first-class function: Numba types it by its signature)
+and calls it through its address: the driver's modules hold a call, not the kernel, and the kernel
+is compiled once (nm at batch 256: 5.1 s cold). The address is an argument at every call, so a
+cached driver never holds a stale one. The call costs an indirect jump, made once per chunk or row
+block. The types are exact: the driver must pass what the callback was compiled for (C-contiguous
+arrays of the same dtypes and dimensions, int64 scalars).
+"""
+import numpy as np
+from numba import cfunc, njit, prange, typeof, types
+
+OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
+
+
+class Callback:
+    """py_func, compiled as a C callback (void result) per distinct argument types, lazily."""
+
+    def __init__(self, py_func):
+        self.py_func = py_func
+        self.__name__, self.__module__ = py_func.__name__, py_func.__module__
+        self.__doc__ = py_func.__doc__
+        self._compiled = {}
+
+    def of(self, *args):
+        """The compiled callback for arguments of these types (numpy arrays and Python scalars)."""
+        key = tuple((a.dtype.char, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable)
+                    if isinstance(a, np.ndarray) else type(a) for a in args)
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = self._compiled[key] = cfunc(types.void(*(typeof(a) for a in args)), **OPTS)(self.py_func)
+        return fn
+
+    def inspect_llvm(self) -> dict:
+        """LLVM IR of every compiled signature (as a dispatcher's inspect_llvm)."""
+        return {fn._sig: fn.inspect_llvm() for fn in self._compiled.values()}
+
+
+def callback(py_func) -> Callback:
+    """Decorator: py_func becomes a Callback (see the module docstring)."""
+    return Callback(py_func)
+
+
+@njit(parallel=True, **OPTS)
+def run_workers(worker, n_workers, *args):
+    """worker(*args, w) for w in 0..n_workers - 1, one a thread: a parallel region whose body is a call."""
+    for w in prange(n_workers):
+        worker(*args, np.int64(w))
