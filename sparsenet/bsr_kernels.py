@@ -18,7 +18,7 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -195,24 +195,17 @@ def _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib):
         _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
-def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, n_threads=None):
-    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over
-    n_threads threads (Numba's count by default). The engine's layers run the same callback."""
-    n = get_num_threads() if n_threads is None else int(n_threads)
-    args = (data, indices, indptr, bias, x, out, int(r), int(c), bool(relu))
-    run_workers(_matvec_part.of(*args, 1, 0), n, *args, n)
+@njit(parallel=True, **_OPTS)
+def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu):
+    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over threads."""
+    for ib in prange(indptr.shape[0] - 1):
+        _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
+@njit(**_OPTS)
 def bsr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, r, c, relu):
     """Single-threaded bsr_matvec_bias_relu."""
-    bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, 1)
-
-
-@callback
-def _matvec_part(data, indices, indptr, bias, x, out, r, c, relu, n_parts, w):
-    """Part w of n_parts of a layer's block rows at batch 1."""
-    Rb = indptr.shape[0] - 1
-    for ib in range(w * Rb // n_parts, (w + 1) * Rb // n_parts):
+    for ib in range(indptr.shape[0] - 1):
         _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
@@ -261,7 +254,7 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
     args = (data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, int(r), int(c),
             X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.of(*args, 0), HT.shape[0], *args)
+    run_workers(_worker.address(*args, 0), HT.shape[0], *args)
 
 
 @callback
@@ -314,32 +307,20 @@ def bsr_forward_rows(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_
             out[j, i] = h[i, j]
 
 
+@njit(**_OPTS)
 def bsr_forward_vec(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
                     parallel):
     """Whole MLP at batch 1: x (rows[0],) zero past n_in -> (rows[-1],) a view of buf0/buf1 (logits
     first). parallel[l]: layer l's block rows are split over the threads."""
-    r, c = int(r), int(c)
-    part = _matvec_part.of(data, indices, indptr, bias, x, buf0, r, c, True, 1, 0)
-    return _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0,
-                        buf1, parallel, get_num_threads())
-
-
-@njit(**_OPTS)
-def _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
-                 parallel, n_threads):
-    """bsr_forward_vec's layers; part: _matvec_part compiled for these arguments, run on n_threads
-    threads (run_workers) for a parallel layer (numba.get_num_threads() inside would make the
-    driver uncacheable: a dynamic global)."""
     h = x
     for layer in range(sizes.shape[0] - 1):
         n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
                                                 rows, r, c, layer, buf0, buf1, 1)
         o = out.reshape(out.shape[0])
         if parallel[layer]:
-            run_workers(part, n_threads, d, ix, ip, b, h, o, r, c, relu, n_threads)
+            bsr_matvec_bias_relu(d, ix, ip, b, h, o, r, c, relu)
         else:
-            part(d, ix, ip, b, h, o, r, c, relu, 1, 0)
-        for i in range(n_out, o.shape[0]):
-            o[i] = np.float32(0.0)
+            bsr_matvec_bias_relu_serial(d, ix, ip, b, h, o, r, c, relu)
+        o[n_out:] = np.float32(0.0)
         h = o
     return h

@@ -9,15 +9,18 @@ same tiles, 10 s cold in all (session 11, Xeon AVX-512, a slow phase of the VM).
 
 `Callback(py_func)` compiles py_func as a C callback (`numba.cfunc`) for the types of the arguments
 it is first asked for, on first use (nothing at import) and cached on disk like every kernel. A
-driver takes the callback as an argument (a first-class function: Numba types it by its signature)
-and calls it through its address: the driver's modules hold a call, not the kernel, and the kernel
-is compiled once (nm at batch 256: 5.1 s cold). The address is an argument at every call, so a
-cached driver never holds a stale one. The call costs an indirect jump, made once per chunk or row
-block. The types are exact: the driver must pass what the callback was compiled for (C-contiguous
-arrays of the same dtypes and dimensions, int64 scalars).
+driver takes the callback's address (an int) and calls it through `run_workers`: the driver's
+modules hold a call, not the kernel, and the kernel is compiled once. The address is an argument
+at every call, so a cached driver never holds a stale one. An int, not the CFunc object: Numba's
+dispatcher types a CFunc argument in Python (~20 us a call), an int in C. The call costs an
+indirect jump, made once per worker. The types are exact: the driver passes what the callback was
+compiled for (arrays of the same dtypes and dimensions, int64 scalars); `run_workers` builds the
+function type from the arguments it is given.
 """
 import numpy as np
 from numba import cfunc, njit, prange, typeof, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
@@ -30,6 +33,11 @@ class Callback:
         self.__name__, self.__module__ = py_func.__name__, py_func.__module__
         self.__doc__ = py_func.__doc__
         self._compiled = {}
+
+    def address(self, *args) -> int:
+        """The address of the callback compiled for arguments of these types (what drivers take: a
+        Python int is typed in C by Numba's dispatcher; a CFunc argument costs ~20 us a call)."""
+        return self.of(*args).address
 
     def of(self, *args):
         """The compiled callback for arguments of these types (numpy arrays and Python scalars)."""
@@ -50,8 +58,26 @@ def callback(py_func) -> Callback:
     return Callback(py_func)
 
 
+@intrinsic
+def _function(typingctx, addr, args):
+    """The C callback at `addr` as a first-class function taking args' types (a tuple): the caller
+    passes exactly the dtypes and dimensions Callback.address was asked for."""
+    fnty = types.FunctionType(types.void(*args.types))
+
+    def codegen(context, builder, sig, llargs):
+        f = cgutils.create_struct_proxy(fnty)(context, builder)
+        f.c_addr = builder.inttoptr(llargs[0], cgutils.voidptr_t)
+        f.py_addr = cgutils.get_null_value(cgutils.voidptr_t)
+        f.jit_addr = cgutils.get_null_value(cgutils.voidptr_t)
+        return f._getvalue()
+
+    return fnty(addr, args), codegen
+
+
 @njit(parallel=True, **OPTS)
-def run_workers(worker, n_workers, *args):
-    """worker(*args, w) for w in 0..n_workers - 1, one a thread: a parallel region whose body is a call."""
+def run_workers(addr, n_workers, *args):
+    """The callback at addr called as (*args, w) for w in 0..n_workers - 1, one a thread: a parallel
+    region whose body is a call."""
     for w in prange(n_workers):
-        worker(*args, np.int64(w))
+        a = args + (np.int64(w),)
+        _function(addr, a)(*a)

@@ -15,9 +15,7 @@ Which of these runs, and with how many threads, is the plan's decision (plan.py)
 compiled at import; cache=True keeps the compiled code.
 """
 import numpy as np
-from numba import get_num_threads, njit
-
-from sparsenet.cfuncs import callback, run_workers
+from numba import njit, prange
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
@@ -27,7 +25,7 @@ BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
 def _inputs(H, skip, idx):
     """Fill idx with the inputs to sum (all, or those nonzero in some row); their count."""
     B, n_in = H.shape
-    n = np.int64(0)                     # not a literal 0: typing would compile the callee for one
+    n = 0
     for j in range(n_in):
         keep = not skip
         if skip:
@@ -76,24 +74,27 @@ def _tile(WT, b, H, idx, n_idx, out, c0, c1, relu):
                     o[c] = np.float32(0.0)
 
 
-def dense_layer(WT, b, H, idx, out, skip, relu, n_threads=None):
-    """One layer: H (B, n_in) -> out (B, n_out), see the module docstring; the output blocks split
-    over n_threads threads (Numba's count by default). The engine's layers run the same callback."""
-    n = get_num_threads() if n_threads is None else int(n_threads)
-    n_idx = _count_inputs(H, bool(skip), idx)
-    run_workers(_blocks_part.of(WT, b, H, idx, 0, out, True, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu), n)
-
-
+@njit(**_OPTS)
 def dense_layer_serial(WT, b, H, idx, out, skip, relu):
-    """dense_layer on the calling thread."""
-    dense_layer(WT, b, H, idx, out, skip, relu, 1)
+    """One layer on the calling thread: H (B, n_in) -> out (B, n_out); see the module docstring."""
+    n_idx = _inputs(H, skip, idx)
+    n_out = out.shape[1]
+    for c0 in range(0, n_out, BLOCK):
+        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
+
+
+@njit(parallel=True, **_OPTS)
+def dense_layer(WT, b, H, idx, out, skip, relu):
+    """dense_layer_serial with the output blocks split over the threads."""
+    n_idx = _inputs(H, skip, idx)
+    n_out = out.shape[1]
+    n_blocks = -(-n_out // BLOCK)
+    for blk in prange(n_blocks):
+        c0 = blk * BLOCK
+        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
 
 
 @njit(**_OPTS)
-def _count_inputs(H, skip, idx):
-    return _inputs(H, skip, idx)
-
-
 def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, skip, logits):
     """Whole MLP in one call (ReLU on hidden layers): X (B, n_in) -> logits (B, n_out), in place.
 
@@ -102,27 +103,6 @@ def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, ski
     >= max(sizes[:-1]) int64. parallel[l]: layer l splits its output blocks over the threads;
     skip: only inputs nonzero in some row of the batch are summed.
     """
-    if not X.flags.writeable:
-        X = X.copy()                    # every layer's input of one type (the callback's signature)
-    WT = weights[:sizes[0] * sizes[1]].reshape((sizes[0], sizes[1]))
-    part = _blocks_part.of(WT, bias, X, idx, 0, logits, True, 1, 0)
-    _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, bool(skip), logits, get_num_threads())
-
-
-@callback
-def _blocks_part(WT, b, H, idx, n_idx, out, relu, n_parts, w):
-    """Part w of n_parts of a layer's output blocks (dense_layer's), over the inputs idx[:n_idx]."""
-    n_out = out.shape[1]
-    n_blocks = -(-n_out // BLOCK)
-    for blk in range(w * n_blocks // n_parts, (w + 1) * n_blocks // n_parts):
-        c0 = blk * BLOCK
-        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
-
-
-@njit(**_OPTS)
-def _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, skip, logits, n_threads):
-    """dense_forward's layers; part: _blocks_part compiled for these arguments, run on n_threads
-    threads (run_workers) for a parallel layer."""
     B = X.shape[0]
     n_layers = sizes.shape[0] - 1
     h = X
@@ -136,10 +116,9 @@ def _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, sk
             out = logits
         else:
             out = (buf0 if layer % 2 == 0 else buf1)[:B * n_out].reshape((B, n_out))
-        n_idx = _inputs(h, skip, idx)
         if parallel[layer]:
-            run_workers(part, n_threads, WT, b, h, idx, n_idx, out, not last, n_threads)
+            dense_layer(WT, b, h, idx, out, skip, not last)
         else:
-            part(WT, b, h, idx, n_idx, out, not last, 1, 0)
+            dense_layer_serial(WT, b, h, idx, out, skip, not last)
         h = out
         r += n_out

@@ -286,7 +286,7 @@ def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, pan
     """
     args = (data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.of(*args, 0), HT.shape[0], *args)
+    run_workers(_worker.address(*args, 0), HT.shape[0], *args)
 
 
 @callback
