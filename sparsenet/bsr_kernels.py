@@ -18,11 +18,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, run_workers
+from sparsenet.cfuncs import callback, invoke, run_workers
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
@@ -195,17 +195,24 @@ def _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib):
         _matvec_rows(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
-@njit(parallel=True, **_OPTS)
-def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu):
-    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over threads."""
-    for ib in prange(indptr.shape[0] - 1):
-        _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
+def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, n_threads=None):
+    """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over
+    n_threads threads (Numba's count by default). The engine's layers run the same callback."""
+    n = get_num_threads() if n_threads is None else int(n_threads)
+    args = (data, indices, indptr, bias, x, out, int(r), int(c), bool(relu))
+    run_workers(_matvec_part.address(*args, 1, 0), n, *args, n)
 
 
-@njit(**_OPTS)
 def bsr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, r, c, relu):
     """Single-threaded bsr_matvec_bias_relu."""
-    for ib in range(indptr.shape[0] - 1):
+    bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, 1)
+
+
+@callback
+def _matvec_part(data, indices, indptr, bias, x, out, r, c, relu, n_parts, w):
+    """Part w of n_parts of a layer's block rows at batch 1."""
+    Rb = indptr.shape[0] - 1
+    for ib in range(w * Rb // n_parts, (w + 1) * Rb // n_parts):
         _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib)
 
 
@@ -238,7 +245,7 @@ def _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_o
 
 
 def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c,
-                       X, HT, buf0, buf1, out, counter):
+                       X, HT, buf0, buf1, out, counter, callbacks=None):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns blocks blk_off[l]:blk_off[l+1] (data flat, r * c floats a
@@ -254,7 +261,7 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
     args = (data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, int(r), int(c),
             X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.address(*args, 0), HT.shape[0], *args)
+    run_workers(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
 
 
 @callback
@@ -307,20 +314,36 @@ def bsr_forward_rows(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_
             out[j, i] = h[i, j]
 
 
-@njit(**_OPTS)
 def bsr_forward_vec(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
-                    parallel):
+                    parallel, callbacks=None, n_threads=None):
     """Whole MLP at batch 1: x (rows[0],) zero past n_in -> (rows[-1],) a view of buf0/buf1 (logits
-    first). parallel[l]: layer l's block rows are split over the threads."""
+    first). parallel[l]: layer l's block rows are split over n_threads threads (Numba's count by
+    default). callbacks: the caller's cache of callback addresses (cfuncs.Callback.address)."""
+    part = callbacks.get(_matvec_part) if callbacks is not None else None
+    if part is None:
+        part = _matvec_part.address(data, indices, indptr, bias, x, buf0, int(r), int(c), True, 1, 0, cache=callbacks)
+    n = get_num_threads() if n_threads is None else n_threads
+    return _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0,
+                        buf1, parallel, n)
+
+
+@njit(parallel=True, **_OPTS)
+def _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0, buf1,
+                 parallel, n_threads):
+    """bsr_forward_vec's layers; part: _matvec_part compiled for these arguments, on n_threads
+    threads for a parallel layer (numba.get_num_threads() inside would make the driver uncacheable:
+    a dynamic global)."""
     h = x
     for layer in range(sizes.shape[0] - 1):
         n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
                                                 rows, r, c, layer, buf0, buf1, 1)
         o = out.reshape(out.shape[0])
         if parallel[layer]:
-            bsr_matvec_bias_relu(d, ix, ip, b, h, o, r, c, relu)
+            for w in prange(n_threads):
+                invoke(part, (d, ix, ip, b, h, o, r, c, relu, n_threads, np.int64(w)))
         else:
-            bsr_matvec_bias_relu_serial(d, ix, ip, b, h, o, r, c, relu)
-        o[n_out:] = np.float32(0.0)
+            invoke(part, (d, ix, ip, b, h, o, r, c, relu, np.int64(1), np.int64(0)))
+        for i in range(n_out, o.shape[0]):
+            o[i] = np.float32(0.0)
         h = o
     return h

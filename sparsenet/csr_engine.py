@@ -203,7 +203,8 @@ class CSREngine(Engine):
             HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
             out = np.empty((B, self.n_out), np.float32)
             kernels.csr_forward_chunks(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
-                                       ptr_off, panels, X, HT, buf0, buf1, out, counter)
+                                       ptr_off, panels, X, HT, buf0, buf1, out, counter,
+                                       self._callbacks.setdefault(p.layout, {}))
             return out
         Bp, HT, buf0, buf1 = self._buffers(B)
         if B == 1:

@@ -15,7 +15,9 @@ Which of these runs, and with how many threads, is the plan's decision (plan.py)
 compiled at import; cache=True keeps the compiled code.
 """
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
+
+from sparsenet.cfuncs import callback, invoke, run_workers
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
@@ -25,7 +27,7 @@ BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
 def _inputs(H, skip, idx):
     """Fill idx with the inputs to sum (all, or those nonzero in some row); their count."""
     B, n_in = H.shape
-    n = 0
+    n = np.int64(0)                     # not a literal 0: typing would compile the callee for one
     for j in range(n_in):
         keep = not skip
         if skip:
@@ -74,35 +76,58 @@ def _tile(WT, b, H, idx, n_idx, out, c0, c1, relu):
                     o[c] = np.float32(0.0)
 
 
-@njit(**_OPTS)
+def dense_layer(WT, b, H, idx, out, skip, relu, n_threads=None):
+    """One layer: H (B, n_in) -> out (B, n_out), see the module docstring; the output blocks split
+    over n_threads threads (Numba's count by default). The engine's layers run the same callback."""
+    n = get_num_threads() if n_threads is None else int(n_threads)
+    n_idx = _count_inputs(H, bool(skip), idx)
+    run_workers(_blocks_part.address(WT, b, H, idx, 0, out, True, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu), n)
+
+
 def dense_layer_serial(WT, b, H, idx, out, skip, relu):
-    """One layer on the calling thread: H (B, n_in) -> out (B, n_out); see the module docstring."""
-    n_idx = _inputs(H, skip, idx)
-    n_out = out.shape[1]
-    for c0 in range(0, n_out, BLOCK):
-        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
-
-
-@njit(parallel=True, **_OPTS)
-def dense_layer(WT, b, H, idx, out, skip, relu):
-    """dense_layer_serial with the output blocks split over the threads."""
-    n_idx = _inputs(H, skip, idx)
-    n_out = out.shape[1]
-    n_blocks = -(-n_out // BLOCK)
-    for blk in prange(n_blocks):
-        c0 = blk * BLOCK
-        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
+    """dense_layer on the calling thread."""
+    dense_layer(WT, b, H, idx, out, skip, relu, 1)
 
 
 @njit(**_OPTS)
-def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, skip, logits):
+def _count_inputs(H, skip, idx):
+    return _inputs(H, skip, idx)
+
+
+def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, skip, logits, callbacks=None,
+                  n_threads=None):
     """Whole MLP in one call (ReLU on hidden layers): X (B, n_in) -> logits (B, n_out), in place.
 
     Layer l's WT (sizes[l], sizes[l+1]) is weights[w_off[l]:w_off[l+1]] row-major, its bias
     bias[sum(sizes[1:l+1]):][:sizes[l+1]]. buf0/buf1 hold >= B * max(hidden sizes) floats, idx
-    >= max(sizes[:-1]) int64. parallel[l]: layer l splits its output blocks over the threads;
-    skip: only inputs nonzero in some row of the batch are summed.
+    >= max(sizes[:-1]) int64. parallel[l]: layer l splits its output blocks over n_threads threads
+    (Numba's count by default); skip: only inputs nonzero in some row of the batch are summed.
+    callbacks: the caller's cache of callback addresses (cfuncs.Callback.address).
     """
+    if not X.flags.writeable:
+        X = X.copy()                    # every layer's input of one type (the callback's signature)
+    part = callbacks.get(_blocks_part) if callbacks is not None else None
+    if part is None:
+        WT = weights[:sizes[0] * sizes[1]].reshape((sizes[0], sizes[1]))
+        part = _blocks_part.address(WT, bias, X, idx, 0, logits, True, 1, 0, cache=callbacks)
+    n = get_num_threads() if n_threads is None else n_threads
+    _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, bool(skip), logits, n)
+
+
+@callback
+def _blocks_part(WT, b, H, idx, n_idx, out, relu, n_parts, w):
+    """Part w of n_parts of a layer's output blocks (dense_layer's), over the inputs idx[:n_idx]."""
+    n_out = out.shape[1]
+    n_blocks = -(-n_out // BLOCK)
+    for blk in range(w * n_blocks // n_parts, (w + 1) * n_blocks // n_parts):
+        c0 = blk * BLOCK
+        _tile(WT, b, H, idx, n_idx, out, c0, min(c0 + BLOCK, n_out), relu)
+
+
+@njit(parallel=True, **_OPTS)
+def _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, skip, logits, n_threads):
+    """dense_forward's layers; part: _blocks_part compiled for these arguments, on n_threads threads
+    for a parallel layer."""
     B = X.shape[0]
     n_layers = sizes.shape[0] - 1
     h = X
@@ -116,9 +141,12 @@ def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, ski
             out = logits
         else:
             out = (buf0 if layer % 2 == 0 else buf1)[:B * n_out].reshape((B, n_out))
+        n_idx = _inputs(h, skip, idx)
+        relu = not last
         if parallel[layer]:
-            dense_layer(WT, b, h, idx, out, skip, not last)
+            for w in prange(n_threads):
+                invoke(part, (WT, b, h, idx, n_idx, out, relu, n_threads, np.int64(w)))
         else:
-            dense_layer_serial(WT, b, h, idx, out, skip, not last)
+            invoke(part, (WT, b, h, idx, n_idx, out, relu, np.int64(1), np.int64(0)))
         h = out
         r += n_out

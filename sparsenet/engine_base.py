@@ -37,6 +37,7 @@ class Engine:
         self.n_out = params[-1].weight.shape[0]
         self.has_bias = any(l.bias is not None for l in params)
         self._held = 0
+        self._callbacks = {}        # cfuncs.Callback.address's cache: the kernels' addresses for our arrays
         self._build(params)
 
     # -- subclass hooks --------------------------------------------------------------------------

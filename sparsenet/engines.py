@@ -110,7 +110,8 @@ class FusedDenseEngine(DenseEngine):
             self._bufs = (B, np.empty(B * self._width, np.float32), np.empty(B * self._width, np.float32))
         logits = np.empty((B, self.n_out), np.float32)
         dense_kernels.dense_forward(self._weights, self._w_off, self._bias, self._sizes, X, self._bufs[1],
-                                    self._bufs[2], self._idx, parallel, self.skip_zeros, logits)
+                                    self._bufs[2], self._idx, parallel, self.skip_zeros, logits, self._callbacks,
+                                    self.threads)
         return logits
 
 

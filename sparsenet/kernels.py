@@ -271,7 +271,7 @@ def _gather_columns(X, c0, HT):
 
 
 def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1,
-                       out, counter):
+                       out, counter, callbacks=None):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers as in csr_forward. The batch is cut into n_chunks = ceil(B / Bc) chunks of Bc columns (a
@@ -286,7 +286,7 @@ def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, pan
     """
     args = (data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.address(*args, 0), HT.shape[0], *args)
+    run_workers(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
 
 
 @callback

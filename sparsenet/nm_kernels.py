@@ -47,11 +47,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, run_workers
+from sparsenet.cfuncs import callback, invoke, run_workers
 from sparsenet.cpu import cpu
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
@@ -307,7 +307,8 @@ def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, b
         h = out
 
 
-def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter):
+def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter,
+                      callbacks=None):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
@@ -320,7 +321,7 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
     """
     args = (values, idx, bias, sizes, val_off, ns, int(m), int(panel), int(tile), X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.address(*args, 0), HT.shape[0], *args)
+    run_workers(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
 
 
 @callback
@@ -469,32 +470,54 @@ def _vec16(values, idx, bias, x, out, rb0, rb1, G, n, relu):
         nm_vec16_4(values, idx, bias, x, out, rb0, rb1, G, relu)
 
 
-@njit(parallel=True, **_OPTS)
 def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
     """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in VEC16_N:
-    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads."""
-    RB = out.shape[0] // LANES
-    G = values.shape[0] // max(RB * n * LANES, 1)
-    if parallel:
-        for rb in prange(RB):                   # prange hands each thread a contiguous range of blocks
-            _vec16(values, idx, bias, x, out, rb, rb + 1, G, n, relu)
-    else:
-        _vec16(values, idx, bias, x, out, 0, RB, G, n, relu)
+    x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads.
+    The engine's layers run the same callback."""
+    k = get_num_threads() if parallel else 1
+    args = (values, idx, bias, x, out, int(n), bool(relu))
+    run_workers(_vec16_part.address(*args, 1, 0), k, *args, k)
 
 
-@njit(**_OPTS)
-def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel):
+def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel, callbacks=None,
+                     n_threads=None):
     """Whole MLP at batch 1 on interleaved N:4 layers: x (>= 4 G_0,) -> a view of buf0/buf1 of
     the output layer's 16 RB rows (rows past sizes[-1] are padding). Layer l: values/idx
     [val_off[l]:val_off[l+1]], bias[bias_off[l]:bias_off[l+1]] (padded to 16 RB), n = ns[l]; the
-    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes."""
+    buffers hold >= max 16 RB + 4 floats, zero past what a layer writes. parallel[l]: layer l's row
+    blocks split over n_threads threads (Numba's count by default). callbacks: the caller's cache of
+    callback addresses (cfuncs.Callback.address)."""
+    part = callbacks.get(_vec16_part) if callbacks is not None else None
+    if part is None:
+        part = _vec16_part.address(values, idx, bias, x, buf0, 2, True, 1, 0, cache=callbacks)
+    n = get_num_threads() if n_threads is None else n_threads
+    return _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel, n)
+
+
+@callback
+def _vec16_part(values, idx, bias, x, out, n, relu, n_parts, w):
+    """Part w of n_parts of an interleaved layer's row blocks (nm_matvec16's)."""
+    RB = out.shape[0] // LANES
+    G = values.shape[0] // max(RB * n * LANES, 1)
+    _vec16(values, idx, bias, x, out, w * RB // n_parts, (w + 1) * RB // n_parts, G, n, relu)
+
+
+@njit(parallel=True, **_OPTS)
+def _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel, n_threads):
+    """nm_forward_vec16's layers; part: _vec16_part compiled for these arguments, on n_threads
+    threads for a parallel layer."""
     h = x
     L = sizes.shape[0] - 1
     for layer in range(L):
         buf = buf0 if layer % 2 == 0 else buf1
         b = bias[bias_off[layer]:bias_off[layer + 1]]
         o = buf[:b.shape[0]]
-        nm_matvec16(values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]], b, h, o,
-                    ns[layer], layer < L - 1, parallel[layer])
+        v, ix = values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]]
+        relu = layer < L - 1
+        if parallel[layer]:
+            for w in prange(n_threads):
+                invoke(part, (v, ix, b, h, o, ns[layer], relu, n_threads, np.int64(w)))
+        else:
+            invoke(part, (v, ix, b, h, o, ns[layer], relu, np.int64(1), np.int64(0)))
         h = buf
     return h

@@ -198,7 +198,8 @@ class BSREngine(_Chunked):
         if p.split == "none":
             x, buf0, buf1 = self._vec
             x[:self.n_in] = X[0]                                    # rows past n_in stay zero
-            o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers())
+            o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers(), self._callbacks,
+                                            self.threads)
             out[0] = o[:self.n_out]
             return out
         if p.split == "rows":
@@ -206,7 +207,7 @@ class BSREngine(_Chunked):
             bsr_kernels.bsr_forward_rows(*self._args(), X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
         HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
-        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out, counter)
+        bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out, counter, self._callbacks)
         return out
 
 
@@ -343,7 +344,7 @@ class NMEngine(_Chunked):
             values, idx, bias, val_off, bias_off, x, buf0, buf1 = self._vec16
             x[:self.n_in] = X[0]                                    # inputs past n_in stay zero
             o = nm_kernels.nm_forward_vec16(values, idx, bias, self._sizes, val_off, bias_off, self._ns, x, buf0,
-                                            buf1, self._parallel_layers())
+                                            buf1, self._parallel_layers(), self._callbacks, self.threads)
             out[0] = o[:self.n_out]
             return out
         if p.split == "none":
@@ -355,7 +356,7 @@ class NMEngine(_Chunked):
             nm_kernels.nm_forward_rows(*args, self.panel, X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
             return out
         HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
-        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter)
+        nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter, self._callbacks)
         return out
 
 
