@@ -14,6 +14,8 @@ Edge blocks: the kernels compute on the padded shape (rows ceil(n_out / r) * r, 
 ceil(n_in / c) * c); the stored padding is zero (bsr.BSR.check), the padded biases are zero, and
 the drivers zero the activation rows past n_out that the next layer's padded columns read, so
 the padding never leaks (not even a stale inf from an earlier call: 0 * inf would be NaN).
+The batch split's workers and batch 1's parts of a layer are C callbacks the drivers call by address
+(cfuncs), so the register tiles are compiled once, not again in every parallel driver's modules.
 Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
@@ -22,7 +24,7 @@ from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, invoke, run_workers
+from sparsenet.cfuncs import callback, invoke, run
 from sparsenet.kernels import _gather_columns
 from sparsenet.simd import IR, LANES, VF, claim, require_arrays
 
@@ -200,7 +202,7 @@ def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, n_thre
     n_threads threads (Numba's count by default). The engine's layers run the same callback."""
     n = get_num_threads() if n_threads is None else int(n_threads)
     args = (data, indices, indptr, bias, x, out, int(r), int(c), bool(relu))
-    run_workers(_matvec_part.address(*args, 1, 0), n, *args, n)
+    run(_matvec_part.address(*args, 1, 0), n, *args, n)
 
 
 def bsr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, r, c, relu):
@@ -261,7 +263,7 @@ def bsr_forward_chunks(data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
     args = (data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, int(r), int(c),
             X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
+    run(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
 
 
 @callback

@@ -204,7 +204,7 @@ class CSREngine(Engine):
             out = np.empty((B, self.n_out), np.float32)
             kernels.csr_forward_chunks(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
                                        ptr_off, panels, X, HT, buf0, buf1, out, counter,
-                                       self._callbacks.setdefault(p.layout, {}))
+                                       self._callbacks.setdefault(("batch", p.layout), {}))
             return out
         Bp, HT, buf0, buf1 = self._buffers(B)
         if B == 1:
@@ -212,7 +212,8 @@ class CSREngine(Engine):
         else:
             np.copyto(HT[:, :B], X.T)                    # (B, n_in) -> (n_in, Bp); pad columns stay 0
         outT = kernels.csr_forward(data, indices, indptr, self._bias, self._sizes, self._nnz_off,
-                                   ptr_off, panels, HT, buf0, buf1, codes, self.threads)  # (n_out, Bp)
+                                   ptr_off, panels, HT, buf0, buf1, codes, self.threads,
+                                   self._callbacks.setdefault(("rows", p.layout), {}))    # (n_out, Bp)
         out = np.empty((B, self.n_out), np.float32)     # outT is a view of buf0/buf1: never return it
         out[:] = outT[:, :B].T
         return out

@@ -12,12 +12,14 @@ and a skipped input is a row of WT never read. Output columns are cut into block
 the plan says so. Four inputs per pass over the tile (one load/store of out per 4 FMAs).
 
 Which of these runs, and with how many threads, is the plan's decision (plan.py); nothing is
-compiled at import; cache=True keeps the compiled code.
+compiled at import; cache=True keeps the compiled code. A layer's blocks are a C callback the
+driver calls by address (cfuncs), on the calling thread or from its parallel region: compiled once
+(cold, batch 1, 2 threads: 7.3 -> 2.8 s on this VM).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from sparsenet.cfuncs import callback, invoke, run_workers
+from sparsenet.cfuncs import callback, invoke, run
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
@@ -81,7 +83,7 @@ def dense_layer(WT, b, H, idx, out, skip, relu, n_threads=None):
     over n_threads threads (Numba's count by default). The engine's layers run the same callback."""
     n = get_num_threads() if n_threads is None else int(n_threads)
     n_idx = _count_inputs(H, bool(skip), idx)
-    run_workers(_blocks_part.address(WT, b, H, idx, 0, out, True, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu), n)
+    run(_blocks_part.address(WT, b, H, idx, 0, out, True, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu), n)
 
 
 def dense_layer_serial(WT, b, H, idx, out, skip, relu):

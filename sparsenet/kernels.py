@@ -18,13 +18,14 @@ columns (the engine's buffers; pad columns zero). Rules the loops follow (figure
   within float32 rounding of the reference and NaN/inf propagate);
 - csr_forward_chunks splits the batch into chunks the threads claim one at a time (simd.claim),
   each chunk through every layer on one thread, transposing its own columns (contiguous writes,
-  strided reads).
+  strided reads); a worker is a C callback called by address from a parallel region whose body is
+  that call (cfuncs: compiled once, not again in every parallel driver's modules).
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
-from sparsenet.cfuncs import callback, run_workers
+from sparsenet.cfuncs import callback, invoke, run
 from sparsenet.simd import claim, csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
@@ -74,19 +75,24 @@ def _row_dot(d, c, x):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(parallel=True, **_OPTS)
-def csr_matvec_bias_relu(data, indices, indptr, bias, x, out, relu):
-    """out = (relu)(W @ x + bias); (n_in,) -> (n_out,); rows split over threads."""
-    for i in prange(out.shape[0]):
-        lo, hi = indptr[i], indptr[i + 1]
-        s = bias[i] + _row_dot(data[lo:hi], indices[lo:hi], x)
-        out[i] = max(s, np.float32(0.0)) if relu else s
+def csr_matvec_bias_relu(data, indices, indptr, bias, x, out, relu, n_threads=None):
+    """out = (relu)(W @ x + bias); (n_in,) -> (n_out,); rows split over n_threads threads (Numba's
+    count by default). csr_forward's layers run the same callback."""
+    n = get_num_threads() if n_threads is None else int(n_threads)
+    args = (data, indices, indptr, bias, x, out, bool(relu))
+    run(_spmv_part.address(*args, 1, 0), n, *args, n)
 
 
-@njit(**_OPTS)
 def csr_matvec_bias_relu_serial(data, indices, indptr, bias, x, out, relu):
     """Single-threaded csr_matvec_bias_relu: no parallel-region cost for small layers."""
-    for i in range(out.shape[0]):
+    csr_matvec_bias_relu(data, indices, indptr, bias, x, out, relu, 1)
+
+
+@callback
+def _spmv_part(data, indices, indptr, bias, x, out, relu, n_parts, w):
+    """Rows of part w of n_parts of a layer at batch 1 (SPMV)."""
+    n_out = out.shape[0]
+    for i in range(w * n_out // n_parts, (w + 1) * n_out // n_parts):
         lo, hi = indptr[i], indptr[i + 1]
         s = bias[i] + _row_dot(data[lo:hi], indices[lo:hi], x)
         out[i] = max(s, np.float32(0.0)) if relu else s
@@ -115,15 +121,21 @@ def _tile_panels(d, c, ip, panel, b, h, out, r0, r1, relu):
                 csr_rows16(d, c, q, b, H, out, r0, r1, B, B, B - 16, p == 0, relu and last)
 
 
-@njit(parallel=True, **_OPTS)
 def csr_tile_panels_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):
     """out = (relu)(W @ HT + bias[:, None]) on register tiles over column panels (_tile_panels), rows
-    cut into n_blocks blocks over the threads (one parallel region); (n_in, B) -> (n_out, B), B >= 16."""
+    cut into n_blocks blocks over the threads (one parallel region); (n_in, B) -> (n_out, B), B >= 16.
+    csr_forward's layers run the same callback."""
+    nb = max(1, min(int(n_blocks), out.shape[0]))
+    args = (data, indices, indptr, int(panel), bias, HT, out, bool(relu))
+    run(_tiles_part.address(*args, 1, 0), nb, *args, nb)
+
+
+@callback
+def _tiles_part(data, indices, indptr, panel, bias, HT, out, relu, n_parts, w):
+    """Row block w of n_parts of a layer on register tiles over column panels (TILES, TILE_PANELS)."""
     n_out = out.shape[0]
-    n_blocks = max(1, min(n_blocks, n_out))
-    for blk in prange(n_blocks):
-        _tile_panels(data, indices, indptr, panel, bias, HT, out, blk * n_out // n_blocks,
-                     (blk + 1) * n_out // n_blocks, relu)
+    _tile_panels(data, indices, indptr, panel, bias, HT, out, w * n_out // n_parts, (w + 1) * n_out // n_parts,
+                 relu)
 
 
 @njit(inline="always", **_OPTS)
@@ -137,8 +149,8 @@ def _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, layer, r, buf0,
             bias[r:r + n_out], layer < sizes.shape[0] - 2, buf[:n_out * B].reshape((n_out, B)))
 
 
-@njit(**_OPTS)
-def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes, n_threads):
+def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes, n_threads,
+                callbacks=None):
     """Whole MLP in one call: ReLU on hidden layers, linear last layer. (n_in, B) -> (n_out, B).
 
     Layers are concatenated: layer l owns data/indices[nnz_off[l]:nnz_off[l+1]], row pointers
@@ -148,7 +160,29 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
     _tile_panels). buf0/buf1 hold >= max(hidden sizes) * B floats (ping-pong); the result is a view
     into one of them. codes[l] is layer l's kernel (SPMV at B == 1, else TILES or TILE_PANELS, B a
     multiple of 16) | PARALLEL when its rows run on all threads (n_threads row blocks): the plan decides.
+    callbacks: the caller's cache of callback addresses (cfuncs.Callback.address).
     """
+    key = (csr_forward, (int(codes[0]) & (PARALLEL - 1)) == SPMV)    # one kind for every layer: the usual case
+    pair = callbacks.get(key) if callbacks is not None else None
+    if pair is None:
+        kinds = codes & (PARALLEL - 1)
+        spmv = tiles = 0                        # the address of a kind no layer runs is never called
+        if (kinds == SPMV).any():
+            spmv = _spmv_part.address(data, indices, indptr, bias, buf0, buf1, True, 1, 0, cache=callbacks)
+        if (kinds != SPMV).any():
+            tiles = _tiles_part.address(data, indices, indptr, 0, bias, HT, HT, True, 1, 0, cache=callbacks)
+        pair = (spmv, tiles)
+        if callbacks is not None and ((kinds == SPMV).all() or (kinds != SPMV).all()):
+            callbacks[key] = pair
+    spmv, tiles = pair
+    return _forward(spmv, tiles, data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1,
+                    codes, int(n_threads))
+
+
+@njit(parallel=True, **_OPTS)
+def _forward(spmv, tiles, data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT, buf0, buf1, codes,
+             n_threads):
+    """csr_forward's layers; spmv, tiles: _spmv_part and _tiles_part compiled for these arguments."""
     B = HT.shape[1]
     n_layers = sizes.shape[0] - 1
     h = HT
@@ -158,15 +192,20 @@ def csr_forward(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT
         n_out, d, c, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off,
                                                layer, r, buf0, buf1, B)
         kind, parallel = codes[layer] & (PARALLEL - 1), codes[layer] & PARALLEL
+        n = max(1, min(n_threads, n_out)) if parallel else 1
         if kind == SPMV:
             x = h.reshape(h.shape[0])
             o = out.reshape(n_out)
-            if parallel:
-                csr_matvec_bias_relu(d, c, ip, b, x, o, relu)
+            if n > 1:
+                for w in prange(n):
+                    invoke(spmv, (d, c, ip, b, x, o, relu, n, np.int64(w)))
             else:
-                csr_matvec_bias_relu_serial(d, c, ip, b, x, o, relu)
-        else:                                   # TILES or TILE_PANELS: a plain layer is one panel
-            csr_tile_panels_bias_relu(d, c, ip, panels[layer], b, h, out, relu, n_threads if parallel else 1)
+                invoke(spmv, (d, c, ip, b, x, o, relu, np.int64(1), np.int64(0)))
+        elif n > 1:                             # TILES or TILE_PANELS: a plain layer is one panel
+            for w in prange(n):
+                invoke(tiles, (d, c, ip, panels[layer], b, h, out, relu, n, np.int64(w)))
+        else:
+            invoke(tiles, (d, c, ip, panels[layer], b, h, out, relu, np.int64(1), np.int64(0)))
         h = out
         r += n_out
     return out
@@ -286,7 +325,7 @@ def csr_forward_chunks(data, indices, indptr, bias, sizes, nnz_off, ptr_off, pan
     """
     args = (data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    run_workers(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
+    run(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
 
 
 @callback

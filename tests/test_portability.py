@@ -31,7 +31,8 @@ _AARCH64 = textwrap.dedent("""
     make_engine("csr", params, threads=1, sell=False,
                 tuning=Tuning(max_chunk=0, tile_chunk=0))(np.ones((5, 64), np.float32))   # row split
     make_engine("csr", params, threads=1, sell=False)(np.ones((1, 64), np.float32))       # SpMV
-    for disp in (kernels._worker, kernels.csr_forward, sell_kernels.sell_forward_portable):
+    for disp in (kernels._worker, kernels._forward, kernels._spmv_part, kernels._tiles_part,
+                 sell_kernels.sell_forward_portable):
         for asm in aarch64_asm(disp):
             print(disp.__name__, "fmla" in asm)
 """)
@@ -46,8 +47,8 @@ def test_portable_kernels_compile_for_aarch64(tmp_path):
     r = _run([sys.executable, "-c", _AARCH64], NUMBA_OPT="0", NUMBA_CACHE_DIR=str(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
-    assert set(lines) == {"_worker", "csr_forward", "sell_forward_portable"}
-    assert lines["_worker"] == "True"        # the register tiles (the batch split's callback) became NEON fmla
+    assert set(lines) == {"_worker", "_forward", "_spmv_part", "_tiles_part", "sell_forward_portable"}
+    assert lines["_worker"] == lines["_tiles_part"] == "True"     # the register tiles became NEON fmla
 
 
 @pytest.mark.skipif(not sell_kernels.available(),

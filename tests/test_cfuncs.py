@@ -1,0 +1,102 @@
+"""cfuncs: callbacks compiled on first use per argument types, called by address from parallel regions;
+a driver cached by one process runs the callbacks another process compiled."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+
+from sparsenet.cfuncs import Callback, callback, invoke, run_workers
+
+
+@callback
+def _fill(out, scale, w):
+    """out[w] = scale * (w + 1): each worker writes its own slot."""
+    out[w] = scale * (w + 1)
+
+
+@callback
+def _gather(values, index, out, w):
+    """out[w] = values[index[w]]: an index array whose dtype varies."""
+    out[w] = values[np.int64(index[w])]
+
+
+@njit(cache=True)
+def _invoke_each(addr, out, scale):
+    for w in range(out.shape[0]):
+        invoke(addr, (out, scale, np.int64(w)))
+
+
+def test_nothing_compiled_until_asked():
+    cb = Callback(_fill.py_func)
+    assert cb._compiled == {} and cb.inspect_llvm() == {}
+    assert cb.__name__ == "_fill" and cb.__module__ == __name__
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 7])
+def test_run_workers_calls_every_worker_once(n_workers):
+    out = np.zeros(n_workers, np.float64)
+    run_workers(_fill.address(out, 2.0, 0), n_workers, out, 2.0)
+    np.testing.assert_array_equal(out, 2.0 * np.arange(1, n_workers + 1))
+
+
+def test_invoke_on_the_calling_thread():
+    out = np.zeros(5, np.float64)
+    _invoke_each(_fill.address(out, 0.5, 0), out, 0.5)
+    np.testing.assert_array_equal(out, 0.5 * np.arange(1, 6))
+
+
+def test_one_compile_per_argument_types():
+    values = np.arange(10, dtype=np.float32) * 3
+    out = np.zeros(4, np.float32)
+    addrs = {}
+    for dtype in (np.uint16, np.uint32, np.uint16):
+        index = np.array([9, 0, 4, 2], dtype)
+        addr = _gather.address(values, index, out, 0)
+        assert addrs.setdefault(np.dtype(dtype), addr) == addr         # the same types: the same callback
+        out[:] = 0
+        run_workers(addr, 4, values, index, out)
+        np.testing.assert_array_equal(out, values[[9, 0, 4, 2]])
+    assert addrs[np.dtype(np.uint16)] != addrs[np.dtype(np.uint32)]
+    assert len(_gather.inspect_llvm()) == 2 and all("define" in ir for ir in _gather.inspect_llvm().values())
+
+
+def test_cache_dict_keeps_the_address():
+    out = np.zeros(3, np.float64)
+    cache = {}
+    addr = _fill.address(out, 1.0, 0, cache=cache)
+    assert cache == {_fill: addr}
+    cache[_fill] = 12345                    # a cache hit does not look at the arguments again
+    assert _fill.address(out, 1.0, 0, cache=cache) == 12345
+
+
+_CACHED_RUN = textwrap.dedent("""
+    import numpy as np
+    from sparsenet import model, prune
+    from sparsenet.engines import make_engine
+    p0 = model.he_init((40, 48, 32, 10), bias=True, seed=1)
+    X = np.random.default_rng(0).standard_normal((70, 40)).astype(np.float32)
+    ref = model.forward(p0, X)
+    for name, p in (("csr", prune.weight_prune(p0, 0.6)), ("bsr", prune.block_prune(p0, 0.5, (8, 1))),
+                    ("nm", prune.nm_prune(p0, 2, 4)), ("dense-fused", p0)):
+        e = make_engine(name, p, threads=2)
+        for B in (1, 70):
+            np.testing.assert_allclose(e(X[:B]), model.forward(p, X[:B]), rtol=1e-4, atol=1e-4)
+    print("ok")
+""")
+
+
+def test_cached_drivers_take_this_process_addresses(tmp_path):
+    """A driver loaded from Numba's cache holds no address: the second process compiles nothing of
+    the drivers and its callbacks live elsewhere in memory, and every engine still matches dense."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _CACHED_RUN], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+    assert any(p.suffix == ".nbc" and "cfuncs" in p.name for p in tmp_path.rglob("*"))
