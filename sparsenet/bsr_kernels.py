@@ -25,8 +25,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsenet.cfuncs import callback, invoke, run
-from sparsenet.kernels import _gather_columns
-from sparsenet.simd import IR, LANES, VF, claim, require_arrays
+from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
+from sparsenet.simd import IR, LANES, VF, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 W = 2                       # 16-float vectors per tile row: 32 batch columns
@@ -274,21 +274,15 @@ def _worker(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows
     Bc = HT.shape[2]
     last = sizes.shape[0] - 2
     n_out = sizes[last + 1]
-    n_chunks = -(-B // Bc)
-    while True:
-        ch = claim(counter)
-        if ch >= n_chunks:
-            break
-        c0 = ch * Bc
+    c0 = _claim_chunk(counter, B, Bc)
+    while c0 >= 0:
         _gather_columns(X, c0, HT[w][:sizes[0]])
         _forward_serial(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, HT[w], buf0[w],
                         buf1[w])
         o = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, last,
                    buf0[w], buf1[w], Bc)[6]
-        oc = out[c0:c0 + Bc]
-        for j in range(oc.shape[0]):
-            for i in range(n_out):
-                oc[j, i] = o[i, j]
+        _store_columns(out, c0, o, n_out)
+        c0 = _claim_chunk(counter, B, Bc)
 
 
 @njit(parallel=True, **_OPTS)

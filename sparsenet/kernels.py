@@ -295,6 +295,22 @@ def _store_logits(out, logits):
 
 
 @njit(inline="always", **_OPTS)
+def _claim_chunk(counter, B, Bc):
+    """First column of the next chunk of Bc columns of a batch of B, claimed (simd.claim); -1: none left."""
+    c0 = claim(counter) * Bc
+    return c0 if c0 < B else -1
+
+
+@njit(inline="always", **_OPTS)
+def _store_columns(out, c0, o, n_out):
+    """out[c0:c0 + w, :n_out] = o[:n_out, :w].T, w = min(Bc, B - c0): a chunk's logits written back."""
+    oc = out[c0:c0 + o.shape[1]]
+    for j in range(oc.shape[0]):
+        for i in range(n_out):
+            oc[j, i] = o[i, j]
+
+
+@njit(inline="always", **_OPTS)
 def _gather_columns(X, c0, HT):
     """HT[:, :w] = X[c0:c0 + w].T, zeros in HT[:, w:]; w = min(Bc, B - c0). (w, n_in) -> (n_in, Bc)."""
     n_in, Bc = HT.shape
@@ -333,17 +349,11 @@ def _worker(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, X, HT,
     """Worker w of csr_forward_chunks: claims chunks until none is left."""
     B = X.shape[0]
     Bc = HT.shape[2]
-    n_chunks = -(-B // Bc)
-    while True:
-        ch = claim(counter)
-        if ch >= n_chunks:
-            break
-        c0 = ch * Bc
+    c0 = _claim_chunk(counter, B, Bc)
+    while c0 >= 0:
         _gather_columns(X, c0, HT[w])
         _forward_serial(data, indices, indptr, bias, sizes, nnz_off, ptr_off, panels, HT[w], buf0[w], buf1[w])
         o = _layer(data, indices, indptr, bias, sizes, nnz_off, ptr_off, sizes.shape[0] - 2, 0, buf0[w], buf1[w],
                    Bc)[6]                                                   # (n_out, Bc)
-        oc = out[c0:c0 + Bc]                                                # (<= Bc, n_out)
-        for j in range(oc.shape[0]):
-            for i in range(oc.shape[1]):
-                oc[j, i] = o[i, j]
+        _store_columns(out, c0, o, out.shape[1])
+        c0 = _claim_chunk(counter, B, Bc)

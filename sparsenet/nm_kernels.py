@@ -56,8 +56,8 @@ from numba.extending import intrinsic
 
 from sparsenet.cfuncs import callback, invoke, run
 from sparsenet.cpu import cpu
-from sparsenet.kernels import _gather_columns
-from sparsenet.simd import IR, LANES, VF, claim, require_arrays
+from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
+from sparsenet.simd import IR, LANES, VF, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 TILES = (128, 64, 32)       # batch columns of a register tile (8, 4, 2 vectors of LANES floats)
@@ -332,19 +332,13 @@ def _worker(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, 
     """Worker w of nm_forward_chunks: claims chunks until none is left."""
     B = X.shape[0]
     Bc = HT.shape[2]
-    n_chunks = -(-B // Bc)
-    while True:
-        ch = claim(counter)
-        if ch >= n_chunks:
-            break
-        c0 = ch * Bc
+    c0 = _claim_chunk(counter, B, Bc)
+    while c0 >= 0:
         _gather_columns(X, c0, HT[w])
         _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
         o = _layer(values, idx, bias, sizes, val_off, sizes.shape[0] - 2, buf0[w], buf1[w], Bc)[5]
-        oc = out[c0:c0 + Bc]
-        for j in range(oc.shape[0]):
-            for i in range(oc.shape[1]):
-                oc[j, i] = o[i, j]
+        _store_columns(out, c0, o, out.shape[1])
+        c0 = _claim_chunk(counter, B, Bc)
 
 
 @njit(parallel=True, **_OPTS)

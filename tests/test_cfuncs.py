@@ -62,7 +62,7 @@ def test_one_compile_per_argument_types():
         run_workers(addr, 4, values, index, out)
         np.testing.assert_array_equal(out, values[[9, 0, 4, 2]])
     assert addrs[np.dtype(np.uint16)] != addrs[np.dtype(np.uint32)]
-    assert len(_gather.inspect_llvm()) == 2 and all("define" in ir for ir in _gather.inspect_llvm().values())
+    assert len(_gather._compiled) == 2       # (inspect_llvm's IR is there only when not loaded from the cache)
 
 
 def test_cache_dict_keeps_the_address():
