@@ -237,7 +237,7 @@ _AARCH64 = textwrap.dedent("""
                  BSREngine(block_prune(p, 0.5, (4, 1)), threads=2, block=(4, 1), tuning=Tuning(min_rows_work=0))):
         assert rows.plan(5).split == "rows"
         rows(np.ones((5, 40), np.float32))
-    for disp in (bsr_kernels._worker, bsr_kernels._matvec_part, bsr_kernels._forward_vec, nm_kernels._worker,
+    for disp in (bsr_kernels._worker, bsr_kernels._matvec_part, bsr_kernels._forward_vec, nm_kernels.nm_matmul_bias_relu,
                  nm_kernels._vec16_part, nm_kernels._forward_vec16, nm_kernels.nm_forward_rows,
                  bsr_kernels.bsr_forward_rows):
         for asm in aarch64_asm(disp):
@@ -256,7 +256,7 @@ def test_kernels_compile_for_aarch64(tmp_path):
     r = _run([sys.executable, "-c", _AARCH64], NUMBA_OPT="0", NUMBA_CACHE_DIR=str(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     lines = dict(line.split() for line in r.stdout.split("\n") if line.strip())
-    assert lines["bsr_kernels._worker"] == "True" and lines["nm_kernels._worker"] == "True"     # batch split
+    assert lines["bsr_kernels._worker"] == "True" and lines["nm_kernels.nm_matmul_bias_relu"] == "True"  # batches
     assert lines["nm_kernels._vec16_part"] == "True"                                             # batch 1
     assert {"bsr_kernels._matvec_part", "bsr_kernels._forward_vec", "nm_kernels._forward_vec16",
             "nm_kernels.nm_forward_rows", "bsr_kernels.bsr_forward_rows"} <= set(lines)
