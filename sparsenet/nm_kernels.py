@@ -43,9 +43,12 @@ rows takes, per group, 4 input broadcasts and per slot one 16-byte index load, 3
 index's two bits and one FMA: x1.5 (2:4) and x3.1..3.5 (1:4) of dense on one core, where the
 layer's bytes (5 per slot) rather than the arithmetic bound it. Selects, not a gather or an x86
 permute: generic vector IR that every target compiles (AVX2, NEON); other m keep the scalar SpMV.
-Batch 1's parts of a layer are C callbacks the driver calls by address (cfuncs): compiled once, not
-again in every parallel driver's modules (batch 1, 2 threads, cold: 3.5-4.1 -> 1.6 s on this VM). The
-batch split keeps its parallel driver: through a callback its chain ran 5-9 % slower.
+The batch split's worker and batch 1's parts of a layer are C callbacks the drivers call by address
+(cfuncs): compiled once, not again in every parallel driver's modules (cold, 2 threads, this VM:
+batch 256 6.9-10.1 -> 3.3-5.2 s, batch 1 3.5-4.1 -> 1.6 s). The worker calls the chain
+(_forward_serial -> nm_matmul_bias_relu) as separate jitted functions linked into it: with the tiles
+inlined into the worker, or a layer called by address, the chain ran 5-9 % slower at batch 256 on
+one thread (one layer alone as fast); linked, as fast as before.
 Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
@@ -56,8 +59,8 @@ from numba.extending import intrinsic
 
 from sparsenet.cfuncs import callback, invoke, run
 from sparsenet.cpu import cpu
-from sparsenet.kernels import _gather_columns
-from sparsenet.simd import IR, LANES, VF, claim, require_arrays
+from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
+from sparsenet.simd import IR, LANES, VF, require_arrays
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 TILES = (128, 64, 32)       # batch columns of a register tile (8, 4, 2 vectors of LANES floats)
@@ -310,8 +313,8 @@ def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, b
     return h
 
 
-@njit(parallel=True, **_OPTS)
-def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter):
+def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter,
+                      callbacks=None):
     """Whole MLP, batch split over threads: X (B, n_in) -> out (B, n_out), one parallel region.
 
     Layers are concatenated: layer l owns values/idx[val_off[l]:val_off[l+1]] (n_out * K, row-major)
@@ -321,25 +324,26 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
     a slower core runs fewer chunks. (A row split, each layer's rows in claimed blocks over 128-column
     tiles, was no faster on a quiet machine and 4x slower with a third process on the 2 cores: a
     parallel region a layer waits for a descheduled thread at every layer; docs/perf-notes.md, session 7.)
-    Not a callback (cfuncs): called by address, the chain ran 5-9 % slower at batch 256 on one thread
-    (session 11; one layer alone as fast), so it keeps its ~7-10 s cold compile.
+    The worker is a callback (cfuncs); the chain it calls stays two jitted functions linked into it
+    (as fast as before; inlined into the worker it ran 5-9 % slower). callbacks: the caller's cache
+    of callback addresses.
     """
-    B = X.shape[0]
-    n_workers, n_in, Bc = HT.shape
-    n_chunks = -(-B // Bc)
+    args = (values, idx, bias, sizes, val_off, ns, int(m), int(panel), int(tile), X, HT, buf0, buf1, out, counter)
     counter[0] = 0
-    for w in prange(n_workers):
-        while True:
-            ch = claim(counter)
-            if ch >= n_chunks:
-                break
-            c0 = ch * Bc
-            _gather_columns(X, c0, HT[w])
-            o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
-            oc = out[c0:c0 + Bc]
-            for j in range(oc.shape[0]):
-                for i in range(oc.shape[1]):
-                    oc[j, i] = o[i, j]
+    run(_worker.address(*args, 0, cache=callbacks), HT.shape[0], *args)
+
+
+@callback
+def _worker(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, buf1, out, counter, w):
+    """Worker w of nm_forward_chunks: claims chunks until none is left."""
+    B = X.shape[0]
+    Bc = HT.shape[2]
+    c0 = _claim_chunk(counter, B, Bc)
+    while c0 >= 0:
+        _gather_columns(X, c0, HT[w])
+        o = _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT[w], buf0[w], buf1[w])
+        _store_columns(out, c0, o, out.shape[1])
+        c0 = _claim_chunk(counter, B, Bc)
 
 
 @njit(parallel=True, **_OPTS)
