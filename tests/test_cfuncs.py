@@ -100,3 +100,25 @@ def test_cached_drivers_take_this_process_addresses(tmp_path):
                            timeout=900)
         assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
     assert any(p.suffix == ".nbc" and "cfuncs" in p.name for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["csr", "bsr", "nm", "dense-fused"])
+def test_engine_keeps_its_addresses_across_inputs(name):
+    """An engine finds its callbacks' addresses once (Engine._callbacks) and reuses them for read-only
+    and writable inputs, batch 1 and batches, one and two threads, call after call."""
+    from sparsenet import model, prune
+    from sparsenet.engines import make_engine
+    p0 = model.he_init((40, 48, 32, 10), bias=True, seed=2)
+    p = {"csr": lambda: prune.weight_prune(p0, 0.7), "bsr": lambda: prune.block_prune(p0, 0.5, (8, 1)),
+         "nm": lambda: prune.nm_prune(p0, 2, 4), "dense-fused": lambda: p0}[name]()
+    X = np.random.default_rng(3).standard_normal((70, 40)).astype(np.float32)
+    for threads in (1, 2):
+        e = make_engine(name, p, threads=threads)
+        for B in (1, 16, 70, 1, 16):
+            for writeable in (False, True):
+                x = X[:B].copy()
+                x.flags.writeable = writeable
+                np.testing.assert_allclose(e(x), model.forward(p, x), rtol=1e-4, atol=1e-4)
+        found = [a for v in e._callbacks.values() for a in (v.values() if isinstance(v, dict) else [v])]
+        found = [x for a in found for x in (a if isinstance(a, tuple) else [a])]   # csr_forward keeps a pair
+        assert found and all(isinstance(a, int) and a >= 0 for a in found) and any(a > 0 for a in found)
