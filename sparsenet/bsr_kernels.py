@@ -20,11 +20,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, invoke, run
+from sparsenet.cfuncs import callback, invoke, run, threads
 from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
 
@@ -200,7 +200,7 @@ def _matvec_block_row(data, indices, indptr, bias, x, out, r, c, relu, ib):
 def bsr_matvec_bias_relu(data, indices, indptr, bias, x, out, r, c, relu, n_threads=None):
     """out = (relu)(W @ x + bias) on padded shapes; (n_in_p,) -> (n_out_p,); block rows split over
     n_threads threads (Numba's count by default). The engine's layers run the same callback."""
-    n = get_num_threads() if n_threads is None else int(n_threads)
+    n = threads(n_threads)
     args = (data, indices, indptr, bias, x, out, int(r), int(c), bool(relu))
     run(_matvec_part.address(*args, 1, 0), n, *args, n)
 
@@ -315,10 +315,10 @@ def bsr_forward_vec(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_o
     """Whole MLP at batch 1: x (rows[0],) zero past n_in -> (rows[-1],) a view of buf0/buf1 (logits
     first). parallel[l]: layer l's block rows are split over n_threads threads (Numba's count by
     default). callbacks: the caller's cache of callback addresses (cfuncs.Callback.address)."""
-    part = callbacks.get(_matvec_part) if callbacks is not None else None
-    if part is None:
+    part = _matvec_part.cached(callbacks)
+    if not part:
         part = _matvec_part.address(data, indices, indptr, bias, x, buf0, int(r), int(c), True, 1, 0, cache=callbacks)
-    n = get_num_threads() if n_threads is None else n_threads
+    n = threads(n_threads)
     return _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off, rows, r, c, x, buf0,
                         buf1, parallel, n)
 

@@ -20,7 +20,7 @@ function type from the arguments it is given.
 from typing import Optional
 
 import numpy as np
-from numba import cfunc, njit, prange, typeof, types
+from numba import cfunc, get_num_threads, njit, prange, typeof, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -48,6 +48,10 @@ class Callback:
             return addr
         return self.of(*args).address
 
+    def cached(self, cache: Optional[dict]) -> int:
+        """The address `cache` holds for this callback, 0 if none (a check before packing arguments)."""
+        return cache.get(self, 0) if cache is not None else 0
+
     def of(self, *args):
         """The compiled callback for arguments of these types (numpy arrays and Python scalars)."""
         key = tuple((a.dtype.char, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable)
@@ -60,6 +64,11 @@ class Callback:
     def inspect_llvm(self) -> dict:
         """LLVM IR of every compiled signature (as a dispatcher's inspect_llvm)."""
         return {fn._sig: fn.inspect_llvm() for fn in self._compiled.values()}
+
+
+def threads(n_threads: Optional[int]) -> int:
+    """n_threads, or Numba's current thread count when None (what a prange would use)."""
+    return get_num_threads() if n_threads is None else int(n_threads)
 
 
 def callback(py_func) -> Callback:

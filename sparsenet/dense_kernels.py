@@ -17,9 +17,9 @@ driver calls by address (cfuncs), on the calling thread or from its parallel reg
 (cold, batch 1, 2 threads: 7.3 -> 2.8 s on this VM).
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
-from sparsenet.cfuncs import callback, invoke, run
+from sparsenet.cfuncs import callback, invoke, run, threads
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
@@ -81,7 +81,7 @@ def _tile(WT, b, H, idx, n_idx, out, c0, c1, relu):
 def dense_layer(WT, b, H, idx, out, skip, relu, n_threads=None):
     """One layer: H (B, n_in) -> out (B, n_out), see the module docstring; the output blocks split
     over n_threads threads (Numba's count by default). The engine's layers run the same callback."""
-    n = get_num_threads() if n_threads is None else int(n_threads)
+    n = threads(n_threads)
     n_idx = _count_inputs(H, bool(skip), idx)
     run(_blocks_part.address(WT, b, H, idx, 0, out, True, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu), n)
 
@@ -108,11 +108,11 @@ def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, ski
     """
     if not X.flags.writeable:
         X = X.copy()                    # every layer's input of one type (the callback's signature)
-    part = callbacks.get(_blocks_part) if callbacks is not None else None
-    if part is None:
+    part = _blocks_part.cached(callbacks)
+    if not part:
         WT = weights[:sizes[0] * sizes[1]].reshape((sizes[0], sizes[1]))
         part = _blocks_part.address(WT, bias, X, idx, 0, logits, True, 1, 0, cache=callbacks)
-    n = get_num_threads() if n_threads is None else n_threads
+    n = threads(n_threads)
     _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, bool(skip), logits, n)
 
 

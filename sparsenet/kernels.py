@@ -23,9 +23,9 @@ columns (the engine's buffers; pad columns zero). Rules the loops follow (figure
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
-from sparsenet.cfuncs import callback, invoke, run
+from sparsenet.cfuncs import callback, invoke, run, threads
 from sparsenet.simd import claim, csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
@@ -78,7 +78,7 @@ def _row_dot(d, c, x):
 def csr_matvec_bias_relu(data, indices, indptr, bias, x, out, relu, n_threads=None):
     """out = (relu)(W @ x + bias); (n_in,) -> (n_out,); rows split over n_threads threads (Numba's
     count by default). csr_forward's layers run the same callback."""
-    n = get_num_threads() if n_threads is None else int(n_threads)
+    n = threads(n_threads)
     args = (data, indices, indptr, bias, x, out, bool(relu))
     run(_spmv_part.address(*args, 1, 0), n, *args, n)
 

@@ -53,11 +53,11 @@ Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, invoke, run
+from sparsenet.cfuncs import callback, invoke, run, threads
 from sparsenet.cpu import cpu
 from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
@@ -476,7 +476,7 @@ def nm_matvec16(values, idx, bias, x, out, n, relu, parallel):
     """out = (relu)(W @ x + bias) on an interleaved N:4 layer (`interleave`), n in VEC16_N:
     x (>= 4 G,) -> out (16 RB,); bias padded to 16 RB. parallel: row blocks split over the threads.
     The engine's layers run the same callback."""
-    k = get_num_threads() if parallel else 1
+    k = threads(None) if parallel else 1
     args = (values, idx, bias, x, out, int(n), bool(relu))
     run(_vec16_part.address(*args, 1, 0), k, *args, k)
 
@@ -489,10 +489,10 @@ def nm_forward_vec16(values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, b
     buffers hold >= max 16 RB + 4 floats, zero past what a layer writes. parallel[l]: layer l's row
     blocks split over n_threads threads (Numba's count by default). callbacks: the caller's cache of
     callback addresses (cfuncs.Callback.address)."""
-    part = callbacks.get(_vec16_part) if callbacks is not None else None
-    if part is None:
+    part = _vec16_part.cached(callbacks)
+    if not part:
         part = _vec16_part.address(values, idx, bias, x, buf0, 2, True, 1, 0, cache=callbacks)
-    n = get_num_threads() if n_threads is None else n_threads
+    n = threads(n_threads)
     return _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf0, buf1, parallel, n)
 
 
