@@ -24,7 +24,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, invoke, run, threads
+from sparsenet.cfuncs import callback, run, run_parts, threads
 from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
 
@@ -334,11 +334,7 @@ def _forward_vec(part, data, indices, indptr, bias, sizes, blk_off, ptr_off, bia
         n_out, d, ix, ip, b, relu, out = _layer(data, indices, indptr, bias, sizes, blk_off, ptr_off, bias_off,
                                                 rows, r, c, layer, buf0, buf1, 1)
         o = out.reshape(out.shape[0])
-        if parallel[layer]:
-            for w in prange(n_threads):
-                invoke(part, (d, ix, ip, b, h, o, r, c, relu, n_threads, np.int64(w)))
-        else:
-            invoke(part, (d, ix, ip, b, h, o, r, c, relu, np.int64(1), np.int64(0)))
+        run_parts(part, n_threads if parallel[layer] else 1, (d, ix, ip, b, h, o, r, c, relu))
         for i in range(n_out, o.shape[0]):
             o[i] = np.float32(0.0)
         h = o

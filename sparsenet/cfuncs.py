@@ -9,8 +9,10 @@ same tiles, 10 s cold in all (session 11, Xeon AVX-512, a slow phase of the VM).
 
 `Callback(py_func)` compiles py_func as a C callback (`numba.cfunc`) for the types of the arguments
 it is first asked for, on first use (nothing at import) and cached on disk like every kernel. A
-driver takes the callback's address (an int) and calls it through `run_workers`: the driver's
-modules hold a call, not the kernel, and the kernel is compiled once. The address is an argument
+driver takes the callback's address (an int) and calls it through `run_workers` (the batch split:
+one worker a thread) or, inside a driver that runs every layer, `run_parts` (a layer's parts over
+the threads, or one part on this thread): the driver's modules hold a call, not the kernel, and the
+kernel is compiled once. The address is an argument
 at every call, so a cached driver never holds a stale one. An int, not the CFunc object: Numba's
 dispatcher types a CFunc argument in Python (~20 us a call), an int in C. The call costs an
 indirect jump, made once per worker. The types are exact: the driver passes what the callback was
@@ -96,6 +98,18 @@ def _function(typingctx, addr, args):
 def invoke(addr, args):
     """The callback at addr called with the tuple args (inline: for a prange body)."""
     _function(addr, args)(*args)
+
+
+@njit(inline="always", **OPTS)
+def run_parts(addr, n_parts, args):
+    """The callback at addr called as (*args, n_parts, w) for w in 0..n_parts - 1 over the threads
+    of the parallel driver it is inlined into (a prange), or as (*args, 1, 0) on this thread when
+    n_parts is 1: one layer's parts in a driver that runs every layer."""
+    if n_parts > 1:
+        for w in prange(n_parts):
+            invoke(addr, args + (n_parts, np.int64(w)))
+    else:
+        invoke(addr, args + (np.int64(1), np.int64(0)))
 
 
 def run(addr, n_workers, *args):

@@ -17,9 +17,9 @@ driver calls by address (cfuncs), on the calling thread or from its parallel reg
 (cold, batch 1, 2 threads: 7.3 -> 2.8 s on this VM).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from sparsenet.cfuncs import callback, invoke, run, threads
+from sparsenet.cfuncs import callback, run, run_parts, threads
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 BLOCK = 256         # output columns per tile: 16 rows x 1 KB in L1
@@ -145,10 +145,6 @@ def _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, sk
             out = (buf0 if layer % 2 == 0 else buf1)[:B * n_out].reshape((B, n_out))
         n_idx = _inputs(h, skip, idx)
         relu = not last
-        if parallel[layer]:
-            for w in prange(n_threads):
-                invoke(part, (WT, b, h, idx, n_idx, out, relu, n_threads, np.int64(w)))
-        else:
-            invoke(part, (WT, b, h, idx, n_idx, out, relu, np.int64(1), np.int64(0)))
+        run_parts(part, n_threads if parallel[layer] else 1, (WT, b, h, idx, n_idx, out, relu))
         h = out
         r += n_out

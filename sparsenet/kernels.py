@@ -23,9 +23,9 @@ columns (the engine's buffers; pad columns zero). Rules the loops follow (figure
 Nothing is compiled at import: every kernel compiles lazily on first call (cache=True keeps it).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from sparsenet.cfuncs import callback, invoke, run, threads
+from sparsenet.cfuncs import callback, run, run_parts, threads
 from sparsenet.simd import claim, csr_rows16, csr_rows32
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
@@ -194,18 +194,9 @@ def _forward(spmv, tiles, data, indices, indptr, bias, sizes, nnz_off, ptr_off, 
         kind, parallel = codes[layer] & (PARALLEL - 1), codes[layer] & PARALLEL
         n = max(1, min(n_threads, n_out)) if parallel else 1
         if kind == SPMV:
-            x = h.reshape(h.shape[0])
-            o = out.reshape(n_out)
-            if n > 1:
-                for w in prange(n):
-                    invoke(spmv, (d, c, ip, b, x, o, relu, n, np.int64(w)))
-            else:
-                invoke(spmv, (d, c, ip, b, x, o, relu, np.int64(1), np.int64(0)))
-        elif n > 1:                             # TILES or TILE_PANELS: a plain layer is one panel
-            for w in prange(n):
-                invoke(tiles, (d, c, ip, panels[layer], b, h, out, relu, n, np.int64(w)))
-        else:
-            invoke(tiles, (d, c, ip, panels[layer], b, h, out, relu, np.int64(1), np.int64(0)))
+            run_parts(spmv, n, (d, c, ip, b, h.reshape(h.shape[0]), out.reshape(n_out), relu))
+        else:                                   # TILES or TILE_PANELS: a plain layer is one panel
+            run_parts(tiles, n, (d, c, ip, panels[layer], b, h, out, relu))
         h = out
         r += n_out
     return out

@@ -45,10 +45,11 @@ layer's bytes (5 per slot) rather than the arithmetic bound it. Selects, not a g
 permute: generic vector IR that every target compiles (AVX2, NEON); other m keep the scalar SpMV.
 The batch split's worker and batch 1's parts of a layer are C callbacks the drivers call by address
 (cfuncs): compiled once, not again in every parallel driver's modules (cold, 2 threads, this VM:
-batch 256 6.9-10.1 -> 3.3-5.2 s, batch 1 3.5-4.1 -> 1.6 s). The worker calls the chain
-(_forward_serial -> nm_matmul_bias_relu) as separate jitted functions linked into it: with the tiles
+batch 256 6.9-10.1 -> 3.3-5.2 s, batch 1 3.5-4.1 -> 1.6 s). The worker inlines the layer loop
+(_forward_serial) and calls nm_matmul_bias_relu as a jitted function linked into it: with the tiles
 inlined into the worker, or a layer called by address, the chain ran 5-9 % slower at batch 256 on
-one thread (one layer alone as fast); linked, as fast as before.
+one thread (one layer alone as fast); linked, as fast as before (and one link fewer than a separate
+_forward_serial: ~0.2-0.4 s of cold compile, session 12).
 Nothing is compiled at import (cache=True, lazily on first call).
 """
 import numpy as np
@@ -57,7 +58,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sparsenet.cfuncs import callback, invoke, run, threads
+from sparsenet.cfuncs import callback, run, run_parts, threads
 from sparsenet.cpu import cpu
 from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
@@ -301,7 +302,7 @@ def _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bc):
             buf[:n_out * Bc].reshape((n_out, Bc)))
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _forward_serial(values, idx, bias, sizes, val_off, ns, m, panel, tile, HT, buf0, buf1):
     """Every layer on the calling thread: (n_in, Bc) -> (n_out, Bc), a buffer view. ns[l]: layer l's n."""
     Bc = HT.shape[1]
@@ -324,8 +325,8 @@ def nm_forward_chunks(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, 
     a slower core runs fewer chunks. (A row split, each layer's rows in claimed blocks over 128-column
     tiles, was no faster on a quiet machine and 4x slower with a third process on the 2 cores: a
     parallel region a layer waits for a descheduled thread at every layer; docs/perf-notes.md, session 7.)
-    The worker is a callback (cfuncs); the chain it calls stays two jitted functions linked into it
-    (as fast as before; inlined into the worker it ran 5-9 % slower). callbacks: the caller's cache
+    The worker is a callback (cfuncs); the layer kernel it calls stays a jitted function linked into
+    it (as fast as before; with the tiles inlined into the worker it ran 5-9 % slower). callbacks: the caller's cache
     of callback addresses.
     """
     args = (values, idx, bias, sizes, val_off, ns, int(m), int(panel), int(tile), X, HT, buf0, buf1, out, counter)
@@ -516,10 +517,6 @@ def _forward_vec16(part, values, idx, bias, sizes, val_off, bias_off, ns, x, buf
         o = buf[:b.shape[0]]
         v, ix = values[val_off[layer]:val_off[layer + 1]], idx[val_off[layer]:val_off[layer + 1]]
         relu = layer < L - 1
-        if parallel[layer]:
-            for w in prange(n_threads):
-                invoke(part, (v, ix, b, h, o, ns[layer], relu, n_threads, np.int64(w)))
-        else:
-            invoke(part, (v, ix, b, h, o, ns[layer], relu, np.int64(1), np.int64(0)))
+        run_parts(part, n_threads if parallel[layer] else 1, (v, ix, b, h, o, ns[layer], relu))
         h = buf
     return h

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from sparsenet import kernels
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
-TILE = 16        # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
+CSR_TILE = 16    # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
 WIDE_TILE = 32   # columns of the widest (simd.csr_rows32): a column panel holds panel_bytes of its activations
 
 
@@ -70,8 +70,8 @@ class Tuning:
         for name, value in asdict(self).items():
             if value < 0:
                 raise ValueError(f"Tuning.{name} must be >= 0, got {value}")
-        if self.tile_chunk % TILE:
-            raise ValueError(f"Tuning.tile_chunk must be a multiple of {TILE} columns (a register tile), "
+        if self.tile_chunk % CSR_TILE:
+            raise ValueError(f"Tuning.tile_chunk must be a multiple of {CSR_TILE} columns (a register tile), "
                              f"got {self.tile_chunk}")
 
 
@@ -220,7 +220,7 @@ def batch_chunk(B: int, threads: int, max_chunk: int = Tuning.max_chunk) -> int:
 
 def padded_batch(B: int) -> int:
     """The row split's batch: padded to a multiple of 16 columns (register tiles, aligned rows); 1 stays 1."""
-    return B if B <= 1 else -(-B // TILE) * TILE
+    return B if B <= 1 else -(-B // CSR_TILE) * CSR_TILE
 
 
 def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
@@ -235,7 +235,7 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
     """
     if B <= 1 or t.tile_chunk == 0:
         return 0
-    Bc = TILE if -(-B // TILE) <= threads else t.tile_chunk
+    Bc = CSR_TILE if -(-B // CSR_TILE) <= threads else t.tile_chunk
     if threads == 1:
         return Bc
     panelled = any(P < n for (_, n), P in zip(net.shape, net.panels))

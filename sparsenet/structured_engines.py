@@ -25,13 +25,13 @@ from sparsenet.nm import NM, check_nm, max_group_nnz
 from sparsenet.plan import LayerPlan, Plan, Tuning, batch_chunk, cpu, panel_bytes
 from sparsenet.prune import DEFAULT_BLOCK, check_block
 
-TILE = 32                  # columns of a register tile: chunk widths are multiples of it
+CHUNK_TILE = bsr_kernels.TILE   # columns of the narrowest bsr / nm register tile: chunk widths are multiples of it
 
 
 def chunk_columns(B: int, threads: int, max_chunk: int = Tuning.max_chunk) -> int:
-    """Columns per chunk of the batch split (a multiple of TILE; the last chunk is zero-padded)."""
+    """Columns per chunk of the batch split (a multiple of CHUNK_TILE; the last chunk is zero-padded)."""
     Bc = max(batch_chunk(B, threads, max_chunk), 1)
-    return -(-Bc // TILE) * TILE
+    return -(-Bc // CHUNK_TILE) * CHUNK_TILE
 
 
 class _Chunked(Engine):
@@ -82,28 +82,28 @@ class _Chunked(Engine):
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
                    else "batch 1: one matrix-vector kernel per layer, one thread",)
             return Plan(split="none", layers=layers, reasons=why, **common)
-        if self._rows_pay(B):
-            Bp = -(-B // TILE) * TILE
-            layers = tuple(LayerPlan(k, True) for k in self._tile_kernels(Bp))
-            why = (f"row split: the batch ({B} columns, padded to {Bp}) is one {TILE}-column chunk, so every "
-                   f"layer's rows are split over the {self.threads} threads instead (the batch split would "
-                   "run on one)", f"register tiles of {TILE} columns: {self._tile_reason(Bp)}")
-            return Plan(split="rows", padded_batch=Bp, layers=layers, reasons=why, **common)
         Bc = self._chunk_width(B)
+        Bp = -(-B // CHUNK_TILE) * CHUNK_TILE
+        if self._rows_pay(B, Bc, Bp):
+            layers = tuple(LayerPlan(k, True) for k in self._tile_kernels(Bp))
+            why = (f"row split: the batch ({B} columns, padded to {Bp}) is one {CHUNK_TILE}-column chunk, so every "
+                   f"layer's rows are split over the {self.threads} threads instead (the batch split would "
+                   "run on one)", f"register tiles of {CHUNK_TILE} columns: {self._tile_reason(Bp)}")
+            return Plan(split="rows", padded_batch=Bp, layers=layers, reasons=why, **common)
         layers = tuple(LayerPlan(k, False) for k in self._tile_kernels(Bc))
-        why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {TILE}, the last "
+        why = (f"batch split: {-(-B // Bc)} chunk(s) of {Bc} columns (multiples of {CHUNK_TILE}, the last "
                f"zero-padded), each through every layer on one thread; threads claim chunks one at a "
                f"time (a slower core runs fewer)", self._chunk_reason(Bc),
                f"register tiles of {self._tile_columns(Bc)} columns: {self._tile_reason(Bc)}")
         return Plan(split="batch", chunk=Bc, layers=layers, reasons=why, **common)
 
-    def _rows_pay(self, B: int) -> bool:
-        """Rows split over the threads instead of the batch: when the batch split would leave a thread
-        idle (fewer chunks of >= 32 columns than threads: batch 2-32 on 2 threads) and the call has
-        enough work to pay a parallel region per layer (Tuning.min_rows_work)."""
-        Bc = self._chunk_width(B)
+    def _rows_pay(self, B: int, Bc: int, Bp: int) -> bool:
+        """Rows split over the threads instead of the batch (chunks of Bc columns; Bp: the batch
+        padded to whole tiles): when the batch split would leave a thread idle (fewer chunks of >= 32
+        columns than threads: batch 2-32 on 2 threads) and the call has enough work to pay a
+        parallel region per layer (Tuning.min_rows_work)."""
         return (1 < B and self.threads > 1 and -(-B // Bc) < self.threads
-                and sum(self._stored) * -(-B // TILE) * TILE >= self.tuning.min_rows_work)
+                and sum(self._stored) * Bp >= self.tuning.min_rows_work)
 
     def _chunk_reason(self, Bc: int) -> str:
         return (f"chunks <= {self.tuning.max_chunk} columns, their number a multiple of the threads "
@@ -117,7 +117,7 @@ class _Chunked(Engine):
         return self.nbytes
 
     def _tile_columns(self, Bc: int) -> int:
-        return TILE
+        return CHUNK_TILE
 
 
 class BSREngine(_Chunked):
@@ -165,23 +165,23 @@ class BSREngine(_Chunked):
         self._vec = (_aligned_zeros(self._in_rows), _aligned_zeros(self._width), _aligned_zeros(self._width))
 
     def _chunk_width(self, B: int) -> int:
-        """One register tile (TILE columns): a chunk's weights stream once per 32-column tile
+        """One register tile (CHUNK_TILE columns): a chunk's weights stream once per 32-column tile
         whatever its width, so narrow chunks cost nothing (k = 0 / 50 / 90 %, 1 thread: 32 columns
         as fast as 128 or faster, the chunk's activations fit L2) and give the threads many
         pieces to share (docs/perf-notes.md, session 7)."""
-        return TILE
+        return CHUNK_TILE
 
     def _chunk_reason(self, Bc: int) -> str:
-        return (f"chunks of one register tile ({TILE} columns): the blocks stream once per tile at any chunk "
+        return (f"chunks of one register tile ({CHUNK_TILE} columns): the blocks stream once per tile at any chunk "
                 f"width, and many chunks let a faster core take more")
 
     def _tile_kernels(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
-        return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{TILE}"] * len(self.bsr)
+        return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{CHUNK_TILE}"] * len(self.bsr)
 
     def _tile_reason(self, Bc):
         RT = bsr_kernels.rows_per_tile(self.block[0])
-        return f"{RT} block row(s) x {TILE} columns in registers, each loaded activation row used {RT} times"
+        return f"{RT} block row(s) x {CHUNK_TILE} columns in registers, each loaded activation row used {RT} times"
 
     def describe(self) -> dict:
         return dict(super().describe(), block=list(self.block), nblocks=self.nblocks, n_useful=self.n_useful)
@@ -314,7 +314,7 @@ class NMEngine(_Chunked):
         """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
         (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
         n = self.n if n is None else n
-        return next(t for t in nm_kernels.TILES if t == TILE or (n <= 2 and t <= self.tile and t <= Bc))
+        return next(t for t in nm_kernels.TILES if t == CHUNK_TILE or (n <= 2 and t <= self.tile and t <= Bc))
 
     def _tile_kernels(self, Bc):
         names = []

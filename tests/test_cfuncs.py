@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numba import njit
+from numba import get_num_threads, get_thread_id, njit
 
-from sparsenet.cfuncs import Callback, callback, invoke, run_workers
+from sparsenet.cfuncs import Callback, callback, invoke, run_parts, run_workers
 
 
 @callback
@@ -29,6 +29,34 @@ def _gather(values, index, out, w):
 def _invoke_each(addr, out, scale):
     for w in range(out.shape[0]):
         invoke(addr, (out, scale, np.int64(w)))
+
+
+@callback
+def _part(seen, thread, n_parts, w):
+    """seen[w] = n_parts, thread[w] = the thread that ran part w."""
+    seen[w] = n_parts
+    thread[w] = get_thread_id()
+
+
+@njit(parallel=True, cache=True)
+def _layers_of_parts(addr, seen, thread, n_parts):
+    for layer in range(2):                   # a driver's layer loop, one run_parts a layer
+        run_parts(addr, n_parts, (seen[layer], thread[layer]))
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_run_parts_runs_every_part_once_with_its_count(n_parts):
+    seen = np.full((2, 4), -1, np.int64)
+    thread = np.full((2, 4), -1, np.int64)
+    get_thread_id()      # loads the threading layer, whose symbol a cached _part links to when loaded
+    _layers_of_parts(_part.address(seen[0], thread[0], 1, 0), seen, thread, np.int64(n_parts))
+    np.testing.assert_array_equal(seen[:, :n_parts], n_parts)
+    assert (seen[:, n_parts:] == -1).all()
+    if n_parts == 1:
+        assert (thread[:, 0] == 0).all()     # one part: on the calling thread, no region
+    else:                                    # a prange: the parts spread over the threads
+        for layer in range(2):
+            assert len(set(thread[layer, :n_parts])) == min(n_parts, get_num_threads())
 
 
 def test_nothing_compiled_until_asked():

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsenet import nm_kernels
+from sparsenet import bsr_kernels, nm_kernels
 from sparsenet.model import Layer, forward, he_init
 from sparsenet.plan import Plan, cpu
 from sparsenet.prune import block_prune, nm_prune
-from sparsenet.structured_engines import ENGINE_CLASSES, BSREngine, NMEngine, ScipyBSREngine, chunk_columns
+from sparsenet.structured_engines import (CHUNK_TILE, ENGINE_CLASSES, BSREngine, NMEngine, ScipyBSREngine,
+                                         chunk_columns)
 
 SIZES = (45, 38, 27, 13, 10)                 # no width a multiple of 4 or 8 but the output
 BATCHES = (1, 7, 256)
@@ -200,6 +201,8 @@ def test_chunk_columns():
     assert chunk_columns(256, 2) == 128 and chunk_columns(256, 1) == 128
     assert chunk_columns(7, 2) == 32 and chunk_columns(40, 2) == 32 and chunk_columns(1000, 2) == 128
     assert all(chunk_columns(B, t) % 32 == 0 for B in range(2, 300, 7) for t in (1, 2, 3))
+    # chunks are whole tiles of both kernels: bsr's tile and nm's narrowest
+    assert CHUNK_TILE == bsr_kernels.TILE == min(nm_kernels.TILES) == 32
 
 
 def test_counts():
