@@ -16,7 +16,8 @@ from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.engine_base import Engine
 from sparsenet.model import Layer, layer_sizes
-from sparsenet.plan import NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr
+from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr,
+                            wide_panel_width)
 from sparsenet.sell import LANES, flatten as sell_flatten
 
 SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
@@ -62,11 +63,10 @@ class CSREngine(Engine):
         # (plan.Tuning.dense_panels; a second, panel-major copy of those layers)
         self.panels = tuple(panel_width(t, c.density, c.shape[1], c.nnz) for c in self.csr)
         self._plain = _flatten([(c.data, c.indices, c.indptr) for c in self.csr], idx, sizes[:-1])
-        if all(P >= n for P, n in zip(self.panels, sizes[:-1])):
-            self._paneled = self._plain
-        else:
-            self._paneled = _flatten([panel_layout(c, P) for c, P in zip(self.csr, self.panels)],
-                                     idx, self.panels)
+        self._paneled = self._layout(self.panels, idx)
+        # chunks of 64 columns: panels of their own (plan.wide_panel_width), a third copy where they differ
+        self.wide_panels = tuple(wide_panel_width(t, c.density, c.shape[1], c.nnz) for c in self.csr)
+        self._wide = self._paneled if self.wide_panels == self.panels else self._layout(self.wide_panels, idx)
         self._bias = np.concatenate([np.zeros(n, np.float32) if l.bias is None else l.bias
                                      for n, l in zip(sizes[1:], params)]).astype(np.float32)
         self._sizes = np.asarray(sizes, np.int64)
@@ -75,9 +75,9 @@ class CSREngine(Engine):
         self.n_weights = self.nnz
         bias_nbytes = sum(l.bias.nbytes for l in params if l.bias is not None)
         self.nbytes = int(sum(c.nbytes for c in self.csr) + bias_nbytes)
-        # bytes of the second (panel-major) copy of data/indices/indptr held for batches > 1;
-        # 0 when no layer is panelled
-        self.panel_nbytes = 0 if self._paneled is self._plain else int(sum(a.nbytes for a in self._paneled[:3]))
+        # bytes of the panel-major copies of data/indices/indptr held for batches > 1 (0: none)
+        copies = {id(c): c for c in (self._paneled, self._wide) if c is not self._plain}
+        self.panel_nbytes = sum(_nbytes(c) for c in copies.values())
         self.index_dtype = str(idx)
         self._width = max(sizes[1:])
         self._bufs = None                                # (B, Bp, HT, buf0, buf1), see _buffers
@@ -89,10 +89,20 @@ class CSREngine(Engine):
             self._csc = _flatten([(c.data, c.indices, c.indptr) for c in cols], index_dtype(max(sizes[1:])),
                                  sizes[:-1])
             csc_nbytes = int(sum(c.nbytes for c in cols) + bias_nbytes)
+        csr_arrays = sum(c.nbytes for c in self.csr)
         nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes, "csc": csc_nbytes,
-                  "csr-panels": self.nbytes + self.panel_nbytes - sum(c.nbytes for c in self.csr)}
+                  "csr-panels": self.nbytes + _nbytes(self._paneled) - csr_arrays,
+                  "csr-wide-panels": self.nbytes + _nbytes(self._wide) - csr_arrays}
         self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
-                            sell_slots=self._sell_slots, panels=self.panels, nbytes=nbytes)
+                            sell_slots=self._sell_slots, panels=self.panels,
+                            wide_panels=self.wide_panels, nbytes=nbytes)
+
+    def _layout(self, panels, idx) -> tuple:
+        """The concatenated layers (_flatten) cut into column panels of panels[l] inputs; the plain
+        layout where no layer is panelled."""
+        if all(P >= c.shape[1] for P, c in zip(panels, self.csr)):
+            return self._plain
+        return _flatten([panel_layout(c, P) for c, P in zip(self.csr, panels)], idx, panels)
 
     def _sell_layout(self, params) -> Optional[str]:
         """The SELL kernel batch 1 should run on (before the pays rule), or None for the CSR SpMV."""
@@ -160,7 +170,8 @@ class CSREngine(Engine):
         return chunk_width(self.tuning, self.net, int(B), self.threads)
 
     def describe(self) -> dict:
-        return dict(super().describe(), panels=list(self.panels), panel_nbytes=self.panel_nbytes,
+        return dict(super().describe(), panels=list(self.panels), wide_panels=list(self.wide_panels),
+                    panel_nbytes=self.panel_nbytes,
                     sell=self.uses_sell, sell_kernel=self.sell_kernel, sell_nbytes=self.sell_nbytes,
                     sell_padding=self.sell_padding)
 
@@ -198,7 +209,8 @@ class CSREngine(Engine):
             return logits
         if p.layout == "csc":
             return self._forward_csc(X)
-        data, indices, indptr, ptr_off, panels = self._paneled if p.layout == "csr-panels" else self._plain
+        data, indices, indptr, ptr_off, panels = {"csr-panels": self._paneled, "csr-wide-panels": self._wide}.get(
+            p.layout, self._plain)
         if p.split == "batch":
             HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
             out = np.empty((B, self.n_out), np.float32)
@@ -245,6 +257,11 @@ def chunk_scratch(threads: int, rows: int, width: int, Bc: int) -> tuple:
     counter the threads claim chunks from (simd.claim). The csr, bsr and nm engines keep one."""
     return (Bc, _aligned_zeros((threads, rows, Bc)), _aligned_zeros((threads, width * Bc)),
             _aligned_zeros((threads, width * Bc)), np.zeros(1, np.int64))
+
+
+def _nbytes(layout) -> int:
+    """Bytes of a concatenated layout's data, indices and indptr."""
+    return int(sum(a.nbytes for a in layout[:3]))
 
 
 def _flatten(layout, idx_dtype, panels) -> tuple:

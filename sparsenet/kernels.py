@@ -10,7 +10,7 @@ TILE_PANELS | PARALLEL); nothing here re-decides. Batches reach the kernels padd
 columns (the engine's buffers; pad columns zero). Rules the loops follow (figures: docs/perf-notes.md):
 - rows are sliced (d = data[lo:hi]) and walked from 0, indices are unsigned: Numba adds a
   wraparound select to data[k] when it cannot prove k >= 0;
-- SpMM keeps a row's 32 or 16 batch columns in registers (simd.csr_rows32/16) from its first
+- SpMM keeps a row's 64, 32 or 16 batch columns in registers (simd.csr_rows64/32/16) from its first
   non-zero to its store;
 - column panels keep a panel's slice of HT in L1 for dense-ish layers;
 - callers pass 64-byte aligned HT/out rows;
@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from sparsenet.cfuncs import callback, run, run_parts, threads
-from sparsenet.simd import claim, csr_rows16, csr_rows32
+from sparsenet.simd import claim, csr_rows16, csr_rows32, csr_rows64
 
 _OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
@@ -100,25 +100,31 @@ def _spmv_part(data, indices, indptr, bias, x, out, relu, n_parts, w):
 
 @njit(inline="always", **_OPTS)
 def _tile_panels(d, c, ip, panel, b, h, out, r0, r1, relu):
-    """Rows r0:r1 of out = (relu)(W @ h + b) on register tiles (32 columns, then 16; B % 16 == 0) over
-    column panels of `panel` inputs (csr_engine.panel_layout: panel p is a CSR block with local column
-    indices, its row pointers at ip[p * (n_out + 1):][:n_out + 1]; a plain CSR layer is one panel,
-    panel >= n_in): for each tile the
-    rows add their segment of one panel after another, that panel's rows of h staying in L1 (a
-    row's tile loaded and stored once a panel; the first panel starts from 0 and the last adds the
-    bias and applies relu). Codes TILES and TILE_PANELS both run it."""
+    """Rows r0:r1 of out = (relu)(W @ h + b) on register tiles (64 columns while 64 are left, then 32,
+    then 16; B % 16 == 0) over column panels of `panel` inputs (csr_engine.panel_layout: panel p is
+    a CSR block with local column indices, its row pointers at ip[p * (n_out + 1):][:n_out + 1]; a
+    plain CSR layer is one panel, panel >= n_in): for each tile the rows add their segment of one
+    panel after another, that panel's rows of h staying in L1 (a row's tile loaded and stored once a
+    panel; the first panel starts from 0 and the last adds the bias and applies relu). The plan
+    sizes the panels for the tiles a call runs (plan.panel_width, plan.wide_panel_width). Codes TILES
+    and TILE_PANELS both run it."""
     n_out, B = out.shape
     n_panels = ip.shape[0] // (n_out + 1)
-    n_tiles = B // 32 + (1 if B % 32 else 0)
-    for t in range(n_tiles):
+    col = 0
+    while col < B:
+        left = B - col
+        cols = 64 if left >= 64 else (32 if left >= 32 else 16)
         for p in range(n_panels):
             H = h[p * panel:(p + 1) * panel]
             q = ip[p * (n_out + 1):(p + 1) * (n_out + 1)]
-            last = p == n_panels - 1
-            if t < B // 32:
-                csr_rows32(d, c, q, b, H, out, r0, r1, B, B, 32 * t, p == 0, relu and last)
+            last = relu and p == n_panels - 1
+            if cols == 64:
+                csr_rows64(d, c, q, b, H, out, r0, r1, B, B, col, p == 0, last)
+            elif cols == 32:
+                csr_rows32(d, c, q, b, H, out, r0, r1, B, B, col, p == 0, last)
             else:
-                csr_rows16(d, c, q, b, H, out, r0, r1, B, B, B - 16, p == 0, relu and last)
+                csr_rows16(d, c, q, b, H, out, r0, r1, B, B, col, p == 0, last)
+        col += cols
 
 
 def csr_tile_panels_bias_relu(data, indices, indptr, panel, bias, HT, out, relu, n_blocks):

@@ -18,7 +18,8 @@ from sparsenet import kernels
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 CSR_TILE = 16    # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
-WIDE_TILE = 32   # columns of the widest (simd.csr_rows32): a column panel holds panel_bytes of its activations
+WIDE_TILE = 32   # columns of a 32-column tile (simd.csr_rows32): its column panel holds panel_bytes of activations
+WIDEST_TILE = 64  # columns of the widest tile (simd.csr_rows64, chunks of 64): panels of its own (wide_panel_width)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Tuning:
     # density from which a layer's register tiles run over column panels (1000 x 1000, 32 columns,
     # AVX-512: x1.45 at density 0.5, x1.25 at 0.3, even at 0.2, whole rows better at 0.15)
     dense_panels: float = 0.25
+    # 64-column tiles: a column panel holds at least this many non-zeros of a row (expected), its
+    # L1-sized width doubled until it does (wide_panel_width; 1000 x 1000, AVX-512, against whole rows:
+    # density 0.1 x1.10 in panels of 256 inputs, x0.96 of 128; 0.05 best at 512; 0.3-0.5 best at 128)
+    min_pass_nnz: int = 24
     # widest chunk of the bsr / nm batch split (0: no batch split; the csr engine's: tile_chunk)
     max_chunk: int = 128
     # ... or whenever nnz * batch is at most this (short calls: the row split's regions cost more)
@@ -44,9 +49,10 @@ class Tuning:
     # many multiply-adds per call (stored x 32 padded columns): 8x1 blocks at 90 % (7.7M) ran 0.15 ms on
     # one thread, 0.18-0.25 ms split (one region a layer); at 50 % (38M) 2.0 -> 0.7 ms, 1:4 (19M) x1.6
     min_rows_work: int = 12_000_000
-    # chunk width of the csr batch split: one 32-column register tile (over column panels or not); a
-    # multiple of 16 (0: no batch split). 16-column chunks where they give each thread at most one
-    tile_chunk: int = 32
+    # widest chunk of the csr batch split: one 64-column register tile (over column panels or not); a
+    # multiple of 16 (0: no batch split). Narrower (32, or 16 where those give each thread at most
+    # one) where wide chunks would pad more columns or leave a thread without one (chunk_width)
+    tile_chunk: int = 64
     # at several threads the batch split needs this many columns per thread (16: one register tile;
     # 2x that with panelled layers), else the row split, unless the call is short (small_work)
     tile_min_chunk: int = 16
@@ -93,7 +99,7 @@ class Plan:
     batch: int
     threads: int
     isa: str                         # CPU.isa of the target
-    layout: str                      # storage read: dense, csr, csr-panels, sell, scipy-csr
+    layout: str                      # storage read: dense, csr, csr-panels, csr-wide-panels, sell, scipy-csr
     split: str                       # none (one thread or batch 1), batch (column chunks), rows, blas
     chunk: int = 0                   # columns per chunk of the batch split (split == 'batch')
     padded_batch: int = 0            # the row split pads the batch to aligned rows
@@ -182,6 +188,7 @@ class NetShape:
     shape: tuple
     sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists: its slots (SELL-16) or units (SELL8)
     panels: tuple = field(default=())    # inputs per column panel per layer (n_in: not panelled)
+    wide_panels: tuple = field(default=())   # the same for chunks of 64 columns (empty: as panels)
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
 
 
@@ -200,6 +207,19 @@ def panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[in
     dense_panels or small."""
     width = t.panel_width or panel_bytes(l1d) // (4 * WIDE_TILE)
     P = width if density >= t.dense_panels else n_in
+    return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
+
+
+def wide_panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[int] = None) -> int:
+    """Inputs per column panel of a layer for 64-column tiles: panel_bytes of a 64-column chunk's
+    activations (128 inputs for an L1d of 32-63 KB), doubled while a row would hold fewer than
+    min_pass_nnz non-zeros in it, or Tuning.panel_width as set; n_in (plain CSR) for a small layer
+    (fewer than two panels of inputs, or min_panel_nnz non-zeros)."""
+    P = t.panel_width
+    if not P:
+        P = panel_bytes(l1d) // (4 * WIDEST_TILE)
+        while density * P < t.min_pass_nnz and 2 * P <= n_in:
+            P *= 2
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 
 
@@ -227,15 +247,21 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
     """Columns per chunk of the csr batch split (a multiple of 16; the last chunk is zero-padded), or 0:
     split each layer's rows over the threads instead.
 
-    Chunks of 16 columns while there are at most `threads` of them (each thread one), else of
-    tile_chunk (32): a 16-column tile costs ~1.5x a 32-column one per column (docs/perf-notes.md,
-    session 9), so 16 pays only where 32 would leave a thread idle. Unpadded chunks (widths such as 25)
-    ran whole-row kernels 2-5x slower than the padded tiles until session 9. At several threads the
-    batch split needs tile_min_chunk columns a thread (twice that with panelled layers), or a short call.
+    Chunks of tile_chunk (64) columns where they pad no more columns than 32-column chunks would and
+    give every thread one; else of 32, or of 16 while there are at most `threads` of those (each thread
+    one). A 64-column tile cost 0.8-0.9x a 32-column one per column at k = 50-95 % (1000 x 1000
+    layers, its own panels; AVX-512 and the AVX2 target; docs/perf-notes.md, session 12), a 16-column
+    one ~1.5x (session 9). Unpadded chunks (widths such as 25) ran whole-row kernels 2-5x slower than
+    the padded tiles until session 9. At several threads the batch split needs tile_min_chunk columns
+    a thread (twice that with panelled layers), or a short call.
     """
     if B <= 1 or t.tile_chunk == 0:
         return 0
-    Bc = CSR_TILE if -(-B // CSR_TILE) <= threads else t.tile_chunk
+    narrow = min(t.tile_chunk, WIDE_TILE)
+    Bc = CSR_TILE if -(-B // CSR_TILE) <= threads else narrow
+    wide = t.tile_chunk
+    if wide > narrow and -(-B // wide) >= threads and -(-B // wide) * wide <= -(-B // narrow) * narrow:
+        Bc = wide
     if threads == 1:
         return Bc
     panelled = any(P < n for (_, n), P in zip(net.shape, net.panels))
@@ -276,14 +302,16 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         reasons.append({"avx512": "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, "
                                   "or sell=False)"}.get(isa, f"no AVX-512F ({isa}): batch 1 on the CSR SpMV"))
     if Bc:
+        wide = Bc >= WIDEST_TILE and bool(net.wide_panels) and net.wide_panels != net.panels   # their own panels
+        panels = net.wide_panels if wide else net.panels
         layers = tuple(LayerPlan("tile-panels", False, P, kernels.TILE_PANELS) if P < n
-                       else LayerPlan("tiles", False, 0, kernels.TILES) for (_, n), P in zip(net.shape, net.panels))
+                       else LayerPlan("tiles", False, 0, kernels.TILES) for (_, n), P in zip(net.shape, panels))
         n_chunks = -(-B // Bc)
         pad = n_chunks * Bc - B
         reasons.append(f"batch split: {n_chunks} chunk(s) of {Bc} columns" + (f" (the last with {pad} zero "
                        f"columns)" if pad else "") + ", each through every layer on one thread, claimed by "
                        f"{threads} thread(s)")
-        layout = "csr-panels" if any(l.panel for l in layers) else "csr"
+        layout = ("csr-wide-panels" if wide else "csr-panels") if any(l.panel for l in layers) else "csr"
         return Plan(layout=layout, split="batch", chunk=Bc, layers=layers,
                     reasons=tuple(reasons), nbytes=net.nbytes.get(layout, 0), **common)
     Bp = padded_batch(B)
@@ -296,7 +324,7 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
             layers.append(LayerPlan("tile-panels", par, P, kernels.TILE_PANELS) if P < n
                           else LayerPlan("tiles", par, 0, kernels.TILES))
     if Bp > B:
-        reasons.append(f"batch padded to {Bp} columns (register tiles of 32 and 16 columns)")
+        reasons.append(f"batch padded to {Bp} columns (register tiles of 64, 32 and 16 columns)")
     if threads > 1:
         if B > 1:
             reasons.append(f"row split: chunks of this batch would be too narrow for {threads} threads")

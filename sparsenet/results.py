@@ -43,7 +43,7 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
           "per_round_s": [float...],            # per-call time of each round (bootstrap intervals: stats.py)
           "nbytes": int, "flops": float,        # stored parameter bytes; useful flops per call
           "call_nbytes": int, "layout": str,    # bytes of the layout this call computes with, its
-                                                # name (plan.Plan.layout: dense, csr, csr-panels, sell...)
+                                                # name (plan.Plan.layout: dense, csr, csr-panels, csr-wide-panels, sell...)
           "kernel": str,                        # the call's kernel plan in one line (Plan.summary():
                                                 # layout; batch split; per-layer kernels)
           "isa": str,                           # ISA level of those kernels (plan.CPU.isa)

@@ -6,8 +6,8 @@ stores, broadcasts, fused multiply-adds (llvm.fmuladd). `require_arrays` is ever
 typing-time check of its array arguments (raw pointers would misread a float64 or strided array).
 
 csr_rows: out[i, col0:col0 + 16 W] = (relu)(bias[i] + sum_k data[k] * HT[indices[k], col0:][:16 W])
-for rows r0..r1-1, on W <16 x float> accumulator registers per partial sum (2 partial sums over
-alternate non-zeros, against the FMA latency): a row's tile stays in registers from its first
+for rows r0..r1-1, on W <16 x float> accumulator registers per partial sum (`acc_sets`: 2 partial
+sums over alternate non-zeros, against the FMA latency, where the registers hold them): a row's tile stays in registers from its first
 non-zero to its store (the loop Numba made of the old whole-row kernel, 8 non-zeros per pass, kept
 out[i, :] in memory and re-checked aliasing per pass). Plain LLVM vector IR, no target intrinsic: AVX2 gets it as
 pairs of 256-bit operations, aarch64 as NEON (tests/test_portability.py). Figures: docs/perf-notes.md.
@@ -114,6 +114,15 @@ _ROWS_ARGS = (("data", types.float32, 1), ("indices", types.Integer, 1), ("indpt
               ("bias", types.float32, 1), ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
+def acc_sets(W: int, isa: str) -> int:
+    """Partial sums (sets of W accumulator vectors over alternate non-zeros, against the FMA latency)
+    a csr_rows tile of W <16 x float> keeps: 2 while the 2 W vectors take at most a quarter of the
+    vector registers (AVX-512's 32 zmm: W <= 4), else 1 (AVX2's 16 ymm hold 8 <16 x float>: W = 4
+    in 2 sets would take all of them and spill; NEON's 32 q likewise). On the AVX2 target a 64-column
+    tile with 1 set ran 11-18 % faster than 32-column tiles with 2 (docs/perf-notes.md, session 12)."""
+    return _ACC if W <= 2 or isa == "avx512" else 1
+
+
 def _make_csr_rows(W):
     @intrinsic
     def csr_rows(typingctx, data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, first, relu):
@@ -121,11 +130,13 @@ def _make_csr_rows(W):
         sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, first, relu)
 
         def codegen(context, builder, sig, args):
+            from sparsenet.cpu import cpu          # the ISA Numba compiles for, at compile time
             g = IR(context, builder, sig, args)
             p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
             r0, r1, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:11])
             first, relu = args[11], args[12]
-            accs = [g.zeroed(W) for _ in range(_ACC)]
+            n_acc = acc_sets(W, cpu().isa)
+            accs = [g.zeroed(W) for _ in range(n_acc)]
             zero = ir.Constant(VF, None)
             with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
                 o = builder.add(builder.mul(i, ld_o), col0)
@@ -143,7 +154,7 @@ def _make_csr_rows(W):
                         h = g.vload(p_h, builder.add(row, g.const(LANES * w)))
                         builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
 
-                g.pairs(g.at(p_ptr, i), g.at(p_ptr, builder.add(i, g.const(1))), nonzero, _ACC)
+                g.pairs(g.at(p_ptr, i), g.at(p_ptr, builder.add(i, g.const(1))), nonzero, n_acc)
                 b = builder.select(first, g.broadcast(builder.load(builder.gep(p_bias, [i]))), zero)
                 for w in range(W):
                     t = builder.fadd(g.sum([acc[w] for acc in accs]), b)
@@ -157,6 +168,7 @@ def _make_csr_rows(W):
 
 csr_rows16 = _make_csr_rows(1)   # 16-column tiles
 csr_rows32 = _make_csr_rows(2)   # 32-column tiles
+csr_rows64 = _make_csr_rows(4)   # 64-column tiles (chunks of 64 columns)
 
 
 @intrinsic

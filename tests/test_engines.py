@@ -114,7 +114,9 @@ def test_default_sizes(name, k):
         d = eng.describe()
         P = plan.panel_width(Tuning(), 1.0, 10**6, 10**9)          # the host's: 256 inputs for an L1d of 32-63 KB
         assert d["panels"] == ([P, P, P, P if 2 * P <= 500 else 500, 200] if k == 0 else [784, 1000, 1000, 500, 200])
-        assert (d["panel_nbytes"] > 0) == (k == 0)
+        W = [plan.wide_panel_width(Tuning(), c.density, c.shape[1], c.nnz) for c in eng.csr]
+        assert d["wide_panels"] == W and W[0] < 784                  # 64-column chunks: panels at k = 0.9 too
+        assert d["panel_nbytes"] > 0
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -225,13 +227,13 @@ def test_batch_chunk_shares(B, threads, max_chunk):
 def test_chunk_policy():
     threads_or_skip(2)
     plain = make_engine("csr", default_net("weight", 0.9), threads=2)       # nnz 239k, no panels
-    assert [plain.chunk_width(B) for B in (1, 16, 64, 128, 256, 4096)] == [0, 0, 32, 32, 32, 32]   # 32-column tiles
+    assert [plain.chunk_width(B) for B in (1, 16, 64, 96, 128, 256, 4096)] == [0, 0, 32, 32, 64, 64, 64]
     dense = make_engine("csr", default_net("weight", 0.0), threads=2)       # panelled, density 1: tile chunks too
-    assert [dense.chunk_width(B) for B in (32, 56, 64, 100, 128, 256)] == [0, 0, 32, 32, 32, 32]
+    assert [dense.chunk_width(B) for B in (32, 56, 64, 100, 128, 256)] == [0, 0, 32, 64, 64, 64]
     tiny = make_engine("csr", default_net("weight", 0.99), threads=2)       # nnz 24k: short calls
-    assert [tiny.chunk_width(B) for B in (2, 16, 32, 33, 64, 128)] == [16, 16, 16, 32, 32, 32]
+    assert [tiny.chunk_width(B) for B in (2, 16, 32, 33, 64, 128)] == [16, 16, 16, 32, 32, 64]
     one = make_engine("csr", default_net("weight", 0.9), threads=1)         # one thread: always
-    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 17, 256, 300)] == [0, 16, 16, 16, 32, 32, 32]
+    assert [one.chunk_width(B) for B in (1, 2, 7, 16, 17, 256, 300)] == [0, 16, 16, 16, 32, 64, 64]
     mid = make_engine("csr", default_net("weight", 0.7), threads=1)         # density 0.3: tiles over panels
     assert mid.panel_nbytes > 0 and "tile-panels" in mid.plan(256).summary()
 
@@ -411,7 +413,7 @@ def test_sell_default_sizes(k):
     assert_matches(eng(X[:, ::-1]), forward(params, np.ascontiguousarray(X[:, ::-1])))   # non-contiguous
     assert_matches(eng(X.astype(np.float64)), forward(params, X))
     assert eng.call_nbytes(1) == eng.sell_nbytes > 0
-    assert eng.call_nbytes(256) == eng.nbytes or eng.layout(256) == "csr-panels"
+    assert eng.call_nbytes(256) == eng.nbytes or eng.layout(256) in ("csr-panels", "csr-wide-panels")
     assert eng.describe()["sell"] is True
 
 
@@ -606,7 +608,7 @@ def test_describe_is_exact(name):
             "index_dtype": {"csr": "uint16", "csr-skip": "uint16", "csr-scipy": "int32"}.get(name), "threads": 1,
             "has_bias": True}
     if name in CSR_LIKE:
-        base.update(panels=[96, 80, 64, 32], panel_nbytes=0, sell=True, sell_kernel="sell16-portable",
+        base.update(panels=[96, 80, 64, 32], wide_panels=[96, 80, 64, 32], panel_nbytes=0, sell=True, sell_kernel="sell16-portable",
                     sell_nbytes=eng.sell_nbytes, sell_padding=eng.sell_padding)
         slots = eng.net.sell_slots
         assert eng.sell_padding == sum(slots) * 16 / eng.nnz and eng.sell_padding >= 1
@@ -752,9 +754,11 @@ def test_only_the_last_layer_panelled():
     params = (Layer(w0, None), Layer(w1, None))
     eng = make_engine("csr", params, threads=1, tuning=Tuning(**SMALL_PANELS))
     assert eng.panels == (96, 16) and eng._paneled is not eng._plain and eng.panel_nbytes > 0
-    assert list(eng._paneled[4]) == [96, 16] and eng.layout(64) == "csr-panels"
-    X = rng.random((64, 96), dtype=np.float32)
-    assert_matches(eng(X), forward(params, X))
+    assert list(eng._paneled[4]) == [96, 16] and eng.layout(32) == "csr-panels"
+    assert eng.wide_panels == (16, 16) and eng.layout(64) == "csr-wide-panels"   # panel_width as set, at any density
+    for B in (32, 64):
+        X = rng.random((B, 96), dtype=np.float32)
+        assert_matches(eng(X), forward(params, X))
 
 
 def test_row_split_buffers_are_aligned_and_cached(small):

@@ -30,11 +30,12 @@ def close(a, b):
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3, 40], ids=["serial", "3-blocks", "more-blocks-than-rows"])
-@pytest.mark.parametrize("B", [16, 32, 48, 256])
+@pytest.mark.parametrize("B", [16, 32, 48, 64, 80, 112, 256])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("idx", [np.uint16, np.uint32])
 def test_matmul(n_blocks, B, relu, idx):
-    """Register tiles on a plain layer (one panel of every input); B a multiple of 16, as the engine pads."""
+    """Register tiles on a plain layer (one panel of every input); B a multiple of 16, as the engine pads
+    (64-column tiles while 64 columns are left, then 32, then 16: 80 = 64 + 16, 112 = 64 + 32 + 16)."""
     W = ragged()
     c = CSR.from_dense(W).check()
     rng = np.random.default_rng(B)
@@ -101,7 +102,7 @@ def test_forward_chain(B, parallel, panel):
 @pytest.mark.parametrize("panel", [None, 4, 7], ids=["plain", "panel4", "panel7"])
 @pytest.mark.parametrize("B, Bc, n_workers", [
     (1, 16, 1), (5, 16, 1), (16, 16, 2), (17, 16, 2), (17, 32, 3), (7, 16, 4), (64, 32, 2), (33, 16, 2),
-    (100, 32, 2), (100, 48, 3)])
+    (100, 32, 2), (100, 48, 3), (100, 64, 2), (256, 64, 3), (70, 80, 2)])
 def test_forward_chunks(B, Bc, n_workers, panel):
     # uneven splits (a padded last chunk, more workers than chunks, an odd chunk count); scratch
     # full of NaN: pad columns must be zeroed and nothing stale may reach the logits
@@ -116,7 +117,7 @@ def test_forward_chunks(B, Bc, n_workers, panel):
 
 
 @settings(max_examples=40, deadline=None)
-@given(M=st.integers(0, 30), N=st.integers(1, 30), B=st.sampled_from([16, 32, 48]), P=st.integers(1, 31),
+@given(M=st.integers(0, 30), N=st.integers(1, 30), B=st.sampled_from([16, 32, 48, 64, 80]), P=st.integers(1, 31),
        density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), seed=st.integers(0, 999))
 def test_random_shapes(M, N, B, P, density, seed):
     rng = np.random.default_rng(seed)
@@ -138,7 +139,7 @@ def test_random_shapes(M, N, B, P, density, seed):
 
 
 @pytest.mark.parametrize("P", [1, 3, 8, 16, 40])
-@pytest.mark.parametrize("B", [16, 32, 48])
+@pytest.mark.parametrize("B", [16, 32, 48, 64, 112])
 def test_panels(P, B):
     W = ragged()
     c = CSR.from_dense(W).check()

@@ -88,18 +88,29 @@ def test_two_thread_plans(nets):
     assert p1.split == "rows"
     p16 = sparse.plan(16)
     assert p16.split == "rows" and [l.kernel for l in p16.layers] == ["tiles"] * 5      # register tiles
-    p256 = sparse.plan(256)
-    assert (p256.split, p256.chunk, p256.layout) == ("batch", 32, "csr")
-    assert [l.kernel for l in p256.layers] == ["tiles"] * 5 and not any(l.parallel for l in p256.layers)
-    assert p256.summary() == "csr; batch split 32 cols x 2 threads; tiles x5"
+    p64 = sparse.plan(64)                                 # one 64-column chunk would idle a thread: two of 32
+    assert (p64.split, p64.chunk, p64.layout) == ("batch", 32, "csr")
+    assert [l.kernel for l in p64.layers] == ["tiles"] * 5 and not any(l.parallel for l in p64.layers)
+    assert p64.summary() == "csr; batch split 32 cols x 2 threads; tiles x5"
+    p256 = sparse.plan(256)                               # 64-column chunks on their own panels
+    W = [wide_panel_width(Tuning(), c.density, c.shape[1], c.nnz) for c in sparse.csr]
+    assert W[0] < 784 and W[3:] == [500, 200]            # density 0.1: deepened panels; small layers plain
+    assert (p256.split, p256.chunk, p256.layout) == ("batch", 64, "csr-wide-panels")
+    assert [l.panel for l in p256.layers] == [P if P < n else 0 for P, n in zip(W, (784, 1000, 1000, 500, 200))]
+    assert p256.nbytes == sparse.net.nbytes["csr-wide-panels"]
     dense = make_engine("csr", nets[0.0], threads=2, sell=False)
-    p = dense.plan(256)                                   # density 1: tiles over column panels, 32-column chunks
+    p = dense.plan(96)                                    # density 1: tiles over column panels, 32-column chunks
     P = panel_width(Tuning(), 1.0, 10**6, 10**9)          # the host's width: 256 inputs for an L1d of 32-63 KB
     panelled = [2 * P <= n for n in (784, 1000, 1000, 500)] + [False]        # 200 x 10: too few non-zeros
-    assert (p.layout, p.chunk) == ("csr-panels", 32)
+    assert (p.layout, p.chunk) == ("csr-panels", 32)      # 64-column chunks would pad 32 columns more
     assert [l.kernel for l in p.layers] == ["tile-panels" if q else "tiles" for q in panelled]
     assert [l.panel for l in p.layers] == [P if q else 0 for q in panelled]
-    assert p.nbytes == dense.nbytes + dense.panel_nbytes - sum(c.nbytes for c in dense.csr)
+    assert p.nbytes == dense.net.nbytes["csr-panels"]
+    p = dense.plan(256)                                   # 64-column chunks: panels half as wide
+    Pw = wide_panel_width(Tuning(), 1.0, 10**6, 10**9)
+    assert Pw == P // 2 and (p.layout, p.chunk) == ("csr-wide-panels", 64)
+    assert [l.panel for l in p.layers] == [Pw if 2 * Pw <= n else 0 for n in (784, 1000, 1000, 500)] + [0]
+    assert dense.panel_nbytes == sum(a.nbytes for a in dense._paneled[:3]) + sum(a.nbytes for a in dense._wide[:3])
     sell = make_engine("csr", nets[0.9], threads=2, sell="portable")
     assert [l.parallel for l in sell.plan(1).layers] == [s >= Tuning().min_parallel_slots
                                                          for s in sell.net.sell_slots]
@@ -144,18 +155,23 @@ def test_engine_runs_the_planned_layout(nets, monkeypatch):
     calls = _spy(monkeypatch, "csr_forward_chunks")
     X = np.random.default_rng(0).random((256, 784), dtype=np.float32)
     out = eng(X)
-    assert eng.plan(256).layout == "csr-panels"
-    assert calls and calls[0][2] is eng._paneled[2]       # indptr of the panel-major copy
+    assert eng.plan(256).layout == "csr-wide-panels"      # 64-column chunks: their own panels
+    assert calls and calls[0][2] is eng._wide[2]          # indptr of that panel-major copy
     layers = eng.plan(256).layers                         # each layer's panels as planned (n_in: one panel)
     assert [int(P) for P in calls[0][7]] == [l.panel or n for l, (_, n) in zip(layers, eng.net.shape)]
     assert [l.kernel for l in layers] == ["tile-panels" if l.panel else "tiles" for l in layers]
     assert layers[0].kernel == "tile-panels" and layers[-1].kernel == "tiles"   # the 200 x 10 layer: whole rows
     np.testing.assert_allclose(out, forward(nets[0.0], X), rtol=1e-4, atol=1e-3)
     calls.clear()
+    X = X[:96]                                            # 32-column chunks: the other panels
+    np.testing.assert_allclose(eng(X), forward(nets[0.0], X), rtol=1e-4, atol=1e-3)
+    assert eng.plan(96).layout == "csr-panels" and calls[-1][2] is eng._paneled[2]
+    assert [int(P) for P in calls[-1][7]] == [l.panel or n for l, (_, n) in zip(eng.plan(96).layers, eng.net.shape)]
+    calls.clear()
     sparse = make_engine("csr", nets[0.9], threads=1, sell=False)    # density 0.1: whole rows, plain arrays
     calls = _spy(monkeypatch, "csr_forward_chunks")
     sparse(X)
-    assert sparse.plan(256).layout == "csr" and calls[0][2] is sparse._plain[2]
+    assert sparse.plan(96).layout == "csr" and calls[0][2] is sparse._plain[2]
 
 
 def test_codes_carry_the_parallel_flag(nets):
@@ -167,7 +183,8 @@ def test_codes_carry_the_parallel_flag(nets):
 
 
 # -- exact values at the thresholds: NetShape by hand, every boundary at equality --------------------
-from sparsenet.plan import LayerPlan, NetShape, Plan, batch_chunk, chunk_width, padded_batch, panel_width  # noqa: E402
+from sparsenet.plan import (LayerPlan, NetShape, Plan, batch_chunk, chunk_width, padded_batch,  # noqa: E402
+                            panel_width, wide_panel_width)
 
 
 def test_panel_width_boundaries():
@@ -227,8 +244,12 @@ def _net(nnz, shape, panels=None, **nbytes):
 def test_chunk_width_boundaries():
     plain = _net([1000], [(100, 100)])                      # no panels: a thread needs tile_min_chunk columns
     t = Tuning(small_work=0)
-    for B, Bc in ((2, 16), (7, 16), (16, 16), (17, 32), (25, 32), (100, 32), (4096, 32)):
-        assert chunk_width(t, plain, B, 1) == Bc, B         # one thread: 16 columns only for B <= 16
+    for B, Bc in ((2, 16), (7, 16), (16, 16), (17, 32), (25, 32), (33, 64), (65, 32), (96, 32), (97, 64),
+                  (100, 64), (4096, 64)):
+        assert chunk_width(t, plain, B, 1) == Bc, B         # one thread: 16 columns only for B <= 16; 64 where
+                                                            # they pad no more than 32 (65: 128 vs 96 columns)
+    assert chunk_width(Tuning(tile_chunk=32, small_work=0), plain, 4096, 1) == 32   # 64 only if tile_chunk says
+    assert chunk_width(t, plain, 128, 2) == 64 and chunk_width(t, plain, 127, 3) == 32   # a 64 chunk a thread
     assert chunk_width(t, plain, 32, 2) == 16               # 2 chunks of 16: each thread one (B == 2 * 16)
     assert chunk_width(t, plain, 33, 2) == 32               # 3 chunks of 16 would make a second round
     assert chunk_width(t, plain, 31, 2) == 0                # 15.5 columns a thread: the row split
@@ -239,9 +260,10 @@ def test_chunk_width_boundaries():
     assert chunk_width(Tuning(tile_chunk=64, small_work=0), plain, 100, 2) == 64
     assert chunk_width(Tuning(tile_chunk=0), plain, 100, 1) == 0                         # no batch split
     dense = _net([6000], [(100, 100)], [50])                # panelled: 2 * tile_min_chunk columns a thread
-    assert chunk_width(t, dense, 256, 2) == 32 and chunk_width(t, dense, 64, 2) == 32   # B == 2 * 2 * 16
+    assert chunk_width(t, dense, 256, 2) == 64 and chunk_width(t, dense, 64, 2) == 32   # B == 2 * 2 * 16
     assert chunk_width(t, dense, 63, 2) == 0                # 31.5 < 32: the row split
-    assert chunk_width(t, dense, 100, 2) == 32              # 4 chunks, the last with 28 zero columns
+    assert chunk_width(t, dense, 100, 2) == 64              # 2 chunks, the last with 28 zero columns (as 4 of 32)
+    assert chunk_width(t, dense, 90, 2) == 32               # 3 chunks of 32 pad 6 columns, 2 of 64 would pad 38
     assert chunk_width(Tuning(small_work=0, tile_min_chunk=14), dense, 56, 2) == 32
     assert chunk_width(Tuning(small_work=10**9), dense, 30, 2) == 16     # short call
     assert chunk_width(t, dense, 1, 2) == 0 and chunk_width(t, dense, 1, 1) == 0
@@ -271,7 +293,7 @@ def test_row_split_plan_is_exact():
     assert p.summary() == "csr; row split over 2 threads; tiles/par x2"
     p = plan.plan_csr(net, 7, 1, t, None, isa="avx2")          # tile_chunk=0: no batch split at one thread
     assert (p.split, p.padded_batch) == ("none", 16)
-    assert p.reasons == ("batch padded to 16 columns (register tiles of 32 and 16 columns)",)
+    assert p.reasons == ("batch padded to 16 columns (register tiles of 64, 32 and 16 columns)",)
     assert [(l.kernel, l.code) for l in p.layers] == [("tiles", plan.kernels.TILES)] * 2
     assert p.summary() == "csr; none; tiles x2"
     p = plan.plan_csr(net, 1, 1, t, None, isa="avx512", engine="csr-skip")
@@ -298,19 +320,29 @@ def test_row_split_runs_register_tiles_over_the_panels():
 def test_batch_split_plan_is_exact():
     net = _net([6000, 500], [(100, 100), (10, 100)], [50, 100], csr=10, **{"csr-panels": 20})
     t = Tuning(small_work=0)
-    p = plan.plan_csr(net, 256, 2, t, None, isa="avx512")
-    assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 32, 0, 20)
+    p = plan.plan_csr(net, 256, 2, t, None, isa="avx512")      # no wide panels in this net: 64 columns on its panels
+    assert (p.layout, p.split, p.chunk, p.padded_batch, p.nbytes) == ("csr-panels", "batch", 64, 0, 20)
     assert p.layers == (LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS),
                         LayerPlan("tiles", False, 0, plan.kernels.TILES))
-    assert p.reasons == ("batch split: 8 chunk(s) of 32 columns, each through every layer on one thread, "
+    assert p.reasons == ("batch split: 4 chunk(s) of 64 columns, each through every layer on one thread, "
                          "claimed by 2 thread(s)",)
-    p = plan.plan_csr(net, 97, 1, t, None, isa="avx512")        # 4 chunks of 32, the last with 31 zero columns
+    p = plan.plan_csr(net, 90, 1, t, None, isa="avx512")        # 3 chunks of 32, the last with 6 zero columns
     assert (p.chunk, p.layers[0]) == (32, LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS))
-    assert p.reasons == ("batch split: 4 chunk(s) of 32 columns (the last with 31 zero columns), each through "
+    assert p.reasons == ("batch split: 3 chunk(s) of 32 columns (the last with 6 zero columns), each through "
                          "every layer on one thread, claimed by 1 thread(s)",)
     p = plan.plan_csr(net, 7, 1, t, None, isa="avx512")         # 7 columns: one padded 16-column chunk
     assert [l.code for l in p.layers] == [plan.kernels.TILE_PANELS, plan.kernels.TILES] and p.chunk == 16
     assert p.summary() == "csr-panels; batch split 16 cols x 1 threads; tile-panels, tiles"
+    wide = NetShape(nnz=net.nnz, shape=net.shape, panels=net.panels, wide_panels=(25, 100),
+                    nbytes={"csr-panels": 20, "csr-wide-panels": 30})
+    p = plan.plan_csr(wide, 256, 2, t, None, isa="avx512")     # 64-column chunks on the wide panels
+    assert (p.layout, p.chunk, p.nbytes) == ("csr-wide-panels", 64, 30)
+    assert p.layers == (LayerPlan("tile-panels", False, 25, plan.kernels.TILE_PANELS),
+                        LayerPlan("tiles", False, 0, plan.kernels.TILES))
+    p = plan.plan_csr(wide, 90, 1, t, None, isa="avx512")      # 32-column chunks on the others
+    assert (p.layout, p.chunk, p.layers[0].panel) == ("csr-panels", 32, 50)
+    plain_wide = NetShape(nnz=net.nnz, shape=net.shape, panels=(100, 100), wide_panels=(100, 100), nbytes={"csr": 10})
+    assert plan.plan_csr(plain_wide, 256, 2, t, None, isa="avx512").layout == "csr"
 
 
 def test_sell_plan_is_exact():
@@ -471,7 +503,7 @@ def test_row_split_kernels_and_reasons_at_small_batches():
             "a layer runs on 2 threads when nnz * batch >= 0")
     for B, Bp in ((2, 16), (15, 16), (16, 16), (17, 32)):
         p = plan.plan_csr(net, B, 2, t, None, isa="avx2")
-        pad = ("batch padded to %d columns (register tiles of 32 and 16 columns)" % Bp,) if Bp > B else ()
+        pad = ("batch padded to %d columns (register tiles of 64, 32 and 16 columns)" % Bp,) if Bp > B else ()
         assert (p.split, p.padded_batch, p.reasons, p.nbytes) == ("rows", Bp, pad + rows, 3), B
         assert [(l.kernel, l.parallel) for l in p.layers] == [("tiles", True)] * 2, B
     p = plan.plan_csr(net, 1, 2, t, None, isa="avx2")
@@ -512,8 +544,10 @@ def test_every_batch_runs_register_tiles_on_a_multiple_of_16_columns(threads):
             p = plan.plan_csr(net, B, threads, Tuning(), None, isa="avx2")
             assert {l.kernel for l in p.layers} <= {"tiles", "tile-panels"}, (B, p.summary())
             if p.split == "batch":
-                assert p.chunk in (16, 32) and p.padded_batch == 0
+                assert p.chunk in (16, 32, 64) and p.padded_batch == 0
                 n_chunks = -(-B // p.chunk)
-                assert n_chunks * p.chunk - B < p.chunk and (p.chunk == 32 or n_chunks <= threads)
+                assert n_chunks * p.chunk - B < p.chunk and (p.chunk != 16 or n_chunks <= threads)
+                if p.chunk == 64:                            # wide chunks: one a thread at least, no extra padding
+                    assert n_chunks >= threads and n_chunks * 64 - B < 32
             else:
                 assert p.split in ("rows", "none") and p.padded_batch % 16 == 0 and 0 <= p.padded_batch - B < 16
