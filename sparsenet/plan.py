@@ -311,6 +311,10 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         reasons.append(f"batch split: {n_chunks} chunk(s) of {Bc} columns" + (f" (the last with {pad} zero "
                        f"columns)" if pad else "") + ", each through every layer on one thread, claimed by "
                        f"{threads} thread(s)")
+        if Bc >= WIDEST_TILE:
+            reasons.append(f"{WIDEST_TILE}-column register tiles" + (
+                f" on column panels of their own (a {WIDEST_TILE}-column chunk's activations within the L1d, "
+                f"wider where a row would hold fewer than {t.min_pass_nnz} non-zeros in one)" if wide else ""))
         layout = ("csr-wide-panels" if wide else "csr-panels") if any(l.panel for l in layers) else "csr"
         return Plan(layout=layout, split="batch", chunk=Bc, layers=layers,
                     reasons=tuple(reasons), nbytes=net.nbytes.get(layout, 0), **common)

@@ -325,7 +325,7 @@ def test_batch_split_plan_is_exact():
     assert p.layers == (LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS),
                         LayerPlan("tiles", False, 0, plan.kernels.TILES))
     assert p.reasons == ("batch split: 4 chunk(s) of 64 columns, each through every layer on one thread, "
-                         "claimed by 2 thread(s)",)
+                         "claimed by 2 thread(s)", "64-column register tiles")
     p = plan.plan_csr(net, 90, 1, t, None, isa="avx512")        # 3 chunks of 32, the last with 6 zero columns
     assert (p.chunk, p.layers[0]) == (32, LayerPlan("tile-panels", False, 50, plan.kernels.TILE_PANELS))
     assert p.reasons == ("batch split: 3 chunk(s) of 32 columns (the last with 6 zero columns), each through "
@@ -337,6 +337,8 @@ def test_batch_split_plan_is_exact():
                     nbytes={"csr-panels": 20, "csr-wide-panels": 30})
     p = plan.plan_csr(wide, 256, 2, t, None, isa="avx512")     # 64-column chunks on the wide panels
     assert (p.layout, p.chunk, p.nbytes) == ("csr-wide-panels", 64, 30)
+    assert p.reasons[-1] == ("64-column register tiles on column panels of their own (a 64-column chunk's "
+                             "activations within the L1d, wider where a row would hold fewer than 24 non-zeros in one)")
     assert p.layers == (LayerPlan("tile-panels", False, 25, plan.kernels.TILE_PANELS),
                         LayerPlan("tiles", False, 0, plan.kernels.TILES))
     p = plan.plan_csr(wide, 90, 1, t, None, isa="avx512")      # 32-column chunks on the others
