@@ -18,8 +18,8 @@ from sparsenet import kernels
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 CSR_TILE = 16    # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
-WIDE_TILE = 32   # columns of a 32-column tile (simd.csr_rows32): its column panel holds panel_bytes of activations
-WIDEST_TILE = 64  # columns of the widest tile (simd.csr_rows64, chunks of 64): panels of its own (wide_panel_width)
+PANEL_TILE = 32  # columns of the tile the csr-panels layout is sized for (simd.csr_rows32: batches below chunks of 64)
+WIDE_TILE = 64   # columns of the widest tile (simd.csr_rows64, chunks of 64): panels of its own (wide_panel_width)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[in
     """Inputs per column panel of a layer (Tuning.panel_width, 0: panel_bytes of a 32-column chunk's
     activations, 256 inputs for an L1d of 32-63 KB); n_in (one panel: plain CSR) when sparser than
     dense_panels or small."""
-    width = t.panel_width or panel_bytes(l1d) // (4 * WIDE_TILE)
+    width = t.panel_width or panel_bytes(l1d) // (4 * PANEL_TILE)
     P = width if density >= t.dense_panels else n_in
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 
@@ -217,7 +217,7 @@ def wide_panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Option
     (fewer than two panels of inputs, or min_panel_nnz non-zeros)."""
     P = t.panel_width
     if not P:
-        P = panel_bytes(l1d) // (4 * WIDEST_TILE)
+        P = panel_bytes(l1d) // (4 * WIDE_TILE)
         while density * P < t.min_pass_nnz and 2 * P <= n_in:
             P *= 2
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
@@ -257,7 +257,7 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
     """
     if B <= 1 or t.tile_chunk == 0:
         return 0
-    narrow = min(t.tile_chunk, WIDE_TILE)
+    narrow = min(t.tile_chunk, PANEL_TILE)
     Bc = CSR_TILE if -(-B // CSR_TILE) <= threads else narrow
     wide = t.tile_chunk
     if wide > narrow and -(-B // wide) >= threads and -(-B // wide) * wide <= -(-B // narrow) * narrow:
@@ -302,7 +302,7 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         reasons.append({"avx512": "batch 1 on the CSR SpMV (SELL not kept: it does not pay for this net, "
                                   "or sell=False)"}.get(isa, f"no AVX-512F ({isa}): batch 1 on the CSR SpMV"))
     if Bc:
-        wide = Bc >= WIDEST_TILE and bool(net.wide_panels) and net.wide_panels != net.panels   # their own panels
+        wide = Bc >= WIDE_TILE and bool(net.wide_panels) and net.wide_panels != net.panels   # their own panels
         panels = net.wide_panels if wide else net.panels
         layers = tuple(LayerPlan("tile-panels", False, P, kernels.TILE_PANELS) if P < n
                        else LayerPlan("tiles", False, 0, kernels.TILES) for (_, n), P in zip(net.shape, panels))
@@ -311,9 +311,9 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         reasons.append(f"batch split: {n_chunks} chunk(s) of {Bc} columns" + (f" (the last with {pad} zero "
                        f"columns)" if pad else "") + ", each through every layer on one thread, claimed by "
                        f"{threads} thread(s)")
-        if Bc >= WIDEST_TILE:
-            reasons.append(f"{WIDEST_TILE}-column register tiles" + (
-                f" on column panels of their own (a {WIDEST_TILE}-column chunk's activations within the L1d, "
+        if Bc >= WIDE_TILE:
+            reasons.append(f"{WIDE_TILE}-column register tiles" + (
+                f" on column panels of their own (a {WIDE_TILE}-column chunk's activations within the L1d, "
                 f"wider where a row would hold fewer than {t.min_pass_nnz} non-zeros in one)" if wide else ""))
         layout = ("csr-wide-panels" if wide else "csr-panels") if any(l.panel for l in layers) else "csr"
         return Plan(layout=layout, split="batch", chunk=Bc, layers=layers,
