@@ -22,7 +22,7 @@ def _sparsity(text: str) -> float:
         raise argparse.ArgumentTypeError(f"sparsity must be a finite number: a fraction in [0, 1) or a "
                                          f"percentage in [0, 100), got {text!r}")
     if not percent and value >= 1:
-        if not value.is_integer():
+        if not value.is_integer() or (value == 1 and not raw.isdigit()):      # 1.5, or 1.0: a fraction?
             raise argparse.ArgumentTypeError(
                 f"ambiguous sparsity {text!r}: give a fraction in [0, 1) or a percentage such as {text}%")
         percent = True
@@ -200,6 +200,9 @@ def cmd_plan(args) -> int:
     threads = args.threads or tuple(sorted({1, max_threads()}))
     for t in threads:
         check_threads(t, "--threads")
+    if not args.batch or min(args.batch) < 1:
+        raise ValueError(f"--batch: batch sizes must be positive integers, e.g. 1,16,256; got "
+                         f"{','.join(map(str, args.batch)) or 'none'}")
     net, about = plan_net(args)
     target = plan.cpu()
     plans = []

@@ -60,6 +60,8 @@ class Engine:
         the inputs their pruned weights skip, so they would otherwise disagree with dense BLAS.
         """
         X = np.asarray(X)
+        if X.dtype.kind == "c":
+            raise ValueError(f"X must be real, got {X.dtype}")
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise ValueError(f"expected X of shape (B, {self.n_in}), got {X.shape}")
         if X.dtype != np.float32 or not X.flags.c_contiguous:
@@ -87,6 +89,8 @@ class Engine:
 
     def warmup(self, batch: int = 1) -> float:
         """Seconds spent in one call on a zero batch (the compile, or cache load, for Numba)."""
+        if int(batch) < 1:
+            raise ValueError(f"warmup needs a batch of at least 1 row, got {batch}")
         X = np.zeros((int(batch), self.n_in), np.float32)
         t = time.perf_counter()
         self(X)

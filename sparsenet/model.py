@@ -31,7 +31,7 @@ def check_params(params: Sequence[Layer]) -> Params:
 
     Every engine checks its parameters here (a kernel reading a layer of the wrong width would read
     out of bounds): each weight a 2-d real (n_out, n_in) array whose n_in is the previous n_out, each
-    bias None or of shape (n_out,).
+    bias None or of shape (n_out,), all finite. The layers returned are C-contiguous float32 copies.
     """
     params = tuple(params)
     if not params:
@@ -50,8 +50,13 @@ def check_params(params: Sequence[Layer]) -> Params:
         if bias is not None and (bias.shape != (n_out,) or bias.dtype.kind not in "biuf"):
             raise ValueError(f"layer {i}: bias must be None or a real array of shape ({n_out},), got "
                              f"{bias.dtype} of shape {bias.shape}")
-        checked.append(Layer(weight.astype(np.float32, copy=False),
-                             None if bias is None else bias.astype(np.float32, copy=False)))
+        for name, a in (("weight", weight), ("bias", bias)):
+            if a is not None and not np.isfinite(a).all():
+                raise ValueError(f"layer {i}: {name} holds NaN or inf (a diverged net?); engines that skip pruned "
+                                 f"weights and dense BLAS would answer differently")
+        # copies of their own: an engine must not change when the caller later writes its arrays
+        checked.append(Layer(np.array(weight, dtype=np.float32, order="C"),
+                             None if bias is None else np.array(bias, dtype=np.float32)))
         n_prev = n_out
     return tuple(checked)
 

@@ -74,6 +74,11 @@ class Tuning:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
+            if name == "dense_panels":          # a density; every other field counts something
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= 1:
+                    raise ValueError(f"Tuning.{name} must be a density in [0, 1], got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"Tuning.{name} must be an integer >= 0, got {value!r}")
             if value < 0:
                 raise ValueError(f"Tuning.{name} must be >= 0, got {value}")
         if self.tile_chunk % CSR_TILE:

@@ -22,6 +22,9 @@ TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "
                  "min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "dense_every_k", "remeasure_s", "peak_n")
 
 
+MAX_PEAK_N = 16384      # the largest sgemm peak case: 3 GiB of float32 operands
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     dataset: str = "mnist"                   # data set name: one of names.DATASETS
@@ -115,8 +118,9 @@ class StudyConfig:
         if self.train_subset is not None and not (isinstance(self.train_subset, int)
                                                   and 100 <= self.train_subset <= 60000):
             raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
-        if not (isinstance(self.peak_n, int) and not isinstance(self.peak_n, bool) and self.peak_n >= 0):
-            raise ValueError(f"peak_n must be an integer >= 0 (0: no sgemm peak in the timings), got {self.peak_n!r}")
+        if not (isinstance(self.peak_n, int) and not isinstance(self.peak_n, bool) and 0 <= self.peak_n <= MAX_PEAK_N):
+            raise ValueError(f"peak_n must be an integer in 0..{MAX_PEAK_N} (0: no sgemm peak in the timings; "
+                             f"an n x n sgemm holds 12 n^2 bytes), got {self.peak_n!r}")
         if not (isinstance(self.rounds, int) and self.rounds >= 1):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
         for name in ("min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "finetune_lr", "remeasure_s"):

@@ -5,17 +5,29 @@ from sparsenet import cli
 
 
 @pytest.mark.parametrize("text, expected", [("0", 0.0), ("0.9", 0.9), ("90", 0.9), ("97.5%", 0.975),
-                                            ("99", 0.99), ("1", 0.01)])
+                                            ("99", 0.99), ("1", 0.01), ("2.0", 0.02), ("1%", 0.01)])
 def test_sparsity_forms(text, expected):
     assert cli._sparsity(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["1.5", "100", "-0.1", "abc", "99.9999%0"])
+@pytest.mark.parametrize("text", ["1.5", "1.0", "100", "-0.1", "abc", "99.9999%0"])
 def test_bad_sparsities_are_refused(text, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args(["study", "--sparsities", f"0,{text}"])
     assert exc.value.code == 2
     assert "--sparsities" in capsys.readouterr().err
+
+
+def test_ambiguous_one_is_named():
+    with pytest.raises(Exception, match=r"ambiguous sparsity '1\.0': give a fraction in \[0, 1\) or a percentage"):
+        cli._sparsity("1.0")
+
+
+@pytest.mark.parametrize("batch", ["0", "-5", "1,0"])
+def test_plan_refuses_batches_below_one(batch, capsys):
+    assert cli.main(["plan", "--batch", batch, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch: batch sizes must be positive integers" in err and "Traceback" not in err
 
 
 def test_study_options_reach_the_config(monkeypatch):

@@ -15,7 +15,7 @@ from sparsenet import csr_engine, plan, sell_kernels
 from sparsenet.engines import ENGINES, make_engine
 from sparsenet.plan import Tuning, batch_chunk
 from sparsenet.model import DEFAULT_SIZES, Layer, forward, he_init
-from sparsenet.prune import neuron_prune, weight_prune
+from sparsenet.prune import block_prune, neuron_prune, nm_prune, weight_prune
 
 SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 BATCHES = (1, 7, 256)
@@ -324,6 +324,15 @@ def test_bad_input_shape(small, name, shape):
 
 
 @pytest.mark.parametrize("name", UNSTRUCTURED)
+def test_complex_input_refused(small, name):
+    eng = make_engine(name, small)
+    with pytest.raises(ValueError, match=r"^X must be real, got complex128$"):
+        eng(np.ones((2, SMALL[0])) + 5j)       # not its real part, silently
+    with pytest.raises(ValueError, match=r"^warmup needs a batch of at least 1 row, got 0$"):
+        eng.warmup(0)
+
+
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_all_zero_layer(name):
     params = list(he_init(SMALL, bias=True, seed=5))
     params[1] = Layer(np.zeros_like(params[1].weight), params[1].bias)
@@ -536,15 +545,42 @@ def _inconsistent(kind):
     if kind == "not-a-layer":
         params[1] = params[1].weight
         return params, r"layer 1: expected a Layer\(weight, bias\), got ndarray"
+    if kind == "nan-weight":                       # dense BLAS would answer NaN, a sparse kernel skip it
+        w = params[1].weight.copy()
+        w[2, 3] = np.nan
+        params[1] = Layer(w, params[1].bias)
+        return params, r"layer 1: weight holds NaN or inf \(a diverged net\?\)"
+    if kind == "inf-bias":
+        b = params[0].bias.copy()
+        b[0] = -np.inf
+        params[0] = Layer(params[0].weight, b)
+        return params, r"layer 0: bias holds NaN or inf"
     return [], "params must hold at least one layer"
 
 
-@pytest.mark.parametrize("kind", ["width", "bias", "1-d", "complex", "not-a-layer", "empty"])
+@pytest.mark.parametrize("kind", ["width", "bias", "1-d", "complex", "not-a-layer", "nan-weight", "inf-bias",
+                                  "empty"])
 @pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_inconsistent_params_refused_by_every_engine(name, kind):
     params, message = _inconsistent(kind)
     with pytest.raises(ValueError, match=message):
         make_engine(name, params, threads=1)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_engines_keep_their_own_copy_of_the_params(name):
+    """Writing the caller's arrays after the build changes no engine (bias and weight, C or Fortran)."""
+    params = list(he_init((12, 8, 6, 4), bias=True, seed=3))
+    params[0] = Layer(np.asfortranarray(params[0].weight), params[0].bias + 0.1)
+    params = (nm_prune(params, 2, 4) if name == "nm" else block_prune(params, 0.5) if name.startswith("bsr")
+              else prune(tuple(params), "neuron" if name.startswith("shrunk") else "weight", 0.5))
+    X = np.random.default_rng(0).random((3, 12), dtype=np.float32)
+    eng = make_engine(name, params, threads=1)
+    before = eng(X)
+    for layer in params:
+        layer.weight[...] = 7.0
+        layer.bias[...] = 100.0
+    np.testing.assert_array_equal(eng(X), before)
 
 
 # -- exact contracts: messages, counts, describe(), dtypes, buffers, the kernels the plan names ------

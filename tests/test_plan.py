@@ -455,6 +455,20 @@ def test_tuning_refuses_every_negative_field():
     assert Tuning(**{f.name: 0 for f in fields(Tuning)}).tile_min_chunk == 0
 
 
+@pytest.mark.parametrize("field, value", [("max_chunk", 2.5), ("panel_width", 2.5), ("max_chunk", "a"),
+                                          ("min_pass_nnz", True), ("tile_chunk", float("nan"))])
+def test_tuning_refuses_counts_that_are_not_integers(field, value):
+    with pytest.raises(ValueError, match=rf"^Tuning\.{field} must be an integer >= 0, got "):
+        Tuning(**{field: value})
+
+
+@pytest.mark.parametrize("value", [1.5, float("nan"), "0.3", None])
+def test_tuning_refuses_a_density_outside_0_1(value):
+    with pytest.raises(ValueError, match=r"^Tuning\.dense_panels must be a density in \[0, 1\], got "):
+        Tuning(dense_panels=value)
+    assert Tuning(dense_panels=1).dense_panels == 1 and Tuning(dense_panels=0.5).dense_panels == 0.5
+
+
 def test_plan_nbytes_default_to_zero_for_a_layout_without_bytes():
     # a NetShape whose nbytes names no layout: every plan_csr path reads 0 bytes (an int), not None
     net = NetShape(nnz=(100, 50), shape=((10, 20), (5, 10)), sell_slots=(1, 1), panels=(10, 10))

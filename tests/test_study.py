@@ -35,7 +35,8 @@ SIZES = (784, 48, 32, 10)
     (dict(gradual_methods=("nm", "pixel")), r"unknown gradual_methods \['pixel'\]"),
     (dict(gradual_sparsities=None), "gradual_sparsities must be a sequence"),
     (dict(gradual_sparsities=(0.95, 1.0)), "sparsity"),
-    (dict(peak_n=-1), "peak_n must be an integer >= 0"),
+    (dict(peak_n=-1), r"peak_n must be an integer in 0\.\.16384"),
+    (dict(peak_n=16385), r"peak_n must be an integer in 0\.\.16384 \(0: no sgemm peak"),
     (dict(peak_n=True), "peak_n"),
 ])
 def test_config_validation(kwargs, match):
