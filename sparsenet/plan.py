@@ -211,8 +211,7 @@ def panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[in
     activations, 256 inputs for an L1d of 32-63 KB); n_in (one panel: plain CSR) when sparser than
     dense_panels or small."""
     width = t.panel_width or panel_bytes(l1d) // (4 * PANEL_TILE)
-    P = width if density >= t.dense_panels else n_in
-    return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
+    return _panelled(t, width if density >= t.dense_panels else n_in, n_in, nnz)
 
 
 def wide_panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Optional[int] = None) -> int:
@@ -225,6 +224,12 @@ def wide_panel_width(t: Tuning, density: float, n_in: int, nnz: int, l1d: Option
         P = panel_bytes(l1d) // (4 * WIDE_TILE)
         while density * P < t.min_pass_nnz and 2 * P <= n_in:
             P *= 2
+    return _panelled(t, P, n_in, nnz)
+
+
+def _panelled(t: Tuning, P: int, n_in: int, nnz: int) -> int:
+    """P, or n_in (one panel: plain CSR) for a layer too small for panels: fewer than two panels of
+    inputs or min_panel_nnz non-zeros (both panel rules)."""
     return P if 2 * P <= n_in and nnz >= t.min_panel_nnz else n_in
 
 

@@ -20,6 +20,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from sparsenet.cpu import cpu
+
 LANES = 16
 _F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
 VF = ir.VectorType(_F32, LANES)
@@ -130,12 +132,11 @@ def _make_csr_rows(W):
         sig = types.void(data, indices, indptr, bias, HT, out, r0, r1, ld_h, ld_o, col0, first, relu)
 
         def codegen(context, builder, sig, args):
-            from sparsenet.cpu import cpu          # the ISA Numba compiles for, at compile time
             g = IR(context, builder, sig, args)
             p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
             r0, r1, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:11])
             first, relu = args[11], args[12]
-            n_acc = acc_sets(W, cpu().isa)
+            n_acc = acc_sets(W, cpu().isa)         # the ISA Numba compiles for, at compile time
             accs = [g.zeroed(W) for _ in range(n_acc)]
             zero = ir.Constant(VF, None)
             with cgutils.for_range_slice(builder, r0, r1, g.const(1), inc=True) as (i, _):
