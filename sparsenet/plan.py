@@ -192,6 +192,7 @@ class NetShape:
     nnz: tuple
     shape: tuple
     sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists: its slots (SELL-16) or units (SELL8)
+    sell_kinds: tuple = field(default=())   # per SELL8 layer: its window columns, "s" where its units are split
     panels: tuple = field(default=())    # inputs per column panel per layer (n_in: not panelled)
     wide_panels: tuple = field(default=())   # the same for chunks of 64 columns (empty: as panels)
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
@@ -302,9 +303,10 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         how = {"sell16-avx512": "SELL-16x32 (AVX-512F permutes)", "sell16-portable": "SELL-16x32 (portable twin)",
                "sell8-avx2": "SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
                "sell8-portable": "SELL8 (portable twin)"}[sell]
-        why = (f"batch 1 on {how}",
+        why = (f"batch 1 on {how}",) + ((f"SELL8 windows per layer (columns; s: split units, a window a slot): "
+                                         f"{', '.join(net.sell_kinds)}",) if eight and net.sell_kinds else ()) + (
                f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}" if threads > 1
-               else "one thread")
+               else "one thread",)
         return Plan(layout="sell", split="none", layers=layers, reasons=why, nbytes=net.nbytes.get("sell", 0), **common)
     Bc = chunk_width(t, net, B, threads)
     reasons = []

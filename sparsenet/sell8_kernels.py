@@ -2,8 +2,9 @@
 and the whole MLP in one call.
 
 AVX2 (`_chunk8_avx2`, `_chunk16_avx2`: LLVM-IR Numba intrinsics; Numba has no SIMD types): per
-unit of a chunk, the window start (uint16), the x window (one 8-float load, two for 16 columns),
-and per slot: a 32-bit broadcast of its metadata bits shifted right per lane (vpsrlvd), one vpermps
+unit of a chunk, the window start (uint16), the x window (one 8-float load, two for 16 columns;
+split units, `_chunk8s_avx2` / `_chunk16s_avx2`: a start and a window per slot), and per slot: a
+32-bit broadcast of its metadata bits shifted right per lane (vpsrlvd), one vpermps
 (llvm.x86.avx2.permps: only the low 3 bits of each lane's index count, so no mask; 16-column
 windows permute both halves and blend on the 4th bit, shifted to the sign), one FMA with the
 slot's 8 values. Four accumulators (two units in flight) against the FMA latency. No scalar load
@@ -13,8 +14,11 @@ typer refuses to compile otherwise, and refuses arrays of the wrong dtype or lay
 Portable twin (`_chunk_portable`, plain Numba, no ISA intrinsic): the same layout and arithmetic
 lane by lane, so any CPU (aarch64 included) tests the layout and the driver.
 
-`sell8_forward` runs the net (sell8.flatten's arrays) on either. Nothing is compiled at import;
-cache=True keeps the compiled code.
+A layer's parts (`_part_avx2`, `_part_portable`: contiguous chunks of about equal units) are C
+callbacks (cfuncs) that `sell8_forward`'s two drivers (one thread; a parallel region) and
+`sell8_matvec_bias_relu` call by address, so the chunk kernels compile once (cold, 2 threads, the
+AVX2 target: 3.5-5.7 s before, when the parallel driver compiled them again in its modules).
+Nothing is compiled at import; cache=True keeps the compiled code.
 
 Measured (bench/sell8_timing.py) on a 2-core Intel Xeon VM (family 6 model 207, AVX-512 host) with
 Numba's target forced to haswell (AVX2 code) and OPENBLAS_CORETYPE=Haswell, 1 thread, the whole
@@ -30,17 +34,23 @@ Numba's target forced to haswell (AVX2 code) and OPENBLAS_CORETYPE=Haswell, 1 th
 A 16-column unit costs ~1.8x an 8-column one on that core (four vpermps on one shuffle port, not
 two), hot in L2; it pays where it saves bytes (k >= ~60 %: the whole net then fits in L2 or streams
 a third less).
+
+Split units (`_chunk8s_avx2`, `_chunk16s_avx2`: each slot loads its own window; sell8 docstring)
+cost ~1.25x a paired unit hot but drop the padding slot a paired window rounds up to: the whole He
+net at batch 1, one thread, same target, side by side with paired-only layers (session 13): k = 95 %
+x1.39, 98 % x1.55, 99 % x1.67 (73 -> 52, 49 -> 32, 40 -> 24 us); k <= 90 % keeps paired layers.
 """
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from sparsenet.kernels import _store_logits
+from sparsenet.cfuncs import callback, run, run_parts
+from sparsenet.kernels import NEVER, _store_logits
 from sparsenet.sell8 import LANES, SLOTS, STEP, index_bits
 from sparsenet.simd import IR, require_arrays
 
@@ -70,14 +80,14 @@ def _relu_if(builder, flag, v):
     return builder.select(flag, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
 
 
-def _make_chunk(window):
+def _make_chunk(window, split):
     bits = index_bits(window)
-    name = f"sell8_kernels._chunk{window}"
+    name = f"sell8_kernels._chunk{window}{'s' if split else ''}"
 
     @intrinsic
     def chunk_avx2(typingctx, data, meta, start, unit_ptr, x, bias, out, c, relu):
         """out[8 c : 8 c + 8] = (relu)(bias[8 c:][:8] + SELL8 chunk c @ x), windows of `window`
-        columns; raw 1-d arrays (AVX2)."""
+        columns, a window a slot (split) or a unit; raw 1-d arrays (AVX2)."""
         if not available():
             raise TypingError(f"{name} needs AVX2 and FMA in Numba's target CPU (sell8_kernels.available() "
                               "is False); use the portable kernel (sell8_forward(..., avx2=False))")
@@ -104,12 +114,19 @@ def _make_chunk(window):
                                            ir.Constant(_I32, 0))
                 return builder.shuffle_vector(v, v, ir.Constant(V8I, None))
 
+            def x_window(u, s):
+                """The 8-float halves of the x window of unit u's slot s."""
+                at = builder.add(builder.mul(u, g.const(SLOTS)), g.const(s))
+                x0 = builder.mul(builder.zext(builder.load(builder.gep(p_start, [at])), _I64), g.const(STEP))
+                return [g.vload(p_x, builder.add(x0, g.const(LANES * h)), V8F) for h in range(window // LANES)]
+
             def unit(u, k):
                 word = builder.gep(words, [builder.mul(u, g.const(8))])
-                x0 = builder.mul(builder.zext(builder.load(builder.gep(p_start, [u])), _I64), g.const(STEP))
-                halves = [g.vload(p_x, builder.add(x0, g.const(LANES * h)), V8F) for h in range(window // LANES)]
+                halves = x_window(u, 0)
                 off = builder.mul(u, g.const(_UNIT))
                 for s in range(SLOTS):
+                    if split and s:
+                        halves = x_window(u, s)
                     b = broadcast_i32(word, bits * LANES * s // 8)      # slot s: bits * 8 s .. (byte-aligned)
                     idx = builder.lshr(b, right)
                     picked = builder.call(permute, [halves[0], idx])
@@ -135,13 +152,14 @@ def _make_chunk(window):
     return chunk_avx2
 
 
-_chunk8_avx2 = _make_chunk(8)
-_chunk16_avx2 = _make_chunk(16)
+_chunk8_avx2, _chunk16_avx2 = _make_chunk(8, False), _make_chunk(16, False)
+_chunk8s_avx2, _chunk16s_avx2 = _make_chunk(8, True), _make_chunk(16, True)
 
 
 @njit(inline="always", **_OPTS)
 def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu):
-    """The AVX2 chunk kernels in plain Numba, lane by lane (any CPU); wide: 16-column windows."""
+    """The AVX2 chunk kernels in plain Numba, lane by lane (any CPU); wide: 16-column windows. Each
+    slot reads its own window start, so paired and split units run the same code."""
     bits = np.uint64(4) if wide else np.uint64(3)
     mask = np.uint64(15) if wide else np.uint64(7)
     r0 = c * 8
@@ -150,12 +168,13 @@ def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu):
         o[lane] = np.float32(0.0)
     for u in range(unit_ptr[c], unit_ptr[c + 1]):
         m = meta[u]
-        xw = x[np.int64(start[u]) * 4:]
+        x0 = x[np.int64(start[2 * u]) * 4:]
+        x1 = x[np.int64(start[2 * u + 1]) * 4:]
         d = data[u * 16:u * 16 + 16]
         for lane in range(8):
             a = (m >> (bits * np.uint64(lane))) & mask
             b = (m >> (bits * np.uint64(8 + lane))) & mask
-            o[lane] += d[lane] * xw[a] + d[8 + lane] * xw[b]
+            o[lane] += d[lane] * x0[a] + d[8 + lane] * x1[b]
     for lane in range(8):
         v = o[lane] + bias[r0 + lane]
         if relu and v < np.float32(0.0):
@@ -174,53 +193,52 @@ def _part(unit_ptr, t, n_parts):
     return c0, c1
 
 
-# The chunk loops are plain (not inlined) functions that the serial and the parallel kernels share:
-# a prange body that only calls one compiles in a fraction of the time of one that inlines it.
-@njit(**_OPTS)
-def _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1):
-    """Chunks c0..c1-1 of one layer on the AVX2 kernels."""
-    if wide:
+# A layer's parts are C callbacks (cfuncs) that the drivers call by address: the chunk kernels are
+# compiled once, not again in every module of a parallel driver (cold, 2 threads: see the docstring).
+@callback
+def _part_avx2(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_parts, w):
+    """Part w of n_parts of one layer (contiguous chunks of about equal units) on the AVX2 kernel
+    of its windows (wide: 16 columns) and units (split: a window a slot)."""
+    c0, c1 = _part(unit_ptr, w, n_parts)
+    if wide and split:
+        for c in range(c0, c1):
+            _chunk16s_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
+    elif wide:
         for c in range(c0, c1):
             _chunk16_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
+    elif split:
+        for c in range(c0, c1):
+            _chunk8s_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
     else:
         for c in range(c0, c1):
             _chunk8_avx2(data, meta, start, unit_ptr, x, bias, out, c, relu)
 
 
-@njit(fastmath={"contract"}, **_OPTS)
-def _chunks_portable(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1):
-    """Chunks c0..c1-1 of one layer on the portable twin."""
+@callback
+def _part_portable(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_parts, w):
+    """_part_avx2 on the portable twin (split or not: the same code)."""
+    c0, c1 = _part(unit_ptr, w, n_parts)
     for c in range(c0, c1):
         _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu)
 
 
-@njit(**_OPTS)
-def sell8_matvec_bias_relu_serial(data, meta, start, unit_ptr, bias, x, out, wide, relu):
-    """out[:8 n_chunks] = (relu)(W @ x + bias) for one SELL8 layer (AVX2; wide: 16-column windows);
-    x holds >= x_len floats."""
-    _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, 0, unit_ptr.shape[0] - 1)
+def _kernel(avx2: bool):
+    """The part callback of the AVX2 kernel (ValueError where available() is False) or the twin."""
+    if not avx2:
+        return _part_portable
+    if not available():
+        raise ValueError("the SELL8 AVX2 kernel needs a CPU with AVX2 and FMA (as Numba targets it); "
+                         "pass avx2=False for the portable kernel")
+    return _part_avx2
 
 
-@njit(parallel=True, **_OPTS)
-def sell8_matvec_bias_relu(data, meta, start, unit_ptr, bias, x, out, wide, relu, n_parts):
-    """sell8_matvec_bias_relu_serial on n_parts threads (contiguous chunks of about equal units)."""
-    for t in prange(n_parts):
-        c0, c1 = _part(unit_ptr, t, n_parts)
-        _chunks_avx2(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1)
-
-
-@njit(**_OPTS)
-def sell8_matvec_bias_relu_portable_serial(data, meta, start, unit_ptr, bias, x, out, wide, relu):
-    """sell8_matvec_bias_relu_serial on the portable twin."""
-    _chunks_portable(data, meta, start, unit_ptr, bias, x, out, wide, relu, 0, unit_ptr.shape[0] - 1)
-
-
-@njit(parallel=True, **_OPTS)
-def sell8_matvec_bias_relu_portable(data, meta, start, unit_ptr, bias, x, out, wide, relu, n_parts):
-    """sell8_matvec_bias_relu on the portable twin."""
-    for t in prange(n_parts):
-        c0, c1 = _part(unit_ptr, t, n_parts)
-        _chunks_portable(data, meta, start, unit_ptr, bias, x, out, wide, relu, c0, c1)
+def sell8_matvec_bias_relu(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_parts=1, avx2=True):
+    """out[:8 n_chunks] = (relu)(W @ x + bias) for one SELL8 layer (wide: 16-column windows; split:
+    split units; start flat, SLOTS entries a unit; x holds >= x_len floats) on n_parts threads
+    (contiguous chunks of about equal units; 1: this thread), on the AVX2 kernel or (avx2=False)
+    the portable twin."""
+    args = (data, meta, start, unit_ptr, bias, x, out, bool(wide), bool(split), bool(relu))
+    run(_kernel(avx2).address(*args, 1, 0), int(n_parts), *args, int(n_parts))
 
 
 @njit(inline="always", **_OPTS)
@@ -235,88 +253,46 @@ def _load_input(X, xbuf):
 
 
 @njit(inline="always", **_OPTS)
-def _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer):
-    """Layer `layer`'s (data, meta, start, unit_ptr, bias, wide, units) in the concatenated arrays."""
-    u0, u1 = offsets[0, layer], offsets[0, layer + 1]
-    return (data[u0 * 16:u1 * 16], meta[u0:u1], start[u0:u1],
-            unit_ptr[offsets[1, layer]:offsets[1, layer + 1]], bias[offsets[2, layer]:offsets[2, layer + 1]],
-            windows[layer] == 16, u1 - u0)
-
-
-# The drivers, one per (kernel, threaded): a driver compiles every kernel it may call, so the serial
-# ones spare a one-thread caller the parallel kernel's compile (~2 s of ~4 s cold).
-@njit(**_OPTS)
-def sell8_forward_avx2(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
-                       min_parallel_units,                        n_threads, logits):
-    """sell8_forward on the AVX2 kernel, layers from min_parallel_units on n_threads threads."""
+def _layers(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1,
+            min_parallel_units, n_threads, logits):
+    """The net through the part callback at `part`: a layer of at least min_parallel_units units in
+    n_threads parts over the threads (inlined into a parallel driver), else in one on this thread."""
     _load_input(X, xbuf)
     h = xbuf
     out = buf0
     n_layers = offsets.shape[1] - 1
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
-        if units >= min_parallel_units and n_threads > 1:
-            sell8_matvec_bias_relu(d, m, st, p, b, h, out, wide, layer < n_layers - 1, n_threads)
-        else:
-            sell8_matvec_bias_relu_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
+        u0, u1 = offsets[0, layer], offsets[0, layer + 1]
+        n = n_threads if u1 - u0 >= min_parallel_units and n_threads > 1 else 1
+        run_parts(part, n, (data[u0 * 16:u1 * 16], meta[u0:u1], start[u0 * 2:u1 * 2],
+                            unit_ptr[offsets[1, layer]:offsets[1, layer + 1]],
+                            bias[offsets[2, layer]:offsets[2, layer + 1]], h, out,
+                            windows[layer] == 16, splits[layer] != 0, layer < n_layers - 1))
         h = out
     _store_logits(out, logits)
+
+
+# Two drivers: a driver compiles what it may call, so the serial one spares a one-thread caller the
+# parallel region's compile.
+@njit(parallel=True, **_OPTS)
+def _forward(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1,
+             min_parallel_units, n_threads, logits):
+    """sell8_forward with layers from min_parallel_units units on n_threads threads."""
+    _layers(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1,
+            min_parallel_units, n_threads, logits)
 
 
 @njit(**_OPTS)
-def sell8_forward_avx2_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
-                              logits):
-    """sell8_forward on the AVX2 kernel, on the calling thread."""
-    _load_input(X, xbuf)
-    h = xbuf
-    out = buf0
-    n_layers = offsets.shape[1] - 1
-    for layer in range(n_layers):
-        out = buf0 if layer % 2 == 0 else buf1
-        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
-        sell8_matvec_bias_relu_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
-        h = out
-    _store_logits(out, logits)
+def _forward_serial(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1,
+                    logits):
+    """sell8_forward on the calling thread."""
+    _layers(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1,
+            NEVER, 1, logits)
 
 
-@njit(**_OPTS)
-def sell8_forward_portable(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
-                           min_parallel_units,                            n_threads, logits):
-    """sell8_forward on the portable twin, layers from min_parallel_units on n_threads threads."""
-    _load_input(X, xbuf)
-    h = xbuf
-    out = buf0
-    n_layers = offsets.shape[1] - 1
-    for layer in range(n_layers):
-        out = buf0 if layer % 2 == 0 else buf1
-        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
-        if units >= min_parallel_units and n_threads > 1:
-            sell8_matvec_bias_relu_portable(d, m, st, p, b, h, out, wide, layer < n_layers - 1, n_threads)
-        else:
-            sell8_matvec_bias_relu_portable_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
-        h = out
-    _store_logits(out, logits)
-
-
-@njit(**_OPTS)
-def sell8_forward_portable_serial(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1,
-                                  logits):
-    """sell8_forward on the portable twin, on the calling thread."""
-    _load_input(X, xbuf)
-    h = xbuf
-    out = buf0
-    n_layers = offsets.shape[1] - 1
-    for layer in range(n_layers):
-        out = buf0 if layer % 2 == 0 else buf1
-        d, m, st, p, b, wide, units = _layer(data, meta, start, unit_ptr, bias, windows, offsets, layer)
-        sell8_matvec_bias_relu_portable_serial(d, m, st, p, b, h, out, wide, layer < n_layers - 1)
-        h = out
-    _store_logits(out, logits)
-
-
-def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1, min_parallel_units,
-                  n_threads, logits, avx2=True):
+def sell8_forward(data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1, min_parallel_units,
+                  n_threads, logits, avx2=True, callbacks=None):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
     (1, n_out), written in place (the caller allocates it).
 
@@ -324,20 +300,14 @@ def sell8_forward(data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, 
     holds the first layer's x_len floats (receives x, zero-padded), buf0/buf1 the max over layers of
     8 n_chunks and x_len (flatten returns both sizes). A layer with at least min_parallel_units units
     runs on n_threads threads (set Numba's thread count to at least that; n_threads = 1 runs a
-    driver without the parallel kernel). avx2 picks the AVX2 kernel (ValueError where available()
-    is False) or the portable twin.
+    driver without a parallel region). avx2 picks the AVX2 kernel (ValueError where available()
+    is False) or the portable twin. callbacks: the caller's cache of callback addresses
+    (cfuncs.Callback.address).
     """
-    net = (data, meta, start, unit_ptr, bias, windows, offsets, X, xbuf, buf0, buf1)
-    threaded = n_threads > 1
-    if avx2:
-        if not available():
-            raise ValueError("the SELL8 AVX2 kernel needs a CPU with AVX2 and FMA (as Numba targets it); "
-                             "pass avx2=False for the portable kernel")
-        if threaded:
-            sell8_forward_avx2(*net, min_parallel_units, n_threads, logits)
-        else:
-            sell8_forward_avx2_serial(*net, logits)
-    elif threaded:
-        sell8_forward_portable(*net, min_parallel_units, n_threads, logits)
+    part = _kernel(avx2).address(data, meta, start, unit_ptr, bias, xbuf, buf0, True, True, True, 1, 0,
+                                 cache=callbacks)
+    net = (data, meta, start, unit_ptr, bias, windows, splits, offsets, X, xbuf, buf0, buf1)
+    if n_threads > 1:
+        _forward(part, *net, min_parallel_units, n_threads, logits)
     else:
-        sell8_forward_portable_serial(*net, logits)
+        _forward_serial(part, *net, logits)

@@ -40,6 +40,10 @@ def test_sell8_paths_match_reference(sell, k, threads):
     for i, out in enumerate(held):
         _close(out, forward(params, X[i:i + 1]))
     _close(eng(X), forward(params, X))                     # larger batches leave SELL
+    kinds = [f"{s.window}{'s' if s.split else ''}" for s in sell8.flatten(params)[2]]
+    assert eng.net.sell_kinds == tuple(kinds) and ", ".join(kinds) in p.describe()
+    if k == 0.99:
+        assert any(kind.endswith("s") for kind in kinds)    # split units where paired ones pad a slot
 
 
 def test_default_batch_one_layout_follows_the_cpu(monkeypatch):
@@ -92,7 +96,7 @@ def test_batch_one_sell_call_gets_the_planned_threshold(sell, threads, monkeypat
     (args, kwargs), = calls
     least = (123 if eight else 456) if threads > 1 else csr_engine.kernels.NEVER
     assert args[-3] == least and args[-2] == threads and args[-1].shape == (1, SIZES[-1])
-    assert kwargs == ({"avx2": sell == "sell8"} if eight else {})
+    assert kwargs == ({"avx2": sell == "sell8", "callbacks": eng._callbacks["sell8"]} if eight else {})
 
 
 @pytest.mark.parametrize("choice", ["sell8-portable", "portable"])
@@ -166,3 +170,23 @@ def test_sell_padding_of_a_one_weight_net(choice):
     assert eng.sell_padding == sum(eng.net.sell_slots) * per
     X = np.ones((1, 8), np.float32)
     _close(eng(X), forward(params, X))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16, np.int64])
+@pytest.mark.parametrize("shape", [(0,), (5,), (3, 7), (2, 5, 16)])
+def test_aligned_copy(shape, dtype):
+    a = np.arange(int(np.prod(shape))).astype(dtype).reshape(shape)[..., ::-1]   # strided: any layout
+    for _ in range(4):                                    # different allocations, different offsets
+        b = csr_engine.aligned(a)
+        assert (b.ctypes.data % 64 == 0 or not b.size) and b.flags.c_contiguous and b.dtype == dtype
+        np.testing.assert_array_equal(b, a)
+    assert csr_engine.aligned(a, 256).ctypes.data % 256 == 0 or not a.size
+
+
+@pytest.mark.parametrize("sell", [pytest.param("sell8", marks=needs_avx2), "sell8-portable", "portable"])
+def test_sell_arrays_start_on_a_cache_line(sell):
+    """Every SELL array starts on a 64-byte boundary: no vector load of a slot splits over two lines."""
+    eng = make_engine("csr", _net(0.9), threads=1, sell=sell)
+    arrays = [a for a in eng._sell if isinstance(a, np.ndarray)]
+    assert len(arrays) >= 7 and all(a.ctypes.data % 64 == 0 for a in arrays)
+    assert all(b.ctypes.data % 64 == 0 for b in eng._sell_bufs)

@@ -1,4 +1,5 @@
 """The kernel plan (plan.py): which kernel runs for a call, and that the engine runs what it plans."""
+import dataclasses
 import json
 import os
 
@@ -502,6 +503,10 @@ def test_sell8_plan_is_exact():
     p = plan.plan_csr(net, 1, 2, Tuning(min_parallel_units=0, min_parallel_slots=4000), "sell16-portable", isa="avx2")
     assert p.layers == (LayerPlan("sell16-portable", True), LayerPlan("sell16-portable", False))
     assert p.reasons[1] == "a layer runs on 2 threads from 4000 slots"
+    kinds = dataclasses.replace(net, sell_kinds=("16s", "8"))              # the layers' SELL8 windows, named
+    assert plan.plan_csr(kinds, 1, 1, t, "sell8-avx2", isa="avx2").reasons == (
+        "batch 1 on SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
+        "SELL8 windows per layer (columns; s: split units, a window a slot): 16s, 8", "one thread")
 
 
 def test_batch_one_csr_reason_names_the_isa():

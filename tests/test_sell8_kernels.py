@@ -27,37 +27,34 @@ HASWELL = {"NUMBA_CPU_NAME": "haswell",
                                  "+ssse3,+xsave"}
 
 
-def _layer_args(W, bias, x, window):
-    s = SELL8.from_dense(W, window).check()
+def _layer_args(W, bias, x, window, split):
+    s = SELL8.from_dense(W, window, split).check()
     xb = np.full(s.x_len, np.nan, np.float32)           # beyond N: never multiplied, not even by 0
     xb[:x.size] = x
     b = np.zeros(s.n_chunks * LANES, np.float32)
     b[:bias.size] = bias
     out = np.full(s.n_chunks * LANES, np.nan, np.float32)
-    return (s.data.ravel(), s.meta, s.start, s.unit_ptr, b, xb, out)
+    return (s.data.ravel(), s.meta, s.start.ravel(), s.unit_ptr, b, xb, out)
 
 
 @pytest.mark.parametrize("avx2", KERNELS)
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("window", [8, 16])
 @pytest.mark.parametrize("M, N, density", [(1, 1, 1.0), (8, 16, 0.5), (17, 33, 0.3), (1000, 784, 0.1),
                                            (10, 203, 0.9), (40, 70, 0.0), (33, 1000, 0.01), (9, 7, 1.0)])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("parts", [None, 1, 3])
-def test_matvec(M, N, density, window, relu, parts, avx2):
+def test_matvec(M, N, density, window, split, relu, parts, avx2):
     rng = np.random.default_rng(M * N)
     W = sparse_matrix(M, N, density, seed=N)
     bias = rng.standard_normal(M).astype(np.float32)
     x = rng.standard_normal(N).astype(np.float32)
-    args = _layer_args(W, bias, x, window)
+    args = _layer_args(W, bias, x, window, split)
     data, meta, start, unit_ptr, b, xb, out = args
-    if avx2:
-        serial, threaded = K.sell8_matvec_bias_relu_serial, K.sell8_matvec_bias_relu
-    else:
-        serial, threaded = K.sell8_matvec_bias_relu_portable_serial, K.sell8_matvec_bias_relu_portable
     if parts is None:
-        serial(*args, window == 16, relu)
+        K.sell8_matvec_bias_relu(*args, window == 16, split, relu, avx2=avx2)
     else:
-        threaded(*args, window == 16, relu, parts)
+        K.sell8_matvec_bias_relu(*args, window == 16, split, relu, parts, avx2=avx2)
     want = W.astype(np.float64) @ x + bias
     if relu:
         want = np.maximum(want, 0)
@@ -76,8 +73,8 @@ def _net(sizes, density, seed=0, bias=True):
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
 
-def _run(net, x, avx2, min_parallel_units, threads, window=None, bufs=None):
-    arrays, (n_x, width), _ = flatten(net, window=window)
+def _run(net, x, avx2, min_parallel_units, threads, window=None, split=None, bufs=None):
+    arrays, (n_x, width), _ = flatten(net, window=window, split=split)
     logits = np.full((1, net[-1].weight.shape[0]), np.nan, np.float32)
     K.sell8_forward(*arrays, x, *(bufs or _bufs(n_x, width)), min_parallel_units, threads, logits, avx2=avx2)
     return logits
@@ -102,13 +99,13 @@ def test_forward_he_init_net_equals_dense_reference(sparsity, min_parallel_units
 @pytest.mark.parametrize("avx2", KERNELS)
 @pytest.mark.parametrize("sizes", [(5, 3), (100, 17, 33, 64, 2), (13, 7, 9, 1), (30, 1, 30)])
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
-@pytest.mark.parametrize("window", [None, 8, 16])
+@pytest.mark.parametrize("window, split", [(None, None), (8, False), (16, False), (8, True), (16, True)])
 @pytest.mark.parametrize("min_parallel_units, threads", THREADS)
-def test_forward_odd_widths_equal_dense_reference(sizes, density, window, min_parallel_units, threads, avx2):
-    """Widths not multiples of 8 or 4, biases or none."""
+def test_forward_odd_widths_equal_dense_reference(sizes, density, window, split, min_parallel_units, threads, avx2):
+    """Widths not multiples of 8 or 4, biases or none; every kind of layer."""
     net = _net(sizes, density, bias=density != 0.5)
     x = np.random.default_rng(2).standard_normal((1, sizes[0])).astype(np.float32)
-    np.testing.assert_allclose(_run(net, x, avx2, min_parallel_units, threads, window), forward(net, x),
+    np.testing.assert_allclose(_run(net, x, avx2, min_parallel_units, threads, window, split), forward(net, x),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -140,12 +137,13 @@ def test_all_zero_layer_and_empty_rows(min_parallel_units, threads, avx2):
 
 
 @pytest.mark.skipif(not K.available(), reason="the AVX2 kernel needs AVX2 and FMA in Numba's target CPU")
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("window", [8, 16])
-def test_avx2_equals_portable(window):
+def test_avx2_equals_portable(window, split):
     net = [Layer(l.weight, None) for l in weight_prune(he_init((300, 200, 100, 10)), 0.7)]
     x = np.random.default_rng(4).random((1, 300)).astype(np.float32)
-    np.testing.assert_allclose(_run(net, x, True, 10**9, 1, window), _run(net, x, False, 10**9, 1, window),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(net, x, True, 10**9, 1, window, split),
+                               _run(net, x, False, 10**9, 1, window, split), rtol=1e-5, atol=1e-5)
 
 
 @njit
@@ -155,7 +153,7 @@ def _call_chunk(data, meta, start, unit_ptr, x, bias, out):
 
 def _chunk_arrays():
     s = SELL8.from_dense(sparse_matrix(8, 20, 0.5, seed=5))
-    return [s.data.ravel(), s.meta, s.start, s.unit_ptr, np.zeros(24, np.float32), np.zeros(8, np.float32),
+    return [s.data.ravel(), s.meta, s.start.ravel(), s.unit_ptr, np.zeros(24, np.float32), np.zeros(8, np.float32),
             np.zeros(8, np.float32)]
 
 
@@ -211,11 +209,12 @@ _TARGET = """
     for avx2 in ([True, False] if K.available() else [False]):
         for units, threads in ((10**9, 1), (0, 2)):
             for window in (8, 16):
-                arrays, (n_x, w), _ = flatten(net, window=window)
-                bufs = [np.zeros(n, np.float32) for n in (n_x, w, w)]
-                logits = np.empty((1, 10), np.float32)
-                K.sell8_forward(*arrays, x, *bufs, units, threads, logits, avx2=avx2)
-                np.testing.assert_allclose(logits, forward(net, x), rtol=1e-4, atol=1e-4)
+                for split in (False, True):
+                    arrays, (n_x, w), _ = flatten(net, window=window, split=split)
+                    bufs = [np.zeros(n, np.float32) for n in (n_x, w, w)]
+                    logits = np.empty((1, 10), np.float32)
+                    K.sell8_forward(*arrays, x, *bufs, units, threads, logits, avx2=avx2)
+                    np.testing.assert_allclose(logits, forward(net, x), rtol=1e-4, atol=1e-4)
     if not K.available():
         try:
             K.sell8_forward(*arrays, x, *bufs, 1, 1, logits, avx2=True)
@@ -258,8 +257,7 @@ _AARCH64 = """
     for threads in (1, 2):
         bufs = [np.zeros(n, np.float32) for n in (n_x, w, w)]
         K.sell8_forward(*arrays, x, *bufs, 0, threads, np.empty((1, 10), np.float32), avx2=False)
-    for disp in (K.sell8_forward_portable_serial, K.sell8_matvec_bias_relu_portable_serial,
-                 K.sell8_matvec_bias_relu_portable):
+    for disp in (K._forward_serial, K._forward, K._part_portable):
         aarch64_asm(disp)
         print(disp.__name__)
 """
@@ -268,15 +266,16 @@ _AARCH64 = """
 def test_portable_twin_compiles_for_aarch64(tmp_path):
     r = _subprocess(_AARCH64, tmp_path, NUMBA_OPT="0")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.split() == ["sell8_forward_portable_serial", "sell8_matvec_bias_relu_portable_serial",
-                                "sell8_matvec_bias_relu_portable"]
+    assert r.stdout.split() == ["_forward_serial", "_forward", "_part_portable"]
 
 
 def test_nothing_compiled_at_import(tmp_path):
     r = _subprocess("""
         import numba
         from sparsenet import sell8, sell8_kernels as K
+        from sparsenet.cfuncs import Callback
         compiled = [n for n, f in vars(K).items() if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures]
+        compiled += [n for n, f in vars(K).items() if isinstance(f, Callback) and f._compiled]
         print("compiled", compiled)
     """, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
