@@ -123,6 +123,11 @@ class SELL8:
         return STEP * -(-self.shape[1] // STEP) + self.window - STEP
 
     @property
+    def kernel_start(self) -> np.ndarray:
+        """The window starts as the kernels read them: SLOTS a unit where split, else one a unit."""
+        return self.start.ravel() if self.split else self.start[:, 0].copy()
+
+    @property
     def padding(self) -> float:
         """Stored lanes per non-zero (1.0: no padding; also for an empty matrix)."""
         return self.n_units * SLOTS * LANES / self.nnz if self.nnz else 1.0
@@ -300,10 +305,11 @@ def flatten(params, sort_rows: bool = True, window=None, split=None) -> tuple:
     ((data, meta, start, unit_ptr, bias, windows, splits, offsets), (floats of the input buffer, of
     each ping-pong buffer), layers).
 
-    Layers are concatenated; offsets[:, l] = where layer l starts in (units of data/meta/start,
-    unit_ptr, bias); its unit_ptr counts from 0 within the layer; bias is padded with zeros to
-    8 n_chunks; start is flat (SLOTS entries a unit); windows[l] is layer l's window (8 or 16
-    columns), splits[l] 1 where its units are split (else 0).
+    Layers are concatenated; offsets[:, l] = where layer l starts in (units of data/meta, unit_ptr,
+    bias, start); its unit_ptr counts from 0 within the layer; bias is padded with zeros to
+    8 n_chunks; start holds each layer's kernel_start (SLOTS entries a unit where split, else one:
+    a paired layer streams 2 bytes a unit fewer); windows[l] is layer l's window (8 or 16 columns),
+    splits[l] 1 where its units are split (else 0).
     """
     layers, perms = net_layout([l.weight for l in params], sort_rows, window, split)
     biases = []
@@ -312,12 +318,13 @@ def flatten(params, sort_rows: bool = True, window=None, split=None) -> tuple:
         if lay.bias is not None:
             b[:s.shape[0]] = np.asarray(lay.bias, np.float32)[perm]
         biases.append(b)
-    sizes = [[s.n_units, s.n_chunks + 1, LANES * s.n_chunks] for s in layers]
-    offsets = np.zeros((3, len(layers) + 1), np.int64)
+    starts = [s.kernel_start for s in layers]
+    sizes = [[s.n_units, s.n_chunks + 1, LANES * s.n_chunks, st.size] for s, st in zip(layers, starts)]
+    offsets = np.zeros((4, len(layers) + 1), np.int64)
     np.cumsum(np.array(sizes, np.int64).T, axis=1, out=offsets[:, 1:])
     arrays = (np.concatenate([s.data.ravel() for s in layers]),
               np.concatenate([s.meta for s in layers]),
-              np.concatenate([s.start.ravel() for s in layers]),
+              np.concatenate(starts),
               np.concatenate([s.unit_ptr for s in layers]),
               np.concatenate(biases),
               np.array([s.window for s in layers], np.int64),

@@ -115,8 +115,8 @@ def _make_chunk(window, split):
                 return builder.shuffle_vector(v, v, ir.Constant(V8I, None))
 
             def x_window(u, s):
-                """The 8-float halves of the x window of unit u's slot s."""
-                at = builder.add(builder.mul(u, g.const(SLOTS)), g.const(s))
+                """The 8-float halves of the x window of unit u's slot s (split: a start a slot)."""
+                at = builder.add(builder.mul(u, g.const(SLOTS)), g.const(s)) if split else u
                 x0 = builder.mul(builder.zext(builder.load(builder.gep(p_start, [at])), _I64), g.const(STEP))
                 return [g.vload(p_x, builder.add(x0, g.const(LANES * h)), V8F) for h in range(window // LANES)]
 
@@ -157,9 +157,9 @@ _chunk8s_avx2, _chunk16s_avx2 = _make_chunk(8, True), _make_chunk(16, True)
 
 
 @njit(inline="always", **_OPTS)
-def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu):
-    """The AVX2 chunk kernels in plain Numba, lane by lane (any CPU); wide: 16-column windows. Each
-    slot reads its own window start, so paired and split units run the same code."""
+def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, split, relu):
+    """The AVX2 chunk kernels in plain Numba, lane by lane (any CPU); wide: 16-column windows;
+    split: a window start a slot (else one a unit)."""
     bits = np.uint64(4) if wide else np.uint64(3)
     mask = np.uint64(15) if wide else np.uint64(7)
     r0 = c * 8
@@ -168,8 +168,8 @@ def _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu):
         o[lane] = np.float32(0.0)
     for u in range(unit_ptr[c], unit_ptr[c + 1]):
         m = meta[u]
-        x0 = x[np.int64(start[2 * u]) * 4:]
-        x1 = x[np.int64(start[2 * u + 1]) * 4:]
+        x0 = x[np.int64(start[2 * u if split else u]) * 4:]
+        x1 = x[np.int64(start[2 * u + 1 if split else u]) * 4:]
         d = data[u * 16:u * 16 + 16]
         for lane in range(8):
             a = (m >> (bits * np.uint64(lane))) & mask
@@ -216,10 +216,10 @@ def _part_avx2(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_p
 
 @callback
 def _part_portable(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_parts, w):
-    """_part_avx2 on the portable twin (split or not: the same code)."""
+    """_part_avx2 on the portable twin."""
     c0, c1 = _part(unit_ptr, w, n_parts)
     for c in range(c0, c1):
-        _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, relu)
+        _chunk_portable(data, meta, start, unit_ptr, x, bias, out, c, wide, split, relu)
 
 
 def _kernel(avx2: bool):
@@ -234,7 +234,7 @@ def _kernel(avx2: bool):
 
 def sell8_matvec_bias_relu(data, meta, start, unit_ptr, bias, x, out, wide, split, relu, n_parts=1, avx2=True):
     """out[:8 n_chunks] = (relu)(W @ x + bias) for one SELL8 layer (wide: 16-column windows; split:
-    split units; start flat, SLOTS entries a unit; x holds >= x_len floats) on n_parts threads
+    split units; start: its kernel_start; x holds >= x_len floats) on n_parts threads
     (contiguous chunks of about equal units; 1: this thread), on the AVX2 kernel or (avx2=False)
     the portable twin."""
     args = (data, meta, start, unit_ptr, bias, x, out, bool(wide), bool(split), bool(relu))
@@ -265,7 +265,7 @@ def _layers(part, data, meta, start, unit_ptr, bias, windows, splits, offsets, X
         out = buf0 if layer % 2 == 0 else buf1
         u0, u1 = offsets[0, layer], offsets[0, layer + 1]
         n = n_threads if u1 - u0 >= min_parallel_units and n_threads > 1 else 1
-        run_parts(part, n, (data[u0 * 16:u1 * 16], meta[u0:u1], start[u0 * 2:u1 * 2],
+        run_parts(part, n, (data[u0 * 16:u1 * 16], meta[u0:u1], start[offsets[3, layer]:offsets[3, layer + 1]],
                             unit_ptr[offsets[1, layer]:offsets[1, layer + 1]],
                             bias[offsets[2, layer]:offsets[2, layer + 1]], h, out,
                             windows[layer] == 16, splits[layer] != 0, layer < n_layers - 1))

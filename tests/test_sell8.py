@@ -166,17 +166,21 @@ def test_net_layout_permutes_rows_and_next_columns(window):
             np.testing.assert_array_equal(perm, np.arange(5))        # output rows keep their order
 
 
-def test_flatten_offsets_and_biases():
+@pytest.mark.parametrize("split", [None, False, True])
+def test_flatten_offsets_and_biases(split):
     net = _net((70, 50, 9), 0.3)
-    (data, meta, start, unit_ptr, bias, windows, splits, offsets), (n_x, width), layers = flatten(net)
+    (data, meta, start, unit_ptr, bias, windows, splits, offsets), (n_x, width), layers = flatten(net, split=split)
     _, perms = net_layout([l.weight for l in net])
-    assert offsets[0, -1] * SLOTS * LANES == data.size and offsets[0, -1] == meta.size == start.size // SLOTS
-    assert offsets[1, -1] == unit_ptr.size and offsets[2, -1] == bias.size
+    if split is not None:
+        assert all(s.split == split for s in layers)
+    assert offsets[0, -1] * SLOTS * LANES == data.size and offsets[0, -1] == meta.size
+    assert offsets[1, -1] == unit_ptr.size and offsets[2, -1] == bias.size and offsets[3, -1] == start.size
     assert list(windows) == [s.window for s in layers] and list(splits) == [int(s.split) for s in layers]
     for l, s in enumerate(layers):
         np.testing.assert_array_equal(unit_ptr[offsets[1, l]:offsets[1, l + 1]], s.unit_ptr)
         np.testing.assert_array_equal(meta[offsets[0, l]:offsets[0, l + 1]], s.meta)
-        np.testing.assert_array_equal(start[SLOTS * offsets[0, l]:SLOTS * offsets[0, l + 1]], s.start.ravel())
+        np.testing.assert_array_equal(start[offsets[3, l]:offsets[3, l + 1]], s.kernel_start)
+        assert offsets[3, l + 1] - offsets[3, l] == s.n_units * (SLOTS if s.split else 1)
     np.testing.assert_array_equal(bias[:50], net[0].bias[perms[0]])
     assert np.all(bias[50:56] == 0)                                  # chunk padding: zero bias
     assert n_x == layers[0].x_len and width >= max(max(8 * s.n_chunks, s.x_len) for s in layers)

@@ -34,7 +34,7 @@ def _layer_args(W, bias, x, window, split):
     b = np.zeros(s.n_chunks * LANES, np.float32)
     b[:bias.size] = bias
     out = np.full(s.n_chunks * LANES, np.nan, np.float32)
-    return (s.data.ravel(), s.meta, s.start.ravel(), s.unit_ptr, b, xb, out)
+    return (s.data.ravel(), s.meta, s.kernel_start, s.unit_ptr, b, xb, out)
 
 
 @pytest.mark.parametrize("avx2", KERNELS)
@@ -153,7 +153,7 @@ def _call_chunk(data, meta, start, unit_ptr, x, bias, out):
 
 def _chunk_arrays():
     s = SELL8.from_dense(sparse_matrix(8, 20, 0.5, seed=5))
-    return [s.data.ravel(), s.meta, s.start.ravel(), s.unit_ptr, np.zeros(24, np.float32), np.zeros(8, np.float32),
+    return [s.data.ravel(), s.meta, s.kernel_start, s.unit_ptr, np.zeros(24, np.float32), np.zeros(8, np.float32),
             np.zeros(8, np.float32)]
 
 
