@@ -109,13 +109,14 @@ def _methods(net, X, threads, args) -> tuple:
                 h = np.maximum(h, 0)
         return h[None, :]
 
-    def sell8(window):
-        arrays, (n_x, width), layers = flatten(net, window=window)
+    def sell8(window, split=None):
+        arrays, (n_x, width), layers = flatten(net, window=window, split=split)
         bufs = [np.zeros(n, np.float32) for n in (n_x, width, width)]
         logits = np.zeros((1, Ws[-1].shape[0]), np.float32)
+        cache = {}                                       # the part callback's address, found once
 
         def call():
-            K.sell8_forward(*arrays, X, *bufs, args.min_parallel_units, threads, logits, avx2=avx2)
+            K.sell8_forward(*arrays, X, *bufs, args.min_parallel_units, threads, logits, avx2=avx2, callbacks=cache)
             return logits
         return call, layers
 
@@ -125,6 +126,8 @@ def _methods(net, X, threads, args) -> tuple:
     if args.variants:
         methods["sell8/8"] = sell8(8)[0]
         methods["sell8/16"] = sell8(16)[0]
+        methods["sell8/paired"] = sell8(args.window, False)[0]     # every layer's units paired (sell8 docstring)
+        methods["sell8/split"] = sell8(args.window, True)[0]
     return methods, layers, engine
 
 
@@ -173,7 +176,7 @@ def run(args) -> None:
                 nnz = sum(s.nnz for s in layers)
                 pad = sum(s.n_units for s in layers) * 16 / max(nnz, 1)
                 mb = sum(s.nbytes for s in layers) / 1e6
-                wins = "".join("w" if s.window == 16 else "n" for s in layers)
+                wins = ",".join(f"{s.window}{'s' if s.split else ''}" for s in layers)   # s: split units
                 s8 = med["sell8"]
                 cells = "  ".join(f"{n} {med[n]:.1f} [p10 {iqr[n][0]:.0f}, {iqr[n][1]:.0f}-{iqr[n][2]:.0f}]"
                                   for n in methods)
@@ -194,7 +197,7 @@ def main() -> None:
     ap.add_argument("--target-ms", type=float, default=3.0)
     ap.add_argument("--min-parallel-units", type=int, default=4000)
     ap.add_argument("--window", type=int, choices=(8, 16), help="every layer's window (default: per layer)")
-    ap.add_argument("--variants", action="store_true", help="also time all-8 and all-16-column windows")
+    ap.add_argument("--variants", action="store_true", help="also time all-8 and all-16-column windows, all-paired and all-split units")
     ap.add_argument("--portable", action="store_true", help="time the portable twin instead of the AVX2 kernel")
     ap.add_argument("--compile", action="store_true", help="print cold and cached compile times, then stop")
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
