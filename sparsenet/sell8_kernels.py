@@ -50,6 +50,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from sparsenet.cfuncs import callback, run, run_parts
+from sparsenet.cpu import cpu
 from sparsenet.kernels import NEVER, _store_logits
 from sparsenet.sell8 import LANES, SLOTS, STEP, index_bits
 from sparsenet.simd import IR, require_arrays
@@ -64,7 +65,6 @@ V8I = ir.VectorType(_I32, LANES)
 def available() -> bool:
     """True when the CPU Numba compiles for has AVX2 and FMA (plan.cpu(): NUMBA_CPU_NAME and
     NUMBA_CPU_FEATURES when set, else the host; computed once)."""
-    from sparsenet.cpu import cpu
     c = cpu()
     return bool(c.avx2 and c.fma)
 

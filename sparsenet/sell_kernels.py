@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from sparsenet.cpu import cpu
 from sparsenet.kernels import _store_logits
 from sparsenet.sell import BLOCK, LANES
 from sparsenet.simd import IR, VF, require_arrays
@@ -32,7 +33,6 @@ _ACCUMULATORS = 2
 
 def available() -> bool:
     """True when Numba targets a CPU with AVX-512F (the intrinsic would not compile otherwise)."""
-    from sparsenet.cpu import cpu
     return cpu().avx512f
 
 
