@@ -37,8 +37,9 @@ a third less).
 
 Split units (`_chunk8s_avx2`, `_chunk16s_avx2`: each slot loads its own window; sell8 docstring)
 cost ~1.25x a paired unit hot but drop the padding slot a paired window rounds up to: the whole He
-net at batch 1, one thread, same target, side by side with paired-only layers (session 13): k = 95 %
-x1.39, 98 % x1.55, 99 % x1.67 (73 -> 52, 49 -> 32, 40 -> 24 us); k <= 90 % keeps paired layers.
+net at batch 1, one thread, same target, side by side with paired-only layers (session 13, both
+engines' thread limits held): k = 95 % x1.18-1.25, 99 % x1.31-1.38 (30-32 -> 22-23 us); k <= 90 %
+keeps paired layers (docs/perf-notes.md).
 """
 from __future__ import annotations
 
