@@ -14,7 +14,7 @@ import numpy as np
 
 from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
-from sparsenet.engine_base import Engine
+from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
 from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr,
                             wide_panel_width)
@@ -157,7 +157,7 @@ class CSREngine(Engine):
         return self.sell_kernel is not None
 
     def plan(self, batch: int) -> Plan:
-        return self._plan_codes(int(batch))[0]
+        return self._plan_codes(check_batch(batch))[0]
 
     def _plan_codes(self, B: int) -> tuple:
         """(plan, its kernel codes) for batch B: computed once per batch size."""

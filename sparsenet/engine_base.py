@@ -20,8 +20,20 @@ from sparsenet.model import Layer, check_params
 from sparsenet.plan import Plan
 
 
+def check_batch(batch) -> int:
+    """`batch` (rows of X, what `plan` is asked about) as an int >= 1, else a ValueError."""
+    try:
+        B = int(batch)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}") from None
+    if isinstance(batch, bool) or B != batch or B < 1:
+        raise ValueError(f"batch must be an integer >= 1 (rows of X), got {batch!r}")
+    return B
+
+
 class Engine:
-    """Common shell: checks, thread limits, counts. Subclasses implement _build, _forward and plan."""
+    """Common shell: checks, thread limits, counts. Subclasses implement _build, _forward and plan
+    (which starts with check_batch)."""
 
     name = "?"
     uses_blas = False      # which thread pools the forward pass uses

@@ -11,7 +11,7 @@ import numpy as np
 
 from sparsenet.csr import CSR
 from sparsenet.csr_engine import CSREngine
-from sparsenet.engine_base import Engine
+from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
 from sparsenet import dense_kernels
 from sparsenet.plan import Plan, Tuning, blas_plan, fused_dense_plan, scipy_plan
@@ -36,7 +36,7 @@ class DenseEngine(Engine):
         self.nbytes = int(sum(w.nbytes for w in self._WT) + sum(b.nbytes for b in self._b if b is not None))
 
     def plan(self, batch: int) -> Plan:
-        return blas_plan(self.name, int(batch), self.threads, len(self._WT), self.nbytes)
+        return blas_plan(self.name, check_batch(batch), self.threads, len(self._WT), self.nbytes)
 
     def _forward(self, X):
         h = X
@@ -91,7 +91,7 @@ class FusedDenseEngine(DenseEngine):
         self._idx = np.empty(max(sizes[:-1]), np.int64)
 
     def plan(self, batch: int) -> Plan:
-        B = int(batch)
+        B = check_batch(batch)
         pc = self._plans.get(B)
         if pc is None:
             p = fused_dense_plan(self.name, B, self.threads, [WT.shape for WT in self._WT], self.nbytes,
@@ -170,7 +170,7 @@ class ScipyCSREngine(Engine):
         self.index_dtype = str(self._S[0].indices.dtype)
 
     def plan(self, batch: int) -> Plan:
-        return scipy_plan(int(batch), self.threads, len(self._S), self.nbytes)
+        return scipy_plan(check_batch(batch), self.threads, len(self._S), self.nbytes)
 
     def _forward(self, X):
         h = np.ascontiguousarray(X.T)                    # (n_in, B)

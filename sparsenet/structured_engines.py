@@ -18,7 +18,7 @@ import numpy as np
 from sparsenet import bsr_kernels, nm_kernels
 from sparsenet.bsr import BSR
 from sparsenet.csr_engine import _aligned_zeros, chunk_scratch
-from sparsenet.engine_base import Engine
+from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import layer_sizes
 from sparsenet.names import NM_M
 from sparsenet.nm import NM, check_nm, max_group_nnz
@@ -65,7 +65,7 @@ class _Chunked(Engine):
                           np.bool_)
 
     def plan(self, batch: int) -> Plan:
-        B = int(batch)
+        B = check_batch(batch)
         p = self._plans.get(B)
         if p is None:
             p = self._plans[B] = self._make_plan(B)
@@ -381,7 +381,7 @@ class ScipyBSREngine(Engine):
         self.index_dtype = str(self._S[0].indices.dtype)
 
     def plan(self, batch: int) -> Plan:
-        return Plan(engine=self.name, batch=int(batch), threads=self.threads, isa=cpu().isa, layout="scipy-bsr",
+        return Plan(engine=self.name, batch=check_batch(batch), threads=self.threads, isa=cpu().isa, layout="scipy-bsr",
                     split="none", layers=tuple(LayerPlan("scipy-bsr", False) for _ in self._S),
                     reasons=(f"scipy.sparse BSR ({self.block[0]}x{self.block[1]}) @ dense per layer "
                              "(scipy's own loop, one thread)",), nbytes=self.nbytes)

@@ -35,6 +35,8 @@ def max_threads() -> int:
 def check_threads(threads, what: str = "threads") -> int:
     """`threads` as an int in 1..max_threads(), else a ValueError saying the range."""
     n = max_threads()
+    if isinstance(threads, bool):                       # int(True) is 1: not a count anyone meant
+        raise ValueError(f"{what} must be an integer in 1..{n}, got {threads!r}") from None
     try:
         value = int(threads)
     except (TypeError, ValueError):

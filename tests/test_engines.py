@@ -583,6 +583,20 @@ def test_engines_keep_their_own_copy_of_the_params(name):
     np.testing.assert_array_equal(eng(X), before)
 
 
+@pytest.mark.parametrize("name", ENGINES)
+def test_plan_refuses_a_batch_that_is_not_a_row_count(name):
+    """eng.plan(batch) says what a call of `batch` rows runs: 0, negative, fractional, boolean or
+    string batches are refused with one line (as warmup and `sparsenet plan --batch` refuse them)."""
+    params = he_init((12, 8, 6, 4), bias=True, seed=3)
+    params = (nm_prune(params, 2, 4) if name == "nm" else block_prune(params, 0.5) if name.startswith("bsr")
+              else prune(tuple(params), "neuron" if name.startswith("shrunk") else "weight", 0.5))
+    eng = make_engine(name, params, threads=1)
+    for bad in (0, -5, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match=r"^batch must be an integer >= 1"):
+            eng.plan(bad)
+    assert eng.plan(3).batch == 3 and eng.plan(np.int64(2)).batch == 2 and eng.plan(4.0).batch == 4
+
+
 # -- exact contracts: messages, counts, describe(), dtypes, buffers, the kernels the plan names ------
 N_THREADS = numba.config.NUMBA_NUM_THREADS
 CSR_LIKE = ("csr", "csr-skip")
@@ -595,6 +609,8 @@ def test_bad_threads_message(small):
             make_engine("csr", small, threads=bad)
     with pytest.raises(ValueError, match=rf"^threads must be an integer in 1\.\.{N_THREADS}, got 'two'$"):
         make_engine("dense", small, threads="two")
+    with pytest.raises(ValueError, match=rf"^threads must be an integer in 1\.\.{N_THREADS}, got True$"):
+        make_engine("csr", small, threads=True)                    # int(True) == 1: refused, not read as 1
     assert make_engine("dense", small).threads == N_THREADS        # None: every thread
 
 

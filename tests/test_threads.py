@@ -95,7 +95,7 @@ def test_check_threads_range_message(bad):
         threads.check_threads(bad)
 
 
-@pytest.mark.parametrize("bad", [None, "two", [1]])
+@pytest.mark.parametrize("bad", [None, "two", [1], True, False])
 def test_check_threads_not_an_integer(bad):
     msg = rf"^workers must be an integer in 1\.\.{N}, got {bad!r}$".replace("[", r"\[").replace("]", r"\]")
     with pytest.raises(ValueError, match=msg) as e:
