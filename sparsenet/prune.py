@@ -281,12 +281,15 @@ def nm_from_sparsity(sparsity, m: int) -> int:
 
 
 def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
-               prune_output: bool = False, *, n=None, m: int = NM_M, block=DEFAULT_BLOCK) -> tuple:
+               prune_output: bool = False, *, n=None, m: int = NM_M, block=DEFAULT_BLOCK,
+               nm_nearest: bool = False) -> tuple:
     """Masks for one method (see ALL_METHODS) at one sparsity. `scope` is weight pruning's
     (see SCOPES); the other methods rank within each matrix only ("layer").
 
-    "nm": keep n of every m (n defaults to m - round(s * m), e.g. 2:4 at s=0.5, 1:4 at s=0.75; an
-    explicit n must agree with the sparsity). "block": r x c blocks, block=(r, c).
+    "nm": keep n of every m, n = m - s * m (2:4 at s=0.5, 1:4 at s=0.75; an explicit n must agree
+    with the sparsity); a sparsity no N:M of this m has (0.3 with m = 4) is refused, unless
+    nm_nearest (gradual pruning's ramp: the nearest pattern, m - round(s * m)). "block": r x c
+    blocks, block=(r, c).
     """
     if method == "weight":
         return weight_mask(params, sparsity, scope=scope, prune_output=prune_output)
@@ -299,6 +302,10 @@ def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "lay
     if method == "block":
         return block_mask(params, sparsity, block=block, prune_output=prune_output)
     n_s = nm_from_sparsity(sparsity, m)
+    if not nm_nearest and abs(check_sparsity(sparsity) * m - (m - n_s)) > 0.01:
+        allowed = ", ".join(f"{(m - k) / m:g} ({k}:{m})" for k in range(m, 0, -1))
+        raise ValueError(f"sparsity {check_sparsity(sparsity):g} is not an N:M sparsity with m={m} (N:M prunes "
+                         f"m - n of every m weights): choose one of {allowed}")
     if n is not None and check_nm(n, m)[0] != n_s:
         raise ValueError(f"n={n} with m={m} prunes {m - n} of every {m} weights, but sparsity "
                          f"{check_sparsity(sparsity)} prunes {m - n_s}; pass n or the sparsity that matches")

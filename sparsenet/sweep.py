@@ -154,7 +154,7 @@ def gmp_mask_schedule(method: str, final_sparsity, gmp: GMPConfig, scope: str = 
         if step < t0 or step > t0 + n * dt or (step - t0) % dt:
             return None
         return make_masks(params, method, gmp_sparsity(step, s_f, s_i, t0, n, dt), scope,
-                          prune_output)
+                          prune_output, nm_nearest=True)        # N:M ramps through its nearest patterns
 
     return schedule
 

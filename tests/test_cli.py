@@ -277,6 +277,15 @@ def test_plan_of_the_default_net(capsys):
     assert [f"csr at batch 4, {t} thread(s)" in out for t in threads] == [True] * len(threads)
 
 
+def test_plan_refuses_a_sparsity_n_m_does_not_have(capsys):
+    """`plan --engine nm --sparsity 0.3` would have planned 3:4 (k = 25 %) and printed k=30 %."""
+    assert cli.main(["plan", "--engine", "nm", "--sparsity", "0.3", "--batch", "1", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "sparsity 0.3 is not an N:M sparsity with m=4" in err and "0.75 (1:4)" in err and "Traceback" not in err
+    assert cli.main(["plan", "--engine", "nm", "--sparsity", "75", "--batch", "1", "--threads", "1"]) == 0
+    assert "k=75%" in capsys.readouterr().out
+
+
 def test_plan_refuses_too_many_threads(capsys):
     assert cli.main(["plan", "--threads", "999"]) == 2
     err = capsys.readouterr().err

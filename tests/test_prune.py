@@ -813,6 +813,14 @@ def test_make_masks_structured():
         make_masks(params, "nm", 0.75, n=2)
     with pytest.raises(ValueError, match=r"^sparsity 0.9 prunes all 4 weights of every group \(n = 0\)"):
         make_masks(params, "nm", 0.9)
+    for bad in (0.3, 0.6, 0.1):                  # no N:M of m = 4 has it: refused, not rounded to 3:4 or 2:4
+        with pytest.raises(ValueError, match=rf"^sparsity {bad} is not an N:M sparsity with m=4 .* choose one of "
+                                             r"0 \(4:4\), 0.25 \(3:4\), 0.5 \(2:4\), 0.75 \(1:4\)$"):
+            make_masks(params, "nm", bad)
+    with pytest.raises(ValueError, match=r"^sparsity 0.3 is not an N:M sparsity with m=8"):
+        make_masks(params, "nm", 0.3, m=8)
+    assert_masks_equal(make_masks(params, "nm", 0.3, nm_nearest=True), nm_mask(params, 3, 4))    # gradual's ramp
+    assert_masks_equal(make_masks(params, "nm", 0.6, nm_nearest=True), nm_mask(params, 2, 4))
     for method in STRUCTURED_METHODS:
         with pytest.raises(ValueError, match=f"^scope for {method} pruning must be one of"):
             make_masks(params, method, 0.5, scope="global")
