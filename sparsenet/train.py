@@ -56,7 +56,13 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'exp', got {self.schedule!r}")
         if not (self.lr > 0 and self.epochs >= 1 and self.batch_size >= 1 and self.n_val >= 0):
             raise ValueError("need lr > 0, epochs >= 1, batch_size >= 1, n_val >= 0")
-        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        sizes = tuple(self.sizes)
+        if len(sizes) < 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
+            raise ValueError(f"sizes must be two or more layer widths >= 1, input first, classes last "
+                             f"(e.g. 784,1000,10), got {','.join(map(str, sizes)) or 'none'}")
+        object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -312,6 +318,14 @@ def split_train_val(n: int, n_val: int, seed: int):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def check_sizes(sizes, n_features: int, n_classes: int, name: str = "the data") -> None:
+    """A ValueError unless the net's first width is the data's features and its last its classes."""
+    if sizes[0] != n_features or sizes[-1] != n_classes:
+        raise ValueError(f"sizes {','.join(map(str, sizes))} do not fit {name}: the first width must be its "
+                         f"{n_features} input features and the last its {n_classes} classes "
+                         f"(e.g. {n_features},1000,{n_classes})")
+
+
 def train(dataset, cfg: TrainConfig = TrainConfig(), progress: bool = True,
           threads: Optional[int] = None):
     """He-init with cfg.seed, fit on the training images minus a validation split, test; (params, meta)."""
@@ -323,6 +337,7 @@ def _train(dataset, cfg, progress, threads):
     t0, cpu0 = time.perf_counter(), time.process_time()
     X = to_float(dataset.train_images)
     y = np.asarray(dataset.train_labels)
+    check_sizes(cfg.sizes, X.shape[1], int(y.max()) + 1, dataset.name)
     check_n_val(cfg.n_val, len(X))
     tr_idx, val_idx = split_train_val(len(X), cfg.n_val, cfg.seed)
     params = he_init(cfg.sizes, cfg.bias, cfg.seed)

@@ -202,6 +202,22 @@ def test_config_validation_and_schedule():
     assert lr_at(cfg, 0, 10) == 1.0 and lr_at(cfg, 10, 10) == pytest.approx(0.5)
     assert lr_at(TrainConfig(lr=1.0, schedule="exp", lr_decay=0.5), 25, 10) == 0.25
     assert TrainConfig(sizes=[3, 2]).sizes == (3, 2)
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {bad!r}$"):
+            TrainConfig(seed=bad)
+    for bad in ((784,), (), (784, 0, 10), (784, 2.5, 10)):
+        with pytest.raises(ValueError, match=r"^sizes must be two or more layer widths >= 1"):
+            TrainConfig(sizes=bad)
+
+
+def test_sizes_must_fit_the_data():
+    """A net whose first width is not the data's features (or last not its classes) is refused
+    before training, in one line (it failed inside numpy's take)."""
+    ds = _dataset()
+    for sizes in ((100, 5), (SIZES[0], 8, 10), (SIZES[0] + 1, SIZES[-1])):
+        with pytest.raises(ValueError, match=rf"^sizes {','.join(map(str, sizes))} do not fit blobs: the first width "
+                                             rf"must be its {SIZES[0]} input features and the last its {SIZES[-1]} classes"):
+            train(ds, TrainConfig(sizes=sizes, epochs=1), progress=False)
 
 
 def _dataset(name="blobs"):
