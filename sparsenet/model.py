@@ -21,6 +21,25 @@ class Layer(NamedTuple):
 Params = tuple  # tuple[Layer, ...]; hidden layers use ReLU, the last one gives logits
 
 
+def as_layers(params) -> Params:
+    """The parameter chain as a tuple of Layers: each item a Layer (kept as it is) or a (weight, bias)
+    pair (made a Layer of those arrays, not copies); else a TypeError naming the first item that is
+    neither. What the pruning functions take (engines check more: check_params)."""
+    try:
+        items = tuple(params)
+    except TypeError:
+        raise TypeError(f"params must be a sequence of Layer(weight, bias), got {type(params).__name__}") from None
+    layers = []
+    for i, layer in enumerate(items):
+        if not isinstance(layer, Layer):
+            if not isinstance(layer, (tuple, list)) or len(layer) != 2 or layer[0] is None:
+                raise TypeError(f"params[{i}]: expected a Layer(weight, bias) or a (weight, bias) pair, "
+                                f"got {type(layer).__name__}")
+            layer = Layer(np.asarray(layer[0]), None if layer[1] is None else np.asarray(layer[1]))
+        layers.append(layer)
+    return tuple(layers)
+
+
 def layer_sizes(params: Sequence[Layer]) -> tuple:
     """(n_in, n_hidden..., n_out) of a parameter tuple."""
     return (params[0].weight.shape[1],) + tuple(layer.weight.shape[0] for layer in params)

@@ -27,13 +27,14 @@ A mask is a tuple per layer of ``(keep_weight bool (n_out, n_in), keep_bias bool
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Sequence
 
 import numpy as np
 
-from sparsenet.model import Layer, layer_sizes
+from sparsenet.model import Layer, as_layers, layer_sizes
 from sparsenet.names import NM_M
 
 SCOPES = ("layer", "global")
@@ -100,6 +101,16 @@ def _drop_smallest(scores: np.ndarray, n_prune: int) -> np.ndarray:
     return keep
 
 
+def _takes_layers(fn):
+    """fn's first argument (params) as Layers (model.as_layers): a (weight, bias) pair per layer works
+    too, anything else is a TypeError naming the item, not an AttributeError from inside."""
+    @functools.wraps(fn)
+    def wrapper(params, *args, **kwargs):
+        return fn(as_layers(params), *args, **kwargs)
+    return wrapper
+
+
+@_takes_layers
 def weight_mask(params: Sequence[Layer], sparsity, scope: str = "layer",
                 prune_output: bool = False) -> tuple:
     """Masks dropping the round(s * size) smallest |w| per matrix (scope="layer") or over all
@@ -127,6 +138,7 @@ def weight_mask(params: Sequence[Layer], sparsity, scope: str = "layer",
     return tuple(masks)
 
 
+@_takes_layers
 def neuron_mask(params: Sequence[Layer], sparsity, prune_output: bool = False) -> tuple:
     """Masks dropping, per prunable matrix, the round(s * n_out) rows with the smallest L2 norm of
     incoming weights (the row and its bias entry). Torch's ln_structured(n=2, dim=0) equivalent."""
@@ -185,6 +197,7 @@ def nm_keep(w: np.ndarray, n: int, m: int) -> np.ndarray:
     return keep
 
 
+@_takes_layers
 def nm_mask(params: Sequence[Layer], n: int = 2, m: int = 4, prune_output: bool = False) -> tuple:
     """Masks keeping, per prunable matrix, the n largest |w| in every group of m consecutive weights
     of a row (N:M semi-structured sparsity; tail groups: see nm_keep). Biases are kept."""
@@ -216,6 +229,7 @@ def block_keep(w: np.ndarray, sparsity: float, block: tuple) -> np.ndarray:
     return np.ascontiguousarray(keep[:w.shape[0], :w.shape[1]])
 
 
+@_takes_layers
 def block_mask(params: Sequence[Layer], sparsity, block=DEFAULT_BLOCK, prune_output: bool = False) -> tuple:
     """Masks dropping, per prunable matrix, the round(s * n_blocks) r x c blocks with the smallest
     L2 norm (partial edge blocks ranked by the norm of their entries). Biases are kept."""
@@ -248,6 +262,7 @@ def _check_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> None:
             _check_mask(i, "bias", keep_b, layer.bias)
 
 
+@_takes_layers
 def apply_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
     """New parameters with masked-out entries set to zero (inputs untouched, arrays not shared).
     Masks as made by weight_mask/neuron_mask (checked: see _check_masks)."""
@@ -280,6 +295,7 @@ def nm_from_sparsity(sparsity, m: int) -> int:
     return n
 
 
+@_takes_layers
 def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "layer",
                prune_output: bool = False, *, n=None, m: int = NM_M, block=DEFAULT_BLOCK,
                nm_nearest: bool = False) -> tuple:
@@ -312,27 +328,32 @@ def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "lay
     return nm_mask(params, n_s, m, prune_output=prune_output)
 
 
+@_takes_layers
 def weight_prune(params: Sequence[Layer], sparsity, scope: str = "layer",
                  prune_output: bool = False) -> tuple:
     """Magnitude (L1 unstructured) pruning; see weight_mask."""
     return apply_masks(params, weight_mask(params, sparsity, scope=scope, prune_output=prune_output))
 
 
+@_takes_layers
 def neuron_prune(params: Sequence[Layer], sparsity, prune_output: bool = False) -> tuple:
     """Neuron (L2 structured, rows) pruning; see neuron_mask."""
     return apply_masks(params, neuron_mask(params, sparsity, prune_output=prune_output))
 
 
+@_takes_layers
 def nm_prune(params: Sequence[Layer], n: int = 2, m: int = 4, prune_output: bool = False) -> tuple:
     """N:M semi-structured pruning; see nm_mask."""
     return apply_masks(params, nm_mask(params, n, m, prune_output=prune_output))
 
 
+@_takes_layers
 def block_prune(params: Sequence[Layer], sparsity, block=DEFAULT_BLOCK, prune_output: bool = False) -> tuple:
     """Block pruning (r x c blocks by L2 norm); see block_mask."""
     return apply_masks(params, block_mask(params, sparsity, block=block, prune_output=prune_output))
 
 
+@_takes_layers
 def shrink_masked(params: Sequence[Layer], masks: Sequence[tuple]) -> tuple:
     """(small, small_masks, kept): apply_masks(params, masks) without the hidden neurons the masks
     remove, for training with the masks held fixed at the smaller net's cost (neuron pruning at 90 %
@@ -391,6 +412,7 @@ def _dead_rows(layer: Layer) -> np.ndarray:
     return dead
 
 
+@_takes_layers
 def shrink(params: Sequence[Layer]) -> tuple:
     """A smaller dense network with the same predictions: hidden neurons whose weight row is all zero
     and whose bias is zero (or None) are removed, i.e. those rows of W[l] (and entries of b[l]) and
@@ -418,6 +440,7 @@ def shrink(params: Sequence[Layer]) -> tuple:
     return tuple(out)
 
 
+@_takes_layers
 def describe_shrink(params: Sequence[Layer]) -> dict:
     """Layer sizes before and after shrink, and how many units each layer loses."""
     before = layer_sizes(params)
@@ -426,6 +449,7 @@ def describe_shrink(params: Sequence[Layer]) -> dict:
             "removed": [int(a - b) for a, b in zip(before, after)]}
 
 
+@_takes_layers
 def sparsity_of(params: Sequence[Layer]) -> dict:
     """Fraction of zero weights per layer and in total (biases not counted), with size/size_nz."""
     size = [int(layer.weight.size) for layer in params]

@@ -893,3 +893,20 @@ def test_shrink_masked_removes_only_silent_neurons():
     np.testing.assert_array_equal(small[1].weight, params[1].weight[:, :3])
     masks = ((keep_w0, None), masks[1])                   # biases unmasked: every neuron stays
     assert layer_sizes(shrink_masked(params, masks)[0]) == (6, 4, 2)
+
+
+def test_plain_weight_bias_pairs_prune_like_layers():
+    """(weight, bias) pairs (what the engines also take) prune exactly like Layers; anything else is a
+    TypeError naming the item, not an AttributeError from inside."""
+    params = small_net(bias=True)
+    pairs = [(layer.weight, layer.bias) for layer in params]
+    for fn in (lambda p: weight_prune(p, 0.5), lambda p: neuron_prune(p, 0.5), lambda p: nm_prune(p, 2, 4),
+               lambda p: block_prune(p, 0.5, (2, 2)), lambda p: make_masks(p, "weight", 0.5, scope="global")):
+        for got, want in zip(fn(pairs), fn(params)):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match=r"^params\[1\]: expected a Layer\(weight, bias\) or a \(weight, bias\) pair, "
+                                        r"got ndarray$"):
+        weight_prune([pairs[0], params[1].weight], 0.5)
+    with pytest.raises(TypeError, match=r"^params must be a sequence of Layer\(weight, bias\), got int$"):
+        neuron_prune(5, 0.5)
