@@ -119,4 +119,7 @@ def check_names(what: str, values, allowed) -> tuple:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
         raise ValueError(f"unknown {what} {bad or values}; expected some of {', '.join(allowed)}")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{what} has duplicates: {', '.join(twice)}")
     return values

@@ -100,6 +100,9 @@ class StudyConfig:
             value = tuple(check_sparsity(s) for s in _seq(name, value))
             if name == "sparsities" and not value:
                 raise ValueError("sparsities must not be empty")
+            twice = sorted({s for s in value if value.count(s) > 1})
+            if twice:                                    # one k timed and swept twice: a wasted run, a doubled row
+                raise ValueError(f"{name} has duplicates: {', '.join(f'{s:g}' for s in twice)}")
             object.__setattr__(self, name, value)
         for name, allowed in (("methods", names.ALL_METHODS), ("engines", names.STUDY_ENGINES)):
             object.__setattr__(self, name, names.check_names(name, getattr(self, name), allowed))

@@ -18,6 +18,15 @@ def test_bad_sparsities_are_refused(text, capsys):
     assert "--sparsities" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, values, named", [("--sparsities", "50,0.5", "sparsities has duplicates: 0.5"),
+                                                    ("--engines", "csr,dense,csr", "engines has duplicates: csr")])
+def test_study_refuses_duplicates(option, values, named, capsys):
+    """The same k (or engine) twice would be swept and timed twice and doubled in every table."""
+    assert cli.main(["study", option, values, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
 def test_ambiguous_one_is_named():
     with pytest.raises(Exception, match=r"ambiguous sparsity '1\.0': give a fraction in \[0, 1\) or a percentage"):
         cli._sparsity("1.0")

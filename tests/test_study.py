@@ -38,6 +38,10 @@ SIZES = (784, 48, 32, 10)
     (dict(peak_n=-1), r"peak_n must be an integer in 0\.\.16384"),
     (dict(peak_n=16385), r"peak_n must be an integer in 0\.\.16384 \(0: no sgemm peak"),
     (dict(peak_n=True), "peak_n"),
+    (dict(sparsities=(0.5, 0.9, 0.5)), r"^sparsities has duplicates: 0\.5$"),
+    (dict(finetune_sparsities=(0.9, 0.9)), r"^finetune_sparsities has duplicates: 0\.9$"),
+    (dict(engines=("dense", "csr", "dense")), r"^engines has duplicates: dense$"),
+    (dict(methods=("weight", "weight")), r"^methods has duplicates: weight$"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
