@@ -92,6 +92,9 @@ def load_results(folder) -> dict:
     Raises a clear error when the folder itself does not exist.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; give the study's results folder (the one holding "
+                                 f"{part_path(folder, PARTS[0]).name}), e.g. {folder.parent}")
     if not folder.is_dir():
         raise FileNotFoundError(f"results folder {folder} does not exist (run `sparsenet study` first)")
     out = {}

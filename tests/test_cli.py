@@ -62,6 +62,14 @@ def test_report_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_report_of_a_file_says_it_wants_the_folder(tmp_path, capsys):
+    (tmp_path / "timings.json").write_text("{}")
+    assert cli.main(["report", str(tmp_path / "timings.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'timings.json'} is a file; give the study's results folder" in err
+    assert f"e.g. {tmp_path}" in err and "does not exist" not in err and "Traceback" not in err
+
+
 def test_report_command_builds_a_report(results_folder, capsys):
     assert cli.main(["report", str(results_folder)]) == 0
     assert (results_folder / "report" / "report.md").exists()
