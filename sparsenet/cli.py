@@ -106,27 +106,29 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-def _train_config(args):
+def _train_config(args, **fixed):
     from sparsenet.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return TrainConfig(**given)
+    return TrainConfig(**{**given, **fixed})
 
 
 def cmd_train(args) -> int:
     from sparsenet import checkpoint, train
     from sparsenet.files import check_writable
 
-    seed = train.TrainConfig().seed if args.seed is None else args.seed
+    # the settings (a negative --seed, --sizes of one width) are checked before the data is loaded and
+    # the output folder made; --val, which needs the data's size, after
+    cfg = _train_config(args, n_val=0)
     # checked before training, whose result would otherwise be lost to a bad path
-    out = check_writable(args.out or f"models/{args.dataset}-seed{seed}.npz")
+    out = check_writable(args.out or f"models/{args.dataset}-seed{cfg.seed}.npz")
     ds = _load_data(args)
     n = len(ds.train_images)
     if args.n_val is None:
         args.n_val = train.default_n_val(n)
     train.check_n_val(args.n_val, n, flag="--val")
-    cfg = _train_config(args)
+    cfg = dataclasses.replace(cfg, n_val=args.n_val)
     params, meta = train.train(ds, cfg, progress=not args.quiet)
     checkpoint.save(out, params, meta)
     print(f"test accuracy {meta['test_acc']:.4f}, test loss {meta['test_loss']:.4f}; saved {out}")

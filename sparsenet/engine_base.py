@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
+import numbers
 import time
 from typing import Optional, Sequence
 
@@ -21,14 +22,11 @@ from sparsenet.plan import Plan
 
 
 def check_batch(batch) -> int:
-    """`batch` (rows of X, what `plan` is asked about) as an int >= 1, else a ValueError."""
-    try:
-        B = int(batch)
-    except (TypeError, ValueError):
-        raise ValueError(f"batch must be an integer >= 1, got {batch!r}") from None
-    if isinstance(batch, bool) or B != batch or B < 1:
+    """`batch` (rows of X: what `plan` is asked about, what `warmup` calls with) as an int >= 1, else a
+    ValueError; an int means an int (numpy's too), not True, 4.0 or "4"."""
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1 (rows of X), got {batch!r}")
-    return B
+    return int(batch)
 
 
 class Engine:
@@ -101,9 +99,7 @@ class Engine:
 
     def warmup(self, batch: int = 1) -> float:
         """Seconds spent in one call on a zero batch (the compile, or cache load, for Numba)."""
-        if int(batch) < 1:
-            raise ValueError(f"warmup needs a batch of at least 1 row, got {batch}")
-        X = np.zeros((int(batch), self.n_in), np.float32)
+        X = np.zeros((check_batch(batch), self.n_in), np.float32)
         t = time.perf_counter()
         self(X)
         return time.perf_counter() - t

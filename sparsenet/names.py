@@ -96,9 +96,10 @@ def engines_of(method: str) -> tuple:
     return tuple(e for e in ENGINES if ENGINE_METHOD[e] == method)
 
 
-def has_sparsity(method: str, sparsity: float) -> bool:
-    """Whether `method` prunes to exactly `sparsity`: N:M only at k = 1 - N/NM_M, the others at any k."""
-    return method != "nm" or abs(sparsity * NM_M - round(sparsity * NM_M)) < 1e-9
+def has_sparsity(method: str, sparsity: float, m: int = NM_M) -> bool:
+    """Whether `method` prunes to exactly `sparsity`: N:M only at k = 1 - N/m (to float rounding), the
+    others at any k. prune.make_masks refuses the k where this is False."""
+    return method != "nm" or abs(sparsity * m - round(sparsity * m)) < 1e-9
 
 
 def method_sparsities(method: str, sparsities) -> tuple:

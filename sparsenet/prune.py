@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from sparsenet.model import Layer, as_layers, layer_sizes
-from sparsenet.names import NM_M
+from sparsenet.names import NM_M, has_sparsity
 
 SCOPES = ("layer", "global")
 NEURON_SCOPES = ("layer",)          # neuron pruning ranks rows within each matrix only
@@ -318,7 +318,7 @@ def make_masks(params: Sequence[Layer], method: str, sparsity, scope: str = "lay
     if method == "block":
         return block_mask(params, sparsity, block=block, prune_output=prune_output)
     n_s = nm_from_sparsity(sparsity, m)
-    if not nm_nearest and abs(check_sparsity(sparsity) * m - (m - n_s)) > 0.01:
+    if not nm_nearest and not has_sparsity(method, check_sparsity(sparsity), m):   # 0.749 is not 1:4's 0.75
         allowed = ", ".join(f"{(m - k) / m:g} ({k}:{m})" for k in range(m, 0, -1))
         raise ValueError(f"sparsity {check_sparsity(sparsity):g} is not an N:M sparsity with m={m} (N:M prunes "
                          f"m - n of every m weights): choose one of {allowed}")

@@ -78,7 +78,7 @@ class StudyConfig:
         if self.dataset not in names.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(names.DATASETS)}")
         for name in ("seeds", "batches", "threads", "widths", "scaling_threads"):
-            value = _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1)
+            value = _unique(name, _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1))
             object.__setattr__(self, name, value)
         available = available_threads()
         for name in ("threads", "scaling_threads"):
@@ -91,18 +91,13 @@ class StudyConfig:
         for name in ("seeds", "batches", "threads"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
-            if len(set(getattr(self, name))) != len(getattr(self, name)):
-                raise ValueError(f"{name} has duplicates: {getattr(self, name)}")
         for name in ("sparsities", "finetune_sparsities", "scaling_sparsities", "gradual_sparsities"):
             value = getattr(self, name)
             if value is None:
                 continue
-            value = tuple(check_sparsity(s) for s in _seq(name, value))
+            value = _unique(name, tuple(check_sparsity(s) for s in _seq(name, value)))
             if name == "sparsities" and not value:
                 raise ValueError("sparsities must not be empty")
-            twice = sorted({s for s in value if value.count(s) > 1})
-            if twice:                                    # one k timed and swept twice: a wasted run, a doubled row
-                raise ValueError(f"{name} has duplicates: {', '.join(f'{s:g}' for s in twice)}")
             object.__setattr__(self, name, value)
         for name, allowed in (("methods", names.ALL_METHODS), ("engines", names.STUDY_ENGINES)):
             object.__setattr__(self, name, names.check_names(name, getattr(self, name), allowed))
@@ -183,6 +178,15 @@ def _seq(name, value):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a sequence, got {value!r}")
     return list(value)
+
+
+def _unique(name, values: tuple) -> tuple:
+    """values, else a ValueError naming those given twice: one k, batch or width timed and swept twice is
+    a wasted run and a doubled row in every table (names.check_names does the same for names)."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{name} has duplicates: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in twice)}")
+    return values
 
 
 def _int_tuple(name, value, minimum) -> tuple:

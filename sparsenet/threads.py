@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import numba
 
@@ -33,17 +34,15 @@ def max_threads() -> int:
 
 
 def check_threads(threads, what: str = "threads") -> int:
-    """`threads` as an int in 1..max_threads(), else a ValueError saying the range."""
+    """`threads` (an int, numpy's too) as an int in 1..max_threads(), else a ValueError saying the range.
+    None (every thread, in Engine) is the caller's to handle."""
     n = max_threads()
-    if isinstance(threads, bool):                       # int(True) is 1: not a count anyone meant
+    # True is int(1) and 2.0 or "2" read as 2: none is a count anyone meant
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
         raise ValueError(f"{what} must be an integer in 1..{n}, got {threads!r}") from None
-    try:
-        value = int(threads)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an integer in 1..{n}, got {threads!r}") from None
-    if value != threads or not 1 <= value <= n:
+    if not 1 <= threads <= n:
         raise ValueError(f"{what} must be in 1..{n} (this machine's threads), got {threads!r}")
-    return value
+    return int(threads)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,21 @@ def test_study_refuses_duplicates(option, values, named, capsys):
     assert named in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("option, values, named", [("--batches", "1,256,1", "batches has duplicates: 1"),
+                                                    ("--threads", "1,1", "threads has duplicates: 1"),
+                                                    ("--seeds", "0,0", "seeds has duplicates: 0"),
+                                                    ("--widths", "1024,1024", "widths has duplicates: 1024"),
+                                                    ("--scaling-threads", "1,1", "scaling_threads has duplicates: 1")])
+def test_study_refuses_duplicate_counts(option, values, named, capsys, monkeypatch):
+    """A batch, thread count, seed or width given twice is refused, naming it, before any stage (a width
+    twice started the study and timed its layer twice; the others named the whole tuple, "(1, 1)")."""
+    from sparsenet import study
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("the study started"))
+    assert cli.main(["study", option, values, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"sparsenet study: error: {named}\n" in err and "Traceback" not in err
+
+
 def test_ambiguous_one_is_named():
     with pytest.raises(Exception, match=r"ambiguous sparsity '1\.0': give a fraction in \[0, 1\) or a percentage"):
         cli._sparsity("1.0")
@@ -140,6 +155,34 @@ def test_train_val_leaving_no_training_images_is_a_clear_error(tmp_path, capsys)
                      "--out", str(tmp_path / "m.npz")]) == 2
     err = capsys.readouterr().err
     assert "--val 300 leaves no training images (the training set has 300); choose --val below 300" in err
+    assert "Traceback" not in err and not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["--sizes", "784"], "sizes must be two or more layer widths >= 1, input first, classes last (e.g. 784,1000,10), got 784"),
+    (["--sizes", "784,0,10"], "sizes must be two or more layer widths >= 1, input first, classes last (e.g. 784,1000,10), "
+                              "got 784,0,10"),
+])
+def test_train_checks_its_settings_before_the_data(tmp_path, capsys, monkeypatch, argv, message):
+    """A bad --seed or --sizes is one line before the data set is loaded (or downloaded) and before the
+    output folder is made (models/ was left behind, named after seed -1)."""
+    from sparsenet import data
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the settings were checked"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sparsenet train: error: {message}\n" and not (tmp_path / "models").exists()
+
+
+def test_train_sizes_that_do_not_fit_the_data_say_what_fits(tmp_path, capsys, monkeypatch):
+    """--sizes 100,10 on 784-pixel images: the first width must be the input features, the last the classes."""
+    _idx_dir(tmp_path / "data")
+    assert cli.main(["train", "--data-dir", str(tmp_path / "data"), "--sizes", "100,10",
+                     "--out", str(tmp_path / "m.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert ("sparsenet train: error: sizes 100,10 do not fit mnist: the first width must be its 784 input features "
+            "and the last its 10 classes (e.g. 784,1000,10)") in err
     assert "Traceback" not in err and not (tmp_path / "m.npz").exists()
 
 

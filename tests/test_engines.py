@@ -5,6 +5,7 @@ To run the grid on other weights too, point SPARSENET_TEST_PARAMS at a trained c
 """
 import functools
 import os
+import re
 
 import numba
 import numpy as np
@@ -328,7 +329,7 @@ def test_complex_input_refused(small, name):
     eng = make_engine(name, small)
     with pytest.raises(ValueError, match=r"^X must be real, got complex128$"):
         eng(np.ones((2, SMALL[0])) + 5j)       # not its real part, silently
-    with pytest.raises(ValueError, match=r"^warmup needs a batch of at least 1 row, got 0$"):
+    with pytest.raises(ValueError, match=r"^batch must be an integer >= 1 \(rows of X\), got 0$"):
         eng.warmup(0)
 
 
@@ -585,16 +586,25 @@ def test_engines_keep_their_own_copy_of_the_params(name):
 
 @pytest.mark.parametrize("name", ENGINES)
 def test_plan_refuses_a_batch_that_is_not_a_row_count(name):
-    """eng.plan(batch) says what a call of `batch` rows runs: 0, negative, fractional, boolean or
-    string batches are refused with one line (as warmup and `sparsenet plan --batch` refuse them)."""
+    """eng.plan(batch) says what a call of `batch` rows runs: 0, negative, float, boolean or string
+    batches are refused with one line, by the check warmup makes too (engine_base.check_batch)."""
     params = he_init((12, 8, 6, 4), bias=True, seed=3)
     params = (nm_prune(params, 2, 4) if name == "nm" else block_prune(params, 0.5) if name.startswith("bsr")
               else prune(tuple(params), "neuron" if name.startswith("shrunk") else "weight", 0.5))
     eng = make_engine(name, params, threads=1)
-    for bad in (0, -5, 1.5, True, "2", None):
-        with pytest.raises(ValueError, match=r"^batch must be an integer >= 1"):
+    for bad in (0, -5, 1.5, 4.0, np.float64(2.0), True, "2", None):
+        with pytest.raises(ValueError, match=rf"^batch must be an integer >= 1 \(rows of X\), got {re.escape(repr(bad))}$"):
             eng.plan(bad)
-    assert eng.plan(3).batch == 3 and eng.plan(np.int64(2)).batch == 2 and eng.plan(4.0).batch == 4
+    assert eng.plan(3).batch == 3 and eng.plan(np.int64(2)).batch == 2 and type(eng.plan(np.int64(2)).batch) is int
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, 16.0, True, "2", None])
+def test_warmup_refuses_what_plan_refuses(small, bad):
+    """warmup(1.5) ran a 1-row call, warmup(True) one of 1 row and warmup("2") one of 2 rows; None was a
+    TypeError from int(): each is now plan's one-line ValueError (engine_base.check_batch)."""
+    eng = make_engine("dense", small, threads=1)
+    with pytest.raises(ValueError, match=rf"^batch must be an integer >= 1 \(rows of X\), got {re.escape(repr(bad))}$"):
+        eng.warmup(bad)
 
 
 # -- exact contracts: messages, counts, describe(), dtypes, buffers, the kernels the plan names ------
@@ -611,6 +621,9 @@ def test_bad_threads_message(small):
         make_engine("dense", small, threads="two")
     with pytest.raises(ValueError, match=rf"^threads must be an integer in 1\.\.{N_THREADS}, got True$"):
         make_engine("csr", small, threads=True)                    # int(True) == 1: refused, not read as 1
+    for bad in (1.0, 2.0):                                          # a float count: refused, not read as an int
+        with pytest.raises(ValueError, match=rf"^threads must be an integer in 1\.\.{N_THREADS}, got {bad}$"):
+            make_engine("dense", small, threads=bad)
     assert make_engine("dense", small).threads == N_THREADS        # None: every thread
 
 
@@ -902,7 +915,7 @@ def test_warmup_calls_with_a_zero_float32_batch(small, monkeypatch):
     eng = make_engine("dense", small, threads=1)
     t = eng.warmup()
     assert 0 <= t < 5
-    assert eng.warmup(batch=16.0) < 5
+    assert eng.warmup(batch=np.int64(16)) < 5
     assert [(x.shape, x.dtype) for x in seen] == [((1, SMALL[0]), np.float32), ((16, SMALL[0]), np.float32)]
     assert not any(x.any() for x in seen)
 

@@ -828,6 +828,24 @@ def test_make_masks_structured():
             make_masks(params, method, 1.0)
 
 
+def test_make_masks_nm_holds_a_sparsity_only_to_float_rounding():
+    """A k near an N:M pattern but not at it (0.749: 1:4 prunes 0.75) is refused like 0.3, not built as
+    1:4 under another k's name; the study's N:M sparsities (names.has_sparsity, the same test) all pass."""
+    from sparsenet import names
+
+    params = small_net()
+    for bad in (0.749, 0.26, 0.5 + 1e-4):
+        with pytest.raises(ValueError, match=rf"^sparsity {bad:g} is not an N:M sparsity with m=4 "):
+            make_masks(params, "nm", bad)
+    assert_masks_equal(make_masks(params, "nm", 0.5 + 1e-12), nm_mask(params, 2, 4))    # float rounding
+    assert_masks_equal(make_masks(params, "nm", 0.375, m=8), nm_mask(params, 5, 8))
+    study_ks = {k for ks in (names.SPARSITIES, names.QUICK_SPARSITIES, names.FINETUNE_SPARSITIES,
+                             names.GRADUAL_SPARSITIES) for k in names.method_sparsities("nm", ks)}
+    assert study_ks >= {0.5, 0.75}
+    for k in study_ks | set(names.NM_RECOVERY_SPARSITIES):
+        assert_masks_equal(make_masks(params, "nm", k), nm_mask(params, names.NM_M - round(k * names.NM_M), 4))
+
+
 def test_nm_matches_torch_2_4():
     """torch's reference 2:4 pruning (WeightNormSparsifier, blocks of 1 x 4 with 2 zeros each)."""
     torch = pytest.importorskip("torch")

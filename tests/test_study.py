@@ -42,6 +42,12 @@ SIZES = (784, 48, 32, 10)
     (dict(finetune_sparsities=(0.9, 0.9)), r"^finetune_sparsities has duplicates: 0\.9$"),
     (dict(engines=("dense", "csr", "dense")), r"^engines has duplicates: dense$"),
     (dict(methods=("weight", "weight")), r"^methods has duplicates: weight$"),
+    (dict(batches=(1, 256, 1)), r"^batches has duplicates: 1$"),           # named the value, not the tuple
+    (dict(threads=(1, 1)), r"^threads has duplicates: 1$"),
+    (dict(seeds=(0, 1, 0)), r"^seeds has duplicates: 0$"),
+    (dict(widths=(1024, 1024)), r"^widths has duplicates: 1024$"),         # were accepted: one layer timed twice
+    (dict(scaling_threads=(1, 1)), r"^scaling_threads has duplicates: 1$"),
+    (dict(scaling_sparsities=(0.5, 0.5)), r"^scaling_sparsities has duplicates: 0\.5$"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
