@@ -36,6 +36,10 @@ def as_layers(params) -> Params:
                 raise TypeError(f"params[{i}]: expected a Layer(weight, bias) or a (weight, bias) pair, "
                                 f"got {type(layer).__name__}")
             layer = Layer(np.asarray(layer[0]), None if layer[1] is None else np.asarray(layer[1]))
+        weight = layer.weight
+        if getattr(weight, "ndim", None) != 2 or weight.dtype.kind not in "biuf":
+            raise TypeError(f"params[{i}]: weight must be a 2-d real array (n_out, n_in), got "
+                            f"{getattr(weight, 'dtype', type(weight).__name__)} of shape {np.shape(weight)}")
         layers.append(layer)
     return tuple(layers)
 

@@ -54,8 +54,11 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "exp"):
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'exp', got {self.schedule!r}")
-        if not (self.lr > 0 and self.epochs >= 1 and self.batch_size >= 1 and self.n_val >= 0):
-            raise ValueError("need lr > 0, epochs >= 1, batch_size >= 1, n_val >= 0")
+        for name, ok, rule in (("lr", self.lr > 0, "> 0"), ("epochs", self.epochs >= 1, "an integer >= 1"),
+                               ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+                               ("n_val", self.n_val >= 0, "an integer >= 0")):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         sizes = tuple(self.sizes)

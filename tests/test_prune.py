@@ -928,3 +928,6 @@ def test_plain_weight_bias_pairs_prune_like_layers():
         weight_prune([pairs[0], params[1].weight], 0.5)
     with pytest.raises(TypeError, match=r"^params must be a sequence of Layer\(weight, bias\), got int$"):
         neuron_prune(5, 0.5)
+    for weight, got in ((np.array([["a", "b"]]), r"<U1 of shape \(1, 2\)"), (np.ones(3), r"float64 of shape \(3,\)")):
+        with pytest.raises(TypeError, match=rf"^params\[0\]: weight must be a 2-d real array \(n_out, n_in\), got {got}$"):
+            weight_prune([(weight, None)], 0.5)

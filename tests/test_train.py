@@ -205,6 +205,10 @@ def test_config_validation_and_schedule():
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {bad!r}$"):
             TrainConfig(seed=bad)
+    for field, bad, rule in (("lr", 0.0, "> 0"), ("epochs", 0, "an integer >= 1"), ("batch_size", 0, "an integer >= 1"),
+                             ("n_val", -1, "an integer >= 0")):
+        with pytest.raises(ValueError, match=rf"^{field} must be {rule}, got {bad!r}$"):   # names the setting
+            TrainConfig(**{field: bad})
     for bad in ((784,), (), (784, 0, 10), (784, 2.5, 10)):
         with pytest.raises(ValueError, match=r"^sizes must be two or more layer widths >= 1"):
             TrainConfig(sizes=bad)
