@@ -20,7 +20,7 @@ from sparsenet import train_kernels as K
 from sparsenet.data import to_float
 from sparsenet.hashing import short_hash
 from sparsenet.progress import bar as progress_bar, say
-from sparsenet.model import DEFAULT_SIZES, Layer, evaluate, he_init, layer_sizes
+from sparsenet.model import DEFAULT_SIZES, Layer, as_layers, evaluate, he_init, layer_sizes
 from sparsenet.threads import limit
 
 
@@ -237,6 +237,7 @@ def fit(params: Sequence[Layer], X_train, y_train, X_val, y_val, cfg: TrainConfi
 
 
 def _fit(params, X_train, y_train, X_val, y_val, cfg, masks, mask_schedule, progress):
+    params = as_layers(params)                   # (weight, bias) pairs too, as pruning and the engines take
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
     y_train = np.asarray(y_train).astype(np.intp)
     n = X_train.shape[0]

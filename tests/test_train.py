@@ -128,6 +128,18 @@ def test_same_seed_same_weights():
     assert not np.array_equal(a[0].weight, c[0].weight)
 
 
+def test_fit_takes_weight_bias_pairs():
+    """Plain (weight, bias) pairs train exactly as the same Layers (as pruning and the engines take them)."""
+    params = he_init(SIZES, bias=True, seed=0)
+    X, y = _blobs(100)
+    cfg = TrainConfig(sizes=SIZES, epochs=1, bias=True)
+    (got, _), (want, _) = (fit(p, X, y, None, None, cfg, progress=False)
+                           for p in ([(l.weight, l.bias) for l in params], params))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.bias, b.bias)
+
+
 def test_input_params_untouched():
     params = he_init(SIZES, seed=0)
     before = [l.weight.copy() for l in params]
