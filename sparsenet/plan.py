@@ -58,8 +58,9 @@ class Tuning:
     tile_min_chunk: int = 16
     # batch 1 on SELL: a layer runs on all threads from this many slots
     min_parallel_slots: int = 3000
-    # batch 1 on SELL8 (AVX2): a layer runs on all threads from this many units (untuned: 2 threads
-    # could not be measured quietly; docs/perf-notes.md)
+    # batch 1 on SELL8 (AVX2): a layer runs on all threads from this many units (AVX2 target, one layer
+    # in 1 and 2 parts side by side: x0.5-0.9 below ~3000 units, x0.96-1.24 at 3000-7000, x1.5-2.7 from
+    # ~9000; docs/perf-notes.md, session 13)
     min_parallel_units: int = 4000
     # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
     sell_cache_bytes: int = 8 * 2 ** 20
