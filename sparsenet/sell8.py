@@ -134,7 +134,9 @@ class SELL8:
 
     @property
     def nbytes(self) -> int:
-        return int(self.data.nbytes + self.meta.nbytes + self.start.nbytes + self.unit_ptr.nbytes)
+        """Bytes the kernels read (window starts as kernel_start: one a unit where paired)."""
+        starts = self.n_units * (SLOTS if self.split else 1) * self.start.itemsize
+        return int(self.data.nbytes + self.meta.nbytes + starts + self.unit_ptr.nbytes)
 
     @classmethod
     def from_csr(cls, c: CSR, window: int = 8, split: bool = False) -> "SELL8":

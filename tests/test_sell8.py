@@ -52,7 +52,7 @@ def test_shapes_windows_and_padding(M, N, density, window, split):
     if not split:
         np.testing.assert_array_equal(s.start[:, 0], s.start[:, 1])           # one window a unit
     assert s.padding >= 1.0
-    assert s.nbytes == s.data.nbytes + s.meta.nbytes + s.start.nbytes + s.unit_ptr.nbytes
+    assert s.nbytes == s.data.nbytes + s.meta.nbytes + s.kernel_start.nbytes + s.unit_ptr.nbytes
 
 
 @pytest.mark.parametrize("split", [False, True])
