@@ -43,9 +43,10 @@ rows takes, per group, 4 input broadcasts and per slot one 16-byte index load, 3
 index's two bits and one FMA: x1.5 (2:4) and x3.1..3.5 (1:4) of dense on one core, where the
 layer's bytes (5 per slot) rather than the arithmetic bound it. Selects, not a gather or an x86
 permute: generic vector IR that every target compiles (AVX2, NEON); other m keep the scalar SpMV.
-The batch split's worker and batch 1's parts of a layer are C callbacks the drivers call by address
-(cfuncs): compiled once, not again in every parallel driver's modules (cold, 2 threads, this VM:
-batch 256 6.9-10.1 -> 3.3-5.2 s, batch 1 3.5-4.1 -> 1.6 s). The worker inlines the layer loop
+The batch split's worker, the row split's blocks and batch 1's parts of a layer are C callbacks
+the drivers call by address (cfuncs): compiled once, not again in every parallel driver's modules
+(cold, 2 threads, this VM: batch 256 6.9-10.1 -> 3.3-5.2 s, batch 1 3.5-4.1 -> 1.6 s, batch 16 on
+the row split 5.7 -> 3.6 s). The worker inlines the layer loop
 (_forward_serial) and calls nm_matmul_bias_relu as a jitted function linked into it: with the tiles
 inlined into the worker, or a layer called by address, the chain ran 5-9 % slower at batch 256 on
 one thread (one layer alone as fast); linked, as fast as before (and one link fewer than a separate
@@ -347,21 +348,35 @@ def _worker(values, idx, bias, sizes, val_off, ns, m, panel, tile, X, HT, buf0, 
         c0 = _claim_chunk(counter, B, Bc)
 
 
-@njit(parallel=True, **_OPTS)
-def nm_forward_rows(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out, n_blocks):
+@callback
+def _rows_part(values, idx, bias, HT, out, n, m, panel, relu, n_parts, w):
+    """Part w of n_parts of one layer's rows in the row split (nm_forward_rows): its block of rows
+    on 32-column register tiles."""
+    n_out = out.shape[0]
+    _matmul_rows(values, idx, bias, HT, out, w * n_out // n_parts, (w + 1) * n_out // n_parts, n, m, panel, relu, 32)
+
+
+def nm_forward_rows(values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out, n_blocks, callbacks=None):
     """Whole MLP on a batch narrower than one tile per thread: X (B, n_in) -> out (B, n_out) through
     HT (n_in, Bp) (zero-padded to Bp, a multiple of 32 columns), every layer's rows split into
     `n_blocks` blocks over the threads (one parallel region per layer: its outputs are the next
-    layer's inputs). The batch split would leave all but one thread idle at batch 2-32."""
+    layer's inputs). The batch split would leave all but one thread idle at batch 2-32. A block is
+    a C callback (`_rows_part`) the driver calls by address, compiled once (cold, 2 threads, batch
+    16, this VM: 5.7 -> 3.6 s, session 13); callbacks: the caller's cache of its address."""
+    part = _rows_part.address(values, idx, bias, HT, HT, 2, int(m), int(panel), True, 1, 0, cache=callbacks)
+    _forward_rows(part, values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out, n_blocks)
+
+
+@njit(parallel=True, **_OPTS)
+def _forward_rows(part, values, idx, bias, sizes, val_off, ns, m, panel, X, HT, buf0, buf1, out, n_blocks):
+    """nm_forward_rows' layers: each in min(n_blocks, n_out) parts of `part` over the threads."""
     B = X.shape[0]
     Bp = HT.shape[1]
     _gather_columns(X, 0, HT)
     h = HT
     for layer in range(sizes.shape[0] - 1):
         n_out, v, ix, b, relu, o = _layer(values, idx, bias, sizes, val_off, layer, buf0, buf1, Bp)
-        nb = min(n_blocks, n_out)
-        for blk in prange(nb):
-            _matmul_rows(v, ix, b, h, o, blk * n_out // nb, (blk + 1) * n_out // nb, ns[layer], m, panel, relu, 32)
+        run_parts(part, min(n_blocks, n_out), (v, ix, b, h, o, ns[layer], np.int64(m), np.int64(panel), relu))
         h = o
     for j in range(B):
         for i in range(out.shape[1]):

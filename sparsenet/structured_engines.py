@@ -353,7 +353,8 @@ class NMEngine(_Chunked):
             return out
         if p.split == "rows":
             HT, buf0, buf1, _ = self._chunk_buffers(p.padded_batch)
-            nm_kernels.nm_forward_rows(*args, self.panel, X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
+            nm_kernels.nm_forward_rows(*args, self.panel, X, HT[0], buf0[0], buf1[0], out, 4 * self.threads,
+                                       self._callbacks)
             return out
         HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
         nm_kernels.nm_forward_chunks(*args, self.panel, self.tile, X, HT, buf0, buf1, out, counter, self._callbacks)
