@@ -176,7 +176,7 @@ def run(args) -> None:
                 nnz = sum(s.nnz for s in layers)
                 pad = sum(s.n_units for s in layers) * 16 / max(nnz, 1)
                 mb = sum(s.nbytes for s in layers) / 1e6
-                wins = ",".join(f"{s.window}{'s' if s.split else ''}" for s in layers)   # s: split units
+                wins = ",".join(s.kind for s in layers)                # s: split units
                 s8 = med["sell8"]
                 cells = "  ".join(f"{n} {med[n]:.1f} [p10 {iqr[n][0]:.0f}, {iqr[n][1]:.0f}-{iqr[n][2]:.0f}]"
                                   for n in methods)

@@ -135,7 +135,7 @@ class CSREngine(Engine):
         if kernel.startswith("sell8"):
             self._sell, (n_x, width), layers = sell8.flatten(params)
             self._sell_slots = tuple(s.n_units for s in layers)
-            self._sell_kinds = tuple(f"{s.window}{'s' if s.split else ''}" for s in layers)
+            self._sell_kinds = tuple(s.kind for s in layers)
             self.sell_padding = sum(s.n_units for s in layers) * sell8.SLOTS * sell8.LANES / max(self.nnz, 1)
             bias = self._sell[4]
         else:
@@ -298,20 +298,26 @@ def panel_layout(c: CSR, P: int) -> tuple:
     return c.data[order], local.astype(c.indices.dtype), indptr.astype(c.indptr.dtype)
 
 
+def _aligned_empty(shape, dtype, align: int) -> np.ndarray:
+    """An uninitialised C-contiguous array whose first element sits on an `align`-byte boundary."""
+    shape, dtype = (tuple(shape) if np.ndim(shape) else (int(shape),)), np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+
 def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
     """float32 zeros whose first element sits on an `align`-byte boundary."""
-    n = int(np.prod(shape))
-    raw = np.zeros(n + align // 4, np.float32)
-    off = (-raw.ctypes.data % align) // 4
-    return raw[off:off + n].reshape(shape)
+    out = _aligned_empty(shape, np.float32, align)
+    out[...] = 0
+    return out
 
 
 def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
     """A C-contiguous copy of `a` whose first element sits on an `align`-byte boundary: a layout
     whose rows the kernels load as whole vectors (SELL: 64 bytes a slot) splits none of those loads
     over two cache lines (numpy's large arrays start 16 bytes past a page: x0.92-0.97 at batch 1)."""
-    raw = np.empty(a.nbytes + align, np.uint8)
-    off = -raw.ctypes.data % align
-    out = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = _aligned_empty(a.shape, a.dtype, align)
     out[...] = a
     return out

@@ -120,7 +120,13 @@ def check_names(what: str, values, allowed) -> tuple:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
         raise ValueError(f"unknown {what} {bad or values}; expected some of {', '.join(allowed)}")
+    return check_unique(what, values)
+
+
+def check_unique(what: str, values: tuple) -> tuple:
+    """values, else a ValueError naming those given twice (a name, k, batch or width timed and swept
+    twice is a wasted run and a doubled row in every table)."""
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
-        raise ValueError(f"{what} has duplicates: {', '.join(twice)}")
+        raise ValueError(f"{what} has duplicates: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in twice)}")
     return values

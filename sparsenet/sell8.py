@@ -66,6 +66,16 @@ def index_bits(window: int) -> int:
     return int(window).bit_length() - 1
 
 
+def _group_counts(c: CSR) -> np.ndarray:
+    """(n_chunks, LANES, n_groups) non-zeros of each row in each 4-column group (what _place sweeps)."""
+    M, N = c.shape
+    nch, ng = -(-M // LANES), -(-N // STEP)
+    row = np.repeat(np.arange(M, dtype=np.int64), np.diff(c.indptr))
+    counts = np.zeros((nch * LANES, max(ng, 1)), np.int64)
+    np.add.at(counts, (row, c.indices.astype(np.int64) // STEP), 1)
+    return counts.reshape(nch, LANES, max(ng, 1))[:, :, :ng]
+
+
 def _place(counts: np.ndarray, window: int, split: bool) -> tuple:
     """Where the windows go. counts: (n_chunks, LANES, n_groups) non-zeros per row and 4-column group.
 
@@ -123,6 +133,11 @@ class SELL8:
         return STEP * -(-self.shape[1] // STEP) + self.window - STEP
 
     @property
+    def kind(self) -> str:
+        """The layer's window columns, "s" where its units are split ("16s", "8"): what the plan names."""
+        return f"{self.window}{'s' if self.split else ''}"
+
+    @property
     def kernel_start(self) -> np.ndarray:
         """The window starts as the kernels read them: SLOTS a unit where split, else one a unit."""
         return self.start.ravel() if self.split else self.start[:, 0].copy()
@@ -151,9 +166,7 @@ class SELL8:
         nch, ng = -(-M // LANES), -(-N // STEP)
         row = np.repeat(np.arange(M, dtype=np.int64), np.diff(c.indptr))
         col = c.indices.astype(np.int64)
-        counts = np.zeros((nch * LANES, max(ng, 1)), np.int64)
-        np.add.at(counts, (row, col // STEP), 1)
-        slots, take = _place(counts.reshape(nch, LANES, max(ng, 1))[:, :, :ng], window, bool(split))
+        slots, take = _place(_group_counts(c), window, bool(split))
         wc, wp = np.nonzero(slots)                                    # windows by chunk, then column
         ws = slots[wc, wp]                                            # slots of each window
         chunk_slots = np.bincount(wc, weights=ws, minlength=nch).astype(np.int64)
@@ -275,8 +288,16 @@ def layer(c: CSR, window=None, split=None) -> SELL8:
     kind costs least (UNIT_COST; ties go to the cheaper unit)."""
     kinds = sorted(((w, sp) for w in ((window,) if window is not None else WINDOWS)
                     for sp in ((bool(split),) if split is not None else (False, True))), key=UNIT_COST.get)
-    built = [SELL8.from_csr(c, w, sp) for w, sp in kinds]
-    return min(built, key=lambda s: s.n_units * UNIT_COST[s.window, s.split])
+    if len(kinds) > 1:                                  # units from the placement alone: one layout built
+        if c.shape[1] > MAX_COLUMNS:
+            raise ValueError(f"SELL8 holds at most {MAX_COLUMNS} columns (16 bits of window start), got {c.shape[1]}")
+        counts = _group_counts(c)
+
+        def cost(kind):
+            slots, _ = _place(counts, *kind)
+            return int((-(-slots.sum(axis=1) // SLOTS)).sum()) * UNIT_COST[kind]   # SELL8.n_units of that kind
+        kinds = [min(kinds, key=cost)]
+    return SELL8.from_csr(c, *kinds[0])
 
 
 def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True, window=None, split=None) -> tuple:

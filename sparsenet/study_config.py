@@ -78,7 +78,7 @@ class StudyConfig:
         if self.dataset not in names.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(names.DATASETS)}")
         for name in ("seeds", "batches", "threads", "widths", "scaling_threads"):
-            value = _unique(name, _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1))
+            value = names.check_unique(name, _int_tuple(name, getattr(self, name), minimum=0 if name == "seeds" else 1))
             object.__setattr__(self, name, value)
         available = available_threads()
         for name in ("threads", "scaling_threads"):
@@ -95,7 +95,7 @@ class StudyConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            value = _unique(name, tuple(check_sparsity(s) for s in _seq(name, value)))
+            value = names.check_unique(name, tuple(check_sparsity(s) for s in _seq(name, value)))
             if name == "sparsities" and not value:
                 raise ValueError("sparsities must not be empty")
             object.__setattr__(self, name, value)
@@ -178,15 +178,6 @@ def _seq(name, value):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a sequence, got {value!r}")
     return list(value)
-
-
-def _unique(name, values: tuple) -> tuple:
-    """values, else a ValueError naming those given twice: one k, batch or width timed and swept twice is
-    a wasted run and a doubled row in every table (names.check_names does the same for names)."""
-    twice = sorted({v for v in values if values.count(v) > 1})
-    if twice:
-        raise ValueError(f"{name} has duplicates: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in twice)}")
-    return values
 
 
 def _int_tuple(name, value, minimum) -> tuple:
