@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sparsenet import __version__
+from sparsenet.checks import is_integer
 from sparsenet.files import atomic_write_bytes
 from sparsenet.model import Layer, layer_sizes
 
@@ -46,10 +47,6 @@ def save(path, params: Sequence[Layer], meta: Optional[dict] = None) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _is_int(v, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
 def _meta_problem(meta) -> Optional[str]:
     """What is wrong with the metadata's shape and types ("" when nothing): load may raise only
     CheckpointError, so a caller such as cached_train can retrain instead of crashing."""
@@ -59,11 +56,11 @@ def _meta_problem(meta) -> Optional[str]:
         if key not in meta:
             return f"metadata lacks {key!r}"
     sizes, bias, n_layers = meta["sizes"], meta["bias"], meta["n_layers"]
-    if not isinstance(sizes, list) or not all(_is_int(s, 1) for s in sizes):
+    if not isinstance(sizes, list) or not all(is_integer(s, 1) for s in sizes):
         return f"metadata 'sizes' must be a list of integers >= 1, got {sizes!r}"
     if not isinstance(bias, bool):
         return f"metadata 'bias' must be true or false, got {bias!r}"
-    if not _is_int(n_layers, 1):
+    if not is_integer(n_layers, 1):
         return f"metadata 'n_layers' must be an integer >= 1, got {n_layers!r}"
     if len(sizes) != n_layers + 1:
         return f"sizes {sizes} do not describe {n_layers} layers"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
-import numbers
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 
 from sparsenet import kernels, threads as _threads
+from sparsenet.checks import is_integer
 from sparsenet.model import Layer, check_params
 from sparsenet.plan import Plan
 
@@ -24,7 +24,7 @@ from sparsenet.plan import Plan
 def check_batch(batch) -> int:
     """`batch` (rows of X: what `plan` is asked about, what `warmup` calls with) as an int >= 1, else a
     ValueError; an int means an int (numpy's too), not True, 4.0 or "4"."""
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+    if not is_integer(batch, 1):
         raise ValueError(f"batch must be an integer >= 1 (rows of X), got {batch!r}")
     return int(batch)
 

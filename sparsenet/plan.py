@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from sparsenet import kernels
+from sparsenet.checks import is_integer, is_real
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 CSR_TILE = 16    # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
@@ -76,12 +77,10 @@ class Tuning:
     def __post_init__(self):
         for name, value in asdict(self).items():
             if name == "dense_panels":          # a density; every other field counts something
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= 1:
+                if not is_real(value, 0, 1):
                     raise ValueError(f"Tuning.{name} must be a density in [0, 1], got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool):
+            elif not is_integer(value, 0):
                 raise ValueError(f"Tuning.{name} must be an integer >= 0, got {value!r}")
-            if value < 0:
-                raise ValueError(f"Tuning.{name} must be >= 0, got {value}")
         if self.tile_chunk % CSR_TILE:
             raise ValueError(f"Tuning.tile_chunk must be a multiple of {CSR_TILE} columns (a register tile), "
                              f"got {self.tile_chunk}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from sparsenet import __version__, names
+from sparsenet.checks import is_integer, is_real
 from sparsenet.hashing import short_hash
 
 # fields that say where things go, not what is measured: left out of the run id and config checks
@@ -107,25 +108,26 @@ class StudyConfig:
         if gradual:
             gradual = names.check_names("gradual_methods", gradual, self.methods)
         object.__setattr__(self, "gradual_methods", tuple(gradual))
-        if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
+        if self.epochs is not None and not is_integer(self.epochs, 1):
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0):
+        if not is_integer(self.finetune_epochs, 0):
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
-        if not (isinstance(self.gradual_epochs, int) and self.gradual_epochs >= 1):
+        if not is_integer(self.gradual_epochs, 1):
             raise ValueError(f"gradual_epochs must be an integer >= 1, got {self.gradual_epochs!r}")
-        if self.train_subset is not None and not (isinstance(self.train_subset, int)
-                                                  and 100 <= self.train_subset <= 60000):
+        if self.train_subset is not None and not is_integer(self.train_subset, 100, 60000):
             raise ValueError(f"train_subset must be an integer in [100, 60000], got {self.train_subset!r}")
-        if not (isinstance(self.peak_n, int) and not isinstance(self.peak_n, bool) and 0 <= self.peak_n <= MAX_PEAK_N):
+        if not is_integer(self.peak_n, 0, MAX_PEAK_N):
             raise ValueError(f"peak_n must be an integer in 0..{MAX_PEAK_N} (0: no sgemm peak in the timings; "
                              f"an n x n sgemm holds 12 n^2 bytes), got {self.peak_n!r}")
-        if not (isinstance(self.rounds, int) and self.rounds >= 1):
+        if not is_integer(self.rounds, 1):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        for name in ("min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "finetune_lr", "remeasure_s"):
+        if not is_real(self.finetune_lr, 0, low_open=True):
+            raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
+        for name in ("min_time", "max_case_s", "max_call_s", "max_baseline_call_s", "remeasure_s"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if not is_real(v, 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
+        if self.workers is not None and not is_integer(self.workers, 1):
             raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.scheduler is not None and self.workers is not None:
             raise ValueError("give --scheduler (an existing cluster) or --workers (a local one), not both")
@@ -183,7 +185,7 @@ def _seq(name, value):
 def _int_tuple(name, value, minimum) -> tuple:
     out = []
     for v in _seq(name, value):
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if not is_integer(v, minimum):
             raise ValueError(f"{name} must hold integers >= {minimum}, got {v!r}")
         out.append(int(v))
     return tuple(out)

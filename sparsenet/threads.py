@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 
 import numba
+
+from sparsenet.checks import is_integer
 
 _blas = None
 
@@ -37,8 +38,7 @@ def check_threads(threads, what: str = "threads") -> int:
     """`threads` (an int, numpy's too) as an int in 1..max_threads(), else a ValueError saying the range.
     None (every thread, in Engine) is the caller's to handle."""
     n = max_threads()
-    # True is int(1) and 2.0 or "2" read as 2: none is a count anyone meant
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+    if not is_integer(threads):
         raise ValueError(f"{what} must be an integer in 1..{n}, got {threads!r}") from None
     if not 1 <= threads <= n:
         raise ValueError(f"{what} must be in 1..{n} (this machine's threads), got {threads!r}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from sparsenet import __version__
 from sparsenet import train_kernels as K
+from sparsenet.checks import is_integer, is_real
 from sparsenet.data import to_float
 from sparsenet.hashing import short_hash
 from sparsenet.progress import bar as progress_bar, say
@@ -54,17 +55,25 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "exp"):
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'exp', got {self.schedule!r}")
-        for name, ok, rule in (("lr", self.lr > 0, "> 0"), ("epochs", self.epochs >= 1, "an integer >= 1"),
-                               ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-                               ("n_val", self.n_val >= 0, "an integer >= 0")):
+        rules = (("lr", is_real(self.lr, 0, low_open=True), "a number > 0"),
+                 ("momentum", is_real(self.momentum, 0, 1, high_open=True), "a number in [0, 1)"),
+                 ("beta2", is_real(self.beta2, 0, 1, high_open=True), "a number in [0, 1)"),
+                 ("eps", is_real(self.eps, 0, low_open=True), "a number > 0"),
+                 ("weight_decay", is_real(self.weight_decay, 0), "a number >= 0"),
+                 ("lr_decay", is_real(self.lr_decay, 0, 1, low_open=True), "a number in (0, 1]"),
+                 ("min_lr_frac", is_real(self.min_lr_frac, 0, 1), "a number in [0, 1]"),
+                 ("epochs", is_integer(self.epochs, 1), "an integer >= 1"),
+                 ("batch_size", is_integer(self.batch_size, 1), "an integer >= 1"),
+                 ("n_val", is_integer(self.n_val, 0), "an integer >= 0"),
+                 ("seed", is_integer(self.seed, 0), "an integer >= 0"),
+                 ("bias", isinstance(self.bias, bool), "True or False"))
+        for name, ok, rule in rules:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        sizes = tuple(self.sizes)
-        if len(sizes) < 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
+        sizes = tuple(self.sizes) if not isinstance(self.sizes, (str, bytes)) and hasattr(self.sizes, "__iter__") else ()
+        if len(sizes) < 2 or not all(is_integer(s, 1) for s in sizes):
             raise ValueError(f"sizes must be two or more layer widths >= 1, input first, classes last "
-                             f"(e.g. 784,1000,10), got {','.join(map(str, sizes)) or 'none'}")
+                             f"(e.g. 784,1000,10), got {','.join(map(str, sizes)) or repr(self.sizes)}")
         object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
 
 
@@ -307,7 +316,7 @@ def default_n_val(n: int) -> int:
 
 def check_n_val(n_val: int, n: int, flag: str = "n_val") -> None:
     """A clear error unless holding out n_val of n images leaves some to train on."""
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
+    if not is_integer(n_val, 0):
         raise ValueError(f"{flag} must be an integer >= 0, got {n_val!r}")
     if n_val >= n:
         raise ValueError(f"{flag} {n_val} leaves no training images (the training set has {n}); "

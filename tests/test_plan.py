@@ -26,7 +26,7 @@ def nets():
 
 
 def test_tuning_refuses_negative_values():
-    with pytest.raises(ValueError, match="Tuning.tile_min_chunk must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="Tuning.tile_min_chunk must be an integer >= 0, got -1"):
         Tuning(tile_min_chunk=-1)
 
 
@@ -451,7 +451,8 @@ def test_fused_dense_plan_is_exact():
 def test_tuning_refuses_every_negative_field():
     from dataclasses import fields
     for f in fields(Tuning):
-        with pytest.raises(ValueError, match=rf"^Tuning\.{f.name} must be >= 0, got -1$"):
+        rule = r"a density in \[0, 1\]" if f.name == "dense_panels" else "an integer >= 0"
+        with pytest.raises(ValueError, match=rf"^Tuning\.{f.name} must be {rule}, got -1$"):
             Tuning(**{f.name: -1})
     assert Tuning(**{f.name: 0 for f in fields(Tuning)}).tile_min_chunk == 0
 

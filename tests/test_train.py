@@ -217,11 +217,18 @@ def test_config_validation_and_schedule():
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {bad!r}$"):
             TrainConfig(seed=bad)
-    for field, bad, rule in (("lr", 0.0, "> 0"), ("epochs", 0, "an integer >= 1"), ("batch_size", 0, "an integer >= 1"),
-                             ("n_val", -1, "an integer >= 0")):
+    # every setting is checked by name: 2.5 epochs or a momentum of 1 used to train (or diverge) silently
+    for field, bad, rule in (("lr", 0.0, "a number > 0"), ("lr", "x", "a number > 0"), ("lr", float("nan"), "a number > 0"),
+                             ("epochs", 0, "an integer >= 1"), ("epochs", 2.5, "an integer >= 1"),
+                             ("epochs", True, "an integer >= 1"), ("batch_size", 0, "an integer >= 1"),
+                             ("batch_size", 3.5, "an integer >= 1"), ("n_val", -1, "an integer >= 0"),
+                             ("n_val", 1.5, "an integer >= 0"), ("momentum", 1.0, r"a number in \[0, 1\)"),
+                             ("beta2", -0.1, r"a number in \[0, 1\)"), ("eps", 0.0, "a number > 0"),
+                             ("weight_decay", -1.0, "a number >= 0"), ("lr_decay", 0.0, r"a number in \(0, 1\]"),
+                             ("min_lr_frac", 2.0, r"a number in \[0, 1\]"), ("bias", 1, "True or False")):
         with pytest.raises(ValueError, match=rf"^{field} must be {rule}, got {bad!r}$"):   # names the setting
             TrainConfig(**{field: bad})
-    for bad in ((784,), (), (784, 0, 10), (784, 2.5, 10)):
+    for bad in ((784,), (), (784, 0, 10), (784, 2.5, 10), (784, "a", 10), "784,10", 784, (784, True, 10)):
         with pytest.raises(ValueError, match=r"^sizes must be two or more layer widths >= 1"):
             TrainConfig(sizes=bad)
 
