@@ -511,9 +511,11 @@ def _decisions(rows) -> dict:
 
 
 def _decision_text(decisions) -> str:
+    """What follows "the claim ...": holds, fails or is undecided within noise (per batch where they differ)."""
+    verb = {d: "is " + d if d.startswith("undecided") else d for d in decisions}
     if len(decisions) == 1:
-        return next(iter(decisions))
-    return "; ".join(f"{d} at batch {', '.join(map(str, bs))}" for d, bs in decisions.items())
+        return verb[next(iter(decisions))]
+    return "; ".join(f"{verb[d]} at batch {', '.join(map(str, bs))}" for d, bs in decisions.items())
 
 
 def headline(v, timings=None, isa=None) -> list:

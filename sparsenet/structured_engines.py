@@ -204,7 +204,8 @@ class BSREngine(_Chunked):
             return out
         if p.split == "rows":
             HT, buf0, buf1, _ = self._chunk_buffers(p.padded_batch)
-            bsr_kernels.bsr_forward_rows(*self._args(), X, HT[0], buf0[0], buf1[0], out, 4 * self.threads)
+            bsr_kernels.bsr_forward_rows(*self._args(), X, HT[0], buf0[0], buf1[0], out, 4 * self.threads,
+                                         self._callbacks)
             return out
         HT, buf0, buf1, counter = self._chunk_buffers(p.chunk)
         bsr_kernels.bsr_forward_chunks(*self._args(), X, HT, buf0, buf1, out, counter, self._callbacks)

@@ -274,7 +274,7 @@ def test_equal_sparsity_decisions_from_rounds():
     v = {"equal_k": ek, "equal_accuracy": {"rows": []}, "threads": 1, "batches": [1, 16, 256]}
     lines = analysis.headline(v)
     assert lines == ["At equal sparsity (k < 50%) the claim that neuron pruning is faster holds at batch 1; "
-                     "undecided within noise at batch 16; fails at batch 256."]
+                     "is undecided within noise at batch 16; fails at batch 256."]
 
 
 def test_speed_ups_pair_each_k_with_the_dense_timed_beside_it():

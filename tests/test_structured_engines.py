@@ -242,7 +242,7 @@ _AARCH64 = textwrap.dedent("""
         rows(np.ones((5, 40), np.float32))
     for disp in (bsr_kernels._worker, bsr_kernels._matvec_part, bsr_kernels._forward_vec, nm_kernels.nm_matmul_bias_relu,
                  nm_kernels._vec16_part, nm_kernels._forward_vec16, nm_kernels._forward_rows, nm_kernels._rows_part,
-                 bsr_kernels.bsr_forward_rows):
+                 bsr_kernels._forward_rows, bsr_kernels._rows_part):
         for asm in aarch64_asm(disp):
             print(disp.__module__.split(".")[-1] + "." + disp.__name__, "fmla" in asm)
 """)
@@ -262,8 +262,8 @@ def test_kernels_compile_for_aarch64(tmp_path):
     assert lines["bsr_kernels._worker"] == "True" and lines["nm_kernels.nm_matmul_bias_relu"] == "True"  # batches
     assert lines["nm_kernels._vec16_part"] == "True"                                             # batch 1
     assert {"bsr_kernels._matvec_part", "bsr_kernels._forward_vec", "nm_kernels._forward_vec16",
-            "nm_kernels._forward_rows", "bsr_kernels.bsr_forward_rows"} <= set(lines)
-    assert lines["nm_kernels._rows_part"] == "True"                                              # the row split
+            "nm_kernels._forward_rows", "bsr_kernels._forward_rows"} <= set(lines)
+    assert lines["nm_kernels._rows_part"] == lines["bsr_kernels._rows_part"] == "True"          # the row split
 
 
 @pytest.mark.skipif(not sell_kernels.available(),

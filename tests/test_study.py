@@ -38,6 +38,11 @@ SIZES = (784, 48, 32, 10)
     (dict(peak_n=-1), r"peak_n must be an integer in 0\.\.16384"),
     (dict(peak_n=16385), r"peak_n must be an integer in 0\.\.16384 \(0: no sgemm peak"),
     (dict(peak_n=True), "peak_n"),
+    (dict(epochs=True), r"^epochs must be an integer >= 1, got True$"),             # a bool is not a count
+    (dict(rounds=2.0), r"^rounds must be an integer >= 1, got 2\.0$"),
+    (dict(workers=True), r"^workers must be an integer >= 1, got True$"),
+    (dict(finetune_lr=0.0), r"^finetune_lr must be a finite number > 0, got 0\.0$"),  # failed after training
+    (dict(min_time=True), r"^min_time must be a finite number >= 0, got True$"),
     (dict(sparsities=(0.5, 0.9, 0.5)), r"^sparsities has duplicates: 0\.5$"),
     (dict(finetune_sparsities=(0.9, 0.9)), r"^finetune_sparsities has duplicates: 0\.9$"),
     (dict(engines=("dense", "csr", "dense")), r"^engines has duplicates: dense$"),
