@@ -343,6 +343,21 @@ def check_measured(folder, name, value, measured) -> None:
     raise ValueError(f"{name} {value} were not measured in {folder}; measured: {have}")
 
 
+def _still_noisy(still, most: int = 12) -> str:
+    """The cases still noisy after re-timing: each named when there are at most `most`, else counted
+    per engine (a list of hundreds is not read; 8.2 marks each with ⚠)."""
+    if not still:
+        return "none stayed noisy"
+    if len(still) <= most:
+        return f"{len(still)} stayed noisy: " + ", ".join(f"{e} k={pct(k)} b{b} t{t}" for e, k, b, t, *_ in still)
+    per = {}
+    for e, *_ in still:
+        per[e] = per.get(e, 0) + 1
+    return (f"{len(still)} stayed noisy (marked ⚠ in 8.2), by engine: "
+            + ", ".join(f"{e} {n}" for e, n in sorted(per.items(), key=lambda kv: -kv[1])))
+
+
+
 def build_report(folder, out_dir=None, threads=None) -> Path:
     """Write `<folder>/report/report.md` (or into `out_dir`), its PNG figures and `summary.json`; return the .md path.
 
@@ -427,8 +442,7 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         if tim.get("remeasured"):
             still = tim.get("still_noisy") or []
             md.append(f"Before the verdict, {tim['remeasured']} noisy case(s) were re-timed ({tim.get('remeasured_s', 0):.0f} s; "
-                      "the steadier record kept); " + (f"{len(still)} stayed noisy: " + ", ".join(
-                          f"{e} k={pct(k)} b{b} t{t}" for e, k, b, t, *_ in still) if still else "none stayed noisy") + ".\n")
+                      f"the steadier record kept); {_still_noisy(still)}.\n")
     else:
         md.append(miss(["timings"], "latency, speed-up and break-even"))
 

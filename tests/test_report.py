@@ -161,3 +161,12 @@ def test_cases_not_timed_are_listed_with_their_reason():
         "- csr: 2 case(s), predicted > 2 s; k 0%; batch 4096",
         f"- csr-skip: 1 case(s), {grid.small_batch_skip('csr-skip', 16)}; k 50%; batch 16"]
     assert _skipped_markdown({"skipped": []}) == "" and _skipped_markdown({}) == ""
+
+
+def test_cases_still_noisy_are_named_when_few_and_counted_per_engine_when_many():
+    from sparsenet.report import _still_noisy
+    assert _still_noisy([]) == "none stayed noisy"
+    few = [("csr", 0.5, 1, 2), ("dense", 0.0, 256, 1)]
+    assert _still_noisy(few) == "2 stayed noisy: csr k=50% b1 t2, dense k=0% b256 t1"
+    many = [("csr", 0.1 * i, 1, 1) for i in range(9)] + [("dense", 0.1 * i, 16, 2) for i in range(5)]
+    assert _still_noisy(many) == "14 stayed noisy (marked ⚠ in 8.2), by engine: csr 9, dense 5"
