@@ -1,16 +1,22 @@
 """Numba kernels for N:M inference (nm.py layout): raw arrays in, preallocated output out.
 
 Activations are transposed, HT (n_features, B) C-contiguous as in kernels.py. Every row has the
-same K = G * n slots, slot k of row i at column (k // n) * m + idx[i, k]:
-    out[i, :] = (relu)(bias[i] + sum_k values[i, k] * HT[(k // n) * m + idx[i, k], :])
-No row pointers and one byte of index per value (CSR: 2 bytes and a row pointer).
+same K = G * n slots, slot s of group g of row i at column g * m + idx[i, g, s]:
+    out[i, :] = (relu)(bias[i] + sum_{g,s} values[i, g, s] * HT[g * m + idx[i, g, s], :])
+No row pointers and one byte of index per value (CSR: 2 bytes and a row pointer). The kernels read
+each row pass-major (`pass_major`: slots 0-1 of every group, then 2-3, ...; for n <= 2 that is the
+group-major order of nm.NM).
 
 Batches (`nm_matmul_bias_relu`): register tiles `nm_tile{n}_{cols}` keep one row's 128, 64 or 32
 batch columns (8, 4 or 2 vectors of 16 floats) in registers while the row's slots of one column
 panel are added; a slot costs a value broadcast, an index byte, one multiply for its HT row and
 then one vector load + FMA per vector, so the wider the tile the smaller that overhead per FMA
-(128 columns: 10 loads per 8 FMAs; 32 columns: 4 per 2). n is compiled in for 1:M and 2:M, each
-group's n slots unrolled (no division; >= 4 slots a loop pass); other n run on 32-column tiles.
+(128 columns: 10 loads per 8 FMAs; 32 columns: 4 per 2). A tile's slots a group (1 or 2) are
+compiled in, unrolled (no division; >= 4 slots a loop pass); an n:M layer with n > 2 runs in passes
+of 2 slots (and 1 for an odd n) over each column panel, each pass a 2:M (1:M) tile adding to the
+last one's sums. (Until session 14 such layers ran on 32-column tiles, n = 4 compiled in, other n a
+run-time loop of 2 accumulator chains: 3:4 at batch 256 ran 1.2-1.8x slower than 4:4 and 3-4x
+slower than dense, so the study's nm line rose from k = 0 to 25 %.)
 Why these choices (issue 13, Xeon AVX-512, one thread, the machine loaded by another job, so
 ratios measured side by side against sgemm on the same layer):
 - 1000 x 1000, 128 columns, 2:4 ~x1.4 and 1:4 ~x2.3..2.9 of sgemm at 128-column tiles; the
@@ -79,23 +85,41 @@ def rows_per_tile(W: int, isa: str) -> int:
     return 16 // W if isa == "avx512" and W >= 4 else 1
 
 
+def pass_major(values: np.ndarray, idx: np.ndarray, n: int) -> tuple:
+    """(values, idx) of an N:M layer, (n_out, G * n) group-major (nm.NM), as the kernels read them:
+    each row pass-major, its groups' slots 0-1 first (G * 2), then 2-3, ... (an odd n's last pass
+    one slot a group), so that a pass of a register tile steps a constant 1 or 2 slots a group (a
+    run-time stride of n cost 3-13 % at 1:4 and 2:4). n <= 2: the same arrays. Returns 1-d arrays."""
+    v, ix = np.asarray(values), np.asarray(idx)
+    if n <= 2:
+        return v.ravel(), ix.ravel()
+    M, K = v.shape
+    G = K // n
+    cuts = [(s0, min(s0 + 2, n)) for s0 in range(0, n, 2)]
+    v3, i3 = v.reshape(M, G, n), ix.reshape(M, G, n)
+    return (np.concatenate([v3[:, :, a:b].reshape(M, -1) for a, b in cuts], axis=1).ravel(),
+            np.concatenate([i3[:, :, a:b].reshape(M, -1) for a, b in cuts], axis=1).ravel())
+
+
 def _make_nm_tile(NT, W):
     """Intrinsic: rows r0..r1-1, groups gs..ge-1 of each row (a column panel), on columns
-    col0..col0 + LANES * W - 1 (W accumulator vectors per row). first: start from the bias (else
-    from out: an earlier panel's partial sums); relu: apply it at the store (the last panel).
-    NT: n compiled in (the group's n slots unrolled, no division), 0 for n at run time (a loop).
+    col0..col0 + LANES * W - 1 (W accumulator vectors per row), NT slots a group from the start of
+    each row of K slots (a pass: the caller passes values and idx from the pass's first slot of
+    row 0 on; rows are pass-major, see pass_major). first: start from
+    the bias (else from out: an earlier panel's or pass's partial sums); relu: apply it at the store
+    (the last panel's last pass). NT (1 or 2) is compiled in: the pass's slots unrolled.
     Rows go rows_per_tile(W) at a time (R * W accumulators: R independent chains per vector; the
     last pass repeats the last row where the rows are not a multiple of R), decided for the CPU
     Numba compiles for. On tiles of W < 4 vectors a row has 2 partial sums instead."""
-    n_acc = 1 if NT == 0 or W >= 4 else _ACC    # >= 8 independent accumulator vectors (FMA latency)
+    n_acc = 1 if W >= 4 else _ACC    # >= 8 independent accumulator vectors (FMA latency)
 
     @intrinsic
     def nm_tile(typingctx, values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge, first, relu):
-        require_arrays(f"nm_kernels.nm_tile{NT or '_any'}x{LANES * W}", _ROWS_ARGS, (values, idx, bias, HT, out))
+        require_arrays(f"nm_kernels.nm_tile{NT}x{LANES * W}", _ROWS_ARGS, (values, idx, bias, HT, out))
         sig = types.void(values, idx, bias, HT, out, r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge, first, relu)
 
         def codegen(context, builder, sig, args):
-            R = rows_per_tile(W, cpu().isa) if NT else 1
+            R = rows_per_tile(W, cpu().isa)
             g = IR(context, builder, sig, args)
             p_val, p_idx, p_bias, p_h, p_out = g.ptr[:5]
             r0, r1, K, n, m, ld_h, ld_o, col0, gs, ge = (g.i64(a) for a in args[5:15])
@@ -128,21 +152,15 @@ def _make_nm_tile(NT, W):
                                 builder.store(ir.Constant(VF, None), acc[w])
                         offs.append(o)
                         bases.append(builder.mul(i, K))
-                    if NT:
-                        def group(grp, v):
-                            hg = builder.add(builder.mul(grp, mh), col0)
-                            for s in range(NT):
-                                for u in range(RR):
-                                    k = builder.add(bases[u], builder.add(builder.mul(grp, g.const(NT)), g.const(s)))
-                                    slot(k, hg, accs[u][(v * NT + s) % n_acc])
 
-                        g.pairs(gs, ge, group, max(4 // (NT * RR), n_acc, 1))     # >= 4 slots a pass
-                    else:
-                        with cgutils.for_range_slice(builder, gs, ge, g.const(1), inc=True) as (grp, _):
-                            k0 = builder.add(bases[0], builder.mul(grp, n))
-                            hg = builder.add(builder.mul(grp, mh), col0)
-                            with cgutils.for_range_slice(builder, g.const(0), n, g.const(1), inc=True) as (s, _):
-                                slot(builder.add(k0, s), hg, accs[0][0])
+                    def group(grp, v):
+                        hg = builder.add(builder.mul(grp, mh), col0)
+                        for s in range(NT):
+                            for u in range(RR):
+                                k = builder.add(bases[u], builder.add(builder.mul(grp, g.const(NT)), g.const(s)))
+                                slot(k, hg, accs[u][(v * NT + s) % n_acc])
+
+                    g.pairs(gs, ge, group, max(4 // (NT * RR), n_acc, 1))     # >= 4 slots a pass
                     for u in range(RR):
                         for w in range(W):
                             t = g.sum([acc[w] for acc in accs[u]])
@@ -156,42 +174,38 @@ def _make_nm_tile(NT, W):
     return nm_tile
 
 
-# nm_tile{n}_{columns}; n = 0: n at run time. Wide tiles for 1:M and 2:M only (the patterns pruning
-# makes; fewer variants, less compile time): other n run on 32-column tiles
+# nm_tile{slots a pass}_{columns}: passes of 1 and 2 slots a group serve every n (n > 2 in passes)
 nm_tile1_128, nm_tile2_128 = (_make_nm_tile(n, 8) for n in (1, 2))
 nm_tile1_64, nm_tile2_64 = (_make_nm_tile(n, 4) for n in (1, 2))
-nm_tile1_32, nm_tile2_32, nm_tile4_32, nm_tile0_32 = (_make_nm_tile(n, 2) for n in (1, 2, 4, 0))
+nm_tile1_32, nm_tile2_32 = (_make_nm_tile(n, 2) for n in (1, 2))
 
 
 @njit(inline="always", **_OPTS)
-def _tile(values, idx, bias, HT, out, r0, r1, K, n, m, col0, cols, gs, ge, first, relu):
-    """One register tile of `cols` (128, 64 or 32) columns over groups gs..ge-1 of every row."""
+def _tile(values, idx, bias, HT, out, r0, r1, K, n, m, nt, col0, cols, gs, ge, first, relu):
+    """One register tile of `cols` (128, 64 or 32) columns over groups gs..ge-1 of every row, a pass
+    of nt (1 or 2) slots a group (values, idx: from the pass's first slot of row 0 on)."""
     Bc = HT.shape[1]
     if cols == 128:
-        if n == 2:
+        if nt == 2:
             nm_tile2_128(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
         else:
             nm_tile1_128(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
     elif cols == 64:
-        if n == 2:
+        if nt == 2:
             nm_tile2_64(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
         else:
             nm_tile1_64(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
     else:
-        if n == 2:
+        if nt == 2:
             nm_tile2_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
-        elif n == 1:
-            nm_tile1_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
-        elif n == 4:
-            nm_tile4_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
         else:
-            nm_tile0_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
+            nm_tile1_32(values, idx, bias, HT, out, r0, r1, K, n, m, Bc, Bc, col0, gs, ge, first, relu)
 
 
 @njit(**_OPTS)
 def nm_matmul_bias_relu(values, idx, bias, HT, out, n, m, panel, relu, tile=32):
     """out = (relu)(W @ HT + bias[:, None]); (n_in, Bc) -> (n_out, Bc), Bc a multiple of 32;
-    values/idx flat (n_out * K,). Columns go in register tiles of up to `tile` (128, 64 or 32)
+    values/idx flat (n_out * K,), each row pass-major (pass_major). Columns go in register tiles of up to `tile` (128, 64 or 32)
     columns, the widest that fits the columns left. The inputs are cut into column panels of
     about `panel` floats of HT (panel // cols inputs, a multiple of m; >= n_in * cols: one panel):
     a panel's HT rows stay in L1 while every row adds its slots of the panel (a row's tile is
@@ -209,28 +223,31 @@ def _matmul_rows(values, idx, bias, HT, out, r0, r1, n, m, panel, relu, tile):
     while c < Bc:
         cols = 32
         for t in (128, 64):
-            if n <= 2 and t <= tile and c + t <= Bc:
+            if t <= tile and c + t <= Bc:
                 cols = t
                 break
         Pg = max(panel // cols // m, 1)                 # groups per panel
         for gs in range(0, max(G, 1), Pg):
             ge = min(gs + Pg, G)
-            _tile(values, idx, bias, HT, out, r0, r1, K, n, m, c, cols, gs, ge, gs == 0, relu and ge >= G)
+            for s0 in range(0, max(n, 1), 2):          # n > 2: passes of 2 slots (1 for an odd n's last)
+                nt = min(2, n - s0)
+                _tile(values[s0 * G:], idx[s0 * G:], bias, HT, out, r0, r1, K, n, m, nt, c, cols, gs, ge,
+                      gs == 0 and s0 == 0, relu and ge >= G and s0 + nt >= n)
         c += cols
 
 
 @njit(inline="always", **_OPTS)
-def _row_dot(v, ix, x, n, m):
-    """sum_k v[k] * x[(k // n) * m + ix[k]]: groups in pairs, slots in pairs, 4 partial sums
-    (no division, no slices: three slices per group were 5x slower)."""
+def _pass_dot(v, ix, x, nt, m):
+    """sum_k v[k] * x[(k // nt) * m + ix[k]] for a pass of nt (1 or 2) slots a group: straight-line
+    code over 2 (2 slots) or 4 (1 slot) groups a loop pass, 4 partial sums (no division, no slices:
+    three slices per group were 5x slower)."""
     s0 = np.float32(0.0)
     s1 = np.float32(0.0)
     s2 = np.float32(0.0)
     s3 = np.float32(0.0)
-    G = v.shape[0] // n
-    G2 = G - G % 2
-    n2 = n - n % 2
-    if n == 2:                             # 2:M, the common case: straight-line code per group pair
+    G = v.shape[0] // nt
+    if nt == 2:
+        G2 = G - G % 2
         for grp in range(0, G2, 2):
             b0 = grp * m
             k0 = 2 * grp
@@ -238,11 +255,10 @@ def _row_dot(v, ix, x, n, m):
             s1 += v[k0 + 1] * x[b0 + np.int64(ix[k0 + 1])]
             s2 += v[k0 + 2] * x[b0 + m + np.int64(ix[k0 + 2])]
             s3 += v[k0 + 3] * x[b0 + m + np.int64(ix[k0 + 3])]
-        G2 = G                             # the odd group, if any, below
-        for s in range(G - G % 2, G):
-            s0 += v[2 * s] * x[s * m + np.int64(ix[2 * s])]
-            s1 += v[2 * s + 1] * x[s * m + np.int64(ix[2 * s + 1])]
-    elif n == 1:                           # 1:M: one slot a group, 4 groups a pass
+        for grp in range(G2, G):
+            s0 += v[2 * grp] * x[grp * m + np.int64(ix[2 * grp])]
+            s1 += v[2 * grp + 1] * x[grp * m + np.int64(ix[2 * grp + 1])]
+    else:
         G4 = G - G % 4
         for grp in range(0, G4, 4):
             b0 = grp * m
@@ -252,24 +268,20 @@ def _row_dot(v, ix, x, n, m):
             s3 += v[grp + 3] * x[b0 + 3 * m + np.int64(ix[grp + 3])]
         for grp in range(G4, G):
             s0 += v[grp] * x[grp * m + np.int64(ix[grp])]
-        G2 = G
-        n2 = 0
-    for grp in range(0, G2 if n > 2 else 0, 2):
-        b0 = grp * m
-        b1 = b0 + m
-        k0 = grp * n
-        k1 = k0 + n
-        for s in range(0, n2, 2):
-            s0 += v[k0 + s] * x[b0 + np.int64(ix[k0 + s])]
-            s1 += v[k0 + s + 1] * x[b0 + np.int64(ix[k0 + s + 1])]
-            s2 += v[k1 + s] * x[b1 + np.int64(ix[k1 + s])]
-            s3 += v[k1 + s + 1] * x[b1 + np.int64(ix[k1 + s + 1])]
-        if n2 < n:
-            s0 += v[k0 + n2] * x[b0 + np.int64(ix[k0 + n2])]
-            s2 += v[k1 + n2] * x[b1 + np.int64(ix[k1 + n2])]
-    for s in range(G2 * n, G * n):         # n > 2: the odd group
-        s1 += v[s] * x[G2 * m + np.int64(ix[s])]
     return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always", **_OPTS)
+def _row_dot(v, ix, x, n, m):
+    """One pass-major row (pass_major) times x: its passes of 2 (and 1) slots a group."""
+    G = v.shape[0] // max(n, 1)
+    if n <= 2:
+        return _pass_dot(v, ix, x, n, m)
+    s = _pass_dot(v[:2 * G], ix[:2 * G], x, 2, m)
+    for s0 in range(2, n, 2):
+        nt = min(2, n - s0)
+        s += _pass_dot(v[s0 * G:(s0 + nt) * G], ix[s0 * G:(s0 + nt) * G], x, nt, m)
+    return s
 
 
 @njit(parallel=True, **_OPTS)

@@ -212,6 +212,11 @@ class BSREngine(_Chunked):
         return out
 
 
+def _passes(n: int) -> list:
+    """Slots a pass of an n:M layer's register tiles (nm_kernels._matmul_rows): 2 at a time, 1 last for an odd n."""
+    return [min(2, n - s) for s in range(0, n, 2)]
+
+
 class NMEngine(_Chunked):
     """Our Numba N:M kernels. n, m: the weights must hold at most n non-zeros in every group of m
     consecutive inputs (prune.nm_prune); others are refused naming the layer, row and group. n=None
@@ -259,8 +264,9 @@ class NMEngine(_Chunked):
         self.layer_sizes = sizes
         self._in_rows = sizes[0]
         self._width = max(sizes[1:])
-        self._values = np.concatenate([a.values.ravel() for a in self.nm])
-        self._idx = np.concatenate([a.idx.ravel() for a in self.nm])
+        rows = [nm_kernels.pass_major(a.values, a.idx, a.n) for a in self.nm]      # n > 2: passes of 2 slots
+        self._values = np.concatenate([v for v, _ in rows])
+        self._idx = np.concatenate([i for _, i in rows])
         self._val_off = np.concatenate([[0], np.cumsum([a.nnz for a in self.nm])]).astype(np.int64)
         self._bias = np.concatenate([np.zeros(n, np.float32) if l.bias is None else l.bias
                                      for n, l in zip(sizes[1:], params)]).astype(np.float32)
@@ -311,19 +317,16 @@ class NMEngine(_Chunked):
         return (f"chunks of one register tile (<= {min(self.tile, self.tuning.max_chunk)} columns; 64 when "
                 f"wider ones would leave a thread fewer than 2 chunks to claim)")
 
-    def _tile_columns(self, Bc: int, n: Optional[int] = None) -> int:
-        """The widest register tile the kernel runs on a chunk of Bc columns of an n:m layer
-        (nm_matmul_bias_relu's rule: tiles over 32 columns for n <= 2 only)."""
-        n = self.n if n is None else n
-        return next(t for t in nm_kernels.TILES if t == CHUNK_TILE or (n <= 2 and t <= self.tile and t <= Bc))
+    def _tile_columns(self, Bc: int) -> int:
+        """The widest register tile the kernel runs on a chunk of Bc columns (nm_matmul_bias_relu's rule)."""
+        return next(t for t in nm_kernels.TILES if t == CHUNK_TILE or (t <= self.tile and t <= Bc))
 
     def _tile_kernels(self, Bc):
-        names = []
-        for n in self.ns:
-            T = self._tile_columns(Bc, n)
-            R = nm_kernels.rows_per_tile(T // nm_kernels.LANES, cpu().isa)
-            names.append(f"nm{n if n in (1, 2, 4) else '-any'}:{self.m}-tile{R}x{T}")
-        return names
+        T = self._tile_columns(Bc)
+        R = nm_kernels.rows_per_tile(T // nm_kernels.LANES, cpu().isa)
+        # n > 2: the groups' slots in passes of 2 (and 1), each a 2:M (1:M) tile
+        return [f"nm{n}:{self.m}-tile{R}x{T}" + (f" ({'+'.join(map(str, _passes(n)))} slots)" if n > 2 else "")
+                for n in self.ns]
 
     def _tile_reason(self, Bc):
         T = self._tile_columns(Bc)

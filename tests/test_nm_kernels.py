@@ -1,4 +1,4 @@
-"""N:M kernels against numpy: n = 1, 2, 4 (compiled in) and 3 (at run time), tails, column panels
+"""N:M kernels against numpy: n = 1, 2 (a pass), 3, 4 and 5 (passes of 2 and 1 slots), tails, column panels
 narrower than a row, register tiles of 32, 64 and 128 columns, relu on/off, NaN inputs, batch 1,
 typing checks."""
 import numpy as np
@@ -10,7 +10,7 @@ from sparsenet.model import Layer
 from sparsenet.nm import NM
 from sparsenet.prune import nm_prune
 
-PATTERNS = [(1, 4), (2, 4), (4, 4), (3, 8), (1, 2), (2, 5)]
+PATTERNS = [(1, 4), (2, 4), (3, 4), (4, 4), (3, 8), (5, 8), (1, 2), (2, 5)]
 
 
 def layer(shape, n, m, seed=0):
@@ -29,7 +29,7 @@ def test_matmul_against_numpy(n, m, n_in, panel, relu):
     W, a, bias = layer((37, n_in), n, m)
     HT = np.random.default_rng(1).standard_normal((n_in, 64)).astype(np.float32)
     out = np.full((37, 64), np.nan, np.float32)
-    nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, m, panel, relu)
+    nk.nm_matmul_bias_relu(*nk.pass_major(a.values, a.idx, a.n), bias, HT, out, n, m, panel, relu)
     ref = W @ HT + bias[:, None]
     if relu:
         ref = np.maximum(ref, 0)
@@ -46,13 +46,13 @@ def test_tiles_against_numpy(n, m, tile, panel, relu):
     for Bc in (32, 96, 224):
         HT = np.random.default_rng(Bc).standard_normal((30, Bc)).astype(np.float32)
         out = np.full((37, Bc), np.nan, np.float32)
-        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, m, panel, relu, tile)
+        nk.nm_matmul_bias_relu(*nk.pass_major(a.values, a.idx, a.n), bias, HT, out, n, m, panel, relu, tile)
         ref = W @ HT + bias[:, None]
         np.testing.assert_allclose(out, np.maximum(ref, 0) if relu else ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 9])
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
 @pytest.mark.parametrize("tile", [128, 64])
 def test_rows_not_a_multiple_of_a_tiles_rows(rows, n, tile):
     # wide tiles take rows_per_tile rows at a time (2 or 4 on AVX-512): fewer rows than that, and
@@ -61,7 +61,7 @@ def test_rows_not_a_multiple_of_a_tiles_rows(rows, n, tile):
     HT = np.random.default_rng(rows).standard_normal((40, tile)).astype(np.float32)
     for panel in (20 * tile, 1 << 20):
         out = np.full((rows, tile), np.nan, np.float32)
-        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, 4, panel, True, tile)
+        nk.nm_matmul_bias_relu(*nk.pass_major(a.values, a.idx, a.n), bias, HT, out, n, 4, panel, True, tile)
         np.testing.assert_allclose(out, np.maximum(W @ HT + bias[:, None], 0), rtol=1e-5, atol=1e-5)
 
 
@@ -80,7 +80,7 @@ def test_nan_input_propagates(tile, n, m):
     HT = np.random.default_rng(7).standard_normal((30, 224)).astype(np.float32)
     HT[13, 5] = HT[2, 200] = np.nan
     out = np.zeros((37, 224), np.float32)
-    nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, HT, out, n, m, 256, True, tile)
+    nk.nm_matmul_bias_relu(*nk.pass_major(a.values, a.idx, a.n), bias, HT, out, n, m, 256, True, tile)
     cols = a.columns()
     for j, c in ((13, 5), (2, 200)):
         assert np.isnan(out[W[:, j] != 0, c]).all()
@@ -98,7 +98,7 @@ def test_matvec_against_numpy(n, m, parallel):
     x = np.random.default_rng(3).standard_normal(29).astype(np.float32)
     out = np.full(37, np.nan, np.float32)
     fn = nk.nm_matvec_bias_relu if parallel else nk.nm_matvec_bias_relu_serial
-    fn(a.values.ravel(), a.idx.ravel(), bias, x, out, n, m, True)
+    fn(*nk.pass_major(a.values, a.idx, a.n), bias, x, out, n, m, True)
     np.testing.assert_allclose(out, np.maximum(W @ x + bias, 0), rtol=1e-5, atol=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_all_zero_layer(tile):
     bias = np.arange(5, dtype=np.float32) - 2
     for Bc in (32, 224):
         out = np.full((5, Bc), np.nan, np.float32)
-        nk.nm_matmul_bias_relu(a.values.ravel(), a.idx.ravel(), bias, np.ones((9, Bc), np.float32), out, 2, 4,
+        nk.nm_matmul_bias_relu(*nk.pass_major(a.values, a.idx, a.n), bias, np.ones((9, Bc), np.float32), out, 2, 4,
                                128, True, tile)
         np.testing.assert_array_equal(out, np.repeat(np.maximum(bias, 0)[:, None], Bc, 1))
 
@@ -163,3 +163,18 @@ def test_matvec16_nan_and_zero_layer():
     out = np.full(16, np.nan, np.float32)
     nk.nm_matvec16(v, ix, bp, np.ones(12, np.float32), out, 1, True, True)
     np.testing.assert_array_equal(out, np.maximum(bp, 0))
+
+
+@pytest.mark.parametrize("n, m", [(1, 4), (2, 4), (3, 4), (4, 4), (5, 8)])
+def test_pass_major_orders_each_rows_slots_by_pass(n, m):
+    # slots 0-1 of every group, then 2-3, ... (an odd n's last pass one slot a group); n <= 2: unchanged
+    W, a, _ = layer((3, 2 * m + 1), n, m, seed=9)
+    v, ix = nk.pass_major(a.values, a.idx, n)
+    G = a.values.shape[1] // n
+    for i in range(3):
+        order = [(g, s) for s0 in range(0, n, 2) for g in range(G) for s in range(s0, min(s0 + 2, n))]
+        row = slice(i * G * n, (i + 1) * G * n)
+        assert v[row].tolist() == [a.values[i, g * n + s] for g, s in order]
+        assert ix[row].tolist() == [a.idx[i, g * n + s] for g, s in order]
+    if n <= 2:
+        assert np.shares_memory(v, a.values) and np.shares_memory(ix, a.idx)

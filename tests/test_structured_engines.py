@@ -65,13 +65,15 @@ def test_nm_engine_matches_forward(n, m, bias, threads):
 
 
 def tile_name(n, cols):
-    """The plan's name of an n:4 tile kernel of `cols` columns (rows per tile by the target's ISA)."""
-    return f"nm{n}:4-tile{nm_kernels.rows_per_tile(cols // 16, cpu().isa)}x{cols}"
+    """The plan's name of an n:4 tile kernel of `cols` columns (rows per tile by the target's ISA;
+    n > 2 in passes of 2 and 1 slots)."""
+    passes = {3: " (2+1 slots)", 4: " (2+2 slots)"}.get(n, "")
+    return f"nm{n}:4-tile{nm_kernels.rows_per_tile(cols // 16, cpu().isa)}x{cols}{passes}"
 
 
 @pytest.mark.parametrize("tile", [32, 64, 128])
 @pytest.mark.parametrize("panel", [1, 2048, None])
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, 2, 3])
 def test_nm_engine_tiles_and_panels(tile, panel, n):
     # batch 100: one 128-column chunk at 1 thread (a 128 tile, or 64 + 32 + 32), two of 64 at 2
     params = nm_prune(net(), n, 4)
@@ -81,7 +83,8 @@ def test_nm_engine_tiles_and_panels(tile, panel, n):
         # batch 256 at 2 threads: chunks of 64 columns at most (4 to claim, not 2 of 128)
         T = tile if threads == 1 else min(tile, 64)
         assert eng.plan(256).chunk == T
-        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(n, T)] * 3 + [tile_name(4, 32)]
+        # the output layer (stored 4:4) runs on the same tiles in two passes of 2 slots
+        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(n, T)] * 3 + [tile_name(4, T)]
         assert {l.kernel for l in eng.plan(7).layers} <= {tile_name(n, 32), tile_name(4, 32)}
     with pytest.raises(ValueError, match="tile must be one of"):
         NMEngine(params, tile=16)
@@ -190,10 +193,10 @@ def test_plans():
     # 64 columns where 128 would leave a thread fewer than 2 chunks (batch 256 on 2 threads)
     for eng in (nm, NMEngine(params, threads=1)):
         assert eng.tile == 64 and eng.plan(256).chunk == eng.plan(4096).chunk == 64
-        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(2, 64)] * 3 + [tile_name(4, 32)]
+        assert [l.kernel for l in eng.plan(256).layers] == [tile_name(2, 64)] * 3 + [tile_name(4, 64)]
     wide1, wide2 = NMEngine(params, threads=1, tile=128), NMEngine(params, threads=2, tile=128)
     assert wide1.plan(256).chunk == wide2.plan(512).chunk == 128 and wide2.plan(256).chunk == 64
-    assert [l.kernel for l in wide1.plan(256).layers] == [tile_name(2, 128)] * 3 + [tile_name(4, 32)]
+    assert [l.kernel for l in wide1.plan(256).layers] == [tile_name(2, 128)] * 3 + [tile_name(4, 128)]
     assert nm.describe()["layer_n"] == [2, 2, 2, 4]
 
 
