@@ -391,6 +391,30 @@ def _answer(flags) -> str:
     return "true" if all(flags) else "false" if not any(flags) else "partly"
 
 
+def _decided_answer(rows) -> str:
+    """true / false / partly over the rows the timings decide: a row with a 95 % interval counts where
+    it clears 1 ("holds": neuron faster), one without by its medians (neuron_faster); "undecided" when
+    every row is within noise, "unknown" without rows. (The medians alone said "true" where the
+    headline, from the same intervals, said "undecided within noise".)"""
+    flags = []
+    for r in rows:
+        ci = r.get("ci")
+        if ci is None:
+            flags.append(r["neuron_faster"])
+        elif ci["decision"] in ("holds", "fails"):
+            flags.append(ci["decision"] == "holds")
+    answer = _answer(flags)
+    return "undecided" if answer == "unknown" and any(r.get("ci") for r in rows) else answer
+
+
+def _within_noise(ci, ratio, spread) -> bool:
+    """A ratio that is no clear win: its 95 % interval spans 1 where the records allow one, else it
+    lies within the records' max/min spread."""
+    if ci is not None:
+        return ci["decision"] not in ("holds", "fails")
+    return 1 / spread < ratio < spread
+
+
 def pct(x, digits=0) -> str:
     """A fraction as a percentage: pct(0.25) == "25%"."""
     return f"{100 * x:.{digits}f}%"
@@ -440,10 +464,10 @@ def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
             ci = ratio_interval(timings, (engine, "weight", k, batch, threads), (n_engine, "neuron", k, batch, threads))
             rows.append({"sparsity": k, "batch": batch, "neuron_s": neuron, "weight_s": weights[engine],
                          "weight_engine": engine, "neuron_engine": n_engine, "ci": ci, "ratio": ratio, "neuron_faster": neuron < weights[engine],
-                         "noise": noise, "within_noise": 1 / noise < ratio < noise})
+                         "noise": noise, "within_noise": _within_noise(ci, ratio, noise)})
     missing = None if rows else (f"no shrunk and weight-pruned timings at 0 < k < {pct(below)} "
                                  "(time e.g. `--sparsities 0,25,50,90`)")
-    return {"answer": _answer([r["neuron_faster"] for r in rows]), "below": below, "rows": rows,
+    return {"answer": _decided_answer(rows), "below": below, "rows": rows,
             "missing": missing, "note": note}
 
 
@@ -487,7 +511,7 @@ def equal_accuracy(accuracy, timings, batches, threads, budgets=(0.005, 0.01)) -
         missing = "accuracy.json (with the unpruned accuracy) is needed"
     elif not rows:
         missing = "no timed model for the batch sizes and thread count"
-    return {"answer": _answer([r["neuron_faster"] for r in rows]), "baseline_accuracy": base, "rows": rows,
+    return {"answer": _decided_answer(rows), "baseline_accuracy": base, "rows": rows,
             "methods": methods, "missing": missing}
 
 
@@ -516,6 +540,13 @@ def _decision_text(decisions) -> str:
     if len(decisions) == 1:
         return verb[next(iter(decisions))]
     return "; ".join(f"{verb[d]} at batch {', '.join(map(str, bs))}" for d, bs in decisions.items())
+
+
+def decision_detail(rows) -> str:
+    """Where the rows' decisions differ by batch, what each batch decides ("holds at batch 16, 256;
+    is undecided within noise at batch 1"), else ""."""
+    decisions = _decisions(rows)
+    return _decision_text(decisions) if len(decisions) > 1 else ""
 
 
 def headline(v, timings=None, isa=None) -> list:
@@ -566,8 +597,11 @@ def verdict(results, batch=None, threads=None, budgets=(0.005, 0.01)) -> dict:
     eq_a = equal_accuracy(accuracy, timings, batches, threads, budgets) if (timings and accuracy) else {
         "answer": "unknown", "rows": [], "baseline_accuracy": baseline_accuracy(accuracy),
         "missing": " and ".join(f"{p}.json" for p in ("accuracy", "timings") if not results.get(p)) + " missing"}
-    answers = {eq_k["answer"], eq_a["answer"]} - {"unknown"}
-    answer = "unknown" if not answers else answers.pop() if len(answers) == 1 else "partly"
+    answers = {eq_k["answer"], eq_a["answer"]} - {"unknown", "undecided"}
+    if not answers:
+        answer = "undecided" if "undecided" in (eq_k["answer"], eq_a["answer"]) else "unknown"
+    else:
+        answer = answers.pop() if len(answers) == 1 else "partly"
     out = {"claim": CLAIM, "threads": threads, "batches": batches, "budgets": list(budgets),
            "equal_k": eq_k, "equal_accuracy": eq_a, "answer": answer}
     out["sentence"] = verdict_sentence(out)
@@ -603,9 +637,10 @@ def verdict_sentence(v) -> str:
             for budget, bits in by_budget.items()))
     else:
         parts.append(f"at equal accuracy it cannot be answered ({v['equal_accuracy']['missing']})")
-    label = {"true": "True", "false": "False", "partly": "Partly true", "unknown": "Unknown"}[v["answer"]]
+    label = {"true": "True", "false": "False", "partly": "Partly true", "unknown": "Unknown",
+             "undecided": "Undecided within noise"}[v["answer"]]
     known = [name for name, part in (("equal sparsity", "equal_k"), ("equal accuracy", "equal_accuracy"))
-             if v[part]["answer"] != "unknown"]
+             if v[part]["answer"] not in ("unknown", "undecided")]
     if len(known) == 1:
         label += f" at {known[0]} only"
     threads = "threads unknown" if v["threads"] is None else threads_word(v["threads"])

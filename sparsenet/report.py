@@ -13,7 +13,8 @@ from statistics import mean
 
 from sparsenet import plots
 from sparsenet.analysis import (
-    above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, default_threads, describe,
+    above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, decision_detail,
+    default_threads, describe,
     GRANULARITY_WORDS, has_rate, headline, skip_gains,
     kernels_used, pareto_front, pct, records_of, run_peak, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
@@ -97,6 +98,11 @@ def _ms(seconds) -> str:
     return "–" if seconds is None else f"{1e3 * seconds:.3g}"
 
 
+def _noise_note(r) -> str:
+    """Why a row's answer is within noise: its 95 % interval spans 1, else the records' spread."""
+    return " (within noise: the 95 % interval spans 1)" if r.get("ci") else f" (within noise, spread {r['noise']:.2f})"
+
+
 def verdict_markdown(v) -> str:
     """The verdict as Markdown: the claim, the one-sentence answer, and a table per question (the
     report opens with analysis.headline's three short sentences above it)."""
@@ -105,7 +111,9 @@ def verdict_markdown(v) -> str:
            f"All timings in this section at {threads_word(v['threads']) if v['threads'] else '– threads'} (the largest count measured unless chosen "
            f"otherwise); batch sizes {', '.join(map(str, v['batches'])) or '–'}.\n"]
     ek = v["equal_k"]
-    out.append(f"**At equal sparsity (0 < k < {pct(ek['below'])}): {ek['answer']}.** Neuron pruning is timed on the "
+    detail = decision_detail(ek["rows"])                     # per batch, where they differ: as the headline
+    detail = f" where the timings decide; the claim {detail}" if detail else ""
+    out.append(f"**At equal sparsity (0 < k < {pct(ek['below'])}): {ek['answer']}{detail}.** Neuron pruning is timed on the "
                "shrunk net; weight pruning on the faster of dense and our CSR kernel. Note that k counts weights for "
                "weight pruning but neurons for neuron pruning, so at equal k neuron pruning removes more weights "
                "(about 1 - (1 - k)² of a hidden-to-hidden matrix).\n")
@@ -116,7 +124,7 @@ def verdict_markdown(v) -> str:
                            "weight time / neuron time", "neuron faster?"],
                           [[r["batch"], pct(r["sparsity"]), _ms(r["neuron_s"]), _ms(r["weight_s"]),
                             r["weight_engine"], _ratio_cell(r), ("yes" if r["neuron_faster"] else "no")
-                            + (f" (within noise, spread {r['noise']:.2f})" if r.get("within_noise") else "")]
+                            + (_noise_note(r) if r.get("within_noise") else "")]
                            for r in ek["rows"]]))
     else:
         out.append(f"Cannot be answered: {ek['missing']}.\n")

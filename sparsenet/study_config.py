@@ -7,7 +7,6 @@ is reachable from the command line and reproduced without further edits.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional

@@ -275,6 +275,27 @@ def test_equal_sparsity_decisions_from_rounds():
     lines = analysis.headline(v)
     assert lines == ["At equal sparsity (k < 50%) the claim that neuron pruning is faster holds at batch 1; "
                      "is undecided within noise at batch 16; fails at batch 256."]
+    # the answer and the noise flags follow the same intervals: batch 16's medians say "neuron faster"
+    # but its interval spans 1 (once "true", "within noise" by the spread only)
+    assert ek["answer"] == "partly"                               # holds at 1, fails at 256; 16 undecided
+    assert {row["batch"]: row["within_noise"] for row in ek["rows"]} == {1: False, 16: True, 256: False}
+    assert analysis.decision_detail(ek["rows"]) == ("holds at batch 1; is undecided within noise at batch 16; "
+                                                    "fails at batch 256")
+    only16 = [row for row in ek["rows"] if row["batch"] == 16]
+    assert analysis._decided_answer(only16) == "undecided" and analysis.decision_detail(only16) == ""
+    assert analysis._decided_answer([row for row in ek["rows"] if row["batch"] != 256]) == "true"
+    v16 = {"equal_k": {**ek, "rows": only16, "answer": "undecided"}, "threads": 1, "batches": [16],
+           "equal_accuracy": {"rows": [], "answer": "unknown", "missing": "accuracy.json missing"}}
+    assert analysis.verdict_sentence({**v16, "answer": "undecided"}).startswith("Undecided within noise (1 thread): ")
+
+
+def test_within_noise_without_an_interval_uses_the_spread():
+    from sparsenet import analysis
+    assert analysis._within_noise(None, 1.2, 1.3) and not analysis._within_noise(None, 1.4, 1.3)
+    assert analysis._within_noise({"decision": "undecided within noise"}, 3.0, 1.1)
+    assert not analysis._within_noise({"decision": "holds"}, 1.01, 1.5)
+    assert analysis._decided_answer([]) == "unknown"
+    assert analysis._decided_answer([{"ci": None, "neuron_faster": False}]) == "false"
 
 
 def test_speed_ups_pair_each_k_with_the_dense_timed_beside_it():
