@@ -1,0 +1,42 @@
+"""bench/targets.py: the issues' speed targets read off a results folder."""
+import subprocess
+import sys
+from pathlib import Path
+
+from fixture_results import rec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import targets  # noqa: E402
+
+
+def test_table_of_a_results_folder(results_folder):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "targets.py"), str(results_folder)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "CPU Synthetic CPU @ 2.0GHz, kernel ISA avx512, Numba target znver4, BLAS openblas 0.3.29 (Haswell)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 | 1 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 8                    # batch 1, 1 thread: one row, 7 cells
+
+
+def test_no_timings_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "targets.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def _rounds(engine, k, seconds, spread):
+    x = rec(engine, "weight", k, seconds)
+    x["per_round_s"] = [seconds * (1 + spread * (i - 3) / 3) for i in range(7)]
+    return x
+
+
+def test_rises_only_where_the_interval_clears_1():
+    # csr slower at 70 % than at 50 % by 30 % with tight rounds: a step; 70 -> 90 % faster; a 2 % rise
+    # inside +-10 % rounds is noise
+    t = {"records": [_rounds("dense", k, 1.0, 0.01) for k in (0.5, 0.7, 0.9, 0.95)]
+         + [_rounds("csr", 0.5, 0.50, 0.01), _rounds("csr", 0.7, 0.65, 0.01), _rounds("csr", 0.9, 0.20, 0.1),
+            _rounds("csr", 0.95, 0.204, 0.1)]}
+    steps = targets.rises(t, "csr", "weight", 1, 1)
+    assert [(a, b) for a, b, _ in steps] == [(0.5, 0.7)] and abs(steps[0][2] - 1.3) < 0.01
