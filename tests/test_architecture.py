@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "sparsenet"
 
 # layer of each module, bottom (0) to top; docs/architecture.md has the same table
 LAYERS = [
-    ("files", "hashing", "progress", "names", "threads", "cpu", "runlock", "stats", "cluster", "__init__"),
+    ("files", "hashing", "progress", "names", "checks", "threads", "cpu", "runlock", "stats", "cluster", "__init__"),
     ("idx", "sources", "cache", "offline", "data"),
     ("model", "train_kernels", "train", "checkpoint"),
     ("prune", "sweep"),
