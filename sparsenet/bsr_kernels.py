@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsenet.cpu import cpu
 from sparsenet.cfuncs import callback, run, run_parts, threads
 from sparsenet.kernels import _claim_chunk, _gather_columns, _store_columns
 from sparsenet.simd import IR, LANES, VF, require_arrays
@@ -36,11 +37,19 @@ _TILE_ARGS = (("data", types.float32, 1), ("indices", types.Integer, 1), ("indpt
               ("bias", types.float32, 1), ("HT", types.float32, 2), ("out", types.float32, 2))
 
 
+def _passes() -> list:
+    """(first vector, vectors) of the tile's columns a pass over a block row's blocks takes, for the
+    CPU Numba compiles for: all W vectors at once where 32 registers hold RT x W of them (AVX-512),
+    else one 16-float vector a pass (AVX2's 16 ymm: a <16 x float> is two; 8 rows x 32 columns
+    spilled its accumulators)."""
+    return [(0, W)] if cpu().isa == "avx512" else [(w, 1) for w in range(W)]
+
+
 def _make_bsr_tile(RT):
     """Intrinsic: rows rs0..rs0+RT-1 of every block of block rows br0..br1-1, on columns
-    col0..col0+31; RT x 2 accumulator vectors (x2 partial sums over alternate blocks when
-    RT < 4, against the FMA latency). r, c at run time, with a c == 1 fast path (no column loop)."""
-    n_acc = 2 if RT * W < 8 else 1
+    col0..col0+31 in passes of _passes() vectors; RT x (vectors a pass) accumulators (x2 partial
+    sums over alternate blocks where fewer would be independent chains than the FMA latency hides).
+    r, c at run time, with a c == 1 fast path (no column loop)."""
 
     @intrinsic
     def bsr_tile(typingctx, data, indices, indptr, bias, HT, out, br0, br1, r, c, rs0, ld_h, ld_o,
@@ -53,44 +62,48 @@ def _make_bsr_tile(RT):
             p_data, p_idx, p_ptr, p_bias, p_h, p_out = g.ptr[:6]
             br0, br1, r, c, rs0, ld_h, ld_o, col0 = (g.i64(a) for a in args[6:14])
             rc = builder.mul(r, c)
-            accs = [[g.zeroed(W) for _ in range(RT)] for _ in range(n_acc)]     # [u][rr][w]
+            passes = _passes()
+            Wp = passes[0][1]
+            n_acc = 2 if RT * Wp < 8 // len(passes) else 1       # AVX-512 8, else 4 chains at least
+            accs = [[g.zeroed(Wp) for _ in range(RT)] for _ in range(n_acc)]    # [u][rr][w]
             with cgutils.for_range_slice(builder, br0, br1, g.const(1), inc=True) as (ib, _):
-                for acc in accs:
-                    for row in acc:
-                        for a in row:
-                            builder.store(ir.Constant(VF, None), a)
+                for w0, _ in passes:
+                    for acc in accs:
+                        for row in acc:
+                            for a in row:
+                                builder.store(ir.Constant(VF, None), a)
 
-                def column(k, u, cc):
-                    col = builder.add(builder.mul(g.at(p_idx, k, signed=False), c), cc)
-                    h0 = builder.add(builder.mul(col, ld_h), col0)
-                    hs = [g.vload(p_h, builder.add(h0, g.const(LANES * w))) for w in range(W)]
-                    d0 = builder.add(builder.add(builder.mul(k, rc), builder.mul(rs0, c)), cc)
+                    def column(k, u, cc, w0=w0):
+                        col = builder.add(builder.mul(g.at(p_idx, k, signed=False), c), cc)
+                        h0 = builder.add(builder.mul(col, ld_h), col0)
+                        hs = [g.vload(p_h, builder.add(h0, g.const(LANES * (w0 + w)))) for w in range(Wp)]
+                        d0 = builder.add(builder.add(builder.mul(k, rc), builder.mul(rs0, c)), cc)
+                        for rr in range(RT):
+                            d = g.broadcast(builder.load(builder.gep(p_data, [builder.add(d0, builder.mul(g.const(rr), c))])))
+                            for w in range(Wp):
+                                a = accs[u][rr][w]
+                                builder.store(g.fma(d, hs[w], builder.load(a)), a)
+
+                    def block_c1(k, u, column=column):
+                        column(k, u, g.const(0))
+
+                    def block(k, u, column=column):
+                        with cgutils.for_range_slice(builder, g.const(0), c, g.const(1), inc=True) as (cc, _):
+                            column(k, u, cc)
+
+                    lo, hi = g.at(p_ptr, ib), g.at(p_ptr, builder.add(ib, g.const(1)))
+                    with builder.if_else(builder.icmp_signed("==", c, g.const(1))) as (then, other):
+                        with then:
+                            g.pairs(lo, hi, block_c1, n_acc)
+                        with other:
+                            g.pairs(lo, hi, block, n_acc)
                     for rr in range(RT):
-                        d = g.broadcast(builder.load(builder.gep(p_data, [builder.add(d0, builder.mul(g.const(rr), c))])))
-                        for w in range(W):
-                            a = accs[u][rr][w]
-                            builder.store(g.fma(d, hs[w], builder.load(a)), a)
-
-                def block_c1(k, u):
-                    column(k, u, g.const(0))
-
-                def block(k, u):
-                    with cgutils.for_range_slice(builder, g.const(0), c, g.const(1), inc=True) as (cc, _):
-                        column(k, u, cc)
-
-                lo, hi = g.at(p_ptr, ib), g.at(p_ptr, builder.add(ib, g.const(1)))
-                with builder.if_else(builder.icmp_signed("==", c, g.const(1))) as (then, other):
-                    with then:
-                        g.pairs(lo, hi, block_c1, n_acc)
-                    with other:
-                        g.pairs(lo, hi, block, n_acc)
-                for rr in range(RT):
-                    row = builder.add(builder.add(builder.mul(ib, r), rs0), g.const(rr))
-                    b = g.broadcast(builder.load(builder.gep(p_bias, [row])))
-                    o = builder.add(builder.mul(row, ld_o), col0)
-                    for w in range(W):
-                        t = builder.fadd(g.sum([acc[rr][w] for acc in accs]), b)
-                        g.vstore(g.relu_if(args[14], t), p_out, builder.add(o, g.const(LANES * w)))
+                        row = builder.add(builder.add(builder.mul(ib, r), rs0), g.const(rr))
+                        b = g.broadcast(builder.load(builder.gep(p_bias, [row])))
+                        o = builder.add(builder.mul(row, ld_o), col0)
+                        for w in range(Wp):
+                            t = builder.fadd(g.sum([acc[rr][w] for acc in accs]), b)
+                            g.vstore(g.relu_if(args[14], t), p_out, builder.add(o, g.const(LANES * (w0 + w))))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -104,9 +117,24 @@ bsr_tile4 = _make_bsr_tile(4)
 bsr_tile8 = _make_bsr_tile(8)
 
 
-def rows_per_tile(r: int) -> int:
-    """Rows of a block one register tile holds: the largest of 8, 4, 2, 1 dividing r."""
-    return 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+def max_tile_rows(isa: str) -> int:
+    """The most block rows a register tile takes on `isa`: 8 on AVX-512 (8 x 2 of 32 zmm), 4 elsewhere
+    (a pass of one 16-float vector, _passes: 4 x 2 of AVX2's 16 ymm, 4 x 4 of NEON's 32 q)."""
+    return 8 if isa == "avx512" else 4
+
+
+def rows_per_tile(r: int, isa: str = "avx512") -> int:
+    """Rows of a block one register tile holds: the largest of 8, 4, 2, 1 dividing r, at most
+    max_tile_rows(isa)."""
+    return 8 if r % 8 == 0 and max_tile_rows(isa) >= 8 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+
+
+@intrinsic
+def _tile_rows_cap(typingctx):
+    """max_tile_rows of the CPU Numba compiles for, as a constant."""
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.int64, max_tile_rows(cpu().isa))
+    return types.int64(), codegen
 
 
 @njit(**_OPTS)
@@ -120,7 +148,7 @@ def bsr_matmul_bias_relu(data, indices, indptr, bias, HT, out, r, c, relu):
 def _matmul_block_rows(data, indices, indptr, bias, HT, out, br0, br1, r, c, relu):
     """bsr_matmul_bias_relu on block rows br0..br1-1 only."""
     Bc = HT.shape[1]
-    RT = 8 if r % 8 == 0 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+    RT = 8 if r % 8 == 0 and _tile_rows_cap() >= 8 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
     for t in range(Bc // 32):
         for rs0 in range(0, r, RT):
             if RT == 8:

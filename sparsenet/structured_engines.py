@@ -176,11 +176,11 @@ class BSREngine(_Chunked):
                 f"width, and many chunks let a faster core take more")
 
     def _tile_kernels(self, Bc):
-        RT = bsr_kernels.rows_per_tile(self.block[0])
+        RT = bsr_kernels.rows_per_tile(self.block[0], cpu().isa)
         return [f"bsr{self.block[0]}x{self.block[1]}-tile{RT}x{CHUNK_TILE}"] * len(self.bsr)
 
     def _tile_reason(self, Bc):
-        RT = bsr_kernels.rows_per_tile(self.block[0])
+        RT = bsr_kernels.rows_per_tile(self.block[0], cpu().isa)
         return f"{RT} block row(s) x {CHUNK_TILE} columns in registers, each loaded activation row used {RT} times"
 
     def describe(self) -> dict:

@@ -63,6 +63,9 @@ def test_matvec_against_numpy(block, parallel):
 
 def test_rows_per_tile():
     assert [bk.rows_per_tile(r) for r in (1, 2, 3, 4, 6, 8, 12, 16)] == [1, 2, 1, 4, 2, 8, 4, 8]
+    # without AVX-512 a tile takes 4 rows at most (its accumulators in 16 ymm: 8 spilled)
+    for isa in ("avx2", "neon", "generic"):
+        assert [bk.rows_per_tile(r, isa) for r in (1, 2, 3, 4, 6, 8, 12, 16)] == [1, 2, 1, 4, 2, 4, 4, 4]
 
 
 def test_tile_refuses_wrong_arrays():
