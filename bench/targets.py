@@ -32,14 +32,19 @@ def _at(rows, k):
 
 
 def rises(timings, engine, method, batch, threads) -> list:
-    """(k, next k, time ratio) where `engine` is slower at the next k timed and the 95 % interval of
-    that ratio lies above 1 (analysis.ratio_interval): a step up in k that is not noise."""
-    ks = [r["sparsity"] for r in A.speedups(timings, engine, method, batch, threads)]
+    """(k, next k, time ratio, that ratio over dense's) where `engine` is slower at the next k timed
+    and the 95 % interval of the time ratio (analysis.ratio_interval) lies above the ratio of the
+    dense net timed beside each k (a slow spell of the machine hits both; 1 where dense did not
+    move): a step up in k that is neither noise nor the machine's phase."""
+    rows = A.speedups(timings, engine, method, batch, threads)
     out = []
-    for a, b in zip(ks, ks[1:]):
-        ci = A.ratio_interval(timings, (engine, method, b, batch, threads), (engine, method, a, batch, threads))
-        if ci and ci["decision"] == "holds":
-            out.append((a, b, ci["ratio"]))
+    for a, b in zip(rows, rows[1:]):
+        ka, kb = a["sparsity"], b["sparsity"]
+        ci = A.ratio_interval(timings, (engine, method, kb, batch, threads), (engine, method, ka, batch, threads))
+        dense = max(b["dense_s"] / a["dense_s"], 1.0)
+        relative = (b["seconds"] / a["seconds"]) / dense
+        if ci and ci["low"] > dense:
+            out.append((ka, kb, ci["ratio"], relative))
     return out
 
 
@@ -62,7 +67,8 @@ def csr_rows(timings) -> list:
             steps = rises(timings, "csr", "weight", b, t)
             rows.append([b, t, _pct(numpy_be), _pct(best_be), f"x{at90['speedup']:.2f}" if at90 else "–",
                          f"x{worst[0]:.2f} at {A.pct(worst[1])}" if worst else "–",
-                         "; ".join(f"{A.pct(a)}->{A.pct(c)} x{r:.2f}" for a, c, r in steps) or "none"])
+                         "; ".join(f"{A.pct(a)}->{A.pct(c)} x{r:.2f} (x{rel:.2f} of dense's)" for a, c, r, rel in steps)
+                         or "none"])
     return rows
 
 
@@ -97,6 +103,23 @@ def structured_rows(timings) -> list:
     return rows
 
 
+def steps_rows(timings) -> list:
+    """Every engine's steps up in k (rises), per batch and threads; engines with none are left out."""
+    from sparsenet.names import ENGINE_METHOD
+    rows = []
+    for engine in A.engines_present(timings):
+        method = ENGINE_METHOD.get(engine)
+        if engine == "dense" or method is None:
+            continue
+        for b in A.batch_sizes(timings):
+            for t in A.thread_counts(timings):
+                steps = rises(timings, engine, method, b, t)
+                if steps:
+                    rows.append([engine, b, t, "; ".join(f"{A.pct(k0)}->{A.pct(k1)} x{r:.2f} (x{rel:.2f} of dense's)"
+                                                         for k0, k1, r, rel in steps)])
+    return rows
+
+
 def table(header, rows) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -115,9 +138,12 @@ def main() -> None:
     print(f"# Targets: {args.folder}\n\nCPU {machine.get('cpu', '?')}, kernel ISA {machine.get('isa', '?')}, "
           f"Numba target {machine.get('numba_cpu', '?')}, BLAS {blas or '?'}\n")
     print("## csr (issue 12): break-even against numpy's dense and the fastest dense; x dense at 90 %; the "
-          "lowest csr / scipy at k >= 50 %; steps up in k beyond noise\n")
+          "lowest csr / scipy at k >= 50 %; steps up in k beyond noise and beyond the dense net timed beside them\n")
     print(table(["batch", "threads", "break-even (numpy)", "break-even (fastest)", "x dense at 90 %",
-                 "csr / scipy (lowest)", "slower at a higher k (95 % interval above 1)"], csr_rows(timings)))
+                 "csr / scipy (lowest)", "slower at a higher k (95 % interval above 1, beyond dense's)"], csr_rows(timings)))
+    steps = steps_rows(timings)
+    print("\n## Every engine: steps up in k (issue 12: monotone in k within noise)\n")
+    print(table(["engine", "batch", "threads", "slower at a higher k"], steps) if steps else "none")
     rows = structured_rows(timings)
     if rows:
         print("\n## N:M and blocks (issue 13)\n")
