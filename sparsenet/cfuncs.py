@@ -28,6 +28,13 @@ from numba.extending import intrinsic
 
 OPTS = dict(cache=True, boundscheck=False, fastmath={"contract"})
 
+# The argument types of every call by address Numba has typed in this process (a driver compiled, not
+# loaded from the cache) and of every callback compiled: a driver passing other types than its
+# callback was compiled for would be undefined behaviour, so a test (tests/test_cfuncs.py) compiles
+# every engine's drivers afresh and checks the first set lies in the second.
+TYPED_CALLS: set = set()
+COMPILED: set = set()
+
 
 class Callback:
     """py_func, compiled as a C callback (void result) per distinct argument types, lazily."""
@@ -60,7 +67,9 @@ class Callback:
                     if isinstance(a, np.ndarray) else type(a) for a in args)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = self._compiled[key] = cfunc(types.void(*(typeof(a) for a in args)), **OPTS)(self.py_func)
+            sig = tuple(typeof(a) for a in args)
+            fn = self._compiled[key] = cfunc(types.void(*sig), **OPTS)(self.py_func)
+            COMPILED.add(sig)
         return fn
 
     def inspect_llvm(self) -> dict:
@@ -83,6 +92,7 @@ def _function(typingctx, addr, args):
     """The C callback at `addr` as a first-class function taking args' types (a tuple): the caller
     passes exactly the dtypes and dimensions Callback.address was asked for."""
     fnty = types.FunctionType(types.void(*args.types))
+    TYPED_CALLS.add(tuple(types.unliteral(t) for t in args.types))
 
     def codegen(context, builder, sig, llargs):
         f = cgutils.create_struct_proxy(fnty)(context, builder)

@@ -104,17 +104,26 @@ def test_cache_dict_keeps_the_address():
 
 _CACHED_RUN = textwrap.dedent("""
     import numpy as np
-    from sparsenet import model, prune
+    from sparsenet import cfuncs, model, prune
     from sparsenet.engines import make_engine
+    from sparsenet.plan import Tuning
     p0 = model.he_init((40, 48, 32, 10), bias=True, seed=1)
     X = np.random.default_rng(0).standard_normal((70, 40)).astype(np.float32)
     ref = model.forward(p0, X)
-    for name, p in (("csr", prune.weight_prune(p0, 0.6)), ("bsr", prune.block_prune(p0, 0.5, (8, 1))),
-                    ("nm", prune.nm_prune(p0, 2, 4)), ("dense-fused", p0)):
-        e = make_engine(name, p, threads=2)
-        for B in (1, 70):
-            np.testing.assert_allclose(e(X[:B]), model.forward(p, X[:B]), rtol=1e-4, atol=1e-4)
-    print("ok")
+    rows = Tuning(min_rows_work=0)                    # batches 2-32 on the row split too
+    for name, p, opts in (("csr", prune.weight_prune(p0, 0.6), {}), ("csr", prune.weight_prune(p0, 0.6), {"sell": "sell8-portable"}),
+                          ("bsr", prune.block_prune(p0, 0.5, (8, 1)), {}), ("bsr", prune.block_prune(p0, 0.5, (8, 1)), {"tuning": rows}),
+                          ("nm", prune.nm_prune(p0, 2, 4), {}), ("nm", prune.nm_prune(p0, 3, 4), {"tuning": rows}),
+                          ("dense-fused", p0, {}), ("csr-skip", prune.weight_prune(p0, 0.6), {})):
+        for threads in (1, 2):
+            e = make_engine(name, p, threads=threads, **opts)
+            for B in (1, 16, 70):
+                np.testing.assert_allclose(e(X[:B]), model.forward(p, X[:B]), rtol=1e-4, atol=1e-4)
+    # every call by address a driver was compiled with (here, on a fresh cache) has the argument types
+    # a callback was compiled for: else the call would be undefined behaviour
+    unmatched = cfuncs.TYPED_CALLS - cfuncs.COMPILED
+    assert not unmatched, sorted(map(str, unmatched))
+    print("ok", len(cfuncs.TYPED_CALLS), len(cfuncs.COMPILED))
 """)
 
 
@@ -123,11 +132,15 @@ def test_cached_drivers_take_this_process_addresses(tmp_path):
     the drivers and its callbacks live elsewhere in memory, and every engine still matches dense."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    typed = []
     for _ in range(2):
         r = subprocess.run([sys.executable, "-c", _CACHED_RUN], cwd=root, env=env, capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+                           timeout=1200)
+        assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+        typed.append(int(r.stdout.split()[1]))
     assert any(p.suffix == ".nbc" and "cfuncs" in p.name for p in tmp_path.rglob("*"))
+    # the first run typed the calls by address (and checked them), the second loaded every driver
+    assert typed[0] >= 8 and typed[1] == 0, typed
 
 
 @pytest.mark.parametrize("name", ["csr", "bsr", "nm", "dense-fused"])
@@ -150,3 +163,26 @@ def test_engine_keeps_its_addresses_across_inputs(name):
         found = [a for v in e._callbacks.values() for a in (v.values() if isinstance(v, dict) else [v])]
         found = [x for a in found for x in (a if isinstance(a, tuple) else [a])]   # csr_forward keeps a pair
         assert found and all(isinstance(a, int) and a >= 0 for a in found) and any(a > 0 for a in found)
+
+
+@callback
+def _first(out, w):
+    out[0] = 1.0
+
+
+@njit                                        # not cached: typed in this process, so the registry sees it
+def _strided_driver(addr, out):
+    invoke(addr, (out[::2], np.int64(0)))   # an 'A' array where the callback was compiled for a 'C' one
+
+
+def test_registry_catches_a_call_with_other_argument_types():
+    """cfuncs.TYPED_CALLS - cfuncs.COMPILED names a driver that calls a callback with argument types it
+    was not compiled for (undefined behaviour at run time): what test_cached_drivers_... checks."""
+    from numba import types
+
+    from sparsenet import cfuncs
+    out = np.zeros(8)
+    addr = _first.address(out, 0)
+    assert (types.float64[::1], types.int64) in cfuncs.COMPILED
+    _strided_driver.compile((types.int64, types.float64[::1]))     # typed and compiled, never run
+    assert addr and (types.Array(types.float64, 1, "A"), types.int64) in cfuncs.TYPED_CALLS - cfuncs.COMPILED
