@@ -391,19 +391,20 @@ def _answer(flags) -> str:
     return "true" if all(flags) else "false" if not any(flags) else "partly"
 
 
+def _row_decision(r):
+    """One row's "holds" (neuron faster) / "fails" / "undecided within noise": its 95 % interval where
+    the records allow one, else its medians (neuron_faster); None where neither side was timed."""
+    if r.get("ci"):
+        return r["ci"]["decision"]
+    return None if r["neuron_faster"] is None else "holds" if r["neuron_faster"] else "fails"
+
+
 def _decided_answer(rows) -> str:
-    """true / false / partly over the rows the timings decide: a row with a 95 % interval counts where
-    it clears 1 ("holds": neuron faster), one without by its medians (neuron_faster); "undecided" when
-    every row is within noise, "unknown" without rows. (The medians alone said "true" where the
-    headline, from the same intervals, said "undecided within noise".)"""
-    flags = []
-    for r in rows:
-        ci = r.get("ci")
-        if ci is None:
-            flags.append(r["neuron_faster"])
-        elif ci["decision"] in ("holds", "fails"):
-            flags.append(ci["decision"] == "holds")
-    answer = _answer(flags)
+    """true / false / partly over the rows the timings decide (_row_decision); "undecided" when every
+    row with an interval is within noise, "unknown" without rows. (The medians alone said "true"
+    where the headline, from the same intervals, said "undecided within noise".)"""
+    decisions = [_row_decision(r) for r in rows]
+    answer = _answer([d == "holds" for d in decisions if d in ("holds", "fails")])
     return "undecided" if answer == "unknown" and any(r.get("ci") for r in rows) else answer
 
 
@@ -527,7 +528,7 @@ def _decisions(rows) -> dict:
     """{decision: [batch...]} of rows with an interval: 'holds' (neuron faster), 'fails', 'undecided'."""
     out = {}
     for r in rows:
-        d = r["ci"]["decision"] if r.get("ci") else ("holds" if r["neuron_faster"] else "fails")
+        d = _row_decision(r) or "fails"
         out.setdefault(d, [])
         if r["batch"] not in out[d]:
             out[d].append(r["batch"])

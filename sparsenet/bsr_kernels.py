@@ -25,7 +25,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
 from sparsenet.cpu import cpu
 from sparsenet.cfuncs import callback, run, run_parts, threads
@@ -126,10 +126,17 @@ def max_tile_rows(isa: str) -> int:
     return 8 if isa == "avx512" else 4
 
 
+@register_jitable
+def _rows_for(r, cap):
+    """The largest of 8, 4, 2, 1 dividing r, at most cap (4 or 8): the rule of rows_per_tile and of
+    _matmul_block_rows (a plain function Numba also compiles)."""
+    return 8 if r % 8 == 0 and cap >= 8 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+
+
 def rows_per_tile(r: int, isa: str = "avx512") -> int:
     """Rows of a block one register tile holds: the largest of 8, 4, 2, 1 dividing r, at most
     max_tile_rows(isa)."""
-    return 8 if r % 8 == 0 and max_tile_rows(isa) >= 8 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+    return _rows_for(r, max_tile_rows(isa))
 
 
 @intrinsic
@@ -151,7 +158,7 @@ def bsr_matmul_bias_relu(data, indices, indptr, bias, HT, out, r, c, relu):
 def _matmul_block_rows(data, indices, indptr, bias, HT, out, br0, br1, r, c, relu):
     """bsr_matmul_bias_relu on block rows br0..br1-1 only."""
     Bc = HT.shape[1]
-    RT = 8 if r % 8 == 0 and _tile_rows_cap() >= 8 else 4 if r % 4 == 0 else 2 if r % 2 == 0 else 1
+    RT = _rows_for(r, _tile_rows_cap())
     for t in range(Bc // 32):
         for rs0 in range(0, r, RT):
             if RT == 8:

@@ -85,6 +85,12 @@ def rows_per_tile(W: int, isa: str) -> int:
     return 16 // W if isa == "avx512" and W >= 4 else 1
 
 
+def passes(n: int) -> list:
+    """(first slot, slots) of each pass an n:M layer's rows take on the register tiles: 2 slots a
+    group at a time, 1 for an odd n's last (the loops of _matmul_rows and _row_dot follow it)."""
+    return [(s0, min(2, n - s0)) for s0 in range(0, n, 2)]
+
+
 def pass_major(values: np.ndarray, idx: np.ndarray, n: int) -> tuple:
     """(values, idx) of an N:M layer, (n_out, G * n) group-major (nm.NM), as the kernels read them:
     each row pass-major, its groups' slots 0-1 first (G * 2), then 2-3, ... (an odd n's last pass
@@ -95,10 +101,9 @@ def pass_major(values: np.ndarray, idx: np.ndarray, n: int) -> tuple:
         return v.ravel(), ix.ravel()
     M, K = v.shape
     G = K // n
-    cuts = [(s0, min(s0 + 2, n)) for s0 in range(0, n, 2)]
     v3, i3 = v.reshape(M, G, n), ix.reshape(M, G, n)
-    return (np.concatenate([v3[:, :, a:b].reshape(M, -1) for a, b in cuts], axis=1).ravel(),
-            np.concatenate([i3[:, :, a:b].reshape(M, -1) for a, b in cuts], axis=1).ravel())
+    return (np.concatenate([v3[:, :, s0:s0 + nt].reshape(M, -1) for s0, nt in passes(n)], axis=1).ravel(),
+            np.concatenate([i3[:, :, s0:s0 + nt].reshape(M, -1) for s0, nt in passes(n)], axis=1).ravel())
 
 
 def _make_nm_tile(NT, W):
@@ -229,7 +234,7 @@ def _matmul_rows(values, idx, bias, HT, out, r0, r1, n, m, panel, relu, tile):
         Pg = max(panel // cols // m, 1)                 # groups per panel
         for gs in range(0, max(G, 1), Pg):
             ge = min(gs + Pg, G)
-            for s0 in range(0, max(n, 1), 2):          # n > 2: passes of 2 slots (1 for an odd n's last)
+            for s0 in range(0, max(n, 1), 2):          # passes(n): 2 slots a group (1 for an odd n's last)
                 nt = min(2, n - s0)
                 _tile(values[s0 * G:], idx[s0 * G:], bias, HT, out, r0, r1, K, n, m, nt, c, cols, gs, ge,
                       gs == 0 and s0 == 0, relu and ge >= G and s0 + nt >= n)
@@ -274,11 +279,11 @@ def _pass_dot(v, ix, x, nt, m):
 @njit(inline="always", **_OPTS)
 def _row_dot(v, ix, x, n, m):
     """One pass-major row (pass_major) times x: its passes of 2 (and 1) slots a group."""
-    G = v.shape[0] // max(n, 1)
-    if n <= 2:
+    if n <= 2:                                 # one pass: the row as it is
         return _pass_dot(v, ix, x, n, m)
-    s = _pass_dot(v[:2 * G], ix[:2 * G], x, 2, m)
-    for s0 in range(2, n, 2):
+    G = v.shape[0] // n
+    s = np.float32(0.0)
+    for s0 in range(0, n, 2):                  # passes(n)
         nt = min(2, n - s0)
         s += _pass_dot(v[s0 * G:(s0 + nt) * G], ix[s0 * G:(s0 + nt) * G], x, nt, m)
     return s

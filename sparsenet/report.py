@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+from collections import Counter
 from pathlib import Path
 from statistics import mean
 
@@ -358,12 +359,9 @@ def _still_noisy(still, most: int = 12) -> str:
         return "none stayed noisy"
     if len(still) <= most:
         return f"{len(still)} stayed noisy: " + ", ".join(f"{e} k={pct(k)} b{b} t{t}" for e, k, b, t, *_ in still)
-    per = {}
-    for e, *_ in still:
-        per[e] = per.get(e, 0) + 1
+    per = Counter(e for e, *_ in still)
     return (f"{len(still)} stayed noisy (marked ⚠ in 8.2), by engine: "
-            + ", ".join(f"{e} {n}" for e, n in sorted(per.items(), key=lambda kv: -kv[1])))
-
+            + ", ".join(f"{e} {n}" for e, n in per.most_common()))
 
 
 def build_report(folder, out_dir=None, threads=None) -> Path:

@@ -212,11 +212,6 @@ class BSREngine(_Chunked):
         return out
 
 
-def _passes(n: int) -> list:
-    """Slots a pass of an n:M layer's register tiles (nm_kernels._matmul_rows): 2 at a time, 1 last for an odd n."""
-    return [min(2, n - s) for s in range(0, n, 2)]
-
-
 class NMEngine(_Chunked):
     """Our Numba N:M kernels. n, m: the weights must hold at most n non-zeros in every group of m
     consecutive inputs (prune.nm_prune); others are refused naming the layer, row and group. n=None
@@ -325,7 +320,7 @@ class NMEngine(_Chunked):
         T = self._tile_columns(Bc)
         R = nm_kernels.rows_per_tile(T // nm_kernels.LANES, cpu().isa)
         # n > 2: the groups' slots in passes of 2 (and 1), each a 2:M (1:M) tile
-        return [f"nm{n}:{self.m}-tile{R}x{T}" + (f" ({'+'.join(map(str, _passes(n)))} slots)" if n > 2 else "")
+        return [f"nm{n}:{self.m}-tile{R}x{T}" + (f" ({'+'.join(str(nt) for _, nt in nm_kernels.passes(n))} slots)" if n > 2 else "")
                 for n in self.ns]
 
     def _tile_reason(self, Bc):
