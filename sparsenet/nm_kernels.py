@@ -135,8 +135,9 @@ def _make_nm_tile(NT, W):
                 """acc += values[k] * HT[hg + idx[k] * ld_h:][:LANES * W]"""
                 d = g.broadcast(builder.load(builder.gep(p_val, [k])))
                 h0 = builder.add(hg, builder.mul(g.at(p_idx, k, signed=False), ld_h))
+                hp = g.opaque(builder.gep(p_h, [h0]))
                 for w in range(W):
-                    h = g.vload(p_h, builder.add(h0, g.const(LANES * w)))
+                    h = g.vload(hp, g.const(LANES * w))
                     builder.store(g.fma(d, h, builder.load(acc[w])), acc[w])
 
             def rows(lo, hi, RR):

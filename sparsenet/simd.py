@@ -69,6 +69,11 @@ class IR:
         """Unaligned vector load of p[offset:offset + len(vt)]."""
         return self.b.load(self.b.bitcast(self.b.gep(p, [offset]), vt.as_pointer()), align=4)
 
+    def opaque(self, p):
+        """p as a value LLVM cannot see through (an empty inline asm): loads at constant offsets from
+        it address [register + displacement], not [base + index + displacement]."""
+        return self.b.asm(ir.FunctionType(p.type, [p.type]), "", "=r,0", [p], False, name="opaque")
+
     def vstore(self, value, p, offset):
         self.b.store(value, self.b.bitcast(self.b.gep(p, [offset]), value.type.as_pointer()), align=4)
 
@@ -151,8 +156,9 @@ def _make_csr_rows(W):
                 def nonzero(k, u):
                     d = g.broadcast(builder.load(builder.gep(p_data, [k])))
                     row = builder.add(builder.mul(g.at(p_idx, k, signed=False), ld_h), col0)
+                    hp = g.opaque(builder.gep(p_h, [row]))       # [reg + disp]: see IR.opaque
                     for w in range(W):
-                        h = g.vload(p_h, builder.add(row, g.const(LANES * w)))
+                        h = g.vload(hp, g.const(LANES * w))
                         builder.store(g.fma(d, h, builder.load(accs[u][w])), accs[u][w])
 
                 g.pairs(g.at(p_ptr, i), g.at(p_ptr, builder.add(i, g.const(1))), nonzero, n_acc)
