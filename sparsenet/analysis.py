@@ -525,10 +525,13 @@ def _timed_method(p) -> str:
 
 
 def _decisions(rows) -> dict:
-    """{decision: [batch...]} of rows with an interval: 'holds' (neuron faster), 'fails', 'undecided'."""
+    """{decision: [batch...]} of the rows the timings decide: 'holds' (neuron faster), 'fails',
+    'undecided within noise'; a row with neither side timed is left out (it counted as 'fails')."""
     out = {}
     for r in rows:
-        d = _row_decision(r) or "fails"
+        d = _row_decision(r)
+        if d is None:
+            continue
         out.setdefault(d, [])
         if r["batch"] not in out[d]:
             out[d].append(r["batch"])

@@ -284,6 +284,11 @@ def test_equal_sparsity_decisions_from_rounds():
     only16 = [row for row in ek["rows"] if row["batch"] == 16]
     assert analysis._decided_answer(only16) == "undecided" and analysis.decision_detail(only16) == ""
     assert analysis._decided_answer([row for row in ek["rows"] if row["batch"] != 256]) == "true"
+    # a row where neither side was timed (equal accuracy: no weight- nor neuron-pruned net in the
+    # budget) decides nothing: it once counted as "fails"
+    untimed = {"batch": 4096, "ci": None, "neuron_faster": None}
+    assert analysis._decisions(ek["rows"] + [untimed]) == analysis._decisions(ek["rows"])
+    assert analysis._decisions([untimed]) == {} and analysis._decided_answer([untimed]) == "unknown"
     v16 = {"equal_k": {**ek, "rows": only16, "answer": "undecided"}, "threads": 1, "batches": [16],
            "equal_accuracy": {"rows": [], "answer": "unknown", "missing": "accuracy.json missing"}}
     assert analysis.verdict_sentence({**v16, "answer": "undecided"}).startswith("Undecided within noise (1 thread): ")
