@@ -348,9 +348,12 @@ def train(dataset, cfg: TrainConfig = TrainConfig(), progress: bool = True,
 
 def _train(dataset, cfg, progress, threads):
     t0, cpu0 = time.perf_counter(), time.process_time()
+    if len(dataset.train_images) == 0 or len(dataset.train_labels) == 0:
+        raise ValueError(f"{dataset.name} has no training images")
     X = to_float(dataset.train_images)
     y = np.asarray(dataset.train_labels)
-    check_sizes(cfg.sizes, X.shape[1], int(y.max()) + 1, dataset.name)
+    # the classes: every label of both splits (a test label past the net's outputs failed in evaluate)
+    check_sizes(cfg.sizes, X.shape[1], int(max(y.max(), np.max(dataset.test_labels, initial=0))) + 1, dataset.name)
     check_n_val(cfg.n_val, len(X))
     tr_idx, val_idx = split_train_val(len(X), cfg.n_val, cfg.seed)
     params = he_init(cfg.sizes, cfg.bias, cfg.seed)

@@ -241,6 +241,14 @@ def test_sizes_must_fit_the_data():
         with pytest.raises(ValueError, match=rf"^sizes {','.join(map(str, sizes))} do not fit blobs: the first width "
                                              rf"must be its {SIZES[0]} input features and the last its {SIZES[-1]} classes"):
             train(ds, TrainConfig(sizes=sizes, epochs=1), progress=False)
+    # the classes count the test labels too: a test label past the net's outputs is refused up front
+    high = ds.test_labels.copy()
+    high[0] = SIZES[-1]
+    with pytest.raises(ValueError, match=rf"^sizes .* do not fit blobs: .* the last its {SIZES[-1] + 1} classes"):
+        train(SimpleNamespace(**{**vars(ds), "test_labels": high}), TrainConfig(epochs=1), progress=False)
+    empty = SimpleNamespace(**{**vars(ds), "train_images": ds.train_images[:0], "train_labels": ds.train_labels[:0]})
+    with pytest.raises(ValueError, match=r"^blobs has no training images$"):      # not numpy's empty max
+        train(empty, TrainConfig(epochs=1), progress=False)
 
 
 def _dataset(name="blobs"):
