@@ -352,6 +352,24 @@ def check_measured(folder, name, value, measured) -> None:
     raise ValueError(f"{name} {value} were not measured in {folder}; measured: {have}")
 
 
+def steps_markdown(steps) -> str:
+    """What study.retime_steps found: the steps up in k timed again side by side, those that remain
+    (the engine's) and those that went (the machine's)."""
+    kept = [st for st in steps if st["after_low"] > 1]
+    gone = [st for st in steps if st["after_low"] <= 1]
+    return (f"{len(steps)} step(s) up in k (an engine slower at a higher k beyond its rounds' noise) were timed "
+            "again with both k side by side (a slow spell of the machine during one k reads as a step): "
+            f"{len(kept)} remain" + ("".join(f"; {_step_text(st)}" for st in kept) if kept else "")
+            + (f" (gone: {'; '.join(_step_text(st) for st in gone)})" if gone else "") + ".\n")
+
+
+def _step_text(st) -> str:
+    """"csr batch 1, 2 threads, 80% -> 90%: x2.22, side by side x0.52"."""
+    width = f", width {st['width']}" if st.get("width") else ""
+    return (f"{st['engine']} batch {st['batch']}, {threads_word(st['threads'])}{width}, {pct(st['k'])} -> "
+            f"{pct(st['next_k'])}: x{st['before']:.2f}, side by side x{st['after']:.2f}")
+
+
 def _still_noisy(still, most: int = 12) -> str:
     """The cases still noisy after re-timing: each named when there are at most `most`, else counted
     per engine (a list of hundreds is not read; 8.2 marks each with ⚠)."""
@@ -445,6 +463,8 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
         flagged = [r for r in records_of(tim) if r.get("flagged")]
         md.append(f"\n{len(flagged)} of {len(records_of(tim))} timing records are flagged as noisy (max/min of per-round "
                   "medians above the spread limit; marked ⚠ in 8.2). Tables: 8.2, 8.3.\n")
+        if tim.get("steps"):
+            md.append(steps_markdown(tim["steps"]))
         if tim.get("remeasured"):
             still = tim.get("still_noisy") or []
             md.append(f"Before the verdict, {tim['remeasured']} noisy case(s) were re-timed ({tim.get('remeasured_s', 0):.0f} s; "

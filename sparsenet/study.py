@@ -341,6 +341,12 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
     progress_bar.close()
     if cfg.remeasure_s > 0 and not state.get("remeasured_s"):
         remeasure(cfg, grid, state, stages, progress, part)
+        save_part(folder, part, state)
+    if cfg.remeasure_s > 0 and "steps" not in state:      # last: what follows must not undo the pairs
+        state["steps"] = retime_steps(cfg, grid, state, stages, cfg.remeasure_s / 2)
+        if state["steps"]:
+            _say(progress, f"{part}: {len(state['steps'])} step(s) up in k re-timed side by side; "
+                           f"{sum(s['after_low'] > 1 for s in state['steps'])} remain")
     state["complete"] = True
     save_part(folder, part, state)
     return state
@@ -351,6 +357,58 @@ def _time(stages: Stages, cases, cfg: StudyConfig, tag: str) -> list:
     recs = stages.time_cases(cases, rounds=cfg.rounds, min_time=cfg.min_time, max_case_s=cfg.max_case_s,
                              progress=False)
     return [{**r, "machine": tag} for r in recs]
+
+
+def steps_up(records) -> list:
+    """(i, j) of the records where an engine is slower at a higher k: record j at the next k timed
+    after record i's (same engine, batch, threads, width) and the 95 % interval of the time ratio
+    j / i over their rounds (stats.ratio_ci) above 1; largest ratio first. The engines whose time
+    does not depend on k (names.K_INDEPENDENT) have none."""
+    from sparsenet import stats
+    series = {}
+    for i, r in enumerate(records):
+        if r["engine"] not in names.K_INDEPENDENT:
+            series.setdefault((r["engine"], r["batch"], r["threads"], r.get("width")), []).append(i)
+    out = []
+    for idx in series.values():
+        idx.sort(key=lambda i: records[i]["sparsity"])
+        for i, j in zip(idx, idx[1:]):
+            a, b = records[i].get("per_round_s"), records[j].get("per_round_s")
+            if a and b:
+                ratio, low, _ = stats.ratio_ci(b, a)
+                if low > 1:
+                    out.append((ratio, i, j))
+    return [(i, j) for _, i, j in sorted(out, key=lambda x: -x[0])]
+
+
+def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
+    """Time both k of each step up in k (steps_up) again, side by side: the two cases in one
+    interleaved run, within `seconds`. A unit's rounds only see the noise within it: a slow spell
+    of the machine while one k was timed read as a step (csr, batch 1, 2 threads, 80 -> 90 %: x2.22,
+    alone 1.9x faster at 90 % than at 80 %). The pair's records are replaced; returns one entry per
+    step re-timed: {engine, batch, threads, width, k, next_k, before, after, after_low} (ratios of
+    the time at next_k to the time at k; after_low > 1: the step is the engine's)."""
+    from sparsenet import stats
+    from sparsenet.grid import Point
+    from sparsenet.timing import check_case
+    t0, out, records = time.perf_counter(), [], state["records"]
+    for i, j in steps_up(records):
+        left = seconds - (time.perf_counter() - t0)
+        if len(_within([i, j], records, left)) < 2:
+            break
+        a, b = records[i], records[j]
+        before = b["median_s"] / a["median_s"]
+        cases = [c for r in (a, b) for c in grid.cases(
+            (r.get("width"), r["sparsity"]), [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))])]
+        new = _time(stages, cases, cfg, state["machine"]["tag"])
+        for case in cases:
+            check_case(case)
+        records[i], records[j] = ({**r, "retimed": "step"} for r in new)
+        ratio, low, _ = stats.ratio_ci(records[j]["per_round_s"], records[i]["per_round_s"])
+        out.append({"engine": a["engine"], "batch": a["batch"], "threads": a["threads"], "width": a.get("width"),
+                    "k": a["sparsity"], "next_k": b["sparsity"], "before": round(before, 4),
+                    "after": round(ratio, 4), "after_low": round(low, 4)})
+    return out
 
 
 def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:

@@ -170,3 +170,14 @@ def test_cases_still_noisy_are_named_when_few_and_counted_per_engine_when_many()
     assert _still_noisy(few) == "2 stayed noisy: csr k=50% b1 t2, dense k=0% b256 t1"
     many = [("csr", 0.1 * i, 1, 1) for i in range(9)] + [("dense", 0.1 * i, 16, 2) for i in range(5)]
     assert _still_noisy(many) == "14 stayed noisy (marked ⚠ in 8.2), by engine: csr 9, dense 5"
+
+
+def test_steps_markdown_names_what_remains_and_what_went():
+    from sparsenet.report import steps_markdown
+    steps = [{"engine": "csr", "batch": 1, "threads": 2, "width": None, "k": 0.8, "next_k": 0.9, "before": 2.22,
+              "after": 0.52, "after_low": 0.47},
+             {"engine": "bsr", "batch": 16, "threads": 2, "width": 4096, "k": 0.5, "next_k": 0.6, "before": 1.3,
+              "after": 1.25, "after_low": 1.1}]
+    text = steps_markdown(steps)
+    assert text.startswith("2 step(s) up in k") and "1 remain; bsr batch 16, 2 threads, width 4096, 50% -> 60%: " \
+        "x1.30, side by side x1.25 (gone: csr batch 1, 2 threads, 80% -> 90%: x2.22, side by side x0.52)." in text

@@ -3,7 +3,7 @@ import pytest
 
 import dataclasses
 
-from sparsenet import grid, names, study, timing
+from sparsenet import grid, names, report, study, timing
 from sparsenet.files import read_json
 from sparsenet.model import he_init
 from sparsenet.study_config import StudyConfig
@@ -352,6 +352,53 @@ def test_noisy_cases_are_remeasured_within_the_budget(tiny):
     assert {(r["batch"], r["flagged"]) for r in csr} == {(1, False), (8, True)}
     assert sorted(tuple(x[:3]) for x in t["still_noisy"]) == [("csr", 0.0, 8), ("csr", 0.9, 8)]
     assert seen[2:] == [2, 2]                                    # one re-run per unit, csr's two cases
+
+
+def test_steps_up_in_k_are_retimed_side_by_side(tiny):
+    """An engine slower at a higher k beyond its rounds' noise is timed again at both k in one run;
+    a step made by a slow spell of the machine goes, the records are replaced, the report says so."""
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, widths=(), remeasure_s=30.0, sparsities=(0.0, 0.5, 0.9))
+    runs = []
+
+    def slow_spell_at_90(cases, **k):
+        recs = timing.time_cases(cases, **k)
+        ks = {c.sparsity for c in cases}
+        runs.append(sorted((c.name, c.sparsity) for c in cases))
+        if ks == {0.9}:                                  # the grid's unit at 90 %: csr 3x slower
+            for r in recs:
+                if r["engine"] == "csr":
+                    r["per_round_s"] = [3 * x for x in r["per_round_s"]]
+                    r["median_s"] *= 3
+        return recs
+
+    study.run_study(cfg, progress=False, stages=dataclasses.replace(stages, time_cases=slow_spell_at_90))
+    t = read_json(cfg.folder() / "timings.json")
+    pairs = [r for r in runs if len({k for _, k in r}) == 2]
+    steps = [st for st in t["steps"] if st["engine"] == "csr"]     # (the tiny net's other engines may step)
+    assert {(st["k"], st["next_k"]) for st in steps} == {(0.5, 0.9)} and len(steps) == 2     # batches 1 and 8
+    assert [r for r in pairs if r[0][0] == "csr"] == [[("csr", 0.5), ("csr", 0.9)]] * 2      # both k, one run
+    assert all(st["before"] > 1.2 and st["after_low"] <= 1 for st in steps)   # the spell is gone
+    csr90 = [r for r in t["records"] if r["engine"] == "csr" and r["sparsity"] == 0.9]
+    assert csr90 and all(r["retimed"] == "step" for r in csr90)
+    assert not study.steps_up(t["records"]) or all(
+        t["records"][i]["engine"] != "csr" for pair in study.steps_up(t["records"]) for i in pair)
+    text = report.steps_markdown(t["steps"])
+    assert text.startswith(f"{len(t['steps'])} step(s) up in k") and "csr batch 1, 1 thread, 50% -> 90%: x" in text
+
+
+def test_steps_up_needs_the_interval_above_one():
+    """steps_up: the next k's rounds against this k's, 95 % interval above 1; k-independent engines
+    (dense) are left out; the largest step first."""
+    def rec(engine, k, rounds, batch=1):
+        return {"engine": engine, "sparsity": k, "batch": batch, "threads": 1, "width": None,
+                "per_round_s": rounds, "median_s": sorted(rounds)[len(rounds) // 2]}
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02]
+    records = [rec("csr", 0.5, steady), rec("csr", 0.7, [2 * x for x in steady]), rec("csr", 0.9, steady),
+               rec("dense", 0.5, steady), rec("dense", 0.7, [2 * x for x in steady]),
+               rec("nm", 0.5, steady), rec("nm", 0.75, [1.0, 1.3, 0.8, 1.2, 0.9]),            # noise, no step
+               rec("bsr", 0.5, steady), rec("bsr", 0.9, [1.5 * x for x in steady])]
+    assert study.steps_up(records) == [(0, 1), (7, 8)]
 
 
 def test_remeasure_takes_the_flagged_cases_that_fit_its_budget():
