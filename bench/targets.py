@@ -35,13 +35,17 @@ def rises(timings, engine, method, batch, threads) -> list:
     """(k, next k, time ratio, that ratio over dense's) where `engine` is slower at the next k timed
     and the 95 % interval of the time ratio (analysis.ratio_interval) lies above the ratio of the
     dense net timed beside each k (a slow spell of the machine hits both; 1 where dense did not
-    move): a step up in k that is neither noise nor the machine's phase."""
+    move, or where the study timed the two k side by side): a step up in k that is neither noise nor
+    the machine's phase."""
     rows = A.speedups(timings, engine, method, batch, threads)
     out = []
     for a, b in zip(rows, rows[1:]):
         ka, kb = a["sparsity"], b["sparsity"]
         ci = A.ratio_interval(timings, (engine, method, kb, batch, threads), (engine, method, ka, batch, threads))
         dense = max(b["dense_s"] / a["dense_s"], 1.0)
+        pair = [A.engine_records(timings, engine, method, k, batch, threads) for k in (ka, kb)]
+        if all(r and all(x.get("retimed") == "step" for x in r) for r in pair):
+            dense = 1.0          # the two k timed side by side (study.retime_steps): one phase hit both
         relative = (b["seconds"] / a["seconds"]) / dense
         if ci and ci["low"] > dense:
             out.append((ka, kb, ci["ratio"], relative))

@@ -44,3 +44,7 @@ def test_rises_only_where_the_interval_clears_1():
     slow = {"records": [r for r in t["records"] if not (r["engine"] == "dense" and r["sparsity"] == 0.7)]
             + [_rounds("dense", 0.7, 1.4, 0.01)]}
     assert targets.rises(slow, "csr", "weight", 1, 1) == []
+    # unless the study timed csr's two k side by side (study.retime_steps): then dense's move is not csr's
+    pair = {"records": [{**r, "retimed": "step"} if r["engine"] == "csr" and r["sparsity"] in (0.5, 0.7) else r
+                        for r in slow["records"]]}
+    assert [(a, b) for a, b, _, _ in targets.rises(pair, "csr", "weight", 1, 1)] == [(0.5, 0.7)]
