@@ -108,8 +108,10 @@ def structured_rows(timings) -> list:
 
 
 def steps_rows(timings) -> list:
-    """Every engine's steps up in k (rises), per batch and threads; engines with none are left out."""
-    from sparsenet.names import ENGINE_METHOD
+    """Every engine's steps up in k (rises), per batch and threads; engines with none are left out. An
+    engine whose time does not depend on k (names.K_INDEPENDENT) is marked: its steps show the noise
+    that is left, not a cliff."""
+    from sparsenet.names import ENGINE_METHOD, K_INDEPENDENT
     rows = []
     for engine in A.engines_present(timings):
         method = ENGINE_METHOD.get(engine)
@@ -119,7 +121,8 @@ def steps_rows(timings) -> list:
             for t in A.thread_counts(timings):
                 steps = rises(timings, engine, method, b, t)
                 if steps:
-                    rows.append([engine, b, t, "; ".join(f"{A.pct(k0)}->{A.pct(k1)} x{r:.2f} (x{rel:.2f} of dense's)"
+                    name = engine + (" (time independent of k)" if engine in K_INDEPENDENT else "")
+                    rows.append([name, b, t, "; ".join(f"{A.pct(k0)}->{A.pct(k1)} x{r:.2f} (x{rel:.2f} of dense's)"
                                                          for k0, k1, r, rel in steps)])
     return rows
 

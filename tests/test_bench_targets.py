@@ -48,3 +48,13 @@ def test_rises_only_where_the_interval_clears_1():
     pair = {"records": [{**r, "retimed": "step"} if r["engine"] == "csr" and r["sparsity"] in (0.5, 0.7) else r
                         for r in slow["records"]]}
     assert [(a, b) for a, b, _, _ in targets.rises(pair, "csr", "weight", 1, 1)] == [(0.5, 0.7)]
+
+
+def test_steps_of_an_engine_independent_of_k_are_marked():
+    # dense-fused multiplies every zero: its step is the noise left, and the table says so
+    t = {"records": [_rounds("dense", k, 1.0, 0.01) for k in (0.5, 0.7)]
+         + [_rounds("dense-fused", 0.5, 1.0, 0.01), _rounds("dense-fused", 0.7, 1.3, 0.01),
+            _rounds("csr", 0.5, 0.5, 0.01), _rounds("csr", 0.7, 0.65, 0.01)]}
+    rows = {r[0]: r for r in targets.steps_rows(t)}
+    assert set(rows) == {"dense-fused (time independent of k)", "csr"}
+    assert rows["csr"][1:3] == [1, 1] and rows["csr"][3].startswith("50%->70% x1.30")
