@@ -69,7 +69,8 @@ class StudyConfig:
                                              # (analysis.dense_reference); False: at the smallest k only
     peak_n: int = 2048                       # the timings stage times an n x n sgemm (the peak) beside each k's
                                              # engines, per thread count (0: none; machine.json's peak only)
-    remeasure_s: float = 30.0                # seconds spent re-timing flagged (noisy) cases before the verdict
+    remeasure_s: float = 30.0                # seconds spent re-timing flagged (noisy) cases before the verdict,
+                                             # and up to half as many more on steps up in k (study.retime_steps)
     scheduler: Optional[str] = None          # a Dask scheduler (tcp://host:8786) for the accuracy work
     workers: Optional[int] = None            # a LocalCluster of this many single-threaded workers instead
 
@@ -275,7 +276,7 @@ OPTIONS = (
     Option("max_call_s", "--max-call-s", "float", help="skip a case predicted slower than this per call"),
     Option("max_baseline_call_s", "--max-baseline-call-s", "float",
            help="skip a scipy baseline case predicted slower than this per call"),
-    Option("remeasure_s", "--remeasure-s", "float", help="seconds spent re-timing noisy cases (0: none)"),
+    Option("remeasure_s", "--remeasure-s", "float", help="seconds re-timing noisy cases, and up to half that on steps up in k (0: none)"),
     Option("peak_n", "--peak-n", "int", help="time an n x n sgemm (the peak) beside every k's engines (0: none)"),
     Option("cache_dir", "--model-cache", "str", help="trained-model cache folder"),
     Option("dense_every_k", "--dense-every-k", "bool",
