@@ -2,7 +2,8 @@
 engines, the configurations, the checkpoints and the command line.
 
 An integer is Python's or numpy's, never a bool (True is int 1, but not a count anyone meant) and
-never 2.0 or "2". A real number is an int or a float (numpy's too), finite, never a bool.
+never 2.0 or "2". A real number is an int or a float (numpy's too), finite, never a bool. A sequence
+of settings is any iterable but a string (whose characters nobody meant as items).
 """
 from __future__ import annotations
 
@@ -24,3 +25,8 @@ def is_real(value, low=None, high=None, *, low_open: bool = False, high_open: bo
     if low is not None and (value <= low if low_open else value < low):
         return False
     return high is None or not (value >= high if high_open else value > high)
+
+
+def is_sequence(value) -> bool:
+    """True for an iterable that is not a str or bytes (a list, tuple, range, numpy array, ...)."""
+    return not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")

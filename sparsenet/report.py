@@ -364,7 +364,7 @@ def steps_markdown(steps) -> str:
 
 
 def _step_text(st) -> str:
-    """"csr batch 1, 2 threads, 80% -> 90%: x2.22, side by side x0.52"."""
+    """One step as the report names it: csr batch 1, 2 threads, 80% -> 90%: x2.22, side by side x0.52."""
     width = f", width {st['width']}" if st.get("width") else ""
     return (f"{st['engine']} batch {st['batch']}, {threads_word(st['threads'])}{width}, {pct(st['k'])} -> "
             f"{pct(st['next_k'])}: x{st['before']:.2f}, side by side x{st['after']:.2f}")

@@ -359,12 +359,18 @@ def _time(stages: Stages, cases, cfg: StudyConfig, tag: str) -> list:
     return [{**r, "machine": tag} for r in recs]
 
 
+def _ratio_interval(records, i, j) -> tuple:
+    """(ratio, low) of record j's time over record i's: stats.ratio_ci over their per-round times."""
+    from sparsenet import stats
+    ratio, low, _ = stats.ratio_ci(records[j]["per_round_s"], records[i]["per_round_s"])
+    return ratio, low
+
+
 def steps_up(records) -> list:
     """(i, j) of the records where an engine is slower at a higher k: record j at the next k timed
     after record i's (same engine, batch, threads, width) and the 95 % interval of the time ratio
     j / i over their rounds (stats.ratio_ci) above 1; largest ratio first. The engines whose time
     does not depend on k (names.K_INDEPENDENT) have none."""
-    from sparsenet import stats
     series = {}
     for i, r in enumerate(records):
         if r["engine"] not in names.K_INDEPENDENT:
@@ -373,9 +379,8 @@ def steps_up(records) -> list:
     for idx in series.values():
         idx.sort(key=lambda i: records[i]["sparsity"])
         for i, j in zip(idx, idx[1:]):
-            a, b = records[i].get("per_round_s"), records[j].get("per_round_s")
-            if a and b:
-                ratio, low, _ = stats.ratio_ci(b, a)
+            if records[i].get("per_round_s") and records[j].get("per_round_s"):
+                ratio, low = _ratio_interval(records, i, j)
                 if low > 1:
                     out.append((ratio, i, j))
     return [(i, j) for _, i, j in sorted(out, key=lambda x: -x[0])]
@@ -388,7 +393,6 @@ def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
     alone 1.9x faster at 90 % than at 80 %). The pair's records are replaced; returns one entry per
     step re-timed: {engine, batch, threads, width, k, next_k, before, after, after_low} (ratios of
     the time at next_k to the time at k; after_low > 1: the step is the engine's)."""
-    from sparsenet import stats
     from sparsenet.grid import Point
     from sparsenet.timing import check_case
     t0, out, records = time.perf_counter(), [], state["records"]
@@ -404,7 +408,7 @@ def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
         for case in cases:
             check_case(case)
         records[i], records[j] = ({**r, "retimed": "step"} for r in new)
-        ratio, low, _ = stats.ratio_ci(records[j]["per_round_s"], records[i]["per_round_s"])
+        ratio, low = _ratio_interval(records, i, j)
         out.append({"engine": a["engine"], "batch": a["batch"], "threads": a["threads"], "width": a.get("width"),
                     "k": a["sparsity"], "next_k": b["sparsity"], "before": round(before, 4),
                     "after": round(ratio, 4), "after_low": round(low, 4)})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from sparsenet import __version__, names
-from sparsenet.checks import is_integer, is_real
+from sparsenet.checks import is_integer, is_real, is_sequence
 from sparsenet.hashing import short_hash
 
 # fields that say where things go, not what is measured: left out of the run id and config checks
@@ -177,7 +177,7 @@ def available_threads() -> int:
 
 
 def _seq(name, value):
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    if not is_sequence(value):
         raise ValueError(f"{name} must be a sequence, got {value!r}")
     return list(value)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sparsenet import __version__
 from sparsenet import train_kernels as K
-from sparsenet.checks import is_integer, is_real
+from sparsenet.checks import is_integer, is_real, is_sequence
 from sparsenet.data import to_float
 from sparsenet.hashing import short_hash
 from sparsenet.progress import bar as progress_bar, say
@@ -70,7 +70,7 @@ class TrainConfig:
         for name, ok, rule in rules:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-        sizes = tuple(self.sizes) if not isinstance(self.sizes, (str, bytes)) and hasattr(self.sizes, "__iter__") else ()
+        sizes = tuple(self.sizes) if is_sequence(self.sizes) else ()
         if len(sizes) < 2 or not all(is_integer(s, 1) for s in sizes):
             raise ValueError(f"sizes must be two or more layer widths >= 1, input first, classes last "
                              f"(e.g. 784,1000,10), got {','.join(map(str, sizes)) or repr(self.sizes)}")
