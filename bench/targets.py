@@ -43,8 +43,8 @@ def rises(timings, engine, method, batch, threads) -> list:
         ka, kb = a["sparsity"], b["sparsity"]
         ci = A.ratio_interval(timings, (engine, method, kb, batch, threads), (engine, method, ka, batch, threads))
         dense = max(b["dense_s"] / a["dense_s"], 1.0)
-        pair = [A.engine_records(timings, engine, method, k, batch, threads) for k in (ka, kb)]
-        if all(r and all(x.get("retimed") == "step" for x in r) for r in pair):
+        ra, rb = (A.engine_records(timings, engine, method, k, batch, threads) for k in (ka, kb))
+        if ra and rb and all(kb in x.get("retimed_with", ()) for x in ra) and all(ka in x.get("retimed_with", ()) for x in rb):
             dense = 1.0          # the two k timed side by side (study.retime_steps): one phase hit both
         relative = (b["seconds"] / a["seconds"]) / dense
         if ci and ci["low"] > dense:

@@ -45,9 +45,14 @@ def test_rises_only_where_the_interval_clears_1():
             + [_rounds("dense", 0.7, 1.4, 0.01)]}
     assert targets.rises(slow, "csr", "weight", 1, 1) == []
     # unless the study timed csr's two k side by side (study.retime_steps): then dense's move is not csr's
-    pair = {"records": [{**r, "retimed": "step"} if r["engine"] == "csr" and r["sparsity"] in (0.5, 0.7) else r
-                        for r in slow["records"]]}
+    beside = {0.5: [0.7], 0.7: [0.5]}
+    pair = {"records": [{**r, "retimed": "step", "retimed_with": beside[r["sparsity"]]}
+                        if r["engine"] == "csr" and r["sparsity"] in beside else r for r in slow["records"]]}
     assert [(a, b) for a, b, _, _ in targets.rises(pair, "csr", "weight", 1, 1)] == [(0.5, 0.7)]
+    # two records re-timed, but each beside another k: not side by side, dense's move counts again
+    apart = {"records": [{**r, "retimed": "step", "retimed_with": [0.25 if r["sparsity"] == 0.5 else 0.9]}
+                         if r["engine"] == "csr" and r["sparsity"] in beside else r for r in slow["records"]]}
+    assert targets.rises(apart, "csr", "weight", 1, 1) == []
 
 
 def test_steps_of_an_engine_independent_of_k_are_marked():

@@ -388,6 +388,38 @@ def test_steps_up_in_k_are_retimed_side_by_side(tiny):
     assert text.startswith(f"{len(t['steps'])} step(s) up in k") and "csr batch 1, 1 thread, 50% -> 90%: x" in text
 
 
+def test_steps_that_share_a_record_are_retimed_together(tiny):
+    """80 -> 90 % and 90 -> 95 % both steps: the three k in one run (a second run of 90 % beside 95 %
+    would undo its pair with 80 %), each record naming the k timed beside it."""
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, widths=(), remeasure_s=30.0, sparsities=(0.0, 0.5, 0.9, 0.95),
+                              engines=("dense", "csr"), batches=(1,))
+    steady, runs = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0, 1.03], []
+
+    def spells(cases, **k):
+        recs = timing.time_cases(cases, **k)
+        ks = {c.sparsity for c in cases}
+        runs.append(sorted(c.sparsity for c in cases if c.name == "csr"))
+        for r in recs:                   # csr 0.5x as slow per step up in k; 3x during the grid's
+            if r["engine"] == "csr":     # units at 90 and 95 % (two steps sharing 90 %)
+                base = {0.0: 8e-4, 0.5: 4e-4, 0.9: 2e-4, 0.95: 1e-4}[r["sparsity"]]
+                scale = base * (3 if len(ks) == 1 and r["sparsity"] == 0.9 else 1) * (
+                    9 if len(ks) == 1 and r["sparsity"] == 0.95 else 1)
+                r["per_round_s"] = [scale * x for x in steady[:len(r["per_round_s"])]]
+                r["median_s"] = scale
+        return recs
+
+    study.run_study(cfg, progress=False, stages=dataclasses.replace(stages, time_cases=spells))
+    t = read_json(cfg.folder() / "timings.json")
+    assert {(st["k"], st["next_k"]) for st in t["steps"]} == {(0.5, 0.9), (0.9, 0.95)}
+    assert [0.5, 0.9, 0.95] in runs and [0.9, 0.95] not in runs               # one run for the chain
+    by_k = {r["sparsity"]: r for r in t["records"] if r["engine"] == "csr"}
+    assert by_k[0.9]["retimed_with"] == [0.5, 0.95] and by_k[0.5]["retimed_with"] == [0.9, 0.95]
+    assert all(st["after_low"] <= 1 for st in t["steps"])
+    assert study._step_chains([(1, 2), (5, 6), (2, 3), (4, 5), (3, 4)]) == [([1, 2, 3, 4, 5, 6],
+                                                                            [(1, 2), (2, 3), (3, 4), (5, 6), (4, 5)])]
+
+
 def test_steps_up_needs_the_interval_above_one():
     """steps_up: the next k's rounds against this k's, 95 % interval above 1; k-independent engines
     (dense) are left out; the largest step first."""
