@@ -358,7 +358,8 @@ def steps_markdown(steps) -> str:
     kept = [st for st in steps if st["after_low"] > 1]
     gone = [st for st in steps if st["after_low"] <= 1]
     return (f"{len(steps)} step(s) up in k (an engine slower at a higher k beyond its rounds' noise) were timed "
-            "again with both k side by side (a slow spell of the machine during one k reads as a step): "
+            "again with both k side by side, the dense net at those k beside them (a slow spell of the machine "
+            "during one k reads as a step): "
             f"{len(kept)} remain" + ("".join(f"; {_step_text(st)}" for st in kept) if kept else "")
             + (f" (gone: {'; '.join(_step_text(st) for st in gone)})" if gone else "") + ".\n")
 

@@ -56,7 +56,8 @@ fingerprints from those written before fingerprints.)
 Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced
 them, checked on resume), "complete" (false while a stage is partly done), timings/scaling also
 "skipped" (cases left out, with reasons), "loadavg", "steps" (study.retime_steps: each step up in k
-re-timed side by side, its ratio before and after; a re-timed record has "retimed": "step" and "retimed_with": the k timed beside it) and
+re-timed side by side, its ratio before and after; a re-timed record has "retimed": "step" (the dense
+baselines at those k, timed in the same run: "beside") and "retimed_with": the other k of the run) and
 "remeasured" / "remeasured_s" / "still_noisy" (flagged records re-timed); machine.json "cpu_flags", "numba_threads";
 config.json of a folder timed by `--timing-only` with timing options "timing_only": {"from": folder,
 "machine": tag, "options": {field: value}}.

@@ -386,17 +386,19 @@ def steps_up(records) -> list:
     return [(i, j) for _, i, j in sorted(out, key=lambda x: -x[0])]
 
 
-def _step_chains(pairs) -> list:
-    """The steps' records joined where they share one (80 -> 90 % and 90 -> 95 %: 80, 90 and 95),
-    as sorted index lists, in the order of their first step; each with its steps."""
+def _step_chains(pairs, beside=lambda step: ()) -> list:
+    """The steps' records joined where they share one (80 -> 90 % and 90 -> 95 %: 80, 90 and 95), or
+    one of the records `beside(step)` names (the dense baselines timed at a step's k: _beside), as
+    sorted index lists, in the order of their first step; each with its steps."""
     chains = []
     for i, j in pairs:
-        touching = [c for c in chains if i in c[0] or j in c[0]]
+        members = {i, j} | set(beside((i, j)))
+        touching = [c for c in chains if c[0] & members]
         first = touching[0] if touching else None
         if first is None:
-            chains.append(({i, j}, [(i, j)]))
+            chains.append((members, [(i, j)]))
             continue
-        first[0].update((i, j))
+        first[0].update(members)
         first[1].append((i, j))
         for c in touching[1:]:            # a step that bridges two chains joins them
             first[0].update(c[0])
@@ -405,19 +407,30 @@ def _step_chains(pairs) -> list:
     return [(sorted(idx), steps) for idx, steps in chains]
 
 
+def _beside(records, step) -> list:
+    """The records of the dense baselines (names.DENSE_BASELINES) at the k, batch, threads and width of
+    the step's two records: its speed-ups are taken against them (analysis.speedups), so they are
+    re-timed in the same run (else a re-timed engine at k would be set against a dense record of
+    another phase of the machine)."""
+    at = {(records[i]["sparsity"], records[i]["batch"], records[i]["threads"], records[i].get("width")) for i in step}
+    return [b for b, r in enumerate(records) if r["engine"] in names.DENSE_BASELINES
+            and (r["sparsity"], r["batch"], r["threads"], r.get("width")) in at]
+
+
 def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
-    """Time both k of each step up in k (steps_up) again, side by side: the cases in one
-    interleaved run, within `seconds`; steps that share a record (80 -> 90 % and 90 -> 95 %) run
-    together, so that no later run undoes an earlier pair. A unit's rounds only see the noise within
-    it: a slow spell of the machine while one k was timed read as a step (csr, batch 1, 2 threads,
-    80 -> 90 %: x2.22, alone 1.9x faster at 90 % than at 80 %). The records are replaced (with
-    "retimed": "step" and "retimed_with": the k timed beside them); returns one entry per step
-    re-timed: {engine, batch, threads, width, k, next_k, before, after, after_low} (ratios of the
-    time at next_k to the time at k; after_low > 1: the step is the engine's)."""
+    """Time both k of each step up in k (steps_up) again, side by side, with the dense baselines
+    timed at those k (_beside): the cases in one interleaved run, within `seconds`; steps that share
+    a record (80 -> 90 % and 90 -> 95 %, or a dense record) run together, so that no later run undoes
+    an earlier pair. A unit's rounds only see the noise within it: a slow spell of the machine while
+    one k was timed read as a step (csr, batch 1, 2 threads, 80 -> 90 %: x2.22, alone 1.9x faster at
+    90 % than at 80 %). The records are replaced (with "retimed": "step", or "beside" for the dense
+    baselines, and "retimed_with": the other k of the run); returns one entry per step re-timed:
+    {engine, batch, threads, width, k, next_k, before, after, after_low} (ratios of the time at
+    next_k to the time at k; after_low > 1: the step is the engine's)."""
     from sparsenet.grid import Point
     from sparsenet.timing import check_case
     t0, out, records = time.perf_counter(), [], state["records"]
-    for idx, steps in _step_chains(steps_up(records)):
+    for idx, steps in _step_chains(steps_up(records), lambda step: _beside(records, step)):
         left = seconds - (time.perf_counter() - t0)
         if len(_within(idx, records, left)) < len(idx):
             break
@@ -428,9 +441,11 @@ def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
         new = _time(stages, cases, cfg, state["machine"]["tag"])
         for case in cases:
             check_case(case)
-        ks = [r["sparsity"] for r in old]
+        ks = sorted({r["sparsity"] for r in old})
+        stepped = {i for step in steps for i in step}
         for i, r in zip(idx, new):
-            records[i] = {**r, "retimed": "step", "retimed_with": [k for k in ks if k != r["sparsity"]]}
+            records[i] = {**r, "retimed": "step" if i in stepped else "beside",
+                          "retimed_with": [k for k in ks if k != r["sparsity"]]}
         for i, j in steps:
             ratio, low = _ratio_interval(records, i, j)
             a, b = records[i], records[j]

@@ -380,10 +380,13 @@ def test_steps_up_in_k_are_retimed_side_by_side(tiny):
 
     study.run_study(cfg, progress=False, stages=dataclasses.replace(stages, time_cases=slow_spell_at_90))
     t = read_json(cfg.folder() / "timings.json")
-    pairs = [r for r in runs if len({k for _, k in r}) == 2]
     steps = [st for st in t["steps"] if st["engine"] == "csr"]     # (the tiny net's other engines may step)
     assert {(st["k"], st["next_k"]) for st in steps} == {(0.5, 0.9)} and len(steps) == 2     # batches 1 and 8
-    assert [r for r in pairs if r[0][0] == "csr"] == [[("csr", 0.5), ("csr", 0.9)]] * 2      # both k, one run
+    csr_runs = [r for r in runs if len({k for _, k in r}) > 1 and ("csr", 0.9) in r]     # (other steps may join)
+    assert len(csr_runs) == 2                                      # both k in one run, a run per batch,
+    for r in csr_runs:                                             # with the dense baselines at both k
+        assert {k for name, k in r if name == "csr"} == {0.5, 0.9}
+        assert {(name, k) for name, k in r if name in ("dense", "dense-fused")} >= {("dense", 0.5), ("dense", 0.9)}
     assert all(st["before"] > 1.2 and st["after_low"] <= 1 for st in steps)   # the spell is gone
     csr90 = [r for r in t["records"] if r["engine"] == "csr" and r["sparsity"] == 0.9]
     assert csr90 and all(r["retimed"] == "step" for r in csr90)
@@ -420,8 +423,26 @@ def test_steps_that_share_a_record_are_retimed_together(tiny):
     by_k = {r["sparsity"]: r for r in t["records"] if r["engine"] == "csr"}
     assert by_k[0.9]["retimed_with"] == [0.5, 0.95] and by_k[0.5]["retimed_with"] == [0.9, 0.95]
     assert all(st["after_low"] <= 1 for st in t["steps"])
+    # the dense net at the chain's k timed in the same run: the speed-ups at those k stay side by side
+    dense = {r["sparsity"]: r for r in t["records"] if r["engine"] == "dense"}
+    assert {k: r.get("retimed") for k, r in dense.items()} == {0.0: None, 0.5: "beside", 0.9: "beside", 0.95: "beside"}
+    assert dense[0.9]["retimed_with"] == [0.5, 0.95] and all(r.get("retimed") == "step" for r in by_k.values() if r["sparsity"])
     assert study._step_chains([(1, 2), (5, 6), (2, 3), (4, 5), (3, 4)]) == [([1, 2, 3, 4, 5, 6],
                                                                             [(1, 2), (2, 3), (3, 4), (5, 6), (4, 5)])]
+
+
+def test_steps_that_share_a_dense_record_are_retimed_together():
+    """Two engines' steps at the same k, batch and threads share the dense baselines timed there:
+    one run, so that the second does not re-time dense apart from the first engine's records."""
+    def rec(engine, k, batch=1, threads=1):
+        return {"engine": engine, "sparsity": k, "batch": batch, "threads": threads, "width": None}
+    records = [rec("dense", 0.5), rec("dense", 0.9), rec("csr", 0.5), rec("csr", 0.9), rec("nm", 0.5),
+               rec("nm", 0.9), rec("dense", 0.9, batch=8), rec("dense-fused", 0.5), rec("bsr", 0.9, batch=8)]
+    assert study._beside(records, (2, 3)) == [0, 1, 7]            # dense and dense-fused at 50 and 90 %, batch 1
+    assert study._beside(records, (8, 8)) == [6]
+    chains = study._step_chains([(2, 3), (4, 5)], lambda step: study._beside(records, step))
+    assert chains == [([0, 1, 2, 3, 4, 5, 7], [(2, 3), (4, 5)])]
+    assert study._step_chains([(2, 3), (4, 5)]) == [([2, 3], [(2, 3)]), ([4, 5], [(4, 5)])]
 
 
 def test_steps_up_needs_the_interval_above_one():
