@@ -5,9 +5,12 @@ Heavy modules are imported inside each command, so `sparsenet --help` is instant
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import signal
 import sys
+import threading
 
 
 def _sparsity(text: str) -> float:
@@ -151,6 +154,13 @@ def study_config(args):
     return StudyConfig.quick(**overrides) if args.quick else StudyConfig(**overrides)
 
 
+def _run_folder(text: str) -> str:
+    """A results folder as given, or resolved when it names no folder itself ("." or "..", e.g. `sparsenet
+    study --timing-only .` inside it): its name is the run id, and a sibling's is made from it."""
+    from pathlib import Path
+    return str(Path(text).resolve()) if Path(text).name in ("", "..") else text
+
+
 def cmd_study(args) -> int:
     from sparsenet import study
 
@@ -158,7 +168,7 @@ def cmd_study(args) -> int:
         if args.quick:
             raise ValueError("--quick cannot be given with --timing-only (the folder's config.json says "
                              "whether its study is quick)")
-        study.run_timing_only(args.timing_only, study_options(args), progress=not args.quiet)
+        study.run_timing_only(_run_folder(args.timing_only), study_options(args), progress=not args.quiet)
         return 0
     study.run_study(study_config(args), progress=not args.quiet, accuracy_only=args.accuracy_only)
     return 0
@@ -301,13 +311,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a batch scheduler), raised where the command is, so that it unwinds as on
+    Ctrl-C: the run lock released, the worker processes stopped, their temporary files removed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises Terminated while the command runs (by default it would end this process at once,
+    leaving its worker processes waiting forever for tasks and the shared data in the temporary folder);
+    a handler someone else installed, or a call from another thread, is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
+        with _sigterm_interrupts():
+            return args.func(args)
+    except KeyboardInterrupt as exc:
         print("interrupted; completed steps are saved and a re-run resumes from them", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except (ValueError, RuntimeError) as exc:
         # our errors carry a message meant for the user; a traceback would only hide it
         print(f"sparsenet {args.command}: error: {exc}", file=sys.stderr)

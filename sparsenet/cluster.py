@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -123,6 +125,22 @@ def _run_shared(fn: Callable, threads: Optional[int], args: tuple):
     return _run(fn, threads, tuple(_resolve(a) for a in args))
 
 
+def _init_worker(parent: int, every_s: float = 0.5) -> None:
+    """Worker initializer. A daemon thread ends this worker once the process that started it is gone
+    (killed: SIGKILL, the OOM killer): the pool cannot tell it so, and an orphan would wait for tasks
+    forever, holding its copy of the training data. tqdm's bars take a thread lock: its default
+    inter-process lock is a semaphore that a worker stopped on an interrupt (ProcessRunner.__exit__)
+    leaves behind, with a "leaked semaphore" warning at exit."""
+    from tqdm import tqdm
+    tqdm.set_lock(threading.RLock())
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+    threading.Thread(target=watch, name="sparsenet-parent-watch", daemon=True).start()
+
+
 def default_workers(available: int, limit: int = 8) -> int:
     """Worker processes of the study's default runner: one per available thread, at most `limit`
     (each holds the training data, ~0.3 GB for MNIST, and the nets of its task)."""
@@ -143,7 +161,8 @@ class ProcessRunner(LocalRunner):
         self.workers = workers
         self._tmp = tempfile.TemporaryDirectory(prefix="sparsenet-share-")
         self._n_shared = 0
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker, initargs=(os.getpid(),))
 
     def share(self, obj):
         self._n_shared += 1
@@ -204,6 +223,17 @@ class ProcessRunner(LocalRunner):
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._tmp.cleanup()
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._stop_workers()
+        self.close()
+
+    def _stop_workers(self):
+        """End the worker processes now: on an interrupt (Ctrl-C, SIGTERM) the results of the tasks in
+        flight would be dropped, and close() would wait for them (minutes for a fine-tuning task)."""
+        for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+            proc.terminate()
 
 
 class DaskRunner(LocalRunner):

@@ -142,10 +142,11 @@ def plot_compare(runs, path, threads=None) -> Path:
 
 def compare(folders: Sequence, out_dir, threads=None) -> Path:
     """Write out_dir/compare.md (+ compare_speedup.png, compare.json); return the Markdown's path."""
+    _check_distinct(folders)
     runs = []
     for folder in folders:
         folder = Path(folder)
-        runs.append((folder.name, load_results(folder)))
+        runs.append((folder.name or folder.resolve().name, load_results(folder)))
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
         runs = [(str(Path(f)), r) for f, (_, r) in zip(folders, runs)]
@@ -190,6 +191,16 @@ def compare(folders: Sequence, out_dir, threads=None) -> Path:
         "break_even": {f"{e}/{m}/b{b}": ks for (e, m, b), ks in tables["break_even"].items()},
         "speedup_90": {f"{e}/{m}/b{b}": s for (e, m, b), s in tables["speedup_90"].items()}})
     return path
+
+
+def _check_distinct(folders: Sequence) -> None:
+    """NotComparable when a folder is given twice (say `.` and its path): its machine would count as two."""
+    seen = {}
+    for folder in folders:
+        key = Path(folder).resolve()
+        if key in seen:
+            raise NotComparable(f"{folder} and {seen[key]} are the same results folder: give each machine's once")
+        seen[key] = folder
 
 
 def _depends_sentence(tables, runs) -> str:

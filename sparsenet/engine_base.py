@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -47,6 +48,7 @@ class Engine:
         self.n_out = params[-1].weight.shape[0]
         self.has_bias = any(l.bias is not None for l in params)
         self._held = 0
+        self._busy = threading.Lock()   # held during a call: a call from another thread meanwhile runs on a copy
         self._callbacks = {}        # cfuncs.Callback.address's cache: the kernels' addresses for our arrays
         self._build(params)
 
@@ -78,11 +80,18 @@ class Engine:
             X = np.ascontiguousarray(X, dtype=np.float32)
         if X.shape[0] == 0:
             return np.empty((0, self.n_out), np.float32)
-        if self._held:
-            out = self._forward(X)
-        else:
-            with _threads.limit(self.threads, self.uses_blas, self.uses_numba):
+        if not self._busy.acquire(blocking=False):
+            # another thread is inside a call: its scratch buffers are in use (the bsr and nm kernels
+            # release the GIL, and two calls at once returned wrong logits); a copy has its own
+            return self.copy()(X)
+        try:
+            if self._held:
                 out = self._forward(X)
+            else:
+                with _threads.limit(self.threads, self.uses_blas, self.uses_numba):
+                    out = self._forward(X)
+        finally:
+            self._busy.release()
         if not kernels.all_finite(X):
             out[~np.isfinite(X).all(axis=1)] = np.nan
         return out
@@ -112,6 +121,7 @@ class Engine:
             if hasattr(new, name):
                 setattr(new, name, None)
         new._held = 0
+        new._busy = threading.Lock()
         return new
 
     # -- counts ----------------------------------------------------------------------------------

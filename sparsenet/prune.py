@@ -59,6 +59,8 @@ def n_to_prune(sparsity: float, size: int) -> int:
 
 
 def _prunable(params, prune_output: bool) -> list:
+    if not isinstance(prune_output, (bool, np.bool_)):      # "no" is truthy: it would prune the output layer
+        raise ValueError(f"prune_output must be True or False, got {prune_output!r}")
     last = len(params) - 1
     return [i for i in range(len(params)) if prune_output or i < last]
 
@@ -254,6 +256,9 @@ def _check_masks(params: Sequence[Layer], masks: Sequence[tuple]) -> None:
     shape, keep_b None or a bool array of the bias's shape (None keeps the whole bias)."""
     if len(masks) != len(params):
         raise ValueError(f"{len(masks)} masks for {len(params)} layers")
+    for i, mask in enumerate(masks):
+        if not isinstance(mask, (tuple, list)) or len(mask) != 2:
+            raise ValueError(f"layer {i}: expected a mask pair (keep_weight, keep_bias or None), got {type(mask).__name__}")
     for i, (layer, (keep_w, keep_b)) in enumerate(zip(params, masks)):
         _check_mask(i, "weight", keep_w, layer.weight)
         if keep_b is not None:

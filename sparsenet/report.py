@@ -54,6 +54,8 @@ def reproduce_command(config, folder) -> str:
     reproduces the configuration exactly; a setting missing from an older config.json is left out. The
     options are study_config.OPTIONS, which the CLI parses back (tests/test_cli.py)."""
     folder = Path(folder)
+    if folder.name in ("", ".."):            # `sparsenet report .`: the run id is the name of the folder it is
+        folder = folder.resolve()
     study = (config or {}).get("study") or {}
     args = ["sparsenet", "study"]
     source = ((config or {}).get("timing_only") or {}).get("from")

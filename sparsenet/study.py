@@ -205,7 +205,7 @@ def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stag
     from sparsenet.data import to_float
     from sparsenet.train import split_train_val
     path = part_path(folder, "accuracy")
-    if path.exists() and read_json(path).get("complete"):
+    if path.exists() and read_part(path).get("complete"):
         _say(progress, "accuracy: done before, skipped")
         return
     X, y = to_float(ds.train_images), ds.train_labels
@@ -234,7 +234,7 @@ def run_machine(cfg: StudyConfig, folder: Path, progress=True, stages: Stages = 
     path = part_path(folder, "machine")
     if path.exists():
         _say(progress, "machine: done before, skipped")
-        return read_json(path)
+        return read_part(path)
     threads = sorted(set(cfg.threads) | set(cfg.scaling_threads))
     info = machine_info(stages.peaks(threads=threads, quick=cfg.is_quick))
     save_part(folder, "machine", info)
@@ -297,7 +297,7 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
     state = {"records": [], "skipped": [], "compile_s": {}, "config": config, "complete": False,
              "loadavg": [], "machine": machine, "peaks": []}
     if path.exists():
-        old = read_json(path)
+        old = read_part(path)
         if old.get("config") == config:
             if old.get("complete"):
                 _say(progress, f"{part}: done before, skipped")
@@ -531,7 +531,7 @@ def run_activations(cfg: StudyConfig, folder: Path, ds, models, progress=True, s
     path = part_path(folder, "activations")
     if path.exists():
         _say(progress, "activations: done before, skipped")
-        return read_json(path)
+        return read_part(path)
     X = _test_inputs(ds, 10000)
     rows = []
     for seed, params in zip(cfg.seeds, models):
@@ -705,13 +705,23 @@ def recorded_config(recorded: dict, folder: Path, options: dict) -> StudyConfig:
                          f"to --timing-only)") from None
 
 
+def read_part(path) -> dict:
+    """A part file of a results folder (files.read_json): ValueError naming the file unless it holds a
+    JSON object (a file holding [] or a number would fail deep inside the stage reading it)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a results file of a `sparsenet study` (a JSON {type(data).__name__}, "
+                         "not an object); move it away to re-run that stage")
+    return data
+
+
 def recorded_machine(folder) -> Optional[dict]:
     """The fingerprint of the machine whose measurements `folder` holds (machine.json, else the timings
     or scaling file); None when none is recorded (no measurements, or made before fingerprints)."""
     for part, key in (("machine", "fingerprint"), ("timings", "machine"), ("scaling", "machine")):
         path = part_path(folder, part)
         if path.exists():
-            fp = read_json(path).get(key)
+            fp = read_part(path).get(key)
             if fp:
                 return fp
     return None

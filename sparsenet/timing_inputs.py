@@ -51,6 +51,8 @@ def save(folder, params, test_images, meta=None) -> None:
     images = np.ascontiguousarray(np.asarray(test_images)[:N_IMAGES])
     if images.dtype != np.uint8:
         raise ValueError(f"test images must be uint8, got {images.dtype}")
+    if images.ndim < 2 or not len(images):
+        raise ValueError(f"test images must hold at least one image (N, pixels...), got shape {images.shape}")
     checkpoint.save(folder / NET, params, meta)
     buf = io.BytesIO()
     np.save(buf, images.reshape(len(images), -1), allow_pickle=False)
@@ -88,6 +90,9 @@ def load(folder):
         recorded = read_json(sums)["files"]
     except (KeyError, TypeError):
         raise TimingInputsError(f"{sums}: not a checksums file (no 'files')") from None
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(n), dict) for n in (NET, IMAGES)):
+        raise TimingInputsError(f"{sums}: not a checksums file ('files' must hold a {{'sha256': ...}} entry for "
+                                f"{NET} and {IMAGES})")
     _checked_bytes(folder, NET, recorded)
     try:
         params, _meta = checkpoint.load(folder / NET)
@@ -99,9 +104,9 @@ def load(folder):
         raise
     except Exception as exc:
         raise TimingInputsError(f"{folder / IMAGES}: not a readable .npy ({type(exc).__name__}: {exc})") from None
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != params[0].weight.shape[1]:
-        raise TimingInputsError(f"{folder / IMAGES}: expected uint8 images of {params[0].weight.shape[1]} pixels, "
-                            f"got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != params[0].weight.shape[1] or not len(images):
+        raise TimingInputsError(f"{folder / IMAGES}: expected uint8 images (at least one) of "
+                                f"{params[0].weight.shape[1]} pixels, got {images.dtype} {images.shape}")
     return params, images
 
 

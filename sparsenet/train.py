@@ -139,7 +139,9 @@ KERNELS = {
 class _Trainer:
     """Parameters, gradients, optimiser state and activation buffers for one fit()."""
 
-    def __init__(self, params, cfg: TrainConfig, kernels: str = "numba"):
+    def __init__(self, params, cfg: TrainConfig, kernels: str = "numba", max_rows: Optional[int] = None):
+        """max_rows: the rows of the training set, when known: no batch holds more (the buffers are sized
+        for the largest batch; --batch-size 10**8 asked for 292 GiB of them on MNIST)."""
         self.cfg = cfg
         self.k = KERNELS[kernels]
         self.params = tuple(Layer(np.array(l.weight, np.float32, order="C"),
@@ -150,7 +152,7 @@ class _Trainer:
         self.state = [(np.zeros(a.size, np.float32), np.zeros(a.size, np.float32)) for a in self.arrays]
         self.keep = [_NO_MASK] * len(self.arrays)
         self.t = 0
-        B, sizes = cfg.batch_size, layer_sizes(self.params)
+        B, sizes = min(cfg.batch_size, max_rows or cfg.batch_size), layer_sizes(self.params)
         self.acts = [np.empty((B, n), np.float32) for n in sizes]       # acts[0] = input batch
         self.deltas = [np.empty((B, n), np.float32) for n in sizes]     # dL/d(pre-activation)
         # matmul results land here before the elementwise kernels write acts/deltas: kernels whose
@@ -254,7 +256,7 @@ def _fit(params, X_train, y_train, X_val, y_val, cfg, masks, mask_schedule, prog
     if y_train.shape != (n,) or n == 0 or (y_train.min() < 0 or y_train.max() >= n_classes):
         raise ValueError(f"need labels of shape ({n},) in [0, {n_classes}) and at least one row")
     has_val = X_val is not None and len(X_val) > 0
-    tr = _Trainer(params, cfg)
+    tr = _Trainer(params, cfg, max_rows=n)
     if masks is not None:
         tr.set_masks(masks)
     rng = np.random.default_rng([cfg.seed, 2])                         # data order

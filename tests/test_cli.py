@@ -1,4 +1,6 @@
 """The command line: argument parsing and clear errors (no traceback) on bad input."""
+import sys
+
 import pytest
 
 from sparsenet import cli
@@ -410,3 +412,54 @@ def test_timing_only_from_the_command_line(tiny, monkeypatch, capsys):
     assert cli.main(["study", "--timing-only", str(folder), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "sparsenet study: error: " in err and "net.npz fails its checksum" in err and len(err.splitlines()) == 1
+
+
+
+@pytest.mark.parametrize("where, given", [(".", "."), ("report", "..")])
+def test_timing_only_of_the_folder_we_are_in(tiny, monkeypatch, capsys, where, given):
+    """`sparsenet study --timing-only .` inside the run folder was refused: "run_id must be a plain folder
+    name, got ''" (the run id is the folder's name, and "." has none)."""
+    import dataclasses
+    import functools
+
+    from sparsenet import study
+    from sparsenet.files import read_json
+    cfg, calls, stages = tiny
+    cfg = dataclasses.replace(cfg, engines=("dense",), widths=(), run_id="acc")
+    folder = study.run_study(cfg, progress=False, stages=stages, accuracy_only=True)
+    monkeypatch.setattr(study, "run_timing_only", functools.partial(study.run_timing_only, stages=stages))
+    (folder / "report").mkdir(exist_ok=True)
+    monkeypatch.chdir(folder / where)
+    assert cli.main(["study", "--timing-only", given, "--batches", "1", "--quiet"]) == 0, capsys.readouterr().err
+    assert {r["batch"] for r in read_json(folder / "timings.json")["records"]} == {1}
+    assert read_json(folder / "config.json")["study"]["run_id"] == "acc"
+
+# --- SIGTERM: unwound as an interrupt -------------------------------------------------------------
+
+SIGTERM_SCRIPT = """
+import os, signal, sys, time
+from sparsenet import cli
+
+def cmd_report(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    finally:
+        print("cleaned up", flush=True)       # the run lock, the worker processes, their temporary files
+    return 0
+
+cli.cmd_report = cmd_report
+code = cli.main(["report", "somewhere"])
+print("handler restored", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+sys.exit(code)
+"""
+
+
+def test_sigterm_unwinds_the_command_as_an_interrupt():
+    """`kill`, `timeout` or a batch scheduler's SIGTERM ended the study at once: its worker processes then
+    waited forever for tasks, holding the data (and its copy in the temporary folder)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["cleaned up", "handler restored True"]
+    assert "interrupted; completed steps are saved" in proc.stderr and "Traceback" not in proc.stderr

@@ -167,3 +167,58 @@ def test_training_hands_on_the_nets_still_training_and_the_sweep_waits(tiny, poo
     assert models[2].done() and not isinstance(ready[2], cluster.Pending)
     direct = sweep.run_sweep(ready, X, y, X, y, Xt, yt, progress=False, runner=cluster.LocalRunner(threads=1), **kw)
     assert waited["complete"] and waited["curves"] == direct["curves"] and waited["dense"] == direct["dense"]
+
+
+# --- interrupted: the workers stop at once, and never outlive the study --------------------------
+
+def test_an_interrupt_stops_the_workers_without_waiting_for_their_tasks():
+    """Ctrl-C or SIGTERM (cli.Terminated) in the study: close() waited for the tasks in flight (minutes
+    of fine-tuning) whose results were dropped anyway."""
+    import time
+    r = cluster.ProcessRunner(workers=2)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with r:
+            r.submit(time.sleep, "slow", (60,))
+            r.submit(time.sleep, "slow too", (60,))
+            time.sleep(2.0)                    # both tasks running
+            raise KeyboardInterrupt
+    assert time.perf_counter() - started < 20
+
+
+ORPHAN_SCRIPT = """
+import os, signal, time
+from sparsenet import cluster
+
+r = cluster.ProcessRunner(workers=2)
+r.submit(time.sleep, "a", (0,)).result()
+print(" ".join(map(str, r._pool._processes)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_end_when_the_study_process_is_killed(tmp_path):
+    """A study killed outright (SIGKILL, the OOM killer) left its idle workers waiting for tasks forever."""
+    import os
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "TMPDIR": str(tmp_path)}          # the killed runner's temporary folder stays there
+    proc = subprocess.run([sys.executable, "-c", ORPHAN_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
+    pids = [int(p) for p in proc.stdout.split()]
+    assert proc.returncode == -9 and pids, proc.stderr
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 15
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:                              # without the fix: end them here, not at the machine's next boot
+        os.kill(pid, 9)
+    assert not left

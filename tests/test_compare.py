@@ -98,3 +98,12 @@ def test_cli_compare(two_machines, tmp_path, capsys):
     write_json(two_machines[1] / "config.json", c)
     assert main(["compare", str(two_machines[0]), str(two_machines[1]), "--out", str(out)]) == 2
     assert "not comparable" in capsys.readouterr().err
+
+
+def test_a_folder_given_twice_is_refused(two_machines, tmp_path, monkeypatch):
+    """The same folder twice (here `.` and its path) made a report "across 2 machines" of one."""
+    monkeypatch.chdir(two_machines[0])
+    with pytest.raises(compare.NotComparable, match=r"are the same results folder"):
+        compare.compare([".", two_machines[1], two_machines[0]], tmp_path / "out")
+    text = compare.compare([".", two_machines[1]], tmp_path / "out").read_text()
+    assert "| zen4 | AMD EPYC Zen 4 |" in text                # "." is named by the folder it is

@@ -551,6 +551,24 @@ def test_apply_masks_rejects_bias_mask_without_bias():
         apply_masks(params, masks)
 
 
+
+def test_apply_masks_rejects_a_mask_that_is_not_a_pair():
+    """A mask item that is not a (keep_weight, keep_bias) pair was a TypeError from an unpacking inside."""
+    params = small_net(bias=True)
+    masks = list(_good_masks(params))
+    for bad, what in ((1, "int"), (masks[2][0], "ndarray"), ((masks[2][0],), "tuple")):
+        wrong = tuple(masks[:2]) + (bad,) + tuple(masks[3:])
+        with pytest.raises(ValueError, match=rf"^layer 2: expected a mask pair \(keep_weight, keep_bias or None\), got {what}$"):
+            apply_masks(params, wrong)
+
+
+@pytest.mark.parametrize("fn, args", [(weight_prune, (0.5,)), (neuron_prune, (0.5,)), (nm_prune, (2, 4)), (block_prune, (0.5,))])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_prune_output_must_be_a_bool(fn, args, value):
+    """prune_output="no" is truthy: the output layer was pruned without a word."""
+    with pytest.raises(ValueError, match=r"prune_output must be True or False"):
+        fn(small_net(), *args, prune_output=value)
+
 # --- issue 10: _drop_smallest past numpy's small-array paths ---------------------------------
 
 def stable_reference(scores, n_prune):

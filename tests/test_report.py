@@ -83,6 +83,15 @@ def test_reproduce_command():
                    "--threads 1 --results-dir /tmp/results --run-id run1")
 
 
+@pytest.mark.parametrize("where, given", [("run1", "."), ("run1/report", "..")])
+def test_reproduce_command_of_the_folder_we_are_in(tmp_path, monkeypatch, where, given):
+    """`sparsenet report .` inside the run folder wrote `--results-dir . --run-id ''`, which the study refuses."""
+    (tmp_path / "run1" / "report").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / where)
+    cmd = reproduce_command({"study": {"seeds": [0]}}, given)
+    assert cmd == f"sparsenet study --seeds 0 --results-dir {tmp_path.resolve()} --run-id run1"
+
+
 def _rec(batch, layout=None, call_nbytes=None):
     r = {"engine": "csr", "method": "weight", "sparsity": 0.9, "batch": batch, "threads": 1, "median_s": 1e-4,
          "nbytes": 1_500_000, "flops": 2.0 * 240_000 * batch, "nnz": 240_000, "layer_sizes": [784, 10]}

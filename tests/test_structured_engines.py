@@ -410,3 +410,36 @@ def test_claimed_chunk_plans():
     assert NMEngine(p, threads=2, tile=128).plan(256).chunk == 64
     assert BSREngine(block_prune(p, 0.9, (8, 1)), threads=2).plan(4096).chunk == 32
     assert "claim" in " ".join(two.plan(256).reasons)
+
+
+@pytest.mark.parametrize("cls, pruned", [(BSREngine, lambda p: block_prune(p, 0.5)), (NMEngine, lambda p: nm_prune(p, 2, 4))])
+def test_a_call_from_another_thread_meanwhile_runs_on_a_copy(cls, pruned, monkeypatch):
+    """The kernels release the GIL, and two threads calling one engine at once shared its scratch
+    buffers: wrong logits (1 call in 600 at batch 2 on a 784-512-512-10 net). A call that finds the
+    engine busy runs on a copy (Engine.copy: scratch of its own)."""
+    import threading
+    params = pruned(net())
+    eng = cls(params, threads=1)
+    X = np.random.default_rng(0).random((7, SIZES[0]), dtype=np.float32)
+    inside, go_on, ran_on = threading.Event(), threading.Event(), []
+    real = cls._forward
+
+    def forward_(self, X):
+        ran_on.append(self)
+        if self is eng and not inside.is_set():       # the first call waits inside until the second is done
+            inside.set()
+            go_on.wait(10)
+        return real(self, X)
+
+    monkeypatch.setattr(cls, "_forward", forward_)
+    out = {}
+    first = threading.Thread(target=lambda: out.update(first=eng(X)))
+    first.start()
+    assert inside.wait(10)
+    out["second"] = eng(X)
+    go_on.set()
+    first.join(10)
+    assert ran_on[0] is eng and ran_on[1] is not eng
+    for key in ("first", "second"):
+        np.testing.assert_allclose(out[key], forward(params, X), rtol=1e-5, atol=1e-5)
+    assert eng(X).shape == (7, SIZES[-1]) and ran_on[-1] is eng      # free again: the engine itself

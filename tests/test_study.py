@@ -300,6 +300,16 @@ def test_a_second_study_on_the_same_folder_is_refused(tiny):
     assert calls["train"] == 0 and not (cfg.folder() / "config.json").exists()
 
 
+@pytest.mark.parametrize("part", ["machine", "accuracy", "activations", "timings"])
+def test_a_part_file_that_is_not_an_object_is_named(tiny, part):
+    """A results file holding [] (not a study's JSON object) is refused by name, not with a traceback."""
+    cfg, _, stages = tiny
+    folder = study.run_study(cfg, progress=False, stages=stages)
+    (folder / f"{part}.json").write_text("[]")
+    with pytest.raises(ValueError, match=rf"{part}\.json: not a results file of a `sparsenet study` \(a JSON list"):
+        study.run_study(cfg, progress=False, stages=stages)
+
+
 def test_the_lock_names_the_holder_and_is_released(tiny):
     import json
     import os

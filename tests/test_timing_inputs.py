@@ -53,3 +53,29 @@ def test_copy(saved, tmp_path):
 def test_images_must_be_uint8(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         timing_inputs.save(tmp_path, he_init(SIZES), np.zeros((4, 784), np.float32))
+
+
+@pytest.mark.parametrize("text", ['{"files": []}', '{"files": {"net.npz": "abc", "test-images.npy": "x"}}',
+                                  '{"files": {"net.npz": {"sha256": "0"}}}'])
+def test_a_malformed_checksums_file_is_named(saved, text):
+    """A 'files' that is not a mapping of entries was an AttributeError from inside load."""
+    folder, _ = saved
+    (folder / "checksums.json").write_text(text)
+    with pytest.raises(timing_inputs.TimingInputsError, match=r"checksums.json: not a checksums file"):
+        timing_inputs.load(folder)
+
+
+def test_no_images_is_named(saved, tmp_path):
+    """An empty (0, 784) image file passed the checks and failed in the timings stage, in numpy's words
+    ("cannot reshape array of size 0"); save failed so too."""
+    import hashlib
+    import json
+    with pytest.raises(ValueError, match=r"test images must hold at least one image"):
+        timing_inputs.save(tmp_path / "empty", he_init(SIZES), np.zeros((0, 784), np.uint8))
+    folder, _ = saved
+    np.save(folder / "test-images.npy", np.zeros((0, 784), np.uint8))
+    sums = json.loads((folder / "checksums.json").read_text())
+    sums["files"]["test-images.npy"]["sha256"] = hashlib.sha256((folder / "test-images.npy").read_bytes()).hexdigest()
+    (folder / "checksums.json").write_text(json.dumps(sums))
+    with pytest.raises(timing_inputs.TimingInputsError, match=r"test-images.npy: expected uint8 images \(at least one\)"):
+        timing_inputs.load(folder)

@@ -311,3 +311,14 @@ def test_cached_train_keys_by_the_data_not_its_name(tmp_path, monkeypatch):
     assert cached_train(official, cfg, tmp_path, progress=False)[1]["data_fingerprint"] == official.fingerprint
     with pytest.raises(AssertionError, match="cache"):             # same name, other data: no reuse
         cached_train(relabelled, cfg, tmp_path, progress=False)
+
+
+def test_a_batch_larger_than_the_data_is_the_whole_data():
+    """--batch-size above the training rows sized the buffers for the batch asked (10**8 rows on MNIST: a
+    MemoryError for 292 GiB); every step holds the whole data either way."""
+    X, y = _blobs(64)
+    params = he_init(SIZES, seed=0)
+    whole, _ = fit(params, X, y, None, None, TrainConfig(sizes=SIZES, epochs=2, batch_size=64), progress=False)
+    huge, _ = fit(params, X, y, None, None, TrainConfig(sizes=SIZES, epochs=2, batch_size=10**12), progress=False)
+    for a, b in zip(whole, huge):
+        np.testing.assert_array_equal(a.weight, b.weight)
