@@ -78,13 +78,24 @@ def l1d_bytes() -> Optional[int]:
     return _l1d_from(_SYS_CACHE)
 
 
+@functools.lru_cache(maxsize=1)
+def l2_bytes() -> Optional[int]:
+    """The host's level-2 cache per core in bytes (Linux sysfs), None when it does not say: whether
+    batch 1's SELL stays in it decides its packed form (plan.sell_packs)."""
+    return _cache_from(_SYS_CACHE, "2")
+
+
 def _l1d_from(root: Path) -> Optional[int]:
     """The L1d size in the sysfs cache folder `root` (index*/level, type, size like '48K')."""
+    return _cache_from(root, "1")
+
+
+def _cache_from(root: Path, level: str) -> Optional[int]:
+    """The size of the data (or unified) cache of `level` in the sysfs cache folder `root`."""
     try:
         for index in sorted(root.glob("index*")):
-            level = (index / "level").read_text().strip()
             kind = (index / "type").read_text().strip()
-            if level == "1" and kind in ("Data", "Unified"):
+            if (index / "level").read_text().strip() == level and kind in ("Data", "Unified"):
                 size = (index / "size").read_text().strip().upper()
                 scale = {"K": 1024, "M": 1024 ** 2}.get(size[-1:], 1)
                 value = int(size.rstrip("KM")) * scale

@@ -16,13 +16,14 @@ from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
-from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr,
+from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr, sell_packs,
                             wide_panel_width)
-from sparsenet.sell import LANES, flatten as sell_flatten
+from sparsenet.sell import LANES, flatten as sell_flatten, packed_nbytes
 
 SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
+PACKED = {SELL_AVX512: "sell16p-avx512", SELL_PORTABLE: "sell16p-portable"}     # the same on packed values
 SELL8_AVX2, SELL8_PORTABLE = "sell8-avx2", "sell8-portable"
-SELL_CHOICES = (None, True, False, "portable", "sell8", SELL8_PORTABLE)
+SELL_CHOICES = (None, True, False, "portable", "sell8", SELL8_PORTABLE, "packed", "padded")
 
 
 class CSREngine(Engine):
@@ -31,7 +32,8 @@ class CSREngine(Engine):
     sell: None (batch 1 on this CPU's SELL where it pays: SELL-16x32 with AVX-512F, SELL8 with AVX2,
     else the CSR SpMV), False (always the SpMV), True (SELL: the ISA kernel where the CPU has one,
     else the SELL-16 portable twin), "portable" (SELL-16's portable twin), "sell8" (SELL8's AVX2
-    kernel) or "sell8-portable" (SELL8's portable twin). skip_zeros: small batches run on a
+    kernel) or "sell8-portable" (SELL8's portable twin); SELL-16 holds packed values or padded slots
+    by plan.sell_packs, or as "packed" / "padded" say (SELL-16 on this CPU's kernel). skip_zeros: small batches run on a
     column-major (CSC) copy that skips the inputs that are zero in every row (activation
     sparsity). tuning: the plan's thresholds.
     """
@@ -90,7 +92,7 @@ class CSREngine(Engine):
                                  sizes[:-1])
             csc_nbytes = int(sum(c.nbytes for c in cols) + bias_nbytes)
         csr_arrays = sum(c.nbytes for c in self.csr)
-        nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes, "csc": csc_nbytes,
+        nbytes = {"csr": self.nbytes, "sell": self.sell_nbytes, "csc": csc_nbytes, **self._sell_forms,
                   "csr-panels": self.nbytes + _nbytes(self._paneled) - csr_arrays,
                   "csr-wide-panels": self.nbytes + _nbytes(self._wide) - csr_arrays}
         self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
@@ -118,6 +120,8 @@ class CSREngine(Engine):
             return SELL8_AVX2
         if choice == SELL8_PORTABLE:
             return SELL8_PORTABLE
+        if choice in ("packed", "padded"):
+            return SELL_AVX512 if sell_kernels.available() else SELL_PORTABLE
         if sell_kernels.available():                     # None or True: this CPU's best SELL
             return SELL_AVX512
         fits = max(l.weight.shape[1] for l in params) <= sell8.MAX_COLUMNS
@@ -128,7 +132,7 @@ class CSREngine(Engine):
     def _build_sell(self, params):
         """The SELL copy for batch 1, when the engine runs batch 1 on it (see the class docstring)."""
         self.sell_kernel, self.sell_nbytes, self.sell_padding, self._sell_slots = None, 0, None, None
-        self._sell_kinds = ()
+        self._sell_kinds, self._sell_forms = (), {}
         kernel = self._sell_layout(params)
         if kernel is None:
             return
@@ -139,17 +143,29 @@ class CSREngine(Engine):
             self.sell_padding = sum(s.n_units for s in layers) * sell8.SLOTS * sell8.LANES / max(self.nnz, 1)
             bias = self._sell[4]
         else:
-            self._sell, (n_x, width), layers = sell_flatten(params)
+            self._sell, (n_x, width), layers = sell_flatten(params, self._packs)
             self._sell_slots = tuple(s.n_slots for s in layers)
             self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
-            bias = self._sell[5]
-        self.sell_nbytes = int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
+            bias = self._sell[7]
+            self._sell_forms = {"sell-padded": int(sum(s.nbytes for s in layers) + bias.nbytes),
+                                "sell-packed": int(packed_nbytes(layers) + bias.nbytes)}
+            if self._sell[-1]:
+                kernel = PACKED[kernel]
+        self.sell_nbytes = self._sell_forms["sell-packed" if kernel in PACKED.values() else "sell-padded"] \
+            if self._sell_forms else int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
         if self._sell_choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
             self._sell = None
             return
         self._sell = tuple(aligned(a) if isinstance(a, np.ndarray) else a for a in self._sell)
         self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
         self.sell_kernel = kernel
+
+    def _packs(self, layers) -> bool:
+        """Whether SELL-16 holds packed values: the caller's choice, else plan.sell_packs."""
+        if self._sell_choice in ("packed", "padded"):
+            return self._sell_choice == "packed"
+        padded = sum(s.nbytes for s in layers)
+        return sell_packs(padded, packed_nbytes(layers), self.threads, self.tuning)
 
     @property
     def uses_sell(self) -> bool:
@@ -206,7 +222,7 @@ class CSREngine(Engine):
                                             avx2=self.sell_kernel == SELL8_AVX2,
                                             callbacks=self._callbacks.setdefault("sell8", {}))
                 return logits
-            forward = sell_kernels.sell_forward if self.sell_kernel == SELL_AVX512 \
+            forward = sell_kernels.sell_forward if self.sell_kernel in (SELL_AVX512, PACKED[SELL_AVX512]) \
                 else sell_kernels.sell_forward_portable
             slots = self.tuning.min_parallel_slots if self.threads > 1 else kernels.NEVER
             forward(*self._sell, X, *self._sell_bufs, slots, self.threads, logits)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from sparsenet import kernels
 from sparsenet.checks import is_integer, is_real
-from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
+from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes, l2_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
 CSR_TILE = 16    # columns of the narrowest csr register tile: batches and chunks are padded to a multiple
 PANEL_TILE = 32  # columns of the tile the csr-panels layout is sized for (simd.csr_rows32: batches below chunks of 64)
@@ -65,6 +65,9 @@ class Tuning:
     min_parallel_units: int = 4000
     # SELL is kept for batch 1 while its bytes fit this cache budget or are at most twice CSR's
     sell_cache_bytes: int = 8 * 2 ** 20
+    # SELL-16 stores packed values (sell.SELL.packed) where its padded form needs more bytes a thread
+    # than 7/8 of this (0: the core's L2, cpu.l2_bytes; sell_packs)
+    sell_l2_bytes: int = 0
     # the dense engines' one-call Numba forward (and its zero skipping) runs batches up to this size,
     # numpy's BLAS chain above it
     max_fused_batch: int = 4
@@ -282,12 +285,44 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
     return 0
 
 
+L2_FALLBACK = 2 ** 20          # when the host does not say: the L2 of Zen 4 and Skylake-X cores
+
+
+def sell_l2_budget(t: Tuning) -> int:
+    """Bytes a core's L2 holds for batch 1's SELL: Tuning.sell_l2_bytes, else the host's L2."""
+    return t.sell_l2_bytes or l2_bytes() or L2_FALLBACK
+
+
+def sell_packs(padded_nbytes: int, packed_nbytes: int, threads: int, t: Tuning) -> bool:
+    """Whether SELL-16 should hold packed values (sell.SELL.packed) rather than padded slots.
+
+    Beyond the core's L2, batch 1 streams the SELL from L3 and its time follows its bytes; within it
+    a slot's expand (vexpandps) and running offset cost more than its padding. So: packed where the
+    padded bytes a thread exceed 7/8 of the L2 (sell_l2_budget; the SELL shares it with the
+    activations and everything else, and a cyclic read of about its size already misses) and
+    packing saves bytes. Measured on the Xeon (AVX-512, L2 2 MB), whole forward at batch 1, He net,
+    padded / packed side by side, medians of 15 rounds: one thread k = 50 / 70 / 80 / 90 % (padded
+    7.9 / 5.4 / 4.0 / 2.4 MB) x1.20 / x1.30 / x1.43 / x1.17, k = 95 % (1.5 MB) x0.85; two threads
+    (half a layer's slots a thread) k = 50 / 70 / 80 % x1.18 / x1.31 / x1.46, 90 % (1.2 MB a thread)
+    x0.83; k = 25 % x1.06 (one thread), x0.98 (two)."""
+    return packed_nbytes < padded_nbytes and padded_nbytes / max(int(threads), 1) > sell_l2_budget(t) * 7 / 8
+
+
+def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:
+    """Why SELL-16 holds packed values or padded slots (sell_packs), from the bytes of both forms."""
+    padded, packed, mb = net.nbytes["sell-padded"], net.nbytes["sell-packed"], 2 ** 20
+    budget = sell_l2_budget(t)
+    return (f"{'packed' if sell.startswith('sell16p') else 'padded'} values: the padded SELL is {padded / mb:.1f} MB, "
+            f"{padded / max(threads, 1) / mb:.2f} MB a thread against 7/8 of an L2 of {budget / mb:.1f} MB (packed: "
+            f"{packed / mb:.1f} MB; plan.sell_packs)")
+
+
 def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[str],
              isa: Optional[str] = None, skip_zeros: bool = False, engine: str = "csr") -> Plan:
     """The csr engine's plan for one batch size. `sell`: the SELL kernel the engine holds for batch 1
-    ('sell16-avx512', 'sell16-portable', 'sell8-avx2', 'sell8-portable'), None when batch 1 runs on
-    the CSR SpMV. skip_zeros:
-    batches up to tuning.max_csc_batch run on the CSC copy, skipping zero inputs."""
+    ('sell16-avx512', 'sell16-portable', on packed values 'sell16p-avx512', 'sell16p-portable',
+    'sell8-avx2', 'sell8-portable'), None when batch 1 runs on the CSR SpMV. skip_zeros: batches up
+    to tuning.max_csc_batch run on the CSC copy, skipping zero inputs."""
     isa = isa or cpu().isa
     B = int(batch)
     common = dict(engine=engine, batch=B, threads=threads, isa=isa)
@@ -301,10 +336,13 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         least = t.min_parallel_units if eight else t.min_parallel_slots
         layers = tuple(LayerPlan(sell, threads > 1 and s >= least) for s in net.sell_slots)
         how = {"sell16-avx512": "SELL-16x32 (AVX-512F permutes)", "sell16-portable": "SELL-16x32 (portable twin)",
+               "sell16p-avx512": "SELL-16x32 with packed values (AVX-512F permutes, vexpandps)",
+               "sell16p-portable": "SELL-16x32 with packed values (portable twin)",
                "sell8-avx2": "SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
                "sell8-portable": "SELL8 (portable twin)"}[sell]
         why = (f"batch 1 on {how}",) + ((f"SELL8 windows per layer (columns; s: split units, a window a slot): "
                                          f"{', '.join(net.sell_kinds)}",) if eight and net.sell_kinds else ()) + (
+               (_packing_reason(net, threads, t, sell),) if not eight and "sell-padded" in net.nbytes else ()) + (
                f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}" if threads > 1
                else "one thread",)
         return Plan(layout="sell", split="none", layers=layers, reasons=why, nbytes=net.nbytes.get("sell", 0), **common)

@@ -18,6 +18,14 @@ docs/perf-notes.md):
   forward pass never permutes at run time;
 - a chunk's entries are sorted by slot count (then block), so the slot loop's trip count
   changes rarely and its exit branch is predicted.
+
+Packed values (`SELL.packed`): the padding lanes cost 4 bytes each (at k = 90 % a slot holds ~8
+non-zeros of its 16 lanes), and where the net's SELL bytes do not fit the core's L2 batch 1 streams
+them from L3 at ~25 GB/s. The packed form keeps the same slots, indices and entries but stores only
+the non-zeros, in slot order, with a 16-bit mask per slot (lane l set where it holds one): the AVX-512
+kernel loads 16 floats from the running offset and spreads them over the mask's lanes (vexpandps),
+the offset moving by the mask's popcount; `vptr[c]` is where chunk c's values start. 4 bytes a
+non-zero plus 18 a slot against 80 a slot (plan.sell_packs says when it pays).
 """
 from __future__ import annotations
 
@@ -101,6 +109,19 @@ class SELL:
         return cls(data, indices, block_of[entries].astype(np.int32), slot_ptr, chunk_ptr,
                    (int(M), int(N)), int(c.nnz))
 
+    def packed(self) -> tuple:
+        """(values, masks, vptr): the non-zero lanes' values in slot order followed by LANES zeros
+        (the kernel loads 16 floats from any offset), each slot's uint16 mask of the lanes that hold
+        one, and int64 vptr (n_chunks + 1,): the offset of chunk c's first value (module docstring).
+        A stored zero is padding here as in the padded form: it adds nothing either way."""
+        held = self.data != 0
+        masks = (held.astype(np.uint32) << np.arange(LANES, dtype=np.uint32)).sum(axis=1).astype(np.uint16)
+        values = np.concatenate([self.data[held], np.zeros(LANES, np.float32)]).astype(np.float32)
+        before = np.zeros(self.n_slots + 1, np.int64)
+        np.cumsum(held.sum(axis=1), out=before[1:])
+        vptr = before[np.asarray(self.slot_ptr, np.int64)[np.asarray(self.chunk_ptr, np.int64)]]
+        return values, masks, vptr
+
     def _coordinates(self) -> tuple:
         """(rows, cols) of every stored lane, each (n_slots, LANES), in the padded matrix."""
         entry = np.repeat(np.arange(self.n_entries), np.diff(self.slot_ptr))
@@ -180,15 +201,22 @@ def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
     return tuple(layers), tuple(perms)
 
 
-def flatten(params) -> tuple:
+def flatten(params, packed=False) -> tuple:
     """The arrays of sell_kernels.sell_forward for an MLP (net_layout: hidden rows sorted), the
-    sizes of its buffers, and the layers: ((data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks,
-    n_blocks, offsets), (floats of the input buffer, floats of each ping-pong buffer), layers).
+    sizes of its buffers, and the layers: ((data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+    bias, n_chunks, n_blocks, offsets, packed), (floats of the input buffer, floats of each
+    ping-pong buffer), layers).
 
-    Layers are concatenated; offsets[:, l] = where layer l starts in (slots of data/indices, block,
-    slot_ptr, chunk_ptr, bias); its slot_ptr/chunk_ptr count from 0 within the layer.
+    Layers are concatenated; offsets[:, l] = where layer l starts in (slots of indices, block,
+    slot_ptr, chunk_ptr and vptr, bias, data); its slot_ptr/chunk_ptr/vptr count from 0 within the
+    layer. `packed` (a bool, or a function of the SELL layers deciding it: the engine's rule):
+    data holds SELL.packed's values (LANES zeros at the end), masks one uint16 a slot, vptr
+    n_chunks + 1 offsets a layer; else data is the padded (n_slots * LANES,) values and masks,
+    vptr are empty.
     """
     layers, perms = net_layout([l.weight for l in params])
+    if callable(packed):
+        packed = packed(layers)
     biases = []
     for s, perm, layer in zip(layers, perms, params):
         b = np.zeros(s.n_chunks * LANES, np.float32)
@@ -197,14 +225,34 @@ def flatten(params) -> tuple:
         biases.append(b)
     n_chunks = np.array([s.n_chunks for s in layers], np.int64)
     n_blocks = np.array([s.n_blocks for s in layers], np.int64)
-    sizes = [[s.n_slots, s.n_entries, s.n_entries + 1, s.n_chunks + 1, LANES * s.n_chunks] for s in layers]
-    offsets = np.zeros((5, len(layers) + 1), np.int64)
+    if packed:
+        parts = [s.packed() for s in layers]
+        data = np.concatenate([v[:-LANES] for v, _, _ in parts] + [np.zeros(LANES, np.float32)])
+        masks = np.concatenate([m for _, m, _ in parts])
+        vptr = np.concatenate([p for _, _, p in parts])
+        n_data = [v.size - LANES for v, _, _ in parts]
+    else:
+        data = np.concatenate([s.data.ravel() for s in layers])
+        masks, vptr = np.zeros(0, np.uint16), np.zeros(0, np.int64)
+        n_data = [s.n_slots * LANES for s in layers]
+    sizes = [[s.n_slots, s.n_entries, s.n_entries + 1, s.n_chunks + 1, LANES * s.n_chunks, nd]
+             for s, nd in zip(layers, n_data)]
+    offsets = np.zeros((6, len(layers) + 1), np.int64)
     np.cumsum(np.array(sizes, np.int64).T, axis=1, out=offsets[:, 1:])
-    arrays = (np.concatenate([s.data.ravel() for s in layers]),
+    arrays = (data, masks, vptr,
               np.concatenate([s.indices.ravel() for s in layers]),
               np.concatenate([s.block for s in layers]),
               np.concatenate([s.slot_ptr.astype(np.int64) for s in layers]),
               np.concatenate([s.chunk_ptr for s in layers]),
-              np.concatenate(biases), n_chunks, n_blocks, offsets)
+              np.concatenate(biases), n_chunks, n_blocks, offsets, bool(packed))
     width = int(max(max(LANES * c, BLOCK * b) for c, b in zip(n_chunks, n_blocks)))
     return arrays, (max(int(BLOCK * n_blocks[0]), 1), max(width, 1)), layers
+
+
+def packed_nbytes(layers) -> int:
+    """Bytes of the packed form (SELL.packed plus indices, block, slot_ptr, chunk_ptr) of `layers`."""
+    total = 0
+    for s in layers:
+        held = int(np.count_nonzero(s.data))
+        total += 4 * held + 2 * s.n_slots + (s.n_chunks + 1) * 8 + s.nbytes - s.data.nbytes
+    return total

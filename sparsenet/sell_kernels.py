@@ -4,7 +4,9 @@ Per (16-row chunk, 32-column block) the AVX-512 kernel (`_chunk`) loads x[32 b :
 zmm registers, then every slot is: load 16 values, load 16 uint8 column indices (zero-extended), one
 vpermt2ps that picks each lane's x from the two registers, one FMA into one of two alternating
 accumulators (one is bound by the FMA latency). No scalar load per non-zero, so it is not load-port
-bound as the CSR SpMV is (kernels._row_dot). Numba has no SIMD types, so that chunk loop is LLVM IR
+bound as the CSR SpMV is (kernels._row_dot). On packed values (sell.SELL.packed; `packed` at run
+time) a slot loads 16 floats from a running offset and spreads them over its mask's lanes
+(vexpandps, register form), the offset moving by the mask's popcount. Numba has no SIMD types, so that chunk loop is LLVM IR
 (a Numba intrinsic); the loops over chunks and layers around it are plain Numba.
 
 `_chunk_portable` computes the same over the same layout in plain Numba (a gather per lane): it
@@ -36,98 +38,137 @@ def available() -> bool:
     return cpu().avx512f
 
 
-_CHUNK_ARGS = (("data", types.float32, 1), ("indices", types.uint8, 1), ("block", types.Integer, 1),
-               ("slot_ptr", types.Integer, 1), ("chunk_ptr", types.Integer, 1), ("x", types.float32, 1),
-               ("bias", types.float32, 1), ("out", types.float32, 1))
+_CHUNK_ARGS = (("data", types.float32, 1), ("masks", types.uint16, 1), ("vptr", types.int64, 1),
+               ("indices", types.uint8, 1), ("block", types.Integer, 1), ("slot_ptr", types.Integer, 1),
+               ("chunk_ptr", types.Integer, 1), ("x", types.float32, 1), ("bias", types.float32, 1),
+               ("out", types.float32, 1))
 
 
 @intrinsic
-def _chunk(typingctx, data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu):
-    """out[16 c : 16 c + 16] = (relu)(bias[16 c:][:16] + SELL chunk c @ x); raw 1-d arrays."""
+def _chunk(typingctx, data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed):
+    """out[16 c : 16 c + 16] = (relu)(bias[16 c:][:16] + SELL chunk c @ x); raw 1-d arrays. `packed`
+    (run time): data holds the packed values (sell.SELL.packed), masks and vptr say where; else data
+    is the padded slots and masks, vptr are not read."""
     if not available():
         raise TypingError("sell_kernels._chunk needs a CPU with AVX-512F (vpermt2ps) as Numba's target; "
                           "use sell_forward_portable on this one")
-    require_arrays("sell_kernels._chunk", _CHUNK_ARGS, (data, indices, block, slot_ptr, chunk_ptr, x, bias, out))
-    sig = types.void(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+    arrays = (data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out)
+    require_arrays("sell_kernels._chunk", _CHUNK_ARGS, arrays)
+    sig = types.void(*arrays, c, relu, packed)
 
     def codegen(context, builder, sig, args):
         g = IR(context, builder, sig, args)
-        p_data, p_idx, p_block, p_slot, p_chunk, p_x, p_bias, p_out = g.ptr[:8]
+        p_data, p_mask, p_vptr, p_idx, p_block, p_slot, p_chunk, p_x, p_bias, p_out = g.ptr[:10]
         vi = ir.VectorType(ir.IntType(32), LANES)
         vb = ir.VectorType(ir.IntType(8), LANES)
+        vm = ir.VectorType(ir.IntType(1), LANES)
+        module = builder.module
         permute = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(VF, [VF, vi, VF]), "llvm.x86.avx512.vpermi2var.ps.512")
+            module, ir.FunctionType(VF, [VF, vi, VF]), "llvm.x86.avx512.vpermi2var.ps.512")
+        expand = cgutils.get_or_insert_function(module, ir.FunctionType(VF, [VF, VF, vm]), "llvm.x86.avx512.mask.expand.v16f32")
+        popcount = cgutils.get_or_insert_function(module, ir.FunctionType(ir.IntType(16), [ir.IntType(16)]), "llvm.ctpop.i16")
         accs = g.zeroed(_ACCUMULATORS)
+        chunk = g.i64(args[10])
         table = [None, None]
+        at = cgutils.alloca_once_value(builder, g.const(0))       # packed: the next slot's first value
 
-        def slot(s, u):
-            off = builder.mul(s, g.const(LANES))
-            lanes = builder.zext(g.vload(p_idx, off, vb), vi)
-            picked = builder.call(permute, [table[0], lanes, table[1]])
-            builder.store(g.fma(g.vload(p_data, off), picked, builder.load(accs[u])), accs[u])
+        def picked(s):
+            lanes = builder.zext(g.vload(p_idx, builder.mul(s, g.const(LANES)), vb), vi)
+            return builder.call(permute, [table[0], lanes, table[1]])
 
-        chunk = g.i64(args[8])
-        e0, e1 = g.at(p_chunk, chunk), g.at(p_chunk, builder.add(chunk, g.const(1)))
-        with cgutils.for_range_slice(builder, e0, e1, g.const(1), inc=True) as (e, _):
-            xo = builder.mul(g.at(p_block, e), g.const(BLOCK))
-            table[0] = g.vload(p_x, xo)
-            table[1] = g.vload(p_x, builder.add(xo, g.const(LANES)))
-            g.pairs(g.at(p_slot, e), g.at(p_slot, builder.add(e, g.const(1))), slot, _ACCUMULATORS)
+        def padded_slot(s, u):
+            w = g.vload(p_data, builder.mul(s, g.const(LANES)))
+            builder.store(g.fma(w, picked(s), builder.load(accs[u])), accs[u])
+
+        def packed_slot(s, u):
+            # 16 floats from the running offset, spread over the mask's lanes (zero elsewhere); the
+            # load goes through an empty asm so that LLVM keeps vexpandps's register form (one
+            # shuffle, also where the memory form is slow) and the plain load
+            m = builder.load(builder.gep(p_mask, [s]))
+            o = builder.load(at)
+            raw = builder.asm(ir.FunctionType(VF, [VF]), "", "=v,0", [g.vload(p_data, o)], False, name="values")
+            w = builder.call(expand, [raw, ir.Constant(VF, None), builder.bitcast(m, vm)])
+            builder.store(builder.add(o, builder.zext(builder.call(popcount, [m]), o.type)), at)
+            builder.store(g.fma(w, picked(s), builder.load(accs[u])), accs[u])
+
+        def entries(slot):
+            e0, e1 = g.at(p_chunk, chunk), g.at(p_chunk, builder.add(chunk, g.const(1)))
+            with cgutils.for_range_slice(builder, e0, e1, g.const(1), inc=True) as (e, _):
+                xo = builder.mul(g.at(p_block, e), g.const(BLOCK))
+                table[0] = g.vload(p_x, xo)
+                table[1] = g.vload(p_x, builder.add(xo, g.const(LANES)))
+                g.pairs(g.at(p_slot, e), g.at(p_slot, builder.add(e, g.const(1))), slot, _ACCUMULATORS)
+
+        with builder.if_else(args[12]) as (then, other):
+            with then:
+                builder.store(g.at(p_vptr, chunk), at)
+                entries(packed_slot)
+            with other:
+                entries(padded_slot)
         row0 = builder.mul(chunk, g.const(LANES))
         total = builder.fadd(g.sum(accs), g.vload(p_bias, row0))
-        g.vstore(g.relu_if(args[9], total), p_out, row0)
+        g.vstore(g.relu_if(args[11], total), p_out, row0)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(inline="always", **_OPTS)
-def _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu):
+def _chunk_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed):
     """_chunk in plain Numba: the same sums over the same layout, one gathered x per lane."""
     acc = np.zeros(LANES, np.float32)
+    at = vptr[c] if packed else 0
     for e in range(chunk_ptr[c], chunk_ptr[c + 1]):
         xb = x[block[e] * BLOCK:block[e] * BLOCK + BLOCK]
         for s in range(slot_ptr[e], slot_ptr[e + 1]):
-            d = data[s * LANES:(s + 1) * LANES]
             idx = indices[s * LANES:(s + 1) * LANES]
-            for lane in range(LANES):
-                acc[lane] += d[lane] * xb[idx[lane]]
+            if packed:
+                m = np.int64(masks[s])
+                for lane in range(LANES):
+                    if (m >> lane) & 1:
+                        acc[lane] += data[at] * xb[idx[lane]]
+                        at += 1
+            else:
+                d = data[s * LANES:(s + 1) * LANES]
+                for lane in range(LANES):
+                    acc[lane] += d[lane] * xb[idx[lane]]
     for lane in range(LANES):
         v = acc[lane] + bias[c * LANES + lane]
         out[c * LANES + lane] = np.float32(0.0) if relu and v < 0 else v
 
 
 @njit(**_OPTS)
-def sell_matvec_bias_relu_serial(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu):
-    """out[:16 n_chunks] = (relu)(W @ x + bias) for one SELL layer; x holds >= 32 n_blocks floats."""
+def sell_matvec_bias_relu_serial(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, packed):
+    """out[:16 n_chunks] = (relu)(W @ x + bias) for one SELL layer, padded or packed (sell.flatten);
+    x holds >= 32 n_blocks floats."""
     for c in range(chunk_ptr.shape[0] - 1):
-        _chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+        _chunk(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed)
 
 
 @njit(parallel=True, **_OPTS)
-def sell_matvec_bias_relu(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, n_parts):
+def sell_matvec_bias_relu(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, packed, n_parts):
     """sell_matvec_bias_relu_serial with chunks dealt round-robin to n_parts threads (rows are sorted
     by density, so contiguous halves would give one thread the dense half)."""
     n_chunks = chunk_ptr.shape[0] - 1
     for t in prange(n_parts):
         for c in range(t, n_chunks, n_parts):
-            _chunk(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+            _chunk(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed)
 
 
 @njit(**_OPTS)
-def sell_matvec_portable_serial(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu):
+def sell_matvec_portable_serial(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, packed):
     """sell_matvec_bias_relu_serial on the portable twin."""
     for c in range(chunk_ptr.shape[0] - 1):
-        _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+        _chunk_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed)
 
 
 @njit(parallel=True, **_OPTS)
-def sell_matvec_portable(data, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, n_parts):
+def sell_matvec_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, x, out, relu, packed, n_parts):
     """sell_matvec_bias_relu on the portable twin."""
     n_chunks = chunk_ptr.shape[0] - 1
     for t in prange(n_parts):
         for c in range(t, n_chunks, n_parts):
-            _chunk_portable(data, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu)
+            _chunk_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, x, bias, out, c, relu, packed)
 
 
 @njit(inline="always", **_OPTS)
@@ -143,54 +184,57 @@ def _load_x(X, xbuf, n_blocks):
 
 
 @njit(inline="always", **_OPTS)
-def _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer):
-    """Layer `layer`'s arrays of the concatenated net: (data, indices, block, slot_ptr, chunk_ptr,
-    bias, n_slots)."""
+def _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer, packed):
+    """Layer `layer`'s arrays of the concatenated net: (data, masks, vptr, indices, block, slot_ptr,
+    chunk_ptr, bias, n_slots); masks and vptr empty unless packed."""
     s0, s1 = offsets[0, layer], offsets[0, layer + 1]
-    return (data[s0 * LANES:s1 * LANES], indices[s0 * LANES:s1 * LANES],
+    c0, c1 = offsets[3, layer], offsets[3, layer + 1]
+    return (data[offsets[5, layer]:offsets[5, layer + 1]], masks[s0:s1] if packed else masks,
+            vptr[c0:c1] if packed else vptr, indices[s0 * LANES:s1 * LANES],
             block[offsets[1, layer]:offsets[1, layer + 1]], slot_ptr[offsets[2, layer]:offsets[2, layer + 1]],
-            chunk_ptr[offsets[3, layer]:offsets[3, layer + 1]], bias[offsets[4, layer]:offsets[4, layer + 1]],
-            s1 - s0)
+            chunk_ptr[c0:c1], bias[offsets[4, layer]:offsets[4, layer + 1]], s1 - s0)
 
 
 @njit(**_OPTS)
-def sell_forward(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
+def sell_forward(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets, packed,
                  X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
     (1, n_out), written in place (the caller allocates it: cheaper than slicing a buffer after).
 
-    The arrays are sell.flatten's (layers concatenated, offsets[:, l] where layer l starts). xbuf
-    (>= 32 n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold >= 16 n_chunks and
-    >= 32 n_blocks of every layer. A layer with at least min_parallel_slots slots runs on
-    n_threads threads.
+    The arrays are sell.flatten's (layers concatenated, offsets[:, l] where layer l starts; packed
+    or padded values). xbuf (>= 32 n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold
+    >= 16 n_chunks and >= 32 n_blocks of every layer. A layer with at least min_parallel_slots
+    slots runs on n_threads threads.
     """
     h = _load_x(X, xbuf, n_blocks)
     out = buf0
     n_layers = n_chunks.shape[0]
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, c, blk, sp, cp, b, n_slots = _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer)
+        d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+                                                          bias, offsets, layer, packed)
         if n_slots >= min_parallel_slots and n_threads > 1:
-            sell_matvec_bias_relu(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1, n_threads)
+            sell_matvec_bias_relu(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
         else:
-            sell_matvec_bias_relu_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
+            sell_matvec_bias_relu_serial(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed)
         h = out
     _store_logits(out, logits)
 
 
 @njit(**_OPTS)
-def sell_forward_portable(data, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
-                          X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
+def sell_forward_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
+                          packed, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
     """sell_forward on the portable twin (same arguments): runs on any CPU."""
     h = _load_x(X, xbuf, n_blocks)
     out = buf0
     n_layers = n_chunks.shape[0]
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, c, blk, sp, cp, b, n_slots = _sell_layer(data, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer)
+        d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+                                                          bias, offsets, layer, packed)
         if n_slots >= min_parallel_slots and n_threads > 1:
-            sell_matvec_portable(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1, n_threads)
+            sell_matvec_portable(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
         else:
-            sell_matvec_portable_serial(d, c, blk, sp, cp, b, h, out, layer < n_layers - 1)
+            sell_matvec_portable_serial(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed)
         h = out
     _store_logits(out, logits)

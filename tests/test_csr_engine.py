@@ -62,7 +62,7 @@ def test_default_batch_one_layout_follows_the_cpu(monkeypatch):
                                          r"use sell='sell8-portable' or leave sell unset$"):
         make_engine("csr", params, sell="sell8")
     with pytest.raises(ValueError, match="sell must be one of None, True, False, 'portable', 'sell8', "
-                                         "'sell8-portable', got 'fast'"):
+                                         "'sell8-portable', 'packed', 'padded', got 'fast'"):
         make_engine("csr", params, sell="fast")
 
 
@@ -103,9 +103,13 @@ def test_batch_one_sell_call_gets_the_planned_threshold(sell, threads, monkeypat
 def test_sell_copy_counts_are_exact(choice):
     params = _net(0.9)
     eng = make_engine("csr", params, threads=1, sell=choice)
-    if choice == "portable":                               # SELL-16: slots of 16 rows, bias at [5]
+    if choice == "portable":                               # SELL-16: slots of 16 rows, bias at [7]
         arrays, _, layers = sell.flatten(params)
-        units, per, bias = [s.n_slots for s in layers], sell.LANES, arrays[5]
+        units, per, bias = [s.n_slots for s in layers], sell.LANES, arrays[7]
+        if eng.sell_kernel == "sell16p-portable":          # packed values (plan.sell_packs): their bytes
+            assert eng.sell_nbytes == sell.packed_nbytes(layers) + bias.nbytes == eng.plan(1).nbytes
+            eng = make_engine("csr", params, threads=1, sell="padded")
+            assert eng.sell_kernel in ("sell16-portable", "sell16-avx512")
     else:                                                  # SELL8: units of 2 slots x 8 rows, bias at [4]
         arrays, _, layers = sell8.flatten(params)
         units, per, bias = [s.n_units for s in layers], sell8.SLOTS * sell8.LANES, arrays[4]
@@ -187,6 +191,6 @@ def test_aligned_copy(shape, dtype):
 def test_sell_arrays_start_on_a_cache_line(sell):
     """Every SELL array starts on a 64-byte boundary: no vector load of a slot splits over two lines."""
     eng = make_engine("csr", _net(0.9), threads=1, sell=sell)
-    arrays = [a for a in eng._sell if isinstance(a, np.ndarray)]
+    arrays = [a for a in eng._sell if isinstance(a, np.ndarray) and a.size]     # (padded SELL-16: no masks)
     assert len(arrays) >= 7 and all(a.ctypes.data % 64 == 0 for a in arrays)
     assert all(b.ctypes.data % 64 == 0 for b in eng._sell_bufs)

@@ -394,18 +394,20 @@ needs_sell = pytest.mark.skipif(not sell_kernels.available(), reason="SELL needs
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", SPARSITIES)
-@pytest.mark.parametrize("sell", [False, True, "portable"])
+@pytest.mark.parametrize("sell", [False, True, "portable", "packed", "padded"])
 def test_batch_one_paths_match_reference(base_params, k, sell, threads):
     threads_or_skip(threads)
     params = prune(base_params, "weight", k)
-    eng = make_engine("csr", params, threads=threads, sell=sell,
-                      tuning=Tuning(min_parallel_slots=0, min_parallel_units=0))   # every layer on every thread
+    eng = make_engine("csr", params, threads=threads, sell=sell,      # every layer on every thread; SELL-16 padded
+                      tuning=Tuning(min_parallel_slots=0, min_parallel_units=0, sell_l2_bytes=2 ** 40))
     assert eng.uses_sell is bool(sell) and eng.layout(1) == ("sell" if sell else "csr")
     if sell:
         from sparsenet import sell8_kernels
         best = ("sell16-avx512" if sell_kernels.available() else "sell8-avx2" if sell8_kernels.available()
                 else "sell16-portable")
-        want = best if sell is True else "sell16-portable"
+        sixteen = "sell16-avx512" if sell_kernels.available() else "sell16-portable"
+        want = {True: best, "portable": "sell16-portable", "packed": sixteen.replace("sell16", "sell16p"),
+                "padded": sixteen}[sell]
         assert eng.sell_kernel == want and {l.kernel for l in eng.plan(1).layers} == {want}
         assert all(l.parallel == (threads > 1) for l in eng.plan(1).layers)
     X = np.random.default_rng(3).random((5, params[0].weight.shape[1]), dtype=np.float32)
@@ -414,9 +416,10 @@ def test_batch_one_paths_match_reference(base_params, k, sell, threads):
 
 
 @pytest.mark.parametrize("k", [0.0, 0.9, 0.99])
-def test_sell_default_sizes(k):
+@pytest.mark.parametrize("sell", [True, "packed"])
+def test_sell_default_sizes(k, sell):
     params = _random_bias(default_net("weight", k))
-    eng = make_engine("csr", params, threads=1, sell=True)
+    eng = make_engine("csr", params, threads=1, sell=sell)
     assert eng.uses_sell and eng.sell_padding >= 1.0
     X = np.random.default_rng(4).random((1, DEFAULT_SIZES[0]), dtype=np.float32)
     assert_matches(eng(X), forward(params, X))
@@ -472,7 +475,8 @@ def test_sell_dropped_when_it_does_not_pay(monkeypatch):
 
 
 # -- the engine contract: results owned by the caller, non-finite rows, consistent params -----------
-_SELL_OPTIONS = [None, False] + ([True] if sell_kernels.available() else [])
+# "packed" / "padded": SELL-16's two forms (sell.SELL.packed) on this CPU's kernel
+_SELL_OPTIONS = [None, False, "packed", "padded"] + ([True] if sell_kernels.available() else [])
 
 
 def _engines_every_path(params):
@@ -896,10 +900,10 @@ def test_sell_call_arguments(small, threads, sell, monkeypatch):
     calls, other = (avx, portable) if sell is True else (portable, avx)
     assert len(calls) == 1 and other == []
     assert eng.plan(1).layers[0].kernel == ("sell16-avx512" if sell is True else "sell16-portable")
-    args = calls[0]
-    assert args[13] == (7 if threads > 1 else csr_engine.kernels.NEVER) and args[14] == threads
-    assert args[9] is X and args[15].shape == (1, SMALL[-1]) and args[15].dtype == np.float32
-    assert all(b.ctypes.data % 64 == 0 for b in args[10:13])
+    args = calls[0]                      # (the SELL arrays ... offsets, packed), X, 3 buffers, least, threads, logits
+    assert args[16] == (7 if threads > 1 else csr_engine.kernels.NEVER) and args[17] == threads
+    assert args[12] is X and args[18].shape == (1, SMALL[-1]) and args[18].dtype == np.float32
+    assert all(b.ctypes.data % 64 == 0 for b in args[13:16]) and args[11] is False     # small: padded slots
 
 
 def test_warmup_calls_with_a_zero_float32_batch(small, monkeypatch):

@@ -64,10 +64,34 @@ def test_the_plan_follows_the_target(nets):
     expected = os.environ.get("SPARSENET_EXPECT_ISA")
     if expected:
         assert plan.cpu().isa == expected
-    eng = make_engine("csr", nets[0.9], threads=1)
+    eng = make_engine("csr", nets[0.9], threads=1, tuning=Tuning(sell_l2_bytes=2 ** 40))    # SELL-16 padded
     want = {"avx512": "sell16-avx512", "avx2": "sell8-avx2"}.get(plan.cpu().isa, "spmv")
     assert eng.uses_sell == (want != "spmv")
     assert {l.kernel for l in eng.plan(1).layers} == {want}
+    if want == "sell16-avx512":                            # beyond a 1 MB L2: packed values
+        packed = make_engine("csr", nets[0.9], threads=1, tuning=Tuning(sell_l2_bytes=2 ** 20))
+        assert {l.kernel for l in packed.plan(1).layers} == {"sell16p-avx512"}
+
+
+def test_sell_packs_beyond_the_l2_a_thread():
+    """Packed SELL-16 values where the padded form's bytes a thread exceed the L2 and packing saves
+    bytes; the plan says which and why."""
+    t = Tuning(sell_l2_bytes=2 * 2 ** 20)                              # 7/8 of it: 1.75 MB
+    assert plan.sell_packs(3 * 2 ** 20, 2 * 2 ** 20, 1, t)
+    assert plan.sell_packs(4 * 2 ** 20, 2 * 2 ** 20, 2, t)               # 2 MB a thread
+    assert not plan.sell_packs(3 * 2 ** 20, 2 * 2 ** 20, 2, t)          # 1.5 MB a thread: stays in the L2
+    assert not plan.sell_packs(int(3.5 * 2 ** 20), 2 * 2 ** 20, 2, t)   # 1.75 MB: at the bound, not above
+    assert not plan.sell_packs(3 * 2 ** 20, 3 * 2 ** 20, 1, t)          # nothing saved
+    assert plan.sell_l2_budget(Tuning()) == (plan.l2_bytes() or plan.L2_FALLBACK)
+    net = he_init(DEFAULT_SIZES, seed=0)
+    for l2, kernel in ((2 ** 40, "sell16-portable"), (2 ** 10, "sell16p-portable")):
+        eng = make_engine("csr", weight_prune(net, 0.9), threads=1, sell="portable", tuning=Tuning(sell_l2_bytes=l2))
+        p = eng.plan(1)
+        assert {l.kernel for l in p.layers} == {kernel} and p.nbytes == eng.sell_nbytes
+        padded, packed = eng.net.nbytes["sell-padded"], eng.net.nbytes["sell-packed"]
+        assert packed < padded and eng.sell_nbytes == (packed if "sell16p" in kernel else padded)
+        assert f"{'packed' if 'sell16p' in kernel else 'padded'} values: the padded SELL is {padded / 2 ** 20:.1f} MB" \
+            in p.describe()
 
 
 def test_batch_one_plans(nets):
@@ -76,7 +100,7 @@ def test_batch_one_plans(nets):
     assert (p.layout, p.split, p.chunk) == ("csr", "none", 0)
     assert [l.kernel for l in p.layers] == ["spmv"] * 5 and not any(l.parallel for l in p.layers)
     assert p.nbytes == eng.nbytes and "CSR SpMV" in p.describe()
-    sell = make_engine("csr", nets[0.9], threads=1, sell="portable")
+    sell = make_engine("csr", nets[0.9], threads=1, sell="portable", tuning=Tuning(sell_l2_bytes=2 ** 40))
     assert sell.plan(1).layout == "sell" and sell.plan(1).nbytes == sell.sell_nbytes
     assert {l.kernel for l in sell.plan(1).layers} == {"sell16-portable"}
 
@@ -203,13 +227,14 @@ def test_panel_width_boundaries():
 
 
 def test_l1d_is_read_from_sysfs(tmp_path):
-    from sparsenet.cpu import _l1d_from
+    from sparsenet.cpu import _cache_from, _l1d_from
     for i, (level, kind, size) in enumerate((("1", "Instruction", "32K"), ("1", "Data", "48K"), ("2", "Unified", "2048K"))):
         d = tmp_path / f"index{i}"
         d.mkdir()
         for name, value in (("level", level), ("type", kind), ("size", size)):
             (d / name).write_text(value + "\n")
     assert _l1d_from(tmp_path) == 48 * 1024
+    assert _cache_from(tmp_path, "2") == 2 * 2 ** 20 and _cache_from(tmp_path, "3") is None      # the L2 (sell_packs)
     (tmp_path / "index1" / "size").write_text("junk\n")
     assert _l1d_from(tmp_path) is None                     # unreadable: unknown, never a guess
     assert _l1d_from(tmp_path / "missing") is None
