@@ -190,7 +190,7 @@ def save_timing_inputs(cfg: StudyConfig, folder: Path, ds, params, progress=True
     the saved net is the one timed; rewritten only when missing or failing its checks."""
     from sparsenet import timing_inputs
     try:
-        timing_inputs.load(folder)
+        timing_inputs.load(folder, _net_meta(cfg.seeds[0], ds.fingerprint))
         _say(progress, "save: done before, skipped")
         return
     except timing_inputs.TimingInputsError as exc:
@@ -198,6 +198,17 @@ def save_timing_inputs(cfg: StudyConfig, folder: Path, ds, params, progress=True
             _say(progress, f"save: the saved net fails its checks ({exc}); saving it again")
     timing_inputs.save(folder, params, ds.test_images,
                        meta={"seed": cfg.seeds[0], "dataset": ds.name, "data_fingerprint": ds.fingerprint})
+
+
+def _net_meta(seed, fingerprint) -> dict:
+    """What the saved net's metadata must say to be the run's (timing_inputs.load's `expect`)."""
+    return {"seed": seed, "data_fingerprint": fingerprint}
+
+
+def _recorded_net_meta(recorded: dict) -> dict:
+    """_net_meta of a run's config.json (what it does not record is not checked)."""
+    seeds = (recorded.get("study") or {}).get("seeds") or [None]
+    return _net_meta(seeds[0], (recorded.get("data") or {}).get("fingerprint") or None)
 
 
 def run_accuracy(cfg: StudyConfig, folder: Path, ds, models, progress=True, stages: Stages = Stages()) -> None:
@@ -837,7 +848,7 @@ def run_timing_only(folder, options: Optional[dict] = None, progress: bool = Tru
     check_timing_options(options)
     source = Path(folder)
     recorded = read_run_config(source)
-    params, images = timing_inputs.load(source)          # every check before anything is written
+    params, images = timing_inputs.load(source, _recorded_net_meta(recorded))   # every check before anything is written
     recorded_config(recorded, source, options)
     fp = fingerprint()
     target = timing_folder(source, fp)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -78,9 +79,11 @@ def _checked_bytes(folder: Path, name: str, recorded: dict) -> bytes:
     return payload
 
 
-def load(folder):
+def load(folder, expect: Optional[dict] = None):
     """(params, test_images uint8) from `folder`, each file checked against checksums.json first;
-    TimingInputsError (one line, naming the file) when a file is missing or fails its checksum."""
+    TimingInputsError (one line, naming the file) when a file is missing or fails its checksum, or when
+    the net's metadata differs from `expect` (e.g. {"seed": 0, "data_fingerprint": ...}: the run's
+    config; a net and checksums copied from another run match each other, not the run)."""
     folder = Path(folder)
     sums = folder / CHECKSUMS
     if not sums.is_file():
@@ -95,9 +98,13 @@ def load(folder):
                                 f"{NET} and {IMAGES})")
     _checked_bytes(folder, NET, recorded)
     try:
-        params, _meta = checkpoint.load(folder / NET)
+        params, meta = checkpoint.load(folder / NET)
     except checkpoint.CheckpointError as exc:
         raise TimingInputsError(str(exc)) from None
+    differ = {k: (meta.get(k), v) for k, v in (expect or {}).items() if v is not None and meta.get(k) != v}
+    if differ:
+        raise TimingInputsError(f"{folder / NET} is not this run's net: " + ", ".join(
+            f"its {k} is {got!r}, the run's {want!r}" for k, (got, want) in differ.items()))
     try:
         images = np.load(io.BytesIO(_checked_bytes(folder, IMAGES, recorded)), allow_pickle=False)
     except TimingInputsError:

@@ -618,6 +618,13 @@ def test_timing_only_refuses_what_it_cannot_time(accuracy_only, tmp_path):
     checkpoint.save(folder / "net.npz", he_init(SIZES, seed=1))                  # another net, a valid file
     with pytest.raises(ValueError, match=r"net.npz fails its checksum in checksums.json"):
         study.run_timing_only(folder, stages=stages)
+    from sparsenet import timing_inputs                  # ... and with checksums to match (copied from another run)
+    import numpy as np
+    fingerprint = read_json(folder / "config.json")["data"]["fingerprint"]
+    timing_inputs.save(folder, he_init(SIZES, seed=1), np.load(folder / "test-images.npy"),
+                       meta={"seed": 7, "data_fingerprint": fingerprint})
+    with pytest.raises(ValueError, match=r"net.npz is not this run's net: its seed is 7, the run's 0"):
+        study.run_timing_only(folder, stages=stages)
     (folder / "net.npz").unlink()
     with pytest.raises(ValueError, match=r"net.npz is missing"):
         study.run_timing_only(folder, stages=stages)

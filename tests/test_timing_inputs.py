@@ -79,3 +79,13 @@ def test_no_images_is_named(saved, tmp_path):
     (folder / "checksums.json").write_text(json.dumps(sums))
     with pytest.raises(timing_inputs.TimingInputsError, match=r"test-images.npy: expected uint8 images \(at least one\)"):
         timing_inputs.load(folder)
+
+
+def test_a_net_of_another_run_is_refused(saved):
+    """A net and checksums copied from another run match each other: the run's seed and data decide."""
+    folder, _ = saved
+    assert timing_inputs.load(folder, {"seed": 3, "data_fingerprint": None})[0]      # None: not recorded, not checked
+    with pytest.raises(timing_inputs.TimingInputsError, match=r"net.npz is not this run's net: its seed is 3, the run's 0"):
+        timing_inputs.load(folder, {"seed": 0})
+    with pytest.raises(timing_inputs.TimingInputsError, match=r"its data_fingerprint is None, the run's 'abc'"):
+        timing_inputs.load(folder, {"data_fingerprint": "abc"})
