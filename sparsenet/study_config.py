@@ -16,6 +16,7 @@ from sparsenet.checks import is_integer, is_real, is_sequence
 from sparsenet.hashing import short_hash
 
 # fields that say where things go, not what is measured: left out of the run id and config checks
+MAX_RUN_ID = 190      # 255 bytes of a file name, less "@" and a machine tag (machine.machine_tag: <= 64)
 PLACE_FIELDS = ("data_dir", "results_dir", "run_id", "cache_dir", "scheduler", "workers")
 # the settings of the timing stages alone: what `--timing-only` may set for the machine it runs on
 TIMING_FIELDS = ("engines", "batches", "threads", "widths", "scaling_threads", "scaling_sparsities", "rounds",
@@ -133,6 +134,9 @@ class StudyConfig:
             raise ValueError("give --scheduler (an existing cluster) or --workers (a local one), not both")
         if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id in (".", "..")):
             raise ValueError(f"run_id must be a plain folder name, got {self.run_id!r}")
+        if self.run_id is not None and len(self.run_id.encode()) > MAX_RUN_ID:
+            raise ValueError(f"run_id must be at most {MAX_RUN_ID} bytes (another machine's timings go to "
+                             f"<run id>@<machine tag>, which must fit a file name), got {len(self.run_id.encode())}")
 
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":

@@ -28,6 +28,7 @@ SIZES = (784, 48, 32, 10)
     (dict(rounds=0), "rounds"),
     (dict(train_subset=10), "train_subset"),
     (dict(run_id="a/b"), "run_id"),
+    (dict(run_id="r" * 191), r"run_id must be at most 190 bytes .* got 191"),
     (dict(batches="1,2"), "sequence"),
     (dict(methods=("weight", "channel")), r"unknown methods \['channel'\]"),
     (dict(methods=("nm", "neuron")), r"unknown gradual_methods \['weight'\]; expected some of nm, neuron"),
