@@ -224,15 +224,17 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps({"net": about, "cpu": {"name": target.name, "machine": target.machine, "isa": target.isa,
                                                 "avx512f": target.avx512f, "avx2": target.avx2, "fma": target.fma,
-                                                "l1d_bytes": plan.l1d_bytes(), "panel_bytes": plan.panel_bytes()},
+                                                "l1d_bytes": plan.l1d_bytes(), "panel_bytes": plan.panel_bytes(),
+                                                "l2_bytes": plan.l2_bytes()},
                           "plans": [p.to_dict() for p in plans]}, indent=2))
         return 0
     print(f"net: {about['source']}, layers {'-'.join(map(str, about['layer_sizes']))}, {about['method']}-pruned "
           f"to k={100 * about['sparsity']:g}% ({about['nnz']} of {about['n_weights']} weights kept)")
-    l1d = plan.l1d_bytes()
+    l1d, l2 = plan.l1d_bytes(), plan.l2_bytes()
     print(f"CPU: Numba target {target.name} ({target.machine}), kernels for {target.isa}"
           f" (avx512f={target.avx512f}, avx2={target.avx2}, fma={target.fma}); L1d "
-          f"{f'{l1d // 1024} KB' if l1d else 'unknown'}: column panels of {plan.panel_bytes() // 1024} KB")
+          f"{f'{l1d // 1024} KB' if l1d else 'unknown'}: column panels of {plan.panel_bytes() // 1024} KB; L2 "
+          f"{f'{l2 // 1024} KB' if l2 else 'unknown'}")
     for p in plans:
         print()
         print(p.describe())

@@ -311,6 +311,7 @@ def test_plan_prints_the_plan_and_why(small_checkpoint, capsys):
     out = capsys.readouterr().out
     assert "layers 784-64-32-10, weight-pruned to k=90%" in out and f"kernels for {cpu().isa}" in out
     assert f"column panels of {plan.panel_bytes() // 1024} KB" in out
+    assert "; L2 " + (f"{plan.l2_bytes() // 1024} KB" if plan.l2_bytes() else "unknown") in out
     assert "csr at batch 1, 1 thread(s)" in out and "csr at batch 256, 1 thread(s)" in out
     assert out.count("  why: ") >= 2 and "  layer 2: " in out
 
@@ -326,6 +327,7 @@ def test_plan_json_is_the_engines_plans(small_checkpoint, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got["net"]["method"] == "neuron" and got["net"]["layer_sizes"] == [784, 64, 32, 10]
     assert got["cpu"]["panel_bytes"] >= 4096 and got["cpu"]["l1d_bytes"] in (None, plan.l1d_bytes())
+    assert got["cpu"]["l2_bytes"] == plan.l2_bytes()
     net = pruned(checkpoint.load(small_checkpoint)[0], "neuron", 0.5)
     assert got["plans"] == [json.loads(json.dumps(make_engine("shrunk", net, threads=1).plan(16).to_dict()))]
 
