@@ -106,7 +106,7 @@ def machine_info(peaks=None) -> dict:
     import threadpoolctl
     import numba
 
-    from sparsenet.plan import cpu, l1d_bytes
+    from sparsenet.plan import cpu, l1d_bytes, l2_bytes
     target = cpu()
     info = {
         "cpu": cpu_model(),
@@ -121,6 +121,7 @@ def machine_info(peaks=None) -> dict:
         "isa": target.isa,                   # ISA level of the kernels the plans choose (plan.CPU.isa)
         "numba_cpu": target.name,            # the CPU Numba compiles for (NUMBA_CPU_NAME, else the host)
         "l1d_bytes": l1d_bytes(),            # the host's L1d per core (None: unknown): sizes the column panels
+        "l2_bytes": l2_bytes(),              # the host's L2 per core (None: unknown): SELL-16 packed beyond it
         "fingerprint": fingerprint(),        # which machine timed (its tag names timing-only folders)
     }
     if peaks is not None:

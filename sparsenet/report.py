@@ -320,6 +320,8 @@ def _machine_md(machine, timings, config, miss) -> str:
              if machine.get("isa") else "–"],
             ["L1 data cache (sizes the column panels)", f"{machine['l1d_bytes'] // 1024} KB"
              if machine.get("l1d_bytes") else "–"],
+            ["L2 cache (batch 1's SELL-16 packed beyond it)", f"{machine['l2_bytes'] // 1024} KB"
+             if machine.get("l2_bytes") else "–"],
             ["thread counts timed", ", ".join(map(str, thread_counts(timings))) or "–"],
             ["measured sgemm peak (machine stage, best of a few)",
              ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in sg.items()) or "–"],

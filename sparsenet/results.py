@@ -13,6 +13,7 @@ machine.json   {"cpu": str, "n_cores": int, "platform": str, "python": str,
                 "isa": "avx512"|"avx2"|"neon"|"generic",  # kernels the plans choose (plan.CPU.isa)
                 "numba_cpu": str,                          # the CPU Numba compiles for
                 "l1d_bytes": int|None,                     # the host's L1d (sizes the column panels)
+                "l2_bytes": int|None,                      # the host's L2 (SELL-16 packed beyond it)
                 "fingerprint": {"hostname": str, "cpu": str, "isa": str, "n_cores": int,
                                 "tag": str}}               # which machine timed (machine.fingerprint)
 accuracy.json  {"dataset": str, "sparsities": [k...], "seeds": [int...],

@@ -150,7 +150,8 @@ def make_results(folder, missing=(), batches=BATCHES) -> Path:
                                   "prefix": "libscipy_openblas", "filepath": "/synthetic/libopenblas.so"}],
                         "env": {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None},
                         "peaks": {"sgemm_gflops": {"1": 52.0, "2": 98.0}, "bandwidth_gbs": 14.0},
-                        "isa": "avx512", "numba_cpu": "znver4", "l1d_bytes": 32768}
+                        "isa": "avx512", "numba_cpu": "znver4", "l1d_bytes": 32768,
+                        "l2_bytes": 1048576}
     base = [0.982 + 0.001 * s for s in range(len(SEEDS))]
     curves = []
     for method, drop_at, steep in (("weight", 0.85, 4.0), ("neuron", 0.5, 3.0)):

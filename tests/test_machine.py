@@ -19,6 +19,8 @@ def test_machine_info_keys():
     from sparsenet.plan import cpu
     assert info["isa"] == cpu().isa in ("avx512", "avx2", "neon", "generic")
     assert info["numba_cpu"] == cpu().name
+    from sparsenet.cpu import l1d_bytes, l2_bytes
+    assert (info["l1d_bytes"], info["l2_bytes"]) == (l1d_bytes(), l2_bytes())   # what the plans' rules read
     json.dumps(info)                                   # JSON-ready as is
 
 

@@ -45,6 +45,7 @@ def test_report_from_fixture(results_folder, tmp_path):
     assert "| flop/byte |" in text and "| kernel |" in text and "csr; batch split 32 cols x 2 threads; tiles x5" in text
     assert "kernel ISA (sparsenet plans) | avx512 (Numba target znver4)" in text
     assert "L1 data cache (sizes the column panels) | 32 KB" in text
+    assert "L2 cache (batch 1's SELL-16 packed beyond it) | 1024 KB" in text
 
 
 def test_report_default_location(tmp_path, fast_figures):
