@@ -154,13 +154,6 @@ def study_config(args):
     return StudyConfig.quick(**overrides) if args.quick else StudyConfig(**overrides)
 
 
-def _run_folder(text: str) -> str:
-    """A results folder as given, or resolved when it names no folder itself ("." or "..", e.g. `sparsenet
-    study --timing-only .` inside it): its name is the run id, and a sibling's is made from it."""
-    from pathlib import Path
-    return str(Path(text).resolve()) if Path(text).name in ("", "..") else text
-
-
 def cmd_study(args) -> int:
     from sparsenet import study
 
@@ -168,7 +161,8 @@ def cmd_study(args) -> int:
         if args.quick:
             raise ValueError("--quick cannot be given with --timing-only (the folder's config.json says "
                              "whether its study is quick)")
-        study.run_timing_only(_run_folder(args.timing_only), study_options(args), progress=not args.quiet)
+        from sparsenet.files import named_folder     # `--timing-only .`: the sibling's name is made from the run id
+        study.run_timing_only(str(named_folder(args.timing_only)), study_options(args), progress=not args.quiet)
         return 0
     study.run_study(study_config(args), progress=not args.quiet, accuracy_only=args.accuracy_only)
     return 0

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from sparsenet.analysis import (
     batch_sizes, break_even, default_threads, pct, records_of, speedups, verdict,
 )
-from sparsenet.files import atomic_write_bytes, write_json
+from sparsenet.files import atomic_write_bytes, named_folder, write_json
 from sparsenet.plots import _save
 from sparsenet.results import load_results
 
@@ -146,7 +146,7 @@ def compare(folders: Sequence, out_dir, threads=None) -> Path:
     runs = []
     for folder in folders:
         folder = Path(folder)
-        runs.append((folder.name or folder.resolve().name, load_results(folder)))
+        runs.append((named_folder(folder).name, load_results(folder)))
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
         runs = [(str(Path(f)), r) for f, (_, r) in zip(folders, runs)]

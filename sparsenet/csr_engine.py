@@ -18,7 +18,7 @@ from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
 from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr, sell_packs,
                             wide_panel_width)
-from sparsenet.sell import LANES, flatten as sell_flatten, packed_nbytes
+from sparsenet.sell import LANES, flatten as sell_flatten, form_nbytes, net_layout
 
 SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
 PACKED = {SELL_AVX512: "sell16p-avx512", SELL_PORTABLE: "sell16p-portable"}     # the same on packed values
@@ -142,17 +142,16 @@ class CSREngine(Engine):
             self._sell_kinds = tuple(s.kind for s in layers)
             self.sell_padding = sum(s.n_units for s in layers) * sell8.SLOTS * sell8.LANES / max(self.nnz, 1)
             bias = self._sell[4]
+            self.sell_nbytes = int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
         else:
-            self._sell, (n_x, width), layers = sell_flatten(params, self._packs)
+            layout = net_layout([l.weight for l in params])
+            self._sell_forms = form_nbytes(layout[0])
+            packed = self._packs()
+            self._sell, (n_x, width), layers = sell_flatten(params, packed, layout)
             self._sell_slots = tuple(s.n_slots for s in layers)
             self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
-            bias = self._sell[7]
-            self._sell_forms = {"sell-padded": int(sum(s.nbytes for s in layers) + bias.nbytes),
-                                "sell-packed": int(packed_nbytes(layers) + bias.nbytes)}
-            if self._sell[-1]:
-                kernel = PACKED[kernel]
-        self.sell_nbytes = self._sell_forms["sell-packed" if kernel in PACKED.values() else "sell-padded"] \
-            if self._sell_forms else int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
+            kernel = PACKED[kernel] if packed else kernel
+            self.sell_nbytes = self._sell_forms["sell-packed" if packed else "sell-padded"]
         if self._sell_choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
             self._sell = None
             return
@@ -160,12 +159,12 @@ class CSREngine(Engine):
         self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
         self.sell_kernel = kernel
 
-    def _packs(self, layers) -> bool:
-        """Whether SELL-16 holds packed values: the caller's choice, else plan.sell_packs."""
+    def _packs(self) -> bool:
+        """Whether SELL-16 holds packed values: the caller's choice, else plan.sell_packs on the bytes
+        of both forms (self._sell_forms)."""
         if self._sell_choice in ("packed", "padded"):
             return self._sell_choice == "packed"
-        padded = sum(s.nbytes for s in layers)
-        return sell_packs(padded, packed_nbytes(layers), self.threads, self.tuning)
+        return sell_packs(self._sell_forms["sell-padded"], self._sell_forms["sell-packed"], self.threads, self.tuning)
 
     @property
     def uses_sell(self) -> bool:

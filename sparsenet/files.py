@@ -84,6 +84,13 @@ def write_json(path, obj: Any) -> Path:
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
+def named_folder(path) -> Path:
+    """`path`, resolved when it names no folder itself ("." or "..", e.g. `sparsenet report .` inside a
+    run folder): a run folder's name is its run id."""
+    path = Path(path)
+    return path.resolve() if path.name in ("", "..") else path
+
+
 def read_json(path) -> Any:
     """Read a JSON file; a clear error names the file when it is not valid JSON."""
     path = Path(path)

@@ -286,6 +286,7 @@ def chunk_width(t: Tuning, net: NetShape, B: int, threads: int) -> int:
 
 
 L2_FALLBACK = 2 ** 20          # when the host does not say: the L2 of Zen 4 and Skylake-X cores
+SELL_L2_SHARE = 7 / 8          # of the L2, what batch 1's padded SELL may take a thread (sell_packs)
 
 
 def sell_l2_budget(t: Tuning) -> int:
@@ -305,7 +306,7 @@ def sell_packs(padded_nbytes: int, packed_nbytes: int, threads: int, t: Tuning) 
     7.9 / 5.4 / 4.0 / 2.4 MB) x1.20 / x1.30 / x1.43 / x1.17, k = 95 % (1.5 MB) x0.85; two threads
     (half a layer's slots a thread) k = 50 / 70 / 80 % x1.18 / x1.31 / x1.46, 90 % (1.2 MB a thread)
     x0.83; k = 25 % x1.06 (one thread), x0.98 (two)."""
-    return packed_nbytes < padded_nbytes and padded_nbytes / max(int(threads), 1) > sell_l2_budget(t) * 7 / 8
+    return packed_nbytes < padded_nbytes and padded_nbytes / max(int(threads), 1) > sell_l2_budget(t) * SELL_L2_SHARE
 
 
 def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:
@@ -313,7 +314,7 @@ def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:
     padded, packed, mb = net.nbytes["sell-padded"], net.nbytes["sell-packed"], 2 ** 20
     budget = sell_l2_budget(t)
     return (f"{'packed' if sell.startswith('sell16p') else 'padded'} values: the padded SELL is {padded / mb:.1f} MB, "
-            f"{padded / max(threads, 1) / mb:.2f} MB a thread against 7/8 of an L2 of {budget / mb:.1f} MB (packed: "
+            f"{padded / max(threads, 1) / mb:.2f} MB a thread against {SELL_L2_SHARE:g} of an L2 of {budget / mb:.1f} MB (packed: "
             f"{packed / mb:.1f} MB; plan.sell_packs)")
 
 

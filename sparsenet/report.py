@@ -20,7 +20,7 @@ from sparsenet.analysis import (
     kernels_used, pareto_front, pct, records_of, run_peak, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
 )
-from sparsenet.files import atomic_write_bytes, make_dirs, write_json
+from sparsenet.files import atomic_write_bytes, make_dirs, named_folder, write_json
 from sparsenet.names import engine_rank
 from sparsenet.results import load_results, missing_parts
 from sparsenet.study_config import OPTIONS, TIMING_FIELDS
@@ -53,9 +53,7 @@ def reproduce_command(config, folder) -> str:
     Every recorded setting is given explicitly (not left to defaults, which may change), so the command
     reproduces the configuration exactly; a setting missing from an older config.json is left out. The
     options are study_config.OPTIONS, which the CLI parses back (tests/test_cli.py)."""
-    folder = Path(folder)
-    if folder.name in ("", ".."):            # `sparsenet report .`: the run id is the name of the folder it is
-        folder = folder.resolve()
+    folder = named_folder(folder)            # `sparsenet report .`: the run id is the name of the folder it is
     study = (config or {}).get("study") or {}
     args = ["sparsenet", "study"]
     source = ((config or {}).get("timing_only") or {}).get("from")

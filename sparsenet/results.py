@@ -90,6 +90,16 @@ def save_part(folder, part: str, obj) -> Path:
     return write_json(part_path(folder, part), obj)
 
 
+def read_part(path) -> dict:
+    """A part file of a results folder (files.read_json): ValueError naming the file unless it holds a
+    JSON object (a file holding [] or a number would fail deep inside the stage or report reading it)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a results file of a `sparsenet study` (a JSON {type(data).__name__}, "
+                         "not an object); move it away to re-run that stage")
+    return data
+
+
 def load_results(folder) -> dict:
     """Every part present in `folder` as {part: obj}; missing parts are simply absent.
 
@@ -105,7 +115,7 @@ def load_results(folder) -> dict:
     for part in PARTS:
         path = part_path(folder, part)
         if path.exists():
-            out[part] = read_json(path)
+            out[part] = read_part(path)
     return out
 
 

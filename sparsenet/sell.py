@@ -201,7 +201,7 @@ def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
     return tuple(layers), tuple(perms)
 
 
-def flatten(params, packed=False) -> tuple:
+def flatten(params, packed: bool = False, layout: Optional[tuple] = None) -> tuple:
     """The arrays of sell_kernels.sell_forward for an MLP (net_layout: hidden rows sorted), the
     sizes of its buffers, and the layers: ((data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
     bias, n_chunks, n_blocks, offsets, packed), (floats of the input buffer, floats of each
@@ -209,14 +209,12 @@ def flatten(params, packed=False) -> tuple:
 
     Layers are concatenated; offsets[:, l] = where layer l starts in (slots of indices, block,
     slot_ptr, chunk_ptr and vptr, bias, data); its slot_ptr/chunk_ptr/vptr count from 0 within the
-    layer. `packed` (a bool, or a function of the SELL layers deciding it: the engine's rule):
-    data holds SELL.packed's values (LANES zeros at the end), masks one uint16 a slot, vptr
-    n_chunks + 1 offsets a layer; else data is the padded (n_slots * LANES,) values and masks,
-    vptr are empty.
+    layer. `packed`: data holds SELL.packed's values (LANES zeros at the end), masks one uint16 a
+    slot, vptr n_chunks + 1 offsets a layer; else data is the padded (n_slots * LANES,) values and
+    masks, vptr are empty. `layout`: net_layout's (layers, perms) of these params when the caller
+    has it already (the engine decides `packed` from the layers).
     """
-    layers, perms = net_layout([l.weight for l in params])
-    if callable(packed):
-        packed = packed(layers)
+    layers, perms = layout or net_layout([l.weight for l in params])
     biases = []
     for s, perm, layer in zip(layers, perms, params):
         b = np.zeros(s.n_chunks * LANES, np.float32)
@@ -249,10 +247,12 @@ def flatten(params, packed=False) -> tuple:
     return arrays, (max(int(BLOCK * n_blocks[0]), 1), max(width, 1)), layers
 
 
-def packed_nbytes(layers) -> int:
-    """Bytes of the packed form (SELL.packed plus indices, block, slot_ptr, chunk_ptr) of `layers`."""
-    total = 0
+def form_nbytes(layers) -> dict:
+    """Bytes flatten's arrays of `layers` take in each form, biases included: {"sell-padded": ...,
+    "sell-packed": ...} (packed: SELL.packed's values, masks and vptr instead of the padded data)."""
+    padded = packed = 0
     for s in layers:
-        held = int(np.count_nonzero(s.data))
-        total += 4 * held + 2 * s.n_slots + (s.n_chunks + 1) * 8 + s.nbytes - s.data.nbytes
-    return total
+        bias = 4 * LANES * s.n_chunks
+        padded += s.nbytes + bias
+        packed += 4 * int(np.count_nonzero(s.data)) + 2 * s.n_slots + 8 * (s.n_chunks + 1) + s.nbytes - s.data.nbytes + bias
+    return {"sell-padded": int(padded), "sell-packed": int(packed)}

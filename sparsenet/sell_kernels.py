@@ -184,13 +184,12 @@ def _load_x(X, xbuf, n_blocks):
 
 
 @njit(inline="always", **_OPTS)
-def _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer, packed):
+def _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, offsets, layer):
     """Layer `layer`'s arrays of the concatenated net: (data, masks, vptr, indices, block, slot_ptr,
-    chunk_ptr, bias, n_slots); masks and vptr empty unless packed."""
+    chunk_ptr, bias, n_slots); masks and vptr are empty (and so their slices) unless packed."""
     s0, s1 = offsets[0, layer], offsets[0, layer + 1]
     c0, c1 = offsets[3, layer], offsets[3, layer + 1]
-    return (data[offsets[5, layer]:offsets[5, layer + 1]], masks[s0:s1] if packed else masks,
-            vptr[c0:c1] if packed else vptr, indices[s0 * LANES:s1 * LANES],
+    return (data[offsets[5, layer]:offsets[5, layer + 1]], masks[s0:s1], vptr[c0:c1], indices[s0 * LANES:s1 * LANES],
             block[offsets[1, layer]:offsets[1, layer + 1]], slot_ptr[offsets[2, layer]:offsets[2, layer + 1]],
             chunk_ptr[c0:c1], bias[offsets[4, layer]:offsets[4, layer + 1]], s1 - s0)
 
@@ -212,7 +211,7 @@ def sell_forward(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
         d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                          bias, offsets, layer, packed)
+                                                          bias, offsets, layer)
         if n_slots >= min_parallel_slots and n_threads > 1:
             sell_matvec_bias_relu(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
         else:
@@ -231,7 +230,7 @@ def sell_forward_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
         d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                          bias, offsets, layer, packed)
+                                                          bias, offsets, layer)
         if n_slots >= min_parallel_slots and n_threads > 1:
             sell_matvec_portable(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
         else:

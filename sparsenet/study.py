@@ -36,7 +36,7 @@ from sparsenet.files import check_folder_writable, make_dirs, read_json
 from sparsenet.grid import MLPGrid, ScalingGrid, pruned, record_key
 from sparsenet.model import layer_sizes
 from sparsenet.progress import bar, say
-from sparsenet.results import part_path, save_part
+from sparsenet.results import part_path, read_part, save_part
 from sparsenet.runlock import FolderBusy, run_lock  # noqa: F401  (FolderBusy: what a busy folder raises)
 from sparsenet.study_config import (  # noqa: F401  (re-exported: the study's configuration)
     OPTIONS, PLACE_FIELDS, TIMING_FIELDS, StudyConfig, available_threads, finetune_config, gmp_config,
@@ -197,7 +197,7 @@ def save_timing_inputs(cfg: StudyConfig, folder: Path, ds, params, progress=True
         if timing_inputs.saved(folder):
             _say(progress, f"save: the saved net fails its checks ({exc}); saving it again")
     timing_inputs.save(folder, params, ds.test_images,
-                       meta={"seed": cfg.seeds[0], "dataset": ds.name, "data_fingerprint": ds.fingerprint})
+                       meta={**_net_meta(cfg.seeds[0], ds.fingerprint), "dataset": ds.name})
 
 
 def _net_meta(seed, fingerprint) -> dict:
@@ -714,16 +714,6 @@ def recorded_config(recorded: dict, folder: Path, options: dict) -> StudyConfig:
     except ValueError as exc:
         raise ValueError(f"{exc} (settings: those recorded in config.json, with the timing options given "
                          f"to --timing-only)") from None
-
-
-def read_part(path) -> dict:
-    """A part file of a results folder (files.read_json): ValueError naming the file unless it holds a
-    JSON object (a file holding [] or a number would fail deep inside the stage reading it)."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a results file of a `sparsenet study` (a JSON {type(data).__name__}, "
-                         "not an object); move it away to re-run that stage")
-    return data
 
 
 def recorded_machine(folder) -> Optional[dict]:

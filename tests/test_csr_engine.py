@@ -107,7 +107,7 @@ def test_sell_copy_counts_are_exact(choice):
         arrays, _, layers = sell.flatten(params)
         units, per, bias = [s.n_slots for s in layers], sell.LANES, arrays[7]
         if eng.sell_kernel == "sell16p-portable":          # packed values (plan.sell_packs): their bytes
-            assert eng.sell_nbytes == sell.packed_nbytes(layers) + bias.nbytes == eng.plan(1).nbytes
+            assert eng.sell_nbytes == sell.form_nbytes(layers)["sell-packed"] == eng.plan(1).nbytes
             eng = make_engine("csr", params, threads=1, sell="padded")
             assert eng.sell_kernel in ("sell16-portable", "sell16-avx512")
     else:                                                  # SELL8: units of 2 slots x 8 rows, bias at [4]

@@ -68,3 +68,10 @@ def test_check_writable_names_the_path(tmp_path):
     with pytest.raises(NotADirectoryError, match="Not a directory") as exc:
         check_folder_writable(tmp_path / "afile")
     assert exc.value.filename == str(tmp_path / "afile")
+
+
+def test_a_part_that_is_not_an_object_is_named(tmp_path):
+    """load_results (the report, compare) and the study read parts alike: [] is refused by name."""
+    results.save_part(tmp_path, "accuracy", [])
+    with pytest.raises(ValueError, match=r"accuracy\.json: not a results file of a `sparsenet study` \(a JSON list"):
+        results.load_results(tmp_path)

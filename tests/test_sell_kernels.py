@@ -77,10 +77,11 @@ def test_packed_values_hold_the_non_zeros_in_slot_order(density):
 
 
 def test_packed_form_is_smaller_where_slots_are_padded():
-    from sparsenet.sell import packed_nbytes
+    from sparsenet.sell import form_nbytes
     for density, smaller in ((0.1, True), (1.0, False)):      # a full slot costs its mask on top
         s = SELL.from_csr(CSR.from_dense(sparse_matrix(64, 256, density, seed=1)))
-        assert (packed_nbytes([s]) < s.nbytes) == smaller
+        forms = form_nbytes([s])
+        assert (forms["sell-packed"] < forms["sell-padded"]) == smaller
 
 
 def sell_flatten(net, packed=False):
