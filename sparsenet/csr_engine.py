@@ -16,8 +16,9 @@ from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
-from sparsenet.plan import (NetShape, Plan, Tuning, chunk_width, padded_batch, panel_width, plan_csr, sell_packs,
-                            wide_panel_width)
+from sparsenet.bitmap import n_groups as bitmap_groups
+from sparsenet.plan import (NetShape, Plan, Tuning, bitmap_layers, chunk_width, padded_batch, panel_width, plan_csr,
+                            sell_packs, wide_panel_width)
 from sparsenet.sell import LANES, flatten as sell_flatten, form_nbytes, net_layout
 
 SELL_AVX512, SELL_PORTABLE = "sell16-avx512", "sell16-portable"
@@ -33,7 +34,9 @@ class CSREngine(Engine):
     else the CSR SpMV), False (always the SpMV), True (SELL: the ISA kernel where the CPU has one,
     else the SELL-16 portable twin), "portable" (SELL-16's portable twin), "sell8" (SELL8's AVX2
     kernel) or "sell8-portable" (SELL8's portable twin); SELL-16 holds packed values or padded slots
-    by plan.sell_packs, or as "packed" / "padded" say (SELL-16 on this CPU's kernel). skip_zeros: small batches run on a
+    by plan.sell_packs, or as "packed" / "padded" say (SELL-16 on this CPU's kernel). bitmap: which
+    layers of SELL-16's batch 1 are held in bitmap rows instead (bitmap.py): None (plan.bitmap_layers),
+    True (every layer), False (none) or one bool a layer. skip_zeros: small batches run on a
     column-major (CSC) copy that skips the inputs that are zero in every row (activation
     sparsity). tuning: the plan's thresholds.
     """
@@ -42,7 +45,8 @@ class CSREngine(Engine):
     uses_numba = True
 
     def __init__(self, params: Sequence[Layer], threads: Optional[int] = None,
-                 sell: Union[None, bool, str] = None, tuning: Optional[Tuning] = None, skip_zeros: bool = False):
+                 sell: Union[None, bool, str] = None, tuning: Optional[Tuning] = None, skip_zeros: bool = False,
+                 bitmap: Union[None, bool, Sequence[bool]] = None):
         if not isinstance(skip_zeros, bool):
             raise ValueError(f"skip_zeros must be True or False, got {skip_zeros!r}")
         self.skip_zeros = skip_zeros
@@ -52,6 +56,10 @@ class CSREngine(Engine):
             raise ValueError(f"tuning must be a plan.Tuning, got {type(tuning).__name__}")
         self.tuning = tuning or Tuning()
         self._sell_choice = sell
+        if not (bitmap is None or isinstance(bitmap, bool) or (isinstance(bitmap, (tuple, list))
+                                                                 and all(isinstance(b, bool) for b in bitmap))):
+            raise ValueError(f"bitmap must be None, True, False or one bool a layer, got {bitmap!r}")
+        self._bitmap_choice = bitmap
         self._plans = {}
         super().__init__(params, threads)
 
@@ -96,7 +104,8 @@ class CSREngine(Engine):
                   "csr-panels": self.nbytes + _nbytes(self._paneled) - csr_arrays,
                   "csr-wide-panels": self.nbytes + _nbytes(self._wide) - csr_arrays}
         self.net = NetShape(nnz=tuple(c.nnz for c in self.csr), shape=tuple(c.shape for c in self.csr),
-                            sell_slots=self._sell_slots, sell_kinds=self._sell_kinds, panels=self.panels,
+                            sell_slots=self._sell_slots, sell_kinds=self._sell_kinds, bitmap=self.bitmap,
+                            panels=self.panels,
                             wide_panels=self.wide_panels, nbytes=nbytes)
 
     def _layout(self, panels, idx) -> tuple:
@@ -132,7 +141,7 @@ class CSREngine(Engine):
     def _build_sell(self, params):
         """The SELL copy for batch 1, when the engine runs batch 1 on it (see the class docstring)."""
         self.sell_kernel, self.sell_nbytes, self.sell_padding, self._sell_slots = None, 0, None, None
-        self._sell_kinds, self._sell_forms = (), {}
+        self._sell_kinds, self._sell_forms, self.bitmap = (), {}, ()
         kernel = self._sell_layout(params)
         if kernel is None:
             return
@@ -145,11 +154,14 @@ class CSREngine(Engine):
             self.sell_nbytes = int(sum(s.nbytes for s in layers) + bias.nbytes)      # + padded biases
         else:
             layout = net_layout([l.weight for l in params])
-            self._sell_forms = form_nbytes(layout[0])
+            self.bitmap = self._bitmaps(layout[0])
+            self._sell_forms = form_nbytes(layout[0], self.bitmap)
             packed = self._packs()
-            self._sell, (n_x, width), layers = sell_flatten(params, packed, layout)
-            self._sell_slots = tuple(s.n_slots for s in layers)
-            self.sell_padding = sum(s.n_slots for s in layers) * LANES / max(self.nnz, 1)
+            self._sell, (n_x, width), layers = sell_flatten(params, packed, layout, self.bitmap)
+            self._sell_slots = tuple(bitmap_groups(s.shape) if b else s.n_slots for s, b in zip(layers, self.bitmap))
+            held = [s for s, b in zip(layers, self.bitmap) if not b]           # the layers in SELL slots
+            nnz = sum(s.nnz for s in held)
+            self.sell_padding = sum(s.n_slots for s in held) * LANES / nnz if nnz else 1.0
             kernel = PACKED[kernel] if packed else kernel
             self.sell_nbytes = self._sell_forms["sell-packed" if packed else "sell-padded"]
         if self._sell_choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
@@ -158,6 +170,19 @@ class CSREngine(Engine):
         self._sell = tuple(aligned(a) if isinstance(a, np.ndarray) else a for a in self._sell)
         self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
         self.sell_kernel = kernel
+
+    def _bitmaps(self, layers) -> tuple:
+        """Per SELL-16 layer, whether batch 1 holds it in bitmap rows: the caller's choice, else
+        plan.bitmap_layers on the layers' shapes, non-zeros and slots."""
+        choice = self._bitmap_choice
+        if isinstance(choice, bool):
+            return (choice,) * len(layers)
+        if choice is not None:
+            if len(choice) != len(layers):
+                raise ValueError(f"bitmap needs one bool a layer ({len(layers)}), got {len(choice)}")
+            return tuple(choice)
+        return bitmap_layers([s.shape for s in layers], [s.nnz for s in layers], [s.n_slots for s in layers],
+                             self.threads, self.tuning)
 
     def _packs(self) -> bool:
         """Whether SELL-16 holds packed values: the caller's choice, else plan.sell_packs on the bytes
@@ -191,7 +216,7 @@ class CSREngine(Engine):
         return dict(super().describe(), panels=list(self.panels), wide_panels=list(self.wide_panels),
                     panel_nbytes=self.panel_nbytes,
                     sell=self.uses_sell, sell_kernel=self.sell_kernel, sell_nbytes=self.sell_nbytes,
-                    sell_padding=self.sell_padding)
+                    sell_padding=self.sell_padding, bitmap=list(self.bitmap))
 
     # -- buffers ---------------------------------------------------------------------------------
     def _buffers(self, B):

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from sparsenet import kernels
+from sparsenet.bitmap import n_groups as bitmap_groups
 from sparsenet.checks import is_integer, is_real
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes, l2_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
@@ -68,6 +69,9 @@ class Tuning:
     # SELL-16 stores packed values (sell.SELL.packed) where its padded form needs more bytes a thread
     # than 7/8 of this (0: the core's L2, cpu.l2_bytes; sell_packs)
     sell_l2_bytes: int = 0
+    # batch 1 on SELL-16 holds a layer in bitmap rows where its groups cost at most its slots, a group
+    # costing this many hundredths of a slot (bitmap_layers)
+    bitmap_group_cost: int = 80
     # the dense engines' one-call Numba forward (and its zero skipping) runs batches up to this size,
     # numpy's BLAS chain above it
     max_fused_batch: int = 4
@@ -196,6 +200,7 @@ class NetShape:
     shape: tuple
     sell_slots: Optional[tuple] = None   # per layer, when a SELL copy exists: its slots (SELL-16) or units (SELL8)
     sell_kinds: tuple = field(default=())   # per SELL8 layer: its window columns, "s" where its units are split
+    bitmap: tuple = field(default=())    # per SELL-16 layer: held in bitmap rows (sell_slots then counts its groups)
     panels: tuple = field(default=())    # inputs per column panel per layer (n_in: not panelled)
     wide_panels: tuple = field(default=())   # the same for chunks of 64 columns (empty: as panels)
     nbytes: dict = field(default_factory=dict)   # layout name -> parameter bytes a call on it reads
@@ -309,6 +314,23 @@ def sell_packs(padded_nbytes: int, packed_nbytes: int, threads: int, t: Tuning) 
     return packed_nbytes < padded_nbytes and padded_nbytes / max(int(threads), 1) > sell_l2_budget(t) * SELL_L2_SHARE
 
 
+def bitmap_layers(shapes: Sequence[tuple], nnz: Sequence[int], slots: Sequence[int], threads: int, t: Tuning) -> tuple:
+    """Per layer, whether SELL-16's batch 1 holds it in bitmap rows (bitmap.py) rather than SELL slots.
+
+    A bitmap row costs a group (16 columns) whatever it holds, a SELL slot 16 lanes whatever they
+    hold, so the denser a layer the fewer groups it has against slots: bitmap where
+    groups * t.bitmap_group_cost <= 100 * slots."""
+    return tuple(bitmap_groups(s) * t.bitmap_group_cost <= 100 * n for s, n in zip(shapes, slots))
+
+
+def _bitmap_reason(net: NetShape, t: Tuning) -> str:
+    """Which layers batch 1 holds in bitmap rows, and why (bitmap_layers)."""
+    held = [i for i, b in enumerate(net.bitmap) if b]
+    return (f"layers {', '.join(map(str, held))} in bitmap rows (16-column masks, vexpandps): their groups x "
+            f"{t.bitmap_group_cost / 100:g} <= their SELL slots ("
+            + ", ".join(f"{bitmap_groups(net.shape[i])} groups" for i in held) + "; plan.bitmap_layers)")
+
+
 def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:
     """Why SELL-16 holds packed values or padded slots (sell_packs), from the bytes of both forms."""
     padded, packed, mb = net.nbytes["sell-padded"], net.nbytes["sell-packed"], 2 ** 20
@@ -335,7 +357,9 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
     if B == 1 and sell:
         eight = sell.startswith("sell8")
         least = t.min_parallel_units if eight else t.min_parallel_slots
-        layers = tuple(LayerPlan(sell, threads > 1 and s >= least) for s in net.sell_slots)
+        bitmap = tuple(net.bitmap) or (False,) * len(net.sell_slots)
+        rows = "bitmap16-avx512" if sell.endswith("avx512") else "bitmap16-portable"
+        layers = tuple(LayerPlan(rows if b else sell, threads > 1 and s >= least) for s, b in zip(net.sell_slots, bitmap))
         how = {"sell16-avx512": "SELL-16x32 (AVX-512F permutes)", "sell16-portable": "SELL-16x32 (portable twin)",
                "sell16p-avx512": "SELL-16x32 with packed values (AVX-512F permutes, vexpandps)",
                "sell16p-portable": "SELL-16x32 with packed values (portable twin)",
@@ -344,7 +368,9 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
         why = (f"batch 1 on {how}",) + ((f"SELL8 windows per layer (columns; s: split units, a window a slot): "
                                          f"{', '.join(net.sell_kinds)}",) if eight and net.sell_kinds else ()) + (
                (_packing_reason(net, threads, t, sell),) if not eight and "sell-padded" in net.nbytes else ()) + (
-               f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}" if threads > 1
+               (_bitmap_reason(net, t),) if any(bitmap) else ()) + (
+               f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}"
+               + (" (bitmap rows: groups)" if any(bitmap) else "") if threads > 1
                else "one thread",)
         return Plan(layout="sell", split="none", layers=layers, reasons=why, nbytes=net.nbytes.get("sell", 0), **common)
     Bc = chunk_width(t, net, B, threads)

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from sparsenet.bitmap import GROUP, Bitmap, layer_nbytes as bitmap_nbytes
 from sparsenet.csr import CSR, indptr_dtype
 
 LANES = 16    # rows per chunk: one 512-bit register of float32
@@ -201,20 +202,26 @@ def net_layout(weights: Sequence[np.ndarray], sort_rows: bool = True) -> tuple:
     return tuple(layers), tuple(perms)
 
 
-def flatten(params, packed: bool = False, layout: Optional[tuple] = None) -> tuple:
+def flatten(params, packed: bool = False, layout: Optional[tuple] = None, bitmap: Sequence[bool] = ()) -> tuple:
     """The arrays of sell_kernels.sell_forward for an MLP (net_layout: hidden rows sorted), the
     sizes of its buffers, and the layers: ((data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-    bias, n_chunks, n_blocks, offsets, packed), (floats of the input buffer, floats of each
-    ping-pong buffer), layers).
+    bias, n_chunks, n_blocks, offsets, packed, values, bitmasks, rptr), (floats of the input
+    buffer, floats of each ping-pong buffer), layers).
 
     Layers are concatenated; offsets[:, l] = where layer l starts in (slots of indices, block,
-    slot_ptr, chunk_ptr and vptr, bias, data); its slot_ptr/chunk_ptr/vptr count from 0 within the
-    layer. `packed`: data holds SELL.packed's values (LANES zeros at the end), masks one uint16 a
-    slot, vptr n_chunks + 1 offsets a layer; else data is the padded (n_slots * LANES,) values and
-    masks, vptr are empty. `layout`: net_layout's (layers, perms) of these params when the caller
-    has it already (the engine decides `packed` from the layers).
+    slot_ptr, chunk_ptr and vptr, bias, data, values, bitmasks, rptr); its slot_ptr/chunk_ptr/vptr
+    count from 0 within the layer. `packed`: data holds SELL.packed's values (LANES zeros at the
+    end), masks one uint16 a slot, vptr n_chunks + 1 offsets a layer; else data is the padded
+    (n_slots * LANES,) values and masks, vptr are empty. `bitmap[l]` true: layer l is held in bitmap
+    rows (bitmap.Bitmap of the same stored rows and columns: values, bitmasks, rptr; GROUP zeros at
+    the end of values) and none of its SELL arrays; a layer with rptr entries is a bitmap layer.
+    `layout`: net_layout's (layers, perms) of these params when the caller has it already (the
+    engine decides `packed` and `bitmap` from the layers).
     """
     layers, perms = layout or net_layout([l.weight for l in params])
+    bitmap = tuple(bool(b) for b in bitmap) or (False,) * len(layers)
+    if len(bitmap) != len(layers):
+        raise ValueError(f"bitmap needs one flag a layer ({len(layers)}), got {len(bitmap)}")
     biases = []
     for s, perm, layer in zip(layers, perms, params):
         b = np.zeros(s.n_chunks * LANES, np.float32)
@@ -223,36 +230,51 @@ def flatten(params, packed: bool = False, layout: Optional[tuple] = None) -> tup
         biases.append(b)
     n_chunks = np.array([s.n_chunks for s in layers], np.int64)
     n_blocks = np.array([s.n_blocks for s in layers], np.int64)
+    rows = [Bitmap.from_dense(s.to_dense()) if b else None for s, b in zip(layers, bitmap)]
+    kept = [None if b else s for s, b in zip(layers, bitmap)]           # the layers held in SELL
     if packed:
-        parts = [s.packed() for s in layers]
+        parts = [s.packed() if s else _NO_PACKED for s in kept]
         data = np.concatenate([v[:-LANES] for v, _, _ in parts] + [np.zeros(LANES, np.float32)])
         masks = np.concatenate([m for _, m, _ in parts])
         vptr = np.concatenate([p for _, _, p in parts])
         n_data = [v.size - LANES for v, _, _ in parts]
     else:
-        data = np.concatenate([s.data.ravel() for s in layers])
+        data = np.concatenate([s.data.ravel() if s else np.zeros(0, np.float32) for s in kept])
         masks, vptr = np.zeros(0, np.uint16), np.zeros(0, np.int64)
-        n_data = [s.n_slots * LANES for s in layers]
-    sizes = [[s.n_slots, s.n_entries, s.n_entries + 1, s.n_chunks + 1, LANES * s.n_chunks, nd]
-             for s, nd in zip(layers, n_data)]
-    offsets = np.zeros((6, len(layers) + 1), np.int64)
+        n_data = [s.n_slots * LANES if s else 0 for s in kept]
+    sizes = [[s.n_slots, s.n_entries, s.n_entries + 1, s.n_chunks + 1] if s else [0, 0, 0, 0] for s in kept]
+    sizes = [z + [LANES * s.n_chunks, nd] + ([r.nnz, r.masks.size, r.rptr.size] if r else [0, 0, 0])
+             for z, s, nd, r in zip(sizes, layers, n_data, rows)]
+    offsets = np.zeros((9, len(layers) + 1), np.int64)
     np.cumsum(np.array(sizes, np.int64).T, axis=1, out=offsets[:, 1:])
+    held = [r for r in rows if r]
     arrays = (data, masks, vptr,
-              np.concatenate([s.indices.ravel() for s in layers]),
-              np.concatenate([s.block for s in layers]),
-              np.concatenate([s.slot_ptr.astype(np.int64) for s in layers]),
-              np.concatenate([s.chunk_ptr for s in layers]),
-              np.concatenate(biases), n_chunks, n_blocks, offsets, bool(packed))
+              np.concatenate([s.indices.ravel() for s in kept if s] + [np.zeros(0, np.uint8)]),
+              np.concatenate([s.block for s in kept if s] + [np.zeros(0, np.int32)]),
+              np.concatenate([s.slot_ptr.astype(np.int64) for s in kept if s] + [np.zeros(0, np.int64)]),
+              np.concatenate([s.chunk_ptr for s in kept if s] + [np.zeros(0, np.int32)]),
+              np.concatenate(biases), n_chunks, n_blocks, offsets, bool(packed),
+              np.concatenate([r.values[:r.nnz] for r in held] + [np.zeros(GROUP, np.float32)]),
+              np.concatenate([r.masks for r in held] + [np.zeros(0, np.uint16)]),
+              np.concatenate([r.rptr for r in held] + [np.zeros(0, np.int64)]))
     width = int(max(max(LANES * c, BLOCK * b) for c, b in zip(n_chunks, n_blocks)))
     return arrays, (max(int(BLOCK * n_blocks[0]), 1), max(width, 1)), layers
 
 
-def form_nbytes(layers) -> dict:
+_NO_PACKED = (np.zeros(LANES, np.float32), np.zeros(0, np.uint16), np.zeros(0, np.int64))   # a bitmap layer's
+
+
+def form_nbytes(layers, bitmap: Sequence[bool] = ()) -> dict:
     """Bytes flatten's arrays of `layers` take in each form, biases included: {"sell-padded": ...,
-    "sell-packed": ...} (packed: SELL.packed's values, masks and vptr instead of the padded data)."""
+    "sell-packed": ...} (packed: SELL.packed's values, masks and vptr instead of the padded data); a
+    layer flagged in `bitmap` counts its bitmap rows in both."""
     padded = packed = 0
-    for s in layers:
+    for s, b in zip(layers, tuple(bitmap) or (False,) * len(layers)):
         bias = 4 * LANES * s.n_chunks
+        if b:
+            rows = bitmap_nbytes(s.shape, s.nnz) + bias
+            padded, packed = padded + rows, packed + rows
+            continue
         padded += s.nbytes + bias
         packed += 4 * int(np.count_nonzero(s.data)) + 2 * s.n_slots + 8 * (s.n_chunks + 1) + s.nbytes - s.data.nbytes + bias
     return {"sell-padded": int(padded), "sell-packed": int(packed)}

@@ -24,6 +24,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from sparsenet.bitmap_kernels import (bitmap_matvec, bitmap_matvec_portable, bitmap_matvec_portable_serial,
+                                       bitmap_matvec_serial)
 from sparsenet.cpu import cpu
 from sparsenet.kernels import _store_logits
 from sparsenet.sell import BLOCK, LANES
@@ -194,46 +196,76 @@ def _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, of
             chunk_ptr[c0:c1], bias[offsets[4, layer]:offsets[4, layer + 1]], s1 - s0)
 
 
+@njit(inline="always", **_OPTS)
+def _bitmap_layer(values, bitmasks, rptr, offsets, layer):
+    """Layer `layer`'s bitmap arrays (values, masks, rptr, groups a row, groups in all); rptr is empty
+    where the layer is held in SELL (sell.flatten)."""
+    r0, r1 = offsets[8, layer], offsets[8, layer + 1]
+    m0, m1 = offsets[7, layer], offsets[7, layer + 1]
+    n_rows = max(r1 - r0 - 1, 1)
+    return (values[offsets[6, layer]:offsets[6, layer + 1]], bitmasks[m0:m1], rptr[r0:r1], (m1 - m0) // n_rows,
+            m1 - m0)
+
+
 @njit(**_OPTS)
 def sell_forward(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets, packed,
-                 X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
+                 values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
     """Logits of one input through the whole MLP (ReLU on hidden layers): X (1, n_in) -> logits
     (1, n_out), written in place (the caller allocates it: cheaper than slicing a buffer after).
 
     The arrays are sell.flatten's (layers concatenated, offsets[:, l] where layer l starts; packed
-    or padded values). xbuf (>= 32 n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold
-    >= 16 n_chunks and >= 32 n_blocks of every layer. A layer with at least min_parallel_slots
-    slots runs on n_threads threads.
+    or padded values; a layer with rptr entries in bitmap rows, bitmap_kernels). xbuf (>= 32
+    n_blocks[0] floats) receives x, zero-padded; buf0/buf1 hold >= 16 n_chunks and >= 32 n_blocks
+    of every layer. A layer with at least min_parallel_slots slots (bitmap: groups) runs on
+    n_threads threads.
     """
     h = _load_x(X, xbuf, n_blocks)
     out = buf0
     n_layers = n_chunks.shape[0]
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                          bias, offsets, layer)
-        if n_slots >= min_parallel_slots and n_threads > 1:
-            sell_matvec_bias_relu(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
+        relu = layer < n_layers - 1
+        if offsets[8, layer + 1] > offsets[8, layer]:
+            bv, bm, br, n_groups, work = _bitmap_layer(values, bitmasks, rptr, offsets, layer)
+            b = bias[offsets[4, layer]:offsets[4, layer + 1]]
+            if work >= min_parallel_slots and n_threads > 1:
+                bitmap_matvec(bv, bm, br, b, h, out, n_groups, relu, n_threads)
+            else:
+                bitmap_matvec_serial(bv, bm, br, b, h, out, n_groups, relu)
         else:
-            sell_matvec_bias_relu_serial(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed)
+            d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+                                                              bias, offsets, layer)
+            if n_slots >= min_parallel_slots and n_threads > 1:
+                sell_matvec_bias_relu(d, m, v, c, blk, sp, cp, b, h, out, relu, packed, n_threads)
+            else:
+                sell_matvec_bias_relu_serial(d, m, v, c, blk, sp, cp, b, h, out, relu, packed)
         h = out
     _store_logits(out, logits)
 
 
 @njit(**_OPTS)
 def sell_forward_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
-                          packed, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
-    """sell_forward on the portable twin (same arguments): runs on any CPU."""
+                          packed, values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
+    """sell_forward on the portable twins (same arguments): runs on any CPU."""
     h = _load_x(X, xbuf, n_blocks)
     out = buf0
     n_layers = n_chunks.shape[0]
     for layer in range(n_layers):
         out = buf0 if layer % 2 == 0 else buf1
-        d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                          bias, offsets, layer)
-        if n_slots >= min_parallel_slots and n_threads > 1:
-            sell_matvec_portable(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed, n_threads)
+        relu = layer < n_layers - 1
+        if offsets[8, layer + 1] > offsets[8, layer]:
+            bv, bm, br, n_groups, work = _bitmap_layer(values, bitmasks, rptr, offsets, layer)
+            b = bias[offsets[4, layer]:offsets[4, layer + 1]]
+            if work >= min_parallel_slots and n_threads > 1:
+                bitmap_matvec_portable(bv, bm, br, b, h, out, n_groups, relu, n_threads)
+            else:
+                bitmap_matvec_portable_serial(bv, bm, br, b, h, out, n_groups, relu)
         else:
-            sell_matvec_portable_serial(d, m, v, c, blk, sp, cp, b, h, out, layer < n_layers - 1, packed)
+            d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+                                                              bias, offsets, layer)
+            if n_slots >= min_parallel_slots and n_threads > 1:
+                sell_matvec_portable(d, m, v, c, blk, sp, cp, b, h, out, relu, packed, n_threads)
+            else:
+                sell_matvec_portable_serial(d, m, v, c, blk, sp, cp, b, h, out, relu, packed)
         h = out
     _store_logits(out, logits)

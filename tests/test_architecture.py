@@ -12,8 +12,8 @@ LAYERS = [
     ("idx", "sources", "cache", "offline", "data"),
     ("model", "train_kernels", "train", "checkpoint"),
     ("prune", "sweep"),
-    ("csr", "sell", "sell8", "bsr", "nm", "kernels", "simd", "cfuncs", "sell_kernels", "sell8_kernels",
-     "dense_kernels", "bsr_kernels", "nm_kernels"),
+    ("csr", "sell", "sell8", "bsr", "nm", "bitmap", "kernels", "simd", "cfuncs", "sell_kernels", "sell8_kernels",
+     "bitmap_kernels", "dense_kernels", "bsr_kernels", "nm_kernels"),
     ("plan",),
     ("engine_base", "engines", "csr_engine", "structured_engines"),
     ("timing", "grid", "machine", "results", "study_config", "timing_inputs"),
@@ -23,8 +23,8 @@ LAYERS = [
     ("cli", "__main__"),
 ]
 LAYER = {m: i for i, mods in enumerate(LAYERS) for m in mods}
-KERNELS = {"kernels", "simd", "cfuncs", "sell_kernels", "sell8_kernels", "dense_kernels", "bsr_kernels", "nm_kernels",
-           "train_kernels"}
+KERNELS = {"kernels", "simd", "cfuncs", "sell_kernels", "sell8_kernels", "bitmap_kernels", "dense_kernels", "bsr_kernels",
+           "nm_kernels", "train_kernels"}
 
 
 def _imports(path):
@@ -56,7 +56,7 @@ def test_imports_go_down(module):
 @pytest.mark.parametrize("module", sorted(KERNELS))
 def test_kernels_import_no_engine_plan_or_io(module):
     """Kernels take raw arrays and decisions as arguments: only layouts' constants and IR helpers."""
-    allowed = {"simd", "cfuncs", "sell", "sell8", "kernels", "nm", "bsr", "cpu"}
+    allowed = {"simd", "cfuncs", "sell", "sell8", "bitmap", "kernels", "bitmap_kernels", "nm", "bsr", "cpu"}
     path = PKG / f"{module}.py"
     if path.exists():
         assert _imports(path) <= allowed, f"{module} imports {_imports(path) - allowed}"

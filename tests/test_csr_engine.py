@@ -149,9 +149,9 @@ def test_default_sell_obeys_the_engines_cache_budget():
     want = "sell16-avx512" if sell_kernels.available() else "sell8-avx2" if sell8_kernels.available() else None
     if want is None:
         pytest.skip("this CPU has no SELL kernel for the default batch 1")
-    kept = make_engine("csr", params, threads=1)
+    kept = make_engine("csr", params, threads=1, bitmap=False)
     assert kept.sell_kernel == want and kept.sell_nbytes > 2 * kept.nbytes and kept.plan(1).layout == "sell"
-    dropped = make_engine("csr", params, threads=1, tuning=Tuning(sell_cache_bytes=0))
+    dropped = make_engine("csr", params, threads=1, bitmap=False, tuning=Tuning(sell_cache_bytes=0))
     assert dropped.sell_kernel is None and dropped.sell_nbytes == kept.sell_nbytes
     assert dropped.plan(1).layout == "csr"
     X = np.random.default_rng(4).random((1, 100), dtype=np.float32)

@@ -395,10 +395,11 @@ needs_sell = pytest.mark.skipif(not sell_kernels.available(), reason="SELL needs
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", SPARSITIES)
 @pytest.mark.parametrize("sell", [False, True, "portable", "packed", "padded"])
-def test_batch_one_paths_match_reference(base_params, k, sell, threads):
+@pytest.mark.parametrize("bitmap", [None, True])
+def test_batch_one_paths_match_reference(base_params, k, sell, threads, bitmap):
     threads_or_skip(threads)
     params = prune(base_params, "weight", k)
-    eng = make_engine("csr", params, threads=threads, sell=sell,      # every layer on every thread; SELL-16 padded
+    eng = make_engine("csr", params, threads=threads, sell=sell, bitmap=bitmap,    # every layer on every thread
                       tuning=Tuning(min_parallel_slots=0, min_parallel_units=0, sell_l2_bytes=2 ** 40))
     assert eng.uses_sell is bool(sell) and eng.layout(1) == ("sell" if sell else "csr")
     if sell:
@@ -408,7 +409,10 @@ def test_batch_one_paths_match_reference(base_params, k, sell, threads):
         sixteen = "sell16-avx512" if sell_kernels.available() else "sell16-portable"
         want = {True: best, "portable": "sell16-portable", "packed": sixteen.replace("sell16", "sell16p"),
                 "padded": sixteen}[sell]
-        assert eng.sell_kernel == want and {l.kernel for l in eng.plan(1).layers} == {want}
+        rows = ("bitmap16-avx512" if want.endswith("avx512") else "bitmap16-portable") if "sell16" in want else None
+        assert eng.bitmap == ((bool(bitmap),) * len(params) if bitmap and rows else eng.bitmap)
+        assert eng.sell_kernel == want and [l.kernel for l in eng.plan(1).layers] == [
+            rows if b else want for b in eng.bitmap or (False,) * len(params)]
         assert all(l.parallel == (threads > 1) for l in eng.plan(1).layers)
     X = np.random.default_rng(3).random((5, params[0].weight.shape[1]), dtype=np.float32)
     for row in range(5):                                 # buffers reused call after call
@@ -671,14 +675,14 @@ def test_nbytes_count_the_biases():
 @pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_describe_is_exact(name):
     params = _biased_net()
-    eng = make_engine(name, params, threads=1, **({"sell": "portable"} if name in CSR_LIKE else {}))
+    eng = make_engine(name, params, threads=1, **({"sell": "portable", "bitmap": False} if name in CSR_LIKE else {}))
     d = eng.describe()
     base = {"name": name, "layer_sizes": list(eng.layer_sizes), "nnz": eng.nnz, "nbytes": eng.nbytes,
             "index_dtype": {"csr": "uint16", "csr-skip": "uint16", "csr-scipy": "int32"}.get(name), "threads": 1,
             "has_bias": True}
     if name in CSR_LIKE:
         base.update(panels=[96, 80, 64, 32], wide_panels=[96, 80, 64, 32], panel_nbytes=0, sell=True, sell_kernel="sell16-portable",
-                    sell_nbytes=eng.sell_nbytes, sell_padding=eng.sell_padding)
+                    sell_nbytes=eng.sell_nbytes, sell_padding=eng.sell_padding, bitmap=[False] * 4)
         slots = eng.net.sell_slots
         assert eng.sell_padding == sum(slots) * 16 / eng.nnz and eng.sell_padding >= 1
         assert eng.sell_nbytes == sum(s * 16 * 5 + 4 * 0 for s in slots) + eng._sell[5].nbytes \
@@ -691,7 +695,7 @@ def test_describe_is_exact(name):
 def test_csr_describe_without_sell(small):
     eng = make_engine("csr", small, threads=1, sell=False)
     d = eng.describe()
-    assert (d["sell"], d["sell_kernel"], d["sell_nbytes"], d["sell_padding"]) == (False, None, 0, None)
+    assert (d["sell"], d["sell_kernel"], d["sell_nbytes"], d["sell_padding"], d["bitmap"]) == (False, None, 0, None, [])
     assert eng.net.sell_slots is None
 
 
@@ -899,11 +903,12 @@ def test_sell_call_arguments(small, threads, sell, monkeypatch):
     assert_matches(eng(X), forward(small, X))
     calls, other = (avx, portable) if sell is True else (portable, avx)
     assert len(calls) == 1 and other == []
-    assert eng.plan(1).layers[0].kernel == ("sell16-avx512" if sell is True else "sell16-portable")
-    args = calls[0]                      # (the SELL arrays ... offsets, packed), X, 3 buffers, least, threads, logits
-    assert args[16] == (7 if threads > 1 else csr_engine.kernels.NEVER) and args[17] == threads
-    assert args[12] is X and args[18].shape == (1, SMALL[-1]) and args[18].dtype == np.float32
-    assert all(b.ctypes.data % 64 == 0 for b in args[13:16]) and args[11] is False     # small: padded slots
+    assert eng.plan(1).layers[0].kernel == ("bitmap16" if eng.bitmap[0] else "sell16") + (
+        "-avx512" if sell is True else "-portable")
+    args = calls[0]          # (the SELL arrays ... offsets, packed, the bitmap rows' 3), X, 3 buffers, least, threads, logits
+    assert args[19] == (7 if threads > 1 else csr_engine.kernels.NEVER) and args[20] == threads
+    assert args[15] is X and args[21].shape == (1, SMALL[-1]) and args[21].dtype == np.float32
+    assert all(b.ctypes.data % 64 == 0 for b in args[16:19]) and args[11] is False     # small: padded slots
 
 
 def test_warmup_calls_with_a_zero_float32_batch(small, monkeypatch):

@@ -67,10 +67,13 @@ def test_the_plan_follows_the_target(nets):
     eng = make_engine("csr", nets[0.9], threads=1, tuning=Tuning(sell_l2_bytes=2 ** 40))    # SELL-16 padded
     want = {"avx512": "sell16-avx512", "avx2": "sell8-avx2"}.get(plan.cpu().isa, "spmv")
     assert eng.uses_sell == (want != "spmv")
-    assert {l.kernel for l in eng.plan(1).layers} == {want}
+    rows = ["bitmap16-avx512" if b else want for b in eng.bitmap or (False,) * 5]     # the unpruned output layer
+    assert [l.kernel for l in eng.plan(1).layers] == rows and eng.bitmap == ((False,) * 4 + (True,) if eng.bitmap else ())
     if want == "sell16-avx512":                            # beyond a 1 MB L2: packed values
         packed = make_engine("csr", nets[0.9], threads=1, tuning=Tuning(sell_l2_bytes=2 ** 20))
-        assert {l.kernel for l in packed.plan(1).layers} == {"sell16p-avx512"}
+        assert [l.kernel for l in packed.plan(1).layers] == ["sell16p-avx512"] * 4 + ["bitmap16-avx512"]
+        dense = make_engine("csr", nets[0.0], threads=1)   # the dense end: every layer in bitmap rows
+        assert {l.kernel for l in dense.plan(1).layers} == {"bitmap16-avx512"}
 
 
 def test_sell_packs_beyond_the_l2_a_thread():
@@ -85,7 +88,8 @@ def test_sell_packs_beyond_the_l2_a_thread():
     assert plan.sell_l2_budget(Tuning()) == (plan.l2_bytes() or plan.L2_FALLBACK)
     net = he_init(DEFAULT_SIZES, seed=0)
     for l2, kernel in ((2 ** 40, "sell16-portable"), (2 ** 10, "sell16p-portable")):
-        eng = make_engine("csr", weight_prune(net, 0.9), threads=1, sell="portable", tuning=Tuning(sell_l2_bytes=l2))
+        eng = make_engine("csr", weight_prune(net, 0.9), threads=1, sell="portable", bitmap=False,
+                          tuning=Tuning(sell_l2_bytes=l2))
         p = eng.plan(1)
         assert {l.kernel for l in p.layers} == {kernel} and p.nbytes == eng.sell_nbytes
         padded, packed = eng.net.nbytes["sell-padded"], eng.net.nbytes["sell-packed"]
@@ -102,7 +106,27 @@ def test_batch_one_plans(nets):
     assert p.nbytes == eng.nbytes and "CSR SpMV" in p.describe()
     sell = make_engine("csr", nets[0.9], threads=1, sell="portable", tuning=Tuning(sell_l2_bytes=2 ** 40))
     assert sell.plan(1).layout == "sell" and sell.plan(1).nbytes == sell.sell_nbytes
-    assert {l.kernel for l in sell.plan(1).layers} == {"sell16-portable"}
+    assert [l.kernel for l in sell.plan(1).layers] == ["sell16-portable"] * 4 + ["bitmap16-portable"]
+
+
+def test_bitmap_layers_where_groups_cost_at_most_the_slots():
+    """plan.bitmap_layers: bitmap rows where groups x bitmap_group_cost / 100 <= SELL slots; a (17, 33)
+    layer has 32 rows x 3 groups = 96 groups."""
+    t = Tuning(bitmap_group_cost=80)
+    assert plan.bitmap_layers([(17, 33)] * 3, [0] * 3, [77, 76, 10 ** 6], 1, t) == (True, False, True)
+    assert plan.bitmap_layers([(17, 33)], [0], [0], 1, Tuning(bitmap_group_cost=0)) == (True,)
+    net = NetShape(nnz=(10, 10), shape=((17, 33), (4, 17)), sell_slots=(3000, 2999), bitmap=(True, False), panels=(33, 17),
+                   nbytes={"sell": 77, "csr": 5})
+    p = plan.plan_csr(net, 1, 2, t, "sell16p-avx512", isa="avx512")
+    assert p.layers == (LayerPlan("bitmap16-avx512", True), LayerPlan("sell16p-avx512", False))
+    assert p.reasons[1:] == ("layers 0 in bitmap rows (16-column masks, vexpandps): their groups x 0.8 <= their SELL "
+                             "slots (96 groups; plan.bitmap_layers)",
+                             "a layer runs on 2 threads from 3000 slots (bitmap rows: groups)")
+    assert plan.plan_csr(net, 1, 1, t, "sell16-portable").layers[0].kernel == "bitmap16-portable"
+    with pytest.raises(ValueError, match="bitmap must be None, True, False or one bool a layer"):
+        make_engine("csr", he_init((20, 10, 4)), bitmap="yes")
+    with pytest.raises(ValueError, match="one bool a layer"):
+        make_engine("csr", he_init((20, 10, 4)), sell="portable", bitmap=(True,))
 
 
 @pytest.mark.skipif(not TWO, reason="needs 2 threads")

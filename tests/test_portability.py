@@ -57,6 +57,7 @@ def test_kernel_and_engine_tests_on_an_avx2_target():
     """NUMBA_CPU_NAME=haswell with NUMBA_CPU_FEATURES='' (LLVM's haswell features; without it Numba
     would pass the host's, AVX-512 included): AVX2 code and the plan's AVX2 paths, on this machine."""
     tests = ["tests/test_kernels.py", "tests/test_simd.py", "tests/test_sell_kernels.py", "tests/test_sell8_kernels.py",
+             "tests/test_bitmap_kernels.py",
              "tests/test_engines.py", "tests/test_plan.py", "tests/test_csr_engine.py", "tests/test_dense_kernels.py"]
     r = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
              NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", SPARSENET_EXPECT_ISA="avx2")
