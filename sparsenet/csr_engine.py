@@ -2,9 +2,10 @@
 
 What a call runs is its plan (plan.plan_csr, computed once per batch size): batch 1 on a SELL copy
 of the net (sell_kernels: the AVX-512 kernel where the CPU has AVX-512F, its portable twin when
-asked for) or on the CSR SpMV; batches > 1 split into column chunks, one thread running a chunk
-through every layer (kernels.csr_forward_chunks), or each layer's rows split over the threads
-(kernels.csr_forward). This module builds the layouts and buffers and executes the plan.
+asked for; SELL-16's densest layers in bitmap rows, bitmap_kernels, by plan.bitmap_layers) or on
+the CSR SpMV; batches > 1 split into column chunks, one thread running a chunk through every layer
+(kernels.csr_forward_chunks), or each layer's rows split over the threads (kernels.csr_forward).
+This module builds the layouts and buffers and executes the plan.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class CSREngine(Engine):
     kernel) or "sell8-portable" (SELL8's portable twin); SELL-16 holds packed values or padded slots
     by plan.sell_packs, or as "packed" / "padded" say (SELL-16 on this CPU's kernel). bitmap: which
     layers of SELL-16's batch 1 are held in bitmap rows instead (bitmap.py): None (plan.bitmap_layers),
-    True (every layer), False (none) or one bool a layer. skip_zeros: small batches run on a
+    True (every layer), False (none) or one bool a layer; it has no effect where batch 1 does not run
+    on SELL-16 (SELL8, the SpMV: `bitmap` is then empty). skip_zeros: small batches run on a
     column-major (CSC) copy that skips the inputs that are zero in every row (activation
     sparsity). tuning: the plan's thresholds.
     """
@@ -165,7 +167,7 @@ class CSREngine(Engine):
             kernel = PACKED[kernel] if packed else kernel
             self.sell_nbytes = self._sell_forms["sell-packed" if packed else "sell-padded"]
         if self._sell_choice is None and not sell_pays(self.sell_nbytes, self.nbytes, self.tuning):
-            self._sell = None
+            self._sell, self.bitmap = None, ()
             return
         self._sell = tuple(aligned(a) if isinstance(a, np.ndarray) else a for a in self._sell)
         self._sell_bufs = (_aligned_zeros(n_x), _aligned_zeros(width), _aligned_zeros(width))
@@ -173,7 +175,7 @@ class CSREngine(Engine):
 
     def _bitmaps(self, layers) -> tuple:
         """Per SELL-16 layer, whether batch 1 holds it in bitmap rows: the caller's choice, else
-        plan.bitmap_layers on the layers' shapes, non-zeros and slots."""
+        plan.bitmap_layers on the layers' shapes and slots."""
         choice = self._bitmap_choice
         if isinstance(choice, bool):
             return (choice,) * len(layers)
@@ -181,8 +183,7 @@ class CSREngine(Engine):
             if len(choice) != len(layers):
                 raise ValueError(f"bitmap needs one bool a layer ({len(layers)}), got {len(choice)}")
             return tuple(choice)
-        return bitmap_layers([s.shape for s in layers], [s.nnz for s in layers], [s.n_slots for s in layers],
-                             self.threads, self.tuning)
+        return bitmap_layers([s.shape for s in layers], [s.n_slots for s in layers], self.tuning)
 
     def _packs(self) -> bool:
         """Whether SELL-16 holds packed values: the caller's choice, else plan.sell_packs on the bytes

@@ -70,8 +70,8 @@ class Tuning:
     # than 7/8 of this (0: the core's L2, cpu.l2_bytes; sell_packs)
     sell_l2_bytes: int = 0
     # batch 1 on SELL-16 holds a layer in bitmap rows where its groups cost at most its slots, a group
-    # costing this many hundredths of a slot (bitmap_layers)
-    bitmap_group_cost: int = 80
+    # costing this many hundredths of a slot (bitmap_layers: 1.3-2.2 groups a slot cost the same)
+    bitmap_group_cost: int = 60
     # the dense engines' one-call Numba forward (and its zero skipping) runs batches up to this size,
     # numpy's BLAS chain above it
     max_fused_batch: int = 4
@@ -314,12 +314,18 @@ def sell_packs(padded_nbytes: int, packed_nbytes: int, threads: int, t: Tuning) 
     return packed_nbytes < padded_nbytes and padded_nbytes / max(int(threads), 1) > sell_l2_budget(t) * SELL_L2_SHARE
 
 
-def bitmap_layers(shapes: Sequence[tuple], nnz: Sequence[int], slots: Sequence[int], threads: int, t: Tuning) -> tuple:
+def bitmap_layers(shapes: Sequence[tuple], slots: Sequence[int], t: Tuning) -> tuple:
     """Per layer, whether SELL-16's batch 1 holds it in bitmap rows (bitmap.py) rather than SELL slots.
 
     A bitmap row costs a group (16 columns) whatever it holds, a SELL slot 16 lanes whatever they
     hold, so the denser a layer the fewer groups it has against slots: bitmap where
-    groups * t.bitmap_group_cost <= 100 * slots."""
+    groups * t.bitmap_group_cost <= 100 * slots (60: at most ~1.67 groups a slot). Measured on the Xeon
+    (AVX-512), whole forward at batch 1, every layer in bitmap rows against every layer in SELL-16,
+    He and trained nets: the two cost the same at 1.3-2.2 groups a slot on one thread (lower in slow
+    phases of the VM, where both are compute-bound and a group costs about a slot), at 1.5-1.9 on two;
+    at k = 50 % (1.5-1.6) bitmap rows won 6 of 9 side-by-side runs (x1.07-1.27) and lost 3 (x0.88-0.95).
+    So the default net's hidden layers go to bitmap rows up to k = 50 %, to SELL from 60 %
+    (docs/perf-notes.md, session 17)."""
     return tuple(bitmap_groups(s) * t.bitmap_group_cost <= 100 * n for s, n in zip(shapes, slots))
 
 

@@ -7,7 +7,8 @@ accumulators (one is bound by the FMA latency). No scalar load per non-zero, so 
 bound as the CSR SpMV is (kernels._row_dot). On packed values (sell.SELL.packed; `packed` at run
 time) a slot loads 16 floats from a running offset and spreads them over its mask's lanes
 (vexpandps, register form), the offset moving by the mask's popcount. Numba has no SIMD types, so that chunk loop is LLVM IR
-(a Numba intrinsic); the loops over chunks and layers around it are plain Numba.
+(a Numba intrinsic); the loops over chunks and layers around it are plain Numba. The whole forward
+(`sell_forward`) runs a layer that sell.flatten holds in bitmap rows on bitmap_kernels instead.
 
 `_chunk_portable` computes the same over the same layout in plain Numba (a gather per lane): it
 runs on any CPU, so CI everywhere tests the layout and drivers, and the AVX-512 kernel is tested
@@ -207,6 +208,35 @@ def _bitmap_layer(values, bitmasks, rptr, offsets, layer):
             m1 - m0)
 
 
+@njit(inline="always", **_OPTS)
+def _forward(sell_serial, sell_parallel, rows_serial, rows_parallel, data, masks, vptr, indices, block, slot_ptr,
+             chunk_ptr, bias, n_chunks, n_blocks, offsets, packed, values, bitmasks, rptr, X, xbuf, buf0, buf1,
+             min_parallel_slots, n_threads, logits):
+    """sell_forward's body on the given layer kernels (the ISA's or the portable twins)."""
+    h = _load_x(X, xbuf, n_blocks)
+    out = buf0
+    n_layers = n_chunks.shape[0]
+    for layer in range(n_layers):
+        out = buf0 if layer % 2 == 0 else buf1
+        relu = layer < n_layers - 1
+        if offsets[8, layer + 1] > offsets[8, layer]:
+            bv, bm, br, n_groups, work = _bitmap_layer(values, bitmasks, rptr, offsets, layer)
+            b = bias[offsets[4, layer]:offsets[4, layer + 1]]
+            if work >= min_parallel_slots and n_threads > 1:
+                rows_parallel(bv, bm, br, b, h, out, n_groups, relu, n_threads)
+            else:
+                rows_serial(bv, bm, br, b, h, out, n_groups, relu)
+        else:
+            d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
+                                                              bias, offsets, layer)
+            if n_slots >= min_parallel_slots and n_threads > 1:
+                sell_parallel(d, m, v, c, blk, sp, cp, b, h, out, relu, packed, n_threads)
+            else:
+                sell_serial(d, m, v, c, blk, sp, cp, b, h, out, relu, packed)
+        h = out
+    _store_logits(out, logits)
+
+
 @njit(**_OPTS)
 def sell_forward(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets, packed,
                  values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
@@ -219,53 +249,15 @@ def sell_forward(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n
     of every layer. A layer with at least min_parallel_slots slots (bitmap: groups) runs on
     n_threads threads.
     """
-    h = _load_x(X, xbuf, n_blocks)
-    out = buf0
-    n_layers = n_chunks.shape[0]
-    for layer in range(n_layers):
-        out = buf0 if layer % 2 == 0 else buf1
-        relu = layer < n_layers - 1
-        if offsets[8, layer + 1] > offsets[8, layer]:
-            bv, bm, br, n_groups, work = _bitmap_layer(values, bitmasks, rptr, offsets, layer)
-            b = bias[offsets[4, layer]:offsets[4, layer + 1]]
-            if work >= min_parallel_slots and n_threads > 1:
-                bitmap_matvec(bv, bm, br, b, h, out, n_groups, relu, n_threads)
-            else:
-                bitmap_matvec_serial(bv, bm, br, b, h, out, n_groups, relu)
-        else:
-            d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                              bias, offsets, layer)
-            if n_slots >= min_parallel_slots and n_threads > 1:
-                sell_matvec_bias_relu(d, m, v, c, blk, sp, cp, b, h, out, relu, packed, n_threads)
-            else:
-                sell_matvec_bias_relu_serial(d, m, v, c, blk, sp, cp, b, h, out, relu, packed)
-        h = out
-    _store_logits(out, logits)
+    _forward(sell_matvec_bias_relu_serial, sell_matvec_bias_relu, bitmap_matvec_serial, bitmap_matvec,
+             data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets, packed,
+             values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits)
 
 
 @njit(**_OPTS)
 def sell_forward_portable(data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets,
                           packed, values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits):
     """sell_forward on the portable twins (same arguments): runs on any CPU."""
-    h = _load_x(X, xbuf, n_blocks)
-    out = buf0
-    n_layers = n_chunks.shape[0]
-    for layer in range(n_layers):
-        out = buf0 if layer % 2 == 0 else buf1
-        relu = layer < n_layers - 1
-        if offsets[8, layer + 1] > offsets[8, layer]:
-            bv, bm, br, n_groups, work = _bitmap_layer(values, bitmasks, rptr, offsets, layer)
-            b = bias[offsets[4, layer]:offsets[4, layer + 1]]
-            if work >= min_parallel_slots and n_threads > 1:
-                bitmap_matvec_portable(bv, bm, br, b, h, out, n_groups, relu, n_threads)
-            else:
-                bitmap_matvec_portable_serial(bv, bm, br, b, h, out, n_groups, relu)
-        else:
-            d, m, v, c, blk, sp, cp, b, n_slots = _sell_layer(data, masks, vptr, indices, block, slot_ptr, chunk_ptr,
-                                                              bias, offsets, layer)
-            if n_slots >= min_parallel_slots and n_threads > 1:
-                sell_matvec_portable(d, m, v, c, blk, sp, cp, b, h, out, relu, packed, n_threads)
-            else:
-                sell_matvec_portable_serial(d, m, v, c, blk, sp, cp, b, h, out, relu, packed)
-        h = out
-    _store_logits(out, logits)
+    _forward(sell_matvec_portable_serial, sell_matvec_portable, bitmap_matvec_portable_serial, bitmap_matvec_portable,
+             data, masks, vptr, indices, block, slot_ptr, chunk_ptr, bias, n_chunks, n_blocks, offsets, packed,
+             values, bitmasks, rptr, X, xbuf, buf0, buf1, min_parallel_slots, n_threads, logits)

@@ -102,13 +102,13 @@ def test_batch_one_sell_call_gets_the_planned_threshold(sell, threads, monkeypat
 @pytest.mark.parametrize("choice", ["sell8-portable", "portable"])
 def test_sell_copy_counts_are_exact(choice):
     params = _net(0.9)
-    eng = make_engine("csr", params, threads=1, sell=choice)
+    eng = make_engine("csr", params, threads=1, sell=choice, bitmap=False)
     if choice == "portable":                               # SELL-16: slots of 16 rows, bias at [7]
         arrays, _, layers = sell.flatten(params)
         units, per, bias = [s.n_slots for s in layers], sell.LANES, arrays[7]
         if eng.sell_kernel == "sell16p-portable":          # packed values (plan.sell_packs): their bytes
             assert eng.sell_nbytes == sell.form_nbytes(layers)["sell-packed"] == eng.plan(1).nbytes
-            eng = make_engine("csr", params, threads=1, sell="padded")
+            eng = make_engine("csr", params, threads=1, sell="padded", bitmap=False)
             assert eng.sell_kernel in ("sell16-portable", "sell16-avx512")
     else:                                                  # SELL8: units of 2 slots x 8 rows, bias at [4]
         arrays, _, layers = sell8.flatten(params)
@@ -153,7 +153,7 @@ def test_default_sell_obeys_the_engines_cache_budget():
     assert kept.sell_kernel == want and kept.sell_nbytes > 2 * kept.nbytes and kept.plan(1).layout == "sell"
     dropped = make_engine("csr", params, threads=1, bitmap=False, tuning=Tuning(sell_cache_bytes=0))
     assert dropped.sell_kernel is None and dropped.sell_nbytes == kept.sell_nbytes
-    assert dropped.plan(1).layout == "csr"
+    assert dropped.plan(1).layout == "csr" and dropped.describe()["bitmap"] == []
     X = np.random.default_rng(4).random((1, 100), dtype=np.float32)
     _close(dropped(X), forward(params, X))
     for choice, kernel in (("sell8-portable", "sell8-portable"), ("portable", "sell16-portable")):

@@ -113,8 +113,8 @@ def test_bitmap_layers_where_groups_cost_at_most_the_slots():
     """plan.bitmap_layers: bitmap rows where groups x bitmap_group_cost / 100 <= SELL slots; a (17, 33)
     layer has 32 rows x 3 groups = 96 groups."""
     t = Tuning(bitmap_group_cost=80)
-    assert plan.bitmap_layers([(17, 33)] * 3, [0] * 3, [77, 76, 10 ** 6], 1, t) == (True, False, True)
-    assert plan.bitmap_layers([(17, 33)], [0], [0], 1, Tuning(bitmap_group_cost=0)) == (True,)
+    assert plan.bitmap_layers([(17, 33)] * 3, [77, 76, 10 ** 6], t) == (True, False, True)
+    assert plan.bitmap_layers([(17, 33)], [0], Tuning(bitmap_group_cost=0)) == (True,)
     net = NetShape(nnz=(10, 10), shape=((17, 33), (4, 17)), sell_slots=(3000, 2999), bitmap=(True, False), panels=(33, 17),
                    nbytes={"sell": 77, "csr": 5})
     p = plan.plan_csr(net, 1, 2, t, "sell16p-avx512", isa="avx512")
