@@ -323,7 +323,7 @@ def bitmap_layers(shapes: Sequence[tuple], slots: Sequence[int], t: Tuning) -> t
     (AVX-512), whole forward at batch 1, every layer in bitmap rows against every layer in SELL-16,
     He and trained nets: the two cost the same at 1.3-2.2 groups a slot on one thread (lower in slow
     phases of the VM, where both are compute-bound and a group costs about a slot), at 1.5-1.9 on two;
-    at k = 50 % (1.5-1.6) bitmap rows won 6 of 9 side-by-side runs (x1.07-1.27) and lost 3 (x0.88-0.95).
+    at k = 50 % (1.5-1.6) bitmap rows won 7 of 12 side-by-side runs (x1.07-1.27) and lost 4 (x0.93-0.95).
     So the default net's hidden layers go to bitmap rows up to k = 50 %, to SELL from 60 %
     (docs/perf-notes.md, session 17)."""
     return tuple(bitmap_groups(s) * t.bitmap_group_cost <= 100 * n for s, n in zip(shapes, slots))
@@ -332,7 +332,7 @@ def bitmap_layers(shapes: Sequence[tuple], slots: Sequence[int], t: Tuning) -> t
 def _bitmap_reason(net: NetShape, t: Tuning) -> str:
     """Which layers batch 1 holds in bitmap rows, and why (bitmap_layers)."""
     held = [i for i, b in enumerate(net.bitmap) if b]
-    return (f"layers {', '.join(map(str, held))} in bitmap rows (16-column masks, vexpandps): their groups x "
+    return (f"layer{'s' if len(held) > 1 else ''} {', '.join(map(str, held))} in bitmap rows (16-column masks, vexpandps): their groups x "
             f"{t.bitmap_group_cost / 100:g} <= their SELL slots ("
             + ", ".join(f"{bitmap_groups(net.shape[i])} groups" for i in held) + "; plan.bitmap_layers)")
 
@@ -341,7 +341,8 @@ def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:
     """Why SELL-16 holds packed values or padded slots (sell_packs), from the bytes of both forms."""
     padded, packed, mb = net.nbytes["sell-padded"], net.nbytes["sell-packed"], 2 ** 20
     budget = sell_l2_budget(t)
-    return (f"{'packed' if sell.startswith('sell16p') else 'padded'} values: the padded SELL is {padded / mb:.1f} MB, "
+    return (f"{'packed' if sell.startswith('sell16p') else 'padded'} values: the padded SELL is {padded / mb:.1f} MB"
+            f"{' (bitmap rows included)' if any(net.bitmap) else ''}, "
             f"{padded / max(threads, 1) / mb:.2f} MB a thread against {SELL_L2_SHARE:g} of an L2 of {budget / mb:.1f} MB (packed: "
             f"{packed / mb:.1f} MB; plan.sell_packs)")
 
@@ -371,9 +372,12 @@ def plan_csr(net: NetShape, batch: int, threads: int, t: Tuning, sell: Optional[
                "sell16p-portable": "SELL-16x32 with packed values (portable twin)",
                "sell8-avx2": "SELL8 (AVX2 permutes over 8/16-column windows; no AVX-512F)",
                "sell8-portable": "SELL8 (portable twin)"}[sell]
+        if all(bitmap):                 # no layer in SELL slots: neither permutes nor packing run
+            how = "bitmap rows alone (" + ("AVX-512F vexpandps)" if sell.endswith("avx512") else "portable twin)")
         why = (f"batch 1 on {how}",) + ((f"SELL8 windows per layer (columns; s: split units, a window a slot): "
                                          f"{', '.join(net.sell_kinds)}",) if eight and net.sell_kinds else ()) + (
-               (_packing_reason(net, threads, t, sell),) if not eight and "sell-padded" in net.nbytes else ()) + (
+               (_packing_reason(net, threads, t, sell),) if not eight and "sell-padded" in net.nbytes
+               and not all(bitmap) else ()) + (
                (_bitmap_reason(net, t),) if any(bitmap) else ()) + (
                f"a layer runs on {threads} threads from {least} {'units' if eight else 'slots'}"
                + (" (bitmap rows: groups)" if any(bitmap) else "") if threads > 1

@@ -119,10 +119,17 @@ def test_bitmap_layers_where_groups_cost_at_most_the_slots():
                    nbytes={"sell": 77, "csr": 5})
     p = plan.plan_csr(net, 1, 2, t, "sell16p-avx512", isa="avx512")
     assert p.layers == (LayerPlan("bitmap16-avx512", True), LayerPlan("sell16p-avx512", False))
-    assert p.reasons[1:] == ("layers 0 in bitmap rows (16-column masks, vexpandps): their groups x 0.8 <= their SELL "
+    assert p.reasons[1:] == ("layer 0 in bitmap rows (16-column masks, vexpandps): their groups x 0.8 <= their SELL "
                              "slots (96 groups; plan.bitmap_layers)",
                              "a layer runs on 2 threads from 3000 slots (bitmap rows: groups)")
     assert plan.plan_csr(net, 1, 1, t, "sell16-portable").layers[0].kernel == "bitmap16-portable"
+    both = dataclasses.replace(net, bitmap=(True, True), nbytes={"sell": 77, "sell-padded": 77, "sell-packed": 77})
+    p = plan.plan_csr(both, 1, 1, t, "sell16-avx512", isa="avx512")
+    assert p.reasons[:2] == ("batch 1 on bitmap rows alone (AVX-512F vexpandps)",     # no packing line: no slots
+                             "layers 0, 1 in bitmap rows (16-column masks, vexpandps): their groups x 0.8 <= their SELL "
+                             "slots (96 groups, 32 groups; plan.bitmap_layers)")
+    mixed = dataclasses.replace(both, bitmap=(False, True))
+    assert "(bitmap rows included)" in plan.plan_csr(mixed, 1, 1, t, "sell16-avx512", isa="avx512").reasons[1]
     with pytest.raises(ValueError, match="bitmap must be None, True, False or one bool a layer"):
         make_engine("csr", he_init((20, 10, 4)), bitmap="yes")
     with pytest.raises(ValueError, match="one bool a layer"):
