@@ -60,9 +60,13 @@ class _Chunked(Engine):
         return chunk_columns(B, self.threads, self.tuning.max_chunk)
 
     def _parallel_layers(self):
-        """Batch 1: which layers split their rows over the threads (enough stored multiply-adds)."""
-        return np.asarray([self.threads > 1 and s >= self.tuning.min_parallel_work for s in self._stored],
-                          np.bool_)
+        """Batch 1: which layers split their rows over the threads (enough stored multiply-adds);
+        computed once (threads, tuning and the stored weights are fixed): ~1 us of a 20 us call."""
+        par = self.__dict__.get("_par")
+        if par is None:
+            par = self._par = np.asarray([self.threads > 1 and s >= self.tuning.min_parallel_work
+                                          for s in self._stored], np.bool_)
+        return par
 
     def plan(self, batch: int) -> Plan:
         B = check_batch(batch)
