@@ -106,6 +106,11 @@ class Engine:
             finally:
                 self._held -= 1
 
+    def pools(self, batch: int) -> tuple:
+        """The thread pools a call of this batch size runs on ("blas", "numba"): the timing harness
+        pauses between cases on different pools (timing.settle), while the other's workers spin."""
+        return tuple(pool for pool in ("blas", "numba") if getattr(self, f"uses_{pool}"))
+
     def warmup(self, batch: int = 1) -> float:
         """Seconds spent in one call on a zero batch (the compile, or cache load, for Numba)."""
         X = np.zeros((check_batch(batch), self.n_in), np.float32)

@@ -99,6 +99,10 @@ class FusedDenseEngine(DenseEngine):
             pc = self._plans[B] = (p, np.asarray([l.parallel for l in p.layers], np.bool_))
         return pc[0]
 
+    def pools(self, batch: int) -> tuple:
+        """numpy's BLAS chain above tuning.max_fused_batch, our Numba kernel up to it."""
+        return ("blas",) if self.plan(batch).split == "blas" else ("numba",)
+
     def _forward(self, X):
         B = X.shape[0]
         if B not in self._plans:

@@ -179,6 +179,9 @@ def pool_group(case) -> tuple:
     between pools); single-threaded cases form one group."""
     if case.threads < 2:
         return ()
+    pools = getattr(case.engine, "pools", None)           # an Engine says per batch size (engine_base)
+    if callable(pools):
+        return tuple(pools(case.batch))
     return tuple(pool for pool in ("blas", "numba") if getattr(case.engine, f"uses_{pool}", False))
 
 
@@ -240,21 +243,25 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
     if rounds < 1 or min_time < 0:
         raise ValueError(f"need rounds >= 1 and min_time >= 0, got {rounds}, {min_time}")
     bar = progress_bar(progress, total=len(cases) * (rounds + 1), desc="timing", leave=False)
-    n_rounds = []
-    for case in cases:
+    n_rounds = [rounds] * len(cases)
+    groups = [pool_group(c) for c in cases]
+    previous = None
+    # warmed and calibrated a pool at a time, after the previous pool has settled: the calibration is
+    # timed too, and a case calibrated while the other pool's idle workers still spun got 1 call a
+    # round (a 20 ms first call on two threads), so every round timed a cold call
+    for i in sorted(range(len(cases)), key=lambda j: groups[j]):
+        case = cases[i]
+        settle(previous, case)
+        previous = case
         for _ in range(warmup):
             warm(case)                      # may include a compile: not used to calibrate
         if case.calls is None:
             calibrate(case, min_time)       # a slow case costs one call here
-        n = rounds
         if max_case_s is not None:
             per_round = case.round_s if case.round_s is not None else _probe(case)
-            n = max(min(rounds, min_rounds), min(rounds, int(max_case_s / max(per_round, 1e-12))))
-        n_rounds.append(n)
-        bar.update(1 + rounds - n)
+            n_rounds[i] = max(min(rounds, min_rounds), min(rounds, int(max_case_s / max(per_round, 1e-12))))
+        bar.update(1 + rounds - n_rounds[i])
     per_call = [[] for _ in cases]
-    previous = None
-    groups = [pool_group(c) for c in cases]
     for r in range(max(n_rounds, default=0)):
         for i in round_order(len(cases), r, seed, groups):
             if r >= n_rounds[i]:

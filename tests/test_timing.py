@@ -214,9 +214,41 @@ def test_multithreaded_cases_of_one_pool_run_together(small, monkeypatch):
         c.threads, c.calls = 2, 1
         cases.append(c)
     timing.time_cases(cases, rounds=5, warmup=0, progress=False, seed=0)
-    assert len(pauses) <= 2 * 5 - 1 and {timing.pool_group(c) for c in cases} == {("blas",), ("numba",)}
+    # the calibrations a pool at a time (1 change of pool), then at most 2 a round (1 in the first)
+    assert len(pauses) <= 1 + 2 * 5 and {timing.pool_group(c) for c in cases} == {("blas",), ("numba",)}
     one = fake_case(small, "one", [])
     assert timing.pool_group(one) == ()                               # single-threaded: one group
+
+
+def test_pool_group_is_the_calls_pool(small):
+    """An engine names the pools a call of the case's batch runs on: the fused dense engine is Numba's
+    at small batches and BLAS's above max_fused_batch (one flag for both would skip the pause after
+    numpy's dense, whose workers spin: 1 call a round, a cold one, at batch 1 on two threads)."""
+    from sparsenet.engines import make_engine
+    fused, dense, csr = (make_engine(n, small, threads=2) for n in ("dense-fused", "dense", "csr"))
+    assert (fused.pools(1), fused.pools(256), dense.pools(1), csr.pools(1)) == (("numba",), ("blas",), ("blas",), ("numba",))
+    for batch, want in ((1, ("numba",)), (256, ("blas",))):
+        case = timing.make_case("dense-fused", small, method="weight", sparsity=0.0, batch=batch, threads=2, engine=fused)
+        assert timing.pool_group(case) == want
+
+
+def test_calibration_waits_for_the_other_pool(small, monkeypatch):
+    """A case is warmed and calibrated only after the previous case's pool has settled: calibrated
+    while OpenBLAS's workers still spun, csr on two threads got one call a round (a 20 ms first call)
+    and every round timed a cold call (the default study, batch 1, k = 0: x2 slower)."""
+    log = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: log.append(("sleep", s)))
+    cases = []
+    for label, blas in (("dense", True), ("csr", False), ("csr2", False)):
+        c = fake_case(small, label, log)
+        c.engine.uses_blas, c.engine.uses_numba, c.threads = blas, not blas, 2
+        cases.append(c)
+    timing.time_cases(cases, rounds=1, warmup=1, progress=False, seed=0)
+    first_csr = next(i for i, e in enumerate(log) if e == "csr")
+    last_dense = max(i for i, e in enumerate(log[:first_csr]) if e == "dense")
+    assert ("sleep", timing.SETTLE_S) in log[last_dense:first_csr]
+    first_csr2 = log.index("csr2")
+    assert not any(isinstance(e, tuple) for e in log[first_csr:first_csr2])    # same pool: no pause
 
 
 def test_check_case_checks_the_last_timed_call(small):
