@@ -122,7 +122,8 @@ def layer_nbytes(shape: tuple, nnz: int) -> int:
     return 4 * (nnz + GROUP) + 2 * rows * groups + 8 * (rows + 1)
 
 
-def n_groups(shape: tuple) -> int:
-    """Groups a bitmap copy of an (M, N) layer holds (rows padded): the kernel's trip count."""
+def layer_groups(shape: tuple) -> int:
+    """Groups a bitmap copy of an (M, N) layer holds in all (rows padded; Bitmap.n_groups is a row's):
+    the kernel's trip count."""
     M, N = shape
     return -(-M // ROWS) * ROWS * -(-N // GROUP)

@@ -17,7 +17,7 @@ from sparsenet import kernels, sell8, sell8_kernels, sell_kernels
 from sparsenet.csr import CSR, index_dtype
 from sparsenet.engine_base import Engine, check_batch
 from sparsenet.model import Layer, layer_sizes
-from sparsenet.bitmap import n_groups as bitmap_groups
+from sparsenet.bitmap import layer_groups
 from sparsenet.plan import (NetShape, Plan, Tuning, bitmap_layers, chunk_width, padded_batch, panel_width, plan_csr,
                             sell_packs, wide_panel_width)
 from sparsenet.sell import LANES, flatten as sell_flatten, form_nbytes, net_layout
@@ -160,7 +160,7 @@ class CSREngine(Engine):
             self._sell_forms = form_nbytes(layout[0], self.bitmap)
             packed = self._packs()
             self._sell, (n_x, width), layers = sell_flatten(params, packed, layout, self.bitmap)
-            self._sell_slots = tuple(bitmap_groups(s.shape) if b else s.n_slots for s, b in zip(layers, self.bitmap))
+            self._sell_slots = tuple(layer_groups(s.shape) if b else s.n_slots for s, b in zip(layers, self.bitmap))
             held = [s for s, b in zip(layers, self.bitmap) if not b]           # the layers in SELL slots
             nnz = sum(s.nnz for s in held)
             self.sell_padding = sum(s.n_slots for s in held) * LANES / nnz if nnz else 1.0

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from sparsenet import kernels
-from sparsenet.bitmap import n_groups as bitmap_groups
+from sparsenet.bitmap import layer_groups
 from sparsenet.checks import is_integer, is_real
 from sparsenet.cpu import CPU, L1D_FALLBACK, cpu, l1d_bytes, l2_bytes  # noqa: F401  (CPU re-exported: the plan's view of the target)
 
@@ -326,7 +326,7 @@ def bitmap_layers(shapes: Sequence[tuple], slots: Sequence[int], t: Tuning) -> t
     at k = 50 % (1.5-1.6) bitmap rows won 7 of 12 side-by-side runs (x1.07-1.27) and lost 4 (x0.93-0.95).
     So the default net's hidden layers go to bitmap rows up to k = 50 %, to SELL from 60 %
     (docs/perf-notes.md, session 17)."""
-    return tuple(bitmap_groups(s) * t.bitmap_group_cost <= 100 * n for s, n in zip(shapes, slots))
+    return tuple(layer_groups(s) * t.bitmap_group_cost <= 100 * n for s, n in zip(shapes, slots))
 
 
 def _bitmap_reason(net: NetShape, t: Tuning) -> str:
@@ -334,7 +334,7 @@ def _bitmap_reason(net: NetShape, t: Tuning) -> str:
     held = [i for i, b in enumerate(net.bitmap) if b]
     return (f"layer{'s' if len(held) > 1 else ''} {', '.join(map(str, held))} in bitmap rows (16-column masks, vexpandps): their groups x "
             f"{t.bitmap_group_cost / 100:g} <= their SELL slots ("
-            + ", ".join(f"{bitmap_groups(net.shape[i])} groups" for i in held) + "; plan.bitmap_layers)")
+            + ", ".join(f"{layer_groups(net.shape[i])} groups" for i in held) + "; plan.bitmap_layers)")
 
 
 def _packing_reason(net: NetShape, threads: int, t: Tuning, sell: str) -> str:

@@ -11,6 +11,7 @@ one thread on register tiles (bsr_kernels / nm_kernels), like the csr engine's b
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -59,14 +60,11 @@ class _Chunked(Engine):
         """Columns per chunk of the batch split."""
         return chunk_columns(B, self.threads, self.tuning.max_chunk)
 
-    def _parallel_layers(self):
+    @cached_property
+    def _parallel_layers(self) -> np.ndarray:
         """Batch 1: which layers split their rows over the threads (enough stored multiply-adds);
         computed once (threads, tuning and the stored weights are fixed): ~1 us of a 20 us call."""
-        par = self.__dict__.get("_par")
-        if par is None:
-            par = self._par = np.asarray([self.threads > 1 and s >= self.tuning.min_parallel_work
-                                          for s in self._stored], np.bool_)
-        return par
+        return np.asarray([self.threads > 1 and s >= self.tuning.min_parallel_work for s in self._stored], np.bool_)
 
     def plan(self, batch: int) -> Plan:
         B = check_batch(batch)
@@ -80,7 +78,7 @@ class _Chunked(Engine):
                       layout=self.layout_name, nbytes=self.nbytes)
         if B == 1:
             common["nbytes"] = self._spmv_nbytes()
-            par = self._parallel_layers()
+            par = self._parallel_layers
             layers = tuple(LayerPlan(self._spmv_kernel(), bool(p)) for p in par)
             why = (f"batch 1: one matrix-vector kernel per layer; rows split over {self.threads} threads "
                    f"from {self.tuning.min_parallel_work} stored multiply-adds" if self.threads > 1
@@ -202,7 +200,7 @@ class BSREngine(_Chunked):
         if p.split == "none":
             x, buf0, buf1 = self._vec
             x[:self.n_in] = X[0]                                    # rows past n_in stay zero
-            o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers(), self._callbacks,
+            o = bsr_kernels.bsr_forward_vec(*self._args(), x, buf0, buf1, self._parallel_layers, self._callbacks,
                                             self.threads)
             out[0] = o[:self.n_out]
             return out
@@ -347,12 +345,12 @@ class NMEngine(_Chunked):
             values, idx, bias, val_off, bias_off, x, buf0, buf1 = self._vec16
             x[:self.n_in] = X[0]                                    # inputs past n_in stay zero
             o = nm_kernels.nm_forward_vec16(values, idx, bias, self._sizes, val_off, bias_off, self._ns, x, buf0,
-                                            buf1, self._parallel_layers(), self._callbacks, self.threads)
+                                            buf1, self._parallel_layers, self._callbacks, self.threads)
             out[0] = o[:self.n_out]
             return out
         if p.split == "none":
             buf0, buf1 = self._vec
-            out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers())
+            out[0] = nm_kernels.nm_forward_vec(*args, X.reshape(self.n_in), buf0, buf1, self._parallel_layers)
             return out
         if p.split == "rows":
             HT, buf0, buf1, _ = self._chunk_buffers(p.padded_batch)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from sparsenet.bitmap import GROUP, ROWS, Bitmap, layer_nbytes, n_groups
+from sparsenet.bitmap import GROUP, ROWS, Bitmap, layer_groups, layer_nbytes
 from test_csr import matrices, sparse_matrix
 
 
@@ -18,7 +18,7 @@ def test_round_trip_is_exact(W):
     np.testing.assert_array_equal(b.to_dense(), W)
     assert b.nnz == np.count_nonzero(W)
     assert b.n_rows % ROWS == 0 and b.n_rows >= W.shape[0] and b.n_groups * GROUP >= W.shape[1]
-    assert b.nbytes == layer_nbytes(W.shape, b.nnz) and b.masks.size == n_groups(W.shape)
+    assert b.nbytes == layer_nbytes(W.shape, b.nnz) and b.masks.size == layer_groups(W.shape)
 
 
 def test_layout_of_a_small_matrix():
