@@ -6,7 +6,10 @@ functions, so no number in the report is computed anywhere else.
 Timing conventions: each engine runs the net of its method (names.ENGINE_METHOD: a weight-pruned net on
 `dense`, `csr` and `csr-scipy`, a neuron-pruned one on `shrunk`, BLAS on the physically smaller
 net, a block-pruned one on `bsr` and `bsr-scipy`, an N:M-pruned one on `nm`). "Speed-up" is dense time / engine time, with the dense time
-taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net.
+taken from the same (method, sparsity) when the study timed it, else from the unpruned dense net. Where
+the engine's record and the dense one were timed in one run (stats.paired: their rounds back to back,
+timing.round_order), the speed-up is the median of their per-round ratios (`paired_ratio`), else the
+ratio of their medians.
 """
 from __future__ import annotations
 
@@ -78,11 +81,22 @@ def dense_reference(timings, batch, threads, sparsity=None):
     slow spell of the machine hits both sides of the ratio; the study's --dense-every-k). Otherwise of
     the method "none" records if there are any, else of every dense record (dense time does not depend on
     the zeros, and one record can be noisy)."""
+    pick = dense_records(timings, batch, threads, sparsity)
+    return float(median(r["median_s"] for r in pick)) if pick else None
+
+
+def dense_records(timings, batch, threads, sparsity=None) -> list:
+    """The records dense_reference takes its median from ([] if none)."""
     dense = select(records_of(timings), engine="dense", batch=batch, threads=threads)
     for pick in (select(dense, sparsity=sparsity) if sparsity is not None else [], select(dense, method="none"), dense):
         if pick:
-            return float(median(r["median_s"] for r in pick))
-    return None
+            return pick
+    return []
+
+
+def _fused_records(timings, batch, threads, sparsity=None) -> list:
+    fused = select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
+    return (select(fused, sparsity=sparsity) if sparsity is not None else []) or select(fused, sparsity=0.0)
 
 
 def fastest_dense(timings, batch, threads, sparsity=None):
@@ -90,8 +104,7 @@ def fastest_dense(timings, batch, threads, sparsity=None):
     numpy's chain (dense) or our one-call forward (dense-fused, timed at small batches); None if neither.
     With `sparsity`: each timed at that k when it was (see dense_reference), else at k = 0."""
     times = {"dense": dense_reference(timings, batch, threads, sparsity)}
-    fused = select(records_of(timings), engine="dense-fused", batch=batch, threads=threads)
-    fused = (select(fused, sparsity=sparsity) if sparsity is not None else []) or select(fused, sparsity=0.0)
+    fused = _fused_records(timings, batch, threads, sparsity)
     if fused:
         times["dense-fused"] = float(median(r["median_s"] for r in fused))
     times = {e: t for e, t in times.items() if t is not None}
@@ -121,33 +134,62 @@ def engine_records(timings, engine, method, sparsity, batch, threads) -> list:
 
 def ratio_interval(timings, num: tuple, den: tuple):
     """(ratio, low, high, decision) of time(num) / time(den), each (engine, method, k, batch, threads),
-    from the records' per-round times (stats.ratio_ci, 95 %); None when a record lacks them."""
+    from the records' per-round times (95 %): paired rounds when each side is one record and the two
+    pair (stats.record_ratio_ci), else every record's rounds pooled per side (stats.ratio_ci); None
+    when a record lacks them."""
     from sparsenet import stats
-    a = [t for r in engine_records(timings, *num) for t in (r.get("per_round_s") or [])]
-    b = [t for r in engine_records(timings, *den) for t in (r.get("per_round_s") or [])]
+    num_recs, den_recs = engine_records(timings, *num), engine_records(timings, *den)
+    if len(num_recs) == 1 and len(den_recs) == 1 and stats.paired(num_recs[0], den_recs[0]):
+        ratio, lo, hi = stats.record_ratio_ci(num_recs[0], den_recs[0])
+        return {"ratio": ratio, "low": lo, "high": hi, "decision": stats.decide(lo, hi)}
+    a = [t for r in num_recs for t in (r.get("per_round_s") or [])]
+    b = [t for r in den_recs for t in (r.get("per_round_s") or [])]
     if not a or not b:
         return None
     ratio, lo, hi = stats.ratio_ci(a, b)
     return {"ratio": ratio, "low": lo, "high": hi, "decision": stats.decide(lo, hi)}
 
 
+def paired_ratio(num_recs, den_recs):
+    """The median of the per-round ratios num / den when each side is one record and the two were
+    timed in one run (stats.paired), else None (the caller takes the ratio of medians)."""
+    from sparsenet import stats
+    if len(num_recs) == 1 and len(den_recs) == 1 and stats.paired(num_recs[0], den_recs[0]):
+        return float(median(stats.round_ratios(num_recs[0], den_recs[0]).tolist()))
+    return None
+
+
+def speedup_at(timings, engine, method, sparsity, batch, threads, baseline="dense"):
+    """{"sparsity", "seconds", "dense_s", "speedup", "paired"} of `engine` at one k (None when either
+    side was not timed): the speed-up over the baseline (speedups) from paired rounds where the two
+    records pair (paired_ratio), else dense_s / seconds."""
+    t = engine_time(timings, engine, method, sparsity, batch, threads)
+    if baseline == "fastest":
+        fastest = fastest_dense(timings, batch, threads, sparsity)
+        d = fastest[1] if fastest else None
+        base = (dense_records(timings, batch, threads, sparsity) if fastest[0] == "dense"
+                else _fused_records(timings, batch, threads, sparsity)) if fastest else []
+    else:
+        d = engine_time(timings, "dense", method, sparsity, batch, threads)
+        base = engine_records(timings, "dense", method, sparsity, batch, threads)
+    if not t or not d:
+        return None
+    paired = paired_ratio(base, engine_records(timings, engine, method, sparsity, batch, threads))
+    return {"sparsity": sparsity, "seconds": t, "dense_s": d, "speedup": d / t if paired is None else paired,
+            "paired": paired is not None}
+
+
 def speedups(timings, engine, method, batch, threads=None, baseline="dense") -> list:
     """[{"sparsity", "seconds", "dense_s", "speedup"}] of `engine` on the `method`-pruned net, sorted by sparsity.
 
-    speedup = dense seconds / engine seconds (> 1: faster than dense). baseline "dense": numpy's dense
-    chain at the same k; "fastest": the fastest dense baseline on the unpruned net (fastest_dense)."""
+    speedup = dense seconds / engine seconds (> 1: faster than dense; from paired rounds where the two
+    records pair: speedup_at, "paired" True). baseline "dense": numpy's dense chain at the same k;
+    "fastest": the fastest dense baseline on the unpruned net (fastest_dense)."""
     threads = default_threads(timings) if threads is None else threads
     timed = select(records_of(timings), engine=engine, method=method, batch=batch, threads=threads)
     ks = sorted({sparsity_key(r["sparsity"]) for r in timed})
-    out = []
-    for k in ks:
-        t = engine_time(timings, engine, method, k, batch, threads)
-        fastest = fastest_dense(timings, batch, threads, k) if baseline == "fastest" else None
-        d = fastest[1] if fastest else None if baseline == "fastest" else engine_time(
-            timings, "dense", method, k, batch, threads)
-        if t and d:
-            out.append({"sparsity": k, "seconds": t, "dense_s": d, "speedup": d / t})
-    return out
+    rows = (speedup_at(timings, engine, method, k, batch, threads, baseline) for k in ks)
+    return [r for r in rows if r is not None]
 
 
 def break_even(timings, engine, method, batch, threads=None, baseline="dense"):
@@ -260,9 +302,11 @@ def candidates(accuracy, timings, batch, threads=None, include_dense=False) -> l
                 if t is None:
                     continue
                 d = dense_reference(timings, batch, threads, row["sparsity"])     # side by side when timed at k
+                paired = paired_ratio(dense_records(timings, batch, threads, row["sparsity"]), engine_records(
+                    timings, engine, curve["method"], row["sparsity"], batch, threads))
                 out.append({"method": curve["method"], "recovery": curve["recovery"], "sparsity": row["sparsity"],
                             "engine": engine, "accuracy": row["accuracy"], "seconds": t,
-                            "speedup": d / t if d else None})
+                            "speedup": paired if paired is not None else d / t if d else None})
     return out
 
 
@@ -372,6 +416,29 @@ def sgemm_peak(machine, threads, timings=None, sparsity=None):
     return peak
 
 
+def peak_pair(timings, record):
+    """The sgemm peak record timed in `record`'s cell of its run (timing.peak_case "beside" its
+    batch, at its thread count; stats.paired), or None."""
+    from sparsenet import stats
+    return next((p for p in peaks_of(timings) if p.get("beside") == record["batch"] and has_rate(p)
+                 and int(p["threads"]) == int(record["threads"]) and stats.paired(p, record)), None)
+
+
+def peak_fraction(timings, machine, record, peak=None):
+    """Useful GFLOP/s of `record` as a fraction of the sgemm peak: the median of its per-round
+    fractions of the peak timed back to back with it (peak_pair: a spell of the machine hits both),
+    else its median rate over `peak` (GFLOP/s; by default sgemm_peak at its k); None without a peak."""
+    if not has_rate(record):
+        return None
+    pair = peak_pair(timings, record)
+    if pair is not None:
+        from sparsenet import stats
+        fractions = stats.round_ratios(pair, record) * (record["flops"] / pair["flops"])
+        return float(median(fractions.tolist()))
+    peak = sgemm_peak(machine, record["threads"], timings, record["sparsity"]) if peak is None else peak
+    return record["flops"] / record["median_s"] / 1e9 / peak if peak else None
+
+
 def above_peak(timings, machine, threads) -> int:
     """How many records at `threads` achieve more GFLOP/s than the machine stage's sgemm peak (0 without a peak)."""
     peak = sgemm_peak(machine, threads)
@@ -457,14 +524,14 @@ def equal_sparsity(timings, batches, threads, below=0.5) -> dict:
             engine = min(weights, key=weights.get)
             n_engine = min(neurons, key=neurons.get)
             neuron = neurons[n_engine]
-            ratio = weights[engine] / neuron
+            ci = ratio_interval(timings, (engine, "weight", k, batch, threads), (n_engine, "neuron", k, batch, threads))
+            ratio = ci["ratio"] if ci else weights[engine] / neuron       # paired rounds where the two pair
             # timing noise: the larger max/min spread of the two records; a ratio inside it is not a clear win
             noise = max([1.0] + [r.get("spread", 1.0) for e, m in ((n_engine, "neuron"), (engine, "weight"))
                                  for r in select(records_of(timings), engine=e, method=m, sparsity=k, batch=batch,
                                                  threads=threads) if math.isfinite(r.get("spread", 1.0))])
-            ci = ratio_interval(timings, (engine, "weight", k, batch, threads), (n_engine, "neuron", k, batch, threads))
             rows.append({"sparsity": k, "batch": batch, "neuron_s": neuron, "weight_s": weights[engine],
-                         "weight_engine": engine, "neuron_engine": n_engine, "ci": ci, "ratio": ratio, "neuron_faster": neuron < weights[engine],
+                         "weight_engine": engine, "neuron_engine": n_engine, "ci": ci, "ratio": ratio, "neuron_faster": ratio > 1,
                          "noise": noise, "within_noise": _within_noise(ci, ratio, noise)})
     missing = None if rows else (f"no shrunk and weight-pruned timings at 0 < k < {pct(below)} "
                                  "(time e.g. `--sparsities 0,25,50,90`)")
@@ -678,6 +745,8 @@ def skip_gains(timings, threads=None) -> list:
             t = engine_time(timings, engine, method, k, b, threads)
             t0 = engine_time(timings, base, method, k, b, threads)
             if t and t0:
+                paired = paired_ratio(engine_records(timings, base, method, k, b, threads),
+                                      engine_records(timings, engine, method, k, b, threads))
                 out.append({"engine": engine, "base": base, "sparsity": k, "batch": b, "threads": threads,
-                            "speedup": t0 / t})
+                            "speedup": t0 / t if paired is None else paired})
     return sorted(out, key=lambda x: (engine_rank(x["engine"]), x["batch"], x["sparsity"]))

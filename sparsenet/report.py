@@ -17,7 +17,7 @@ from sparsenet.analysis import (
     above_peak, activation_rows, baseline_accuracy, batch_sizes, call_bytes, curve_stats, decision_detail,
     default_threads, describe,
     GRANULARITY_WORDS, has_rate, headline, skip_gains,
-    kernels_used, pareto_front, pct, records_of, run_peak, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
+    kernels_used, pareto_front, pct, peak_fraction, records_of, run_peak, select, sgemm_peak, sparsity_key, speedup_curves, thread_counts,
     threads_word, verdict,
 )
 from sparsenet.files import atomic_write_bytes, make_dirs, named_folder, write_json
@@ -273,9 +273,10 @@ def _roofline_rows(timings, machine, threads) -> list:
         k = sparsity_key(r["sparsity"])                                  # the peak timed beside r, if any
         peak = peaks[k] if k in peaks else peaks.setdefault(k, sgemm_peak(machine, threads, timings, k))
         g = r["flops"] / r["median_s"] / 1e9
+        frac = peak_fraction(timings, machine, r, peak) if peak else None
         rows.append([r["engine"], r["method"], pct(r["sparsity"]), r["batch"], r.get("layout", "–"),
                      r.get("kernel", "–"), f"{r['flops'] / call_bytes(r):.3g}", f"{g:.3g}",
-                     "–" if not peak else pct(g / peak, 1)])
+                     "–" if frac is None else pct(frac, 1)])
     return rows
 
 
@@ -509,9 +510,11 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
                   "(an approximation: activations, repeated index reads and caches are ignored, so true intensity is "
                   "lower for large batches). Roofs: the sgemm peak (below) and the bandwidth measured by the machine stage. "
                   + ("The fractions of peak in 8.5 divide by the sgemm peak timed in the same rounds as the "
-                     "record's engines (an n x n float32 product beside every k, medians of both; timings.json "
-                     "`peaks`), or by a dense call of those rounds where one was faster; the line in the plot "
-                     "is its median over k.\n" if in_run else
+                     "record's engines (an n x n float32 product beside every k, timings.json `peaks`): at the "
+                     "batch it was timed beside (the widest not above n), the median of the per-round fractions "
+                     "against the peak timed back to back with the record; elsewhere medians of both, or a dense "
+                     "call of those rounds where one was faster. The line in the plot is its median over k.\n"
+                     if in_run else
                      "The fractions of peak in 8.5 divide by machine.json's sgemm peak, or by the fastest dense "
                      "call of the timings where that was faster (a dense call is sgemm too).\n"))
         if not mac:

@@ -50,9 +50,14 @@ TIMING = {"engine": "dense"|"csr"|"csr-scipy"|"shrunk",   # names.ENGINES
           "isa": str,                           # ISA level of those kernels (plan.CPU.isa)
           "plan": {...},                        # the whole plan (Plan.to_dict(): layers, reasons, ...)
           "nnz": int, "layer_sizes": [int...], "width": int|None,
+          "timed_at": float,                    # wall-clock start of the run (timing.time_cases) that timed it:
+                                                # records with the same one pair round by round (stats.paired)
+          "round_at_s": [float...],             # when each round of it started, seconds after timed_at
           "machine": str}                       # the fingerprint's tag of the machine that timed it
+(a sgemm peak record also has "beside": the batch whose cell it was timed in)
 (kernel, isa and plan are absent from records written before plans were recorded, machine and the
-fingerprints from those written before fingerprints.)
+fingerprints from those written before fingerprints, timed_at and round_at_s from those written before
+session 18: their ratios are ratios of medians.)
 
 Writers may add keys the reader does not need: accuracy/timings/scaling carry "config" (what produced
 them, checked on resume), "complete" (false while a stage is partly done), timings/scaling also

@@ -5,6 +5,13 @@ A timing record (results.py) holds `per_round_s`, the per-call time of each inte
 gives the interval of the ratio of their medians (a speed-up); `decide` turns an interval into
 "holds", "fails" or "undecided within noise" for a claim "ratio > 1". Seeded: the same records give
 the same intervals.
+
+Two records timed in one run (`paired`: the same "timed_at") pair round by round: round r of two
+cases of one cell (timing.round_order: an engine and its dense baselines at one batch and thread
+count) was timed back to back. Their ratio is then the median of the per-round ratios
+(`record_ratio_ci`): a slow spell of the machine that lasts a few seconds hits both sides of a pair,
+where it moves a ratio of medians (on our VM, whose speed flips between two levels ~1.5x apart, the
+median of one record could fall in the fast level and the other's in the slow one).
 """
 from __future__ import annotations
 
@@ -50,6 +57,43 @@ def ratio_ci(num: Sequence[float], den: Sequence[float], level: float = LEVEL, n
             float(np.quantile(ratios, 1 - a)))
 
 
+def paired(a, b) -> bool:
+    """Whether two timing records pair round by round: timed in one run of timing.time_cases (the same
+    "timed_at" and machine), each with its per-round times."""
+    at = a.get("timed_at")
+    return (at is not None and at == b.get("timed_at") and a.get("machine") == b.get("machine")
+            and bool(a.get("per_round_s")) and bool(b.get("per_round_s")))
+
+
+def round_ratios(num, den) -> np.ndarray:
+    """The per-round ratios num / den of two paired records, over the rounds both were timed in (a
+    case given fewer rounds sits out the last ones: timing.time_cases)."""
+    a, b = rounds_of(num), rounds_of(den)
+    n = min(a.size, b.size)
+    return a[:n] / b[:n]
+
+
+def record_ratio_ci(num, den, level: float = LEVEL, seed: int = 0) -> Optional[tuple]:
+    """(ratio, low, high) of record `num`'s time over record `den`'s: the median of their per-round
+    ratios and its bootstrap interval when they pair (paired), else the ratio of their medians with
+    each side resampled on its own (ratio_ci); None when either lacks its per-round times."""
+    if paired(num, den):
+        return median_ci(round_ratios(num, den), level=level, seed=seed)
+    a, b = rounds_of(num), rounds_of(den)
+    if a is None or b is None:
+        return None
+    return ratio_ci(a, b, level=level, seed=seed)
+
+
+def _speedup_samples(dense, engine, rng, n_boot: int) -> tuple:
+    """(speed-up, its bootstrap resamples) of record `engine` over record `dense`, paired when they pair."""
+    if paired(dense, engine):
+        r = round_ratios(dense, engine)
+        return float(np.median(r)), _boot_medians(r, rng, n_boot)
+    d, e = rounds_of(dense), rounds_of(engine)
+    return float(np.median(d) / np.median(e)), _boot_medians(d, rng, n_boot) / _boot_medians(e, rng, n_boot)
+
+
 def decide(low: float, high: float, threshold: float = 1.0) -> str:
     """'holds' when the whole interval is above threshold, 'fails' when below, else 'undecided within noise'."""
     if low > threshold:
@@ -60,29 +104,23 @@ def decide(low: float, high: float, threshold: float = 1.0) -> str:
 
 
 def speedup_ci(dense_record, record, level: float = LEVEL, seed: int = 0) -> Optional[tuple]:
-    """(speed-up, low, high) of `record` over `dense_record` (dense time / engine time), or None
-    when either record lacks its per-round times."""
-    d, e = rounds_of(dense_record), rounds_of(record)
-    if d is None or e is None:
-        return None
-    return ratio_ci(d, e, level=level, seed=seed)
+    """(speed-up, low, high) of `record` over `dense_record` (dense time / engine time; paired
+    rounds when the two pair: record_ratio_ci), or None when either record lacks its per-round times."""
+    return record_ratio_ci(dense_record, record, level=level, seed=seed)
 
 
 def break_even_ci(ks: Sequence[float], dense: Sequence, engine: Sequence, level: float = LEVEL,
                   n_boot: int = 500, seed: int = 0) -> Optional[tuple]:
     """(k, low, high): the break-even sparsity (as analysis.break_even: interpolated crossing of the
     speed-up through 1, staying above it up the grid) and its bootstrap interval, from per-round
-    times of dense and engine at each k. A resample that never breaks even counts as k = 1 (beyond
-    the grid); None when any record lacks rounds."""
-    d = [rounds_of(r) for r in dense]
-    e = [rounds_of(r) for r in engine]
-    if any(x is None for x in d + e) or not ks:
+    times of dense and engine at each k (paired rounds where the two records at a k pair). A resample
+    that never breaks even counts as k = 1 (beyond the grid); None when any record lacks rounds."""
+    if any(rounds_of(r) is None for r in list(dense) + list(engine)) or not ks:
         return None
-    point = _crossing(ks, [np.median(a) / np.median(b) for a, b in zip(d, e)])
     rng = np.random.default_rng(seed)
-    boot_d = [_boot_medians(a, rng, n_boot) for a in d]
-    boot_e = [_boot_medians(b, rng, n_boot) for b in e]
-    sims = [_crossing(ks, [bd[i] / be[i] for bd, be in zip(boot_d, boot_e)]) for i in range(n_boot)]
+    samples = [_speedup_samples(d, e, rng, n_boot) for d, e in zip(dense, engine)]
+    point = _crossing(ks, [s for s, _ in samples])
+    sims = [_crossing(ks, [boot[i] for _, boot in samples]) for i in range(n_boot)]
     sims = np.asarray([1.0 if s is None else s for s in sims])
     a = (1 - level) / 2
     return (point, float(np.quantile(sims, a)), float(np.quantile(sims, 1 - a)))

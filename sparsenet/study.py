@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from sparsenet import __version__, names
 from sparsenet.files import check_folder_writable, make_dirs, read_json
@@ -302,7 +303,7 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
     unit (timing.peak_case), interleaved in the same rounds; those records go to the file's "peaks"
     (analysis.sgemm_peak: a fraction of peak from medians that met the same spells of the machine)."""
     from sparsenet.machine import fingerprint
-    from sparsenet.timing import check_case, peak_case
+    from sparsenet.timing import check_case, peak_beside, peak_case
     path = part_path(folder, part)
     machine = fingerprint()
     state = {"records": [], "skipped": [], "compile_s": {}, "config": config, "complete": False,
@@ -339,7 +340,8 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
         for case in cases:
             if case.name not in state["compile_s"]:
                 state["compile_s"][case.name] = _compile_seconds(case)
-        peaks = [peak_case(peak_n, t, unit[1]) for t in sorted({c.threads for c in cases})] if peak_n > 0 else []
+        beside = peak_beside(peak_n, {c.batch for c in cases})
+        peaks = [peak_case(peak_n, t, unit[1], beside) for t in sorted({c.threads for c in cases})] if peak_n > 0 else []
         recs = _time(stages, cases + peaks, cfg, machine["tag"])
         state["records"] += recs[:len(cases)]
         state["peaks"] += recs[len(cases):]
@@ -351,7 +353,7 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
         progress_bar.update(1)
     progress_bar.close()
     if cfg.remeasure_s > 0 and not state.get("remeasured_s"):
-        remeasure(cfg, grid, state, stages, progress, part)
+        remeasure(cfg, grid, state, stages, progress, part, peak_n)
         save_part(folder, part, state)
     if cfg.remeasure_s > 0 and "steps" not in state:      # last: what follows must not undo the pairs
         state["steps"] = retime_steps(cfg, grid, state, stages, cfg.remeasure_s / 2)
@@ -371,9 +373,10 @@ def _time(stages: Stages, cases, cfg: StudyConfig, tag: str) -> list:
 
 
 def _ratio_interval(records, i, j) -> tuple:
-    """(ratio, low) of record j's time over record i's: stats.ratio_ci over their per-round times."""
+    """(ratio, low) of record j's time over record i's: stats.record_ratio_ci over their per-round
+    times (paired rounds when the two were timed in one run)."""
     from sparsenet import stats
-    ratio, low, _ = stats.ratio_ci(records[j]["per_round_s"], records[i]["per_round_s"])
+    ratio, low, _ = stats.record_ratio_ci(records[j], records[i])
     return ratio, low
 
 
@@ -466,49 +469,71 @@ def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
     return out
 
 
-def remeasure(cfg, grid, state, stages: Stages, progress, part) -> None:
-    """Re-time the flagged (noisy) records, unit by unit, within cfg.remeasure_s seconds; a record is
-    replaced when its new spread is smaller. state gains "remeasured" (how many were re-timed),
-    "remeasured_s" and "still_noisy" (the keys still flagged): the report lists them."""
+def remeasure(cfg, grid, state, stages: Stages, progress, part, peak_n: int = 0) -> None:
+    """Re-time the cells (width, k, batch, threads) that hold flagged (noisy) records, a cell at a time
+    within cfg.remeasure_s seconds: every record of the cell (and the sgemm peak timed beside it) in
+    one run, so that the engines and their dense baselines still pair round by round (stats.paired).
+    A cell's records are replaced when the new ones are less noisy in all (the sum of log spreads is
+    smaller). state gains "remeasured" (how many records were re-timed), "remeasured_s" and
+    "still_noisy" (the keys still flagged): the report lists them."""
     from sparsenet.grid import Point
-    from sparsenet.timing import check_case
+    from sparsenet.timing import check_case, peak_case
     t0 = time.perf_counter()
-    by_unit = {}
-    for i, r in enumerate(state["records"]):
-        if r.get("flagged"):
-            by_unit.setdefault((r.get("width"), r["sparsity"]), []).append(i)
+    records, peaks = state["records"], state.setdefault("peaks", [])
+    cells = {}
+    for i, r in enumerate(records):
+        cells.setdefault(_cell_key(r), []).append(i)
+    flagged = list(dict.fromkeys(_cell_key(r) for r in records if r.get("flagged")))
     n = 0
-    for unit, idx in by_unit.items():
+    for key in flagged:
+        idx = cells[key]
+        beside = [j for j, r in enumerate(peaks) if peak_n > 0 and _peak_cell(r, records, idx)]
         left = cfg.remeasure_s - (time.perf_counter() - t0)
-        idx = _within(idx, state["records"], left)
-        if not idx:
+        if len(_within(idx + [~j for j in beside], records, left, peaks)) < len(idx) + len(beside):
             break
         points = [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))
-                  for r in (state["records"][i] for i in idx)]
-        cases = grid.cases(unit, points)
+                  for r in (records[i] for i in idx)]
+        cases = grid.cases(key[:2], points)
+        batch = records[idx[0]]["batch"]
+        cases += [peak_case(peak_n, peaks[j]["threads"], peaks[j]["sparsity"], batch) for j in beside]
         new = _time(stages, cases, cfg, state["machine"]["tag"])
-        for case in cases:
+        for case in cases[:len(idx)]:
             check_case(case)
+        n += len(idx)
+        old = [records[i] for i in idx] + [peaks[j] for j in beside]
+        better = sum(math.log(max(r["spread"], 1.0)) for r in new) < sum(math.log(max(r["spread"], 1.0)) for r in old)
         for i, rec in zip(idx, new):
-            n += 1
-            if rec["spread"] < state["records"][i]["spread"]:
-                state["records"][i] = {**rec, "remeasured": True}
-            else:
-                state["records"][i]["remeasured"] = True
+            records[i] = {**rec, "remeasured": True} if better else {**records[i], "remeasured": True}
+        for j, rec in zip(beside, new[len(idx):]):
+            if better:
+                peaks[j] = rec
     state["remeasured"] = n
     state["remeasured_s"] = round(time.perf_counter() - t0, 3)
-    state["still_noisy"] = [list(record_key(r)) for r in state["records"] if r.get("flagged")]
+    state["still_noisy"] = [list(record_key(r)) for r in records if r.get("flagged")]
     if n:
-        _say(progress, f"{part}: re-timed {n} noisy case(s) in {state['remeasured_s']:.0f} s; "
+        _say(progress, f"{part}: re-timed {n} case(s) of noisy cells in {state['remeasured_s']:.0f} s; "
                        f"{len(state['still_noisy'])} still flagged")
 
 
-def _within(idx: list, records: list, seconds: float) -> list:
+def _cell_key(r) -> tuple:
+    """(width, k, batch, threads): the unit and timing.cell of a record, the cases timed back to back."""
+    return (r.get("width"), r["sparsity"], int(r["batch"]), int(r["threads"]))
+
+
+def _peak_cell(peak, records, idx) -> bool:
+    """Whether the sgemm peak record `peak` was timed in the cell of records[idx] (same run and threads)."""
+    r = records[idx[0]]
+    return (peak.get("timed_at") is not None and peak.get("timed_at") == r.get("timed_at")
+            and peak.get("beside") == r["batch"] and int(peak["threads"]) == int(r["threads"])
+            and peak["sparsity"] == r["sparsity"])
+
+
+def _within(idx: list, records: list, seconds: float, peaks: Sequence = ()) -> list:
     """The first of `idx` whose timing again (its rounds of calls, a warm and a calibrating call each)
-    is predicted to fit into `seconds`."""
+    is predicted to fit into `seconds`; an index ~j stands for peaks[j]."""
     out, total = [], 0.0
     for i in idx:
-        r = records[i]
+        r = records[i] if i >= 0 else peaks[~i]
         total += r["median_s"] * (r["calls"] * r["rounds"] + 2)
         if total > seconds:
             break

@@ -6,14 +6,20 @@ Method (one place, so the study and the pytest-benchmark suites agree):
 - calibration, once per case: the number of calls per round is chosen so one round lasts at least
   ``min_time`` (a batch-1 call of a few microseconds is timed in a loop; per-call time = loop / calls);
 - rounds are interleaved: round r times every case once, in an order shuffled by (seed, r), so slow
-  drift (turbo, a neighbour's load) hits all engines alike; multi-threaded cases of one thread pool
-  come together (the groups in shuffled order), so the pause between pools (settle) is paid a few
-  times per round, not at every other case;
+  drift (turbo, a neighbour's load) hits all engines alike; the cases of one cell (threads, batch:
+  an engine and the dense baselines it is set against) are timed back to back, the cells in shuffled
+  order, so round r of two cases of a cell is a pair timed within a second or so (analysis sets
+  paired rounds against each other: a VM whose speed flips between two levels every few seconds,
+  as ours did by x1.5, moved a ratio of medians by as much and a median of paired ratios by ~1 %);
+  within a cell the multi-threaded cases of one thread pool come together, so the pause between
+  pools (settle) is paid about once per cell, not at every other case;
 - thread limits (threads.limit, or the engine's threads_context) are held around each case's
   timing loop, not per call; the garbage collector is off inside a loop;
 - ``median_s`` is the median over rounds of the per-call time, ``min_s``/``max_s`` the extremes,
   ``spread = max_s / min_s`` and ``flagged = spread > SPREAD_LIMIT``; every record also names the
-  kernel plan of the timed call (results.py has the schema).
+  kernel plan of the timed call (results.py has the schema), and ``timed_at`` (the run's start, the
+  same for every case of one time_cases call: records with equal ``timed_at`` pair round by round,
+  stats.paired) with ``round_at_s`` (when each of its rounds started, seconds after ``timed_at``).
 
 Which cases to time is grid.py's job; this module times whatever cases it is given.
 """
@@ -54,6 +60,7 @@ class Case:
     calls: Optional[int] = None   # calls per round, set by calibrate()
     round_s: Optional[float] = field(default=None, repr=False)  # estimated seconds of one round
     last_out: Optional[np.ndarray] = field(default=None, repr=False)  # the last timed call's logits
+    beside: Optional[int] = None  # timed in the cell of this batch size (the sgemm peak: beside batch 256)
 
     @property
     def batch(self) -> int:
@@ -89,13 +96,30 @@ def make_case(name: str, params, *, method: str, sparsity: float, batch: int, th
                 threads=int(threads), params=tuple(params), width=width)
 
 
-def peak_case(n: int, threads: int, sparsity: float = 0.0) -> Case:
+def peak_case(n: int, threads: int, sparsity: float = 0.0, beside: Optional[int] = None) -> Case:
     """The sgemm peak (machine.SgemmPeak, n x n) as a case, labelled with the k of the cases it is
-    timed beside (study.run_grid times one per thread count with every k's cases)."""
+    timed beside (study.run_grid times one per thread count with every k's cases) and timed in the
+    cell of batch `beside` (peak_beside: the useful GFLOP/s of those cases pair with it round by round)."""
     from sparsenet.machine import PEAK_NAME, SgemmPeak
     X = np.random.default_rng(1).random((int(n), int(n)), dtype=np.float32)
     return Case(engine=SgemmPeak(n), X=X, name=PEAK_NAME, method="none", sparsity=float(sparsity),
-                threads=int(threads))
+                threads=int(threads), beside=None if beside is None else int(beside))
+
+
+def peak_beside(n: int, batches: Sequence[int]) -> Optional[int]:
+    """The batch size whose cell an n x n sgemm peak is timed in: the largest batch not above n (the
+    largest of all when every batch is): the batches whose useful GFLOP/s are set against the peak."""
+    batches = sorted(int(b) for b in batches)
+    if not batches:
+        return None
+    return max((b for b in batches if b <= n), default=batches[-1])
+
+
+def cell(case) -> tuple:
+    """The cell a case is timed in: (threads, batch, or the batch it is timed beside). The cases of a
+    cell are timed back to back in every round (round_order), so round r of two of them pairs up."""
+    beside = getattr(case, "beside", None)
+    return (int(case.threads), int(beside if beside is not None else case.batch))
 
 
 # --- thread limits and the loop ------------------------------------------------------------------
@@ -161,12 +185,30 @@ def warm(case: Case) -> float:
         return time.perf_counter() - t0
 
 
-def round_order(n_cases: int, r: int, seed: int = 0, groups: Optional[Sequence] = None) -> list:
+def round_order(n_cases: int, r: int, seed: int = 0, groups: Optional[Sequence] = None,
+                cells: Optional[Sequence] = None) -> list:
     """The order in which round `r` times the cases: a permutation fixed by (seed, r). With `groups`
     (a key per case), the cases of one key come together: the keys in a shuffled order, the cases
-    shuffled within each."""
+    shuffled within each. With `cells` (a key per case, as cell()), the cases of one cell come
+    together first, the cells in a shuffled order, and `groups` orders the cases within each cell,
+    a cell starting with the group the one before it ended with where it has that group (one settle
+    pause fewer)."""
     rng = np.random.default_rng([seed, r])
     order = [int(i) for i in rng.permutation(n_cases)]
+    if cells is None:
+        return _grouped(order, groups)
+    out = []
+    for key in dict.fromkeys(cells[i] for i in order):
+        members = [i for i in order if cells[i] == key]
+        if groups is not None and out:
+            last = groups[out[-1]]
+            members.sort(key=lambda i: groups[i] != last)          # stable: the group timed last first
+        out += _grouped(members, groups)
+    return out
+
+
+def _grouped(order: list, groups: Optional[Sequence]) -> list:
+    """`order` with the cases of one group key together, the keys in order of first appearance."""
     if groups is None:
         return order
     keys = list(dict.fromkeys(groups[i] for i in order))          # in order of first appearance
@@ -185,8 +227,10 @@ def pool_group(case) -> tuple:
     return tuple(pool for pool in ("blas", "numba") if getattr(case.engine, f"uses_{pool}", False))
 
 
-def record(case: Case, per_call: Sequence[float]) -> dict:
-    """The TIMING record (results.py) of a case from its per-round per-call times."""
+def record(case: Case, per_call: Sequence[float], timed_at: Optional[float] = None,
+           round_at: Sequence[float] = ()) -> dict:
+    """The TIMING record (results.py) of a case from its per-round per-call times; `timed_at` (the
+    run's wall-clock start) and `round_at` (each round's start, seconds after it) when known."""
     t = np.asarray(per_call, dtype=float)
     lo, hi = float(t.min()), float(t.max())
     spread = hi / lo if lo > 0 else math.inf
@@ -208,6 +252,9 @@ def record(case: Case, per_call: Sequence[float]) -> dict:
         "nnz": int(getattr(eng, "nnz", 0) or 0),
         "layer_sizes": list(_engine_sizes(case)),
         "width": case.width,
+        **({} if case.beside is None else {"beside": int(case.beside)}),
+        **({} if timed_at is None else {"timed_at": round(float(timed_at), 6),
+                                        "round_at_s": [round(float(x), 6) for x in round_at]}),
     }
 
 
@@ -245,6 +292,7 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
     bar = progress_bar(progress, total=len(cases) * (rounds + 1), desc="timing", leave=False)
     n_rounds = [rounds] * len(cases)
     groups = [pool_group(c) for c in cases]
+    cells = [cell(c) for c in cases]
     previous = None
     # warmed and calibrated a pool at a time, after the previous pool has settled: the calibration is
     # timed too, and a case calibrated while the other pool's idle workers still spun got 1 call a
@@ -262,19 +310,22 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
             n_rounds[i] = max(min(rounds, min_rounds), min(rounds, int(max_case_s / max(per_round, 1e-12))))
         bar.update(1 + rounds - n_rounds[i])
     per_call = [[] for _ in cases]
+    round_at = [[] for _ in cases]
+    timed_at, t0 = time.time(), time.perf_counter()
     for r in range(max(n_rounds, default=0)):
-        for i in round_order(len(cases), r, seed, groups):
+        for i in round_order(len(cases), r, seed, groups, cells):
             if r >= n_rounds[i]:
                 continue
             case = cases[i]
             settle(previous, case)
             previous = case
             with threads_held(case), gc_off():
+                round_at[i].append(time.perf_counter() - t0)
                 t = _loop(case, case.calls)
             per_call[i].append(t / case.calls)
             bar.update(1)
     bar.close()
-    return [record(c, t) for c, t in zip(cases, per_call)]
+    return [record(c, t, timed_at, at) for c, t, at in zip(cases, per_call, round_at)]
 
 
 def settle(previous: Optional[Case], case: Case) -> None:

@@ -355,3 +355,23 @@ def test_the_sgemm_peak_timed_beside_a_k_is_the_one_its_records_are_divided_by()
     assert sgemm_peak(machine, 1, t, 0.0) == pytest.approx(20.0)               # dense beside it was faster
     assert sgemm_peak(machine, 1, t) == pytest.approx(20.0)                    # no k: every dense call
     assert sgemm_peak(machine, 2, t, 0.9) == 5.0                               # no peak timed at 2 threads
+
+
+def test_speedups_pair_the_rounds_of_one_run():
+    """An engine and its dense baseline timed in one run pair round by round (speedup_at "paired")."""
+    t = csr_timings([0.5], [0.5])
+    phase = [1.0, 1.5, 1.5, 1.0, 1.5]
+
+    def timed(r, rounds, at):
+        return {**r, "per_round_s": rounds, "median_s": sorted(rounds)[2], "timed_at": at, "machine": "m"}
+
+    t["records"] = [timed(rec("dense", "weight", 0.5, 1.0), [2.0 * p for p in phase], 7.0),
+                    timed(rec("csr", "weight", 0.5, 1.0), [1.0 * p for p in phase], 7.0)]
+    (row,) = speedups(t, "csr", "weight", 1, 1)
+    assert row["paired"] and row["speedup"] == 2.0 and row["dense_s"] == 3.0
+    # csr timed in another run, in a faster spell: the ratio of medians, 3.0 / 1.0
+    t["records"][1] = timed(rec("csr", "weight", 0.5, 1.0), [1.0, 1.0, 1.0, 1.0, 1.5], 8.0)
+    (row,) = speedups(t, "csr", "weight", 1, 1)
+    assert not row["paired"] and row["speedup"] == 3.0
+    assert analysis.ratio_interval(t, ("csr", "weight", 0.5, 1, 1), ("dense", "weight", 0.5, 1, 1))["ratio"] == 1 / 3
+    assert analysis.speedup_at(t, "csr", "weight", 0.9, 1, 1) is None

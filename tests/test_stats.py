@@ -51,3 +51,38 @@ def test_break_even_ci():
     noisy = [{"per_round_s": list(rng.normal(s, 0.05 * s, 7))} for s in (2.0, 1.0, 0.5)]
     k, lo, hi = stats.break_even_ci(ks, dense, noisy)
     assert lo <= k <= hi and 0.3 < lo < 0.5 < hi < 0.7
+
+
+def _run(rounds, at=1.0, machine="m"):
+    return {"per_round_s": list(rounds), "timed_at": at, "machine": machine}
+
+
+def test_paired_records_give_the_median_of_round_ratios():
+    """Two records of one run pair round by round: a machine whose speed flips between two levels
+    (x1.5, as our VM did) hits both sides of each pair, while the medians can fall in different levels."""
+    fast, slow = 1.0, 1.5
+    phase = [fast, slow, slow, fast, slow, fast, fast]                    # the machine's level each round
+    dense = _run([4.0 * p for p in phase])
+    engine = _run([1.0 * p for p in phase])
+    assert stats.paired(dense, engine)
+    assert stats.round_ratios(dense, engine).tolist() == [4.0] * 7
+    assert stats.record_ratio_ci(dense, engine) == (4.0, 4.0, 4.0)
+    assert stats.speedup_ci(dense, engine) == (4.0, 4.0, 4.0)
+    # the same rounds from two runs (or records without a run) are set against each other as medians
+    other = _run(engine["per_round_s"], at=2.0)
+    assert not stats.paired(dense, other) and not stats.paired(dense, _run(phase, machine="n"))
+    assert not stats.paired({"per_round_s": [1.0]}, {"per_round_s": [1.0]})
+    shifted = _run([1.0 * p for p in phase[3:] + phase[:3]], at=2.0)   # timed in another phase
+    r, lo, hi = stats.record_ratio_ci(dense, shifted)
+    assert r == pytest.approx(np.median(dense["per_round_s"]) / np.median(shifted["per_round_s"]))
+    assert stats.record_ratio_ci(dense, {"median_s": 1.0}) is None
+    # a case given fewer rounds: the rounds both were timed in
+    assert stats.round_ratios(dense, _run([2.0, 3.0])).tolist() == [2.0, 2.0]
+
+
+def test_break_even_ci_pairs_rounds_where_it_can():
+    ks = [0.0, 0.5, 0.9]
+    phase = [1.0, 1.5, 1.5, 1.0, 1.5]
+    dense = [_run([p for p in phase], at=k) for k in ks]
+    engine = [_run([s * p for p in phase], at=k) for k, s in zip(ks, (2.0, 1.0, 0.5))]
+    assert stats.break_even_ci(ks, dense, engine) == (0.5, 0.5, 0.5)     # exact per round: no noise left

@@ -1,5 +1,6 @@
 """The timing harness (timing.py), on cheap fake engines (the real engines have their own tests)."""
 import math
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from sparsenet.results import SPREAD_LIMIT
 
 TIMING_KEYS = {"engine", "method", "sparsity", "batch", "threads", "median_s", "min_s", "max_s",
                "spread", "flagged", "rounds", "calls", "nbytes", "flops", "nnz", "layer_sizes",
-               "width", "call_nbytes", "layout", "per_round_s"}
+               "width", "call_nbytes", "layout", "per_round_s", "timed_at", "round_at_s"}
 
 
 class FakeEngine:
@@ -184,7 +185,7 @@ def test_records_name_the_kernel_plan(small):
     case.calls = 1
     rec = timing.record(case, [1.0, 1.0])
     plan = eng.plan(4)
-    assert set(rec) == TIMING_KEYS | {"kernel", "isa", "plan"}
+    assert set(rec) == TIMING_KEYS - {"timed_at", "round_at_s"} | {"kernel", "isa", "plan"}    # no run given
     assert rec["kernel"] == plan.summary() and rec["isa"] == cpu().isa == plan.isa
     assert rec["plan"] == plan.to_dict() and rec["layout"] == plan.layout
     assert timing.extra_info(case)["kernel"] == plan.summary()
@@ -271,3 +272,56 @@ def test_check_case_checks_the_last_timed_call(small):
     assert fresh.last_out is None
     timing.check_case(fresh)                                          # not timed: one call of its own
     assert fresh.engine.log == ["dense"]
+
+
+def test_round_order_times_a_cell_back_to_back():
+    """With cells, the cases of one cell come together every round (the cells in shuffled order), the
+    pool groups together within a cell, a cell starting with the group the last one ended with."""
+    cells = [(1, 1), (2, 256), (1, 1), (2, 256), (1, 16), (2, 256), (1, 16), (2, 256)]
+    groups = [(), ("blas",), (), ("numba",), (), ("numba",), (), ("blas",)]
+    orders = [timing.round_order(8, r, seed=2, groups=groups, cells=cells) for r in range(12)]
+    for order in orders:
+        assert sorted(order) == list(range(8))
+        keys = [cells[i] for i in order]
+        assert len([k for j, k in enumerate(keys) if j == 0 or keys[j - 1] != k]) == 3   # each cell in one run
+        pools = [groups[i] for i in order if cells[i] == (2, 256)]
+        assert len([g for j, g in enumerate(pools) if j == 0 or pools[j - 1] != g]) == 2  # 1 change of pool
+    assert len({tuple(cells[i] for i in o) for o in orders}) > 1           # the cells' order is shuffled
+    c2, g2 = [(2, 2), (2, 2), (2, 1), (2, 1)], [("numba",), ("blas",), ("numba",), ("blas",)]
+    for r in range(20):                                                    # each cell has both pools: the
+        order = timing.round_order(4, r, seed=0, groups=g2, cells=c2)      # second starts with the pool the
+        assert g2[order[1]] == g2[order[2]]                                # first ended with: no pause there
+    assert timing.round_order(5, 3, 1, cells=[(1, 1)] * 5) == timing.round_order(5, 3, 1)
+
+
+def test_time_cases_pairs_the_rounds_of_a_cell(small):
+    """Every record of one run carries its start (timed_at) and its rounds' starts; the cases of a
+    cell are timed back to back in every round, so round r of each pairs with the others'."""
+    log = []
+    cases = [fake_case(small, f"b2-{j}", log, batch=2, repeat=20) for j in range(3)] + \
+            [fake_case(small, f"b4-{j}", log, batch=4, repeat=20) for j in range(3)]
+    for c in cases:
+        c.calls = 1
+    recs = timing.time_cases(cases, rounds=4, warmup=0, progress=False, seed=5)
+    assert len({r["timed_at"] for r in recs}) == 1 and recs[0]["timed_at"] <= time.time()
+    timed = log
+    for r in range(4):
+        chunk = [name[:2] for name in timed[6 * r: 6 * r + 6]]
+        assert chunk in (["b2"] * 3 + ["b4"] * 3, ["b4"] * 3 + ["b2"] * 3)   # a cell's cases together
+    for rec in recs:
+        at = rec["round_at_s"]
+        assert len(at) == 4 and at == sorted(at) and at[0] >= 0
+    # a round's cases start in the order they were timed, each round after the last
+    firsts = sorted((rec["round_at_s"][0], rec["engine"]) for rec in recs)
+    assert [e for _, e in firsts] == timed[:6]
+    assert min(rec["round_at_s"][1] for rec in recs) > max(rec["round_at_s"][0] for rec in recs)
+
+
+def test_the_peak_is_timed_beside_a_batch():
+    assert timing.peak_beside(2048, [1, 16, 256, 4096]) == 256               # the widest batch not above n
+    assert timing.peak_beside(64, [128, 256]) == 256 and timing.peak_beside(64, []) is None
+    case = timing.peak_case(64, 2, 0.9, beside=8)
+    assert case.batch == 64 and timing.cell(case) == (2, 8)
+    assert timing.cell(timing.peak_case(64, 1)) == (1, 64)
+    rec = timing.record(case, [1.0, 1.0])
+    assert rec["beside"] == 8
