@@ -108,7 +108,7 @@ class Engine:
 
     def pools(self, batch: int) -> tuple:
         """The thread pools a call of this batch size runs on ("blas", "numba"): the timing harness
-        pauses between cases on different pools (timing.settle), while the other's workers spin."""
+        pauses before a case on another pool (timing.PoolClock) while the other's workers spin."""
         return tuple(pool for pool in ("blas", "numba") if getattr(self, f"uses_{pool}"))
 
     def warmup(self, batch: int = 1) -> float:

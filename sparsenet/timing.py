@@ -12,7 +12,7 @@ Method (one place, so the study and the pytest-benchmark suites agree):
   paired rounds against each other: a VM whose speed flips between two levels every few seconds,
   as ours did by x1.5, moved a ratio of medians by as much and a median of paired ratios by ~1 %);
   within a cell the multi-threaded cases of one thread pool come together, so the pause between
-  pools (settle) is paid about once per cell, not at every other case;
+  pools (PoolClock) is paid about once per cell, not at every other case;
 - thread limits (threads.limit, or the engine's threads_context) are held around each case's
   timing loop, not per call; the garbage collector is off inside a loop;
 - ``median_s`` is the median over rounds of the per-call time, ``min_s``/``max_s`` the extremes,
@@ -41,7 +41,7 @@ from sparsenet.threads import blas_library, limit
 
 ROUNDS = 7          # default rounds per case
 MIN_TIME = 0.02     # default seconds per round (per case)
-SETTLE_S = 0.15     # pause between multi-threaded cases on different thread pools (see settle)
+SETTLE_S = 0.15     # pause after a thread pool's last use before a case on another pool (PoolClock)
 MAX_CALLS = 100_000  # a round never makes more calls than this
 
 
@@ -191,8 +191,8 @@ def round_order(n_cases: int, r: int, seed: int = 0, groups: Optional[Sequence] 
     (a key per case), the cases of one key come together: the keys in a shuffled order, the cases
     shuffled within each. With `cells` (a key per case, as cell()), the cases of one cell come
     together first, the cells in a shuffled order, and `groups` orders the cases within each cell,
-    a cell starting with the group the one before it ended with where it has that group (one settle
-    pause fewer)."""
+    a cell starting with the group the one before it ended with where it has that group (one pause
+    between pools fewer)."""
     rng = np.random.default_rng([seed, r])
     order = [int(i) for i in rng.permutation(n_cases)]
     if cells is None:
@@ -217,7 +217,7 @@ def _grouped(order: list, groups: Optional[Sequence]) -> list:
 
 
 def pool_group(case) -> tuple:
-    """The key round_order groups by: the thread pools a multi-threaded case runs on (settle pauses
+    """The key round_order groups by: the thread pools a multi-threaded case runs on (PoolClock pauses
     between pools); single-threaded cases form one group."""
     if case.threads < 2:
         return ()
@@ -293,14 +293,13 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
     n_rounds = [rounds] * len(cases)
     groups = [pool_group(c) for c in cases]
     cells = [cell(c) for c in cases]
-    previous = None
-    # warmed and calibrated a pool at a time, after the previous pool has settled: the calibration is
+    pools = PoolClock()
+    # warmed and calibrated a pool at a time, after the other pools have settled: the calibration is
     # timed too, and a case calibrated while the other pool's idle workers still spun got 1 call a
     # round (a 20 ms first call on two threads), so every round timed a cold call
     for i in sorted(range(len(cases)), key=lambda j: groups[j]):
         case = cases[i]
-        settle(previous, case)
-        previous = case
+        pools.wait(case)
         for _ in range(warmup):
             warm(case)                      # may include a compile: not used to calibrate
         if case.calls is None:
@@ -308,6 +307,7 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
         if max_case_s is not None:
             per_round = case.round_s if case.round_s is not None else _probe(case)
             n_rounds[i] = max(min(rounds, min_rounds), min(rounds, int(max_case_s / max(per_round, 1e-12))))
+        pools.used(case)
         bar.update(1 + rounds - n_rounds[i])
     per_call = [[] for _ in cases]
     round_at = [[] for _ in cases]
@@ -317,31 +317,53 @@ def time_cases(cases: Sequence[Case], rounds: int = ROUNDS, min_time: float = MI
             if r >= n_rounds[i]:
                 continue
             case = cases[i]
-            settle(previous, case)
-            previous = case
+            pools.wait(case)
             with threads_held(case), gc_off():
                 round_at[i].append(time.perf_counter() - t0)
                 t = _loop(case, case.calls)
+            pools.used(case)
             per_call[i].append(t / case.calls)
             bar.update(1)
     bar.close()
     return [record(c, t, timed_at, at) for c, t, at in zip(cases, per_call, round_at)]
 
 
-def settle(previous: Optional[Case], case: Case) -> None:
-    """Let the previous case's idle worker threads fall asleep before a multi-threaded case that
-    runs on another thread pool.
+class PoolClock:
+    """Lets the other thread pools' idle workers fall asleep before a multi-threaded case: `wait(case)`
+    sleeps until SETTLE_S after the last multi-threaded case on a pool `case` does not run on ended
+    (`used(case)` notes when a case's pools were last used); a single-threaded case, or one on no pool
+    of ours (scipy's), waits for nothing.
 
     OpenBLAS workers spin for a while (2**28 cycles, ~0.1 s) after each call, and so do OpenMP's
     after a Numba parallel region; a region of the other pool started in that window shares the
     cores with them (csr, batch 256, 2 threads: 7 ms alone, 14 ms right after a dense call; dense:
     6.6 ms alone, 9.3 ms right after csr). Interleaving must not charge one engine for another's
-    idle threads.
+    idle threads. Counted from each pool's last use, not from the case before: cases in between (a
+    single-threaded library, the same pool) count towards the pause, and a pool used two cases ago
+    is waited for too.
     """
-    if previous is None or previous.threads < 2 or case.threads < 2:
-        return
-    if set(pool_group(previous)) - set(pool_group(case)):
-        time.sleep(SETTLE_S)
+
+    def __init__(self):
+        self.last = {}                  # pool -> perf_counter when a multi-threaded case on it ended
+
+    def wait(self, case) -> float:
+        """Sleep until the pools `case` does not run on have settled; the seconds slept."""
+        mine = set(pool_group(case))
+        if case.threads < 2 or not mine:    # one thread, or a library with no pool of ours: the other
+            return 0.0                      # core's spinning workers do not take its core
+        others = [pool for pool in self.last if pool not in mine]
+        pause = max(self.last[pool] for pool in others) + SETTLE_S - time.perf_counter() if others else 0.0
+        if pause > 0:
+            time.sleep(pause)
+        for pool in others:             # settled: not waited for again until used again
+            del self.last[pool]
+        return max(pause, 0.0)
+
+    def used(self, case) -> None:
+        if case.threads >= 2:
+            now = time.perf_counter()
+            for pool in pool_group(case):
+                self.last[pool] = now
 
 
 def _probe(case: Case) -> float:
