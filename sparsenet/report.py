@@ -452,8 +452,11 @@ def build_report(folder, out_dir=None, threads=None) -> Path:
                   "from which the engine is at least as fast as dense and stays so (linear interpolation).\n")
         dense_ks = {sparsity_key(r["sparsity"]) for r in select(records_of(tim), engine="dense")}
         if len(dense_ks) > 1:
+            paired = any(r.get("timed_at") is not None for r in records_of(tim))
             md.append("Speed-ups at each k divide by dense timed at that k: in the same unit as that k's engines, "
-                      "their rounds interleaved, so a slow spell of the machine hits both sides of the ratio.\n")
+                      "their rounds interleaved, so a slow spell of the machine hits both sides of the ratio"
+                      + (" (each round times an engine and the dense baselines at its batch size and thread count "
+                         "back to back; a speed-up is the median of the per-round ratios).\n" if paired else ".\n"))
         layouts = sorted({r["layout"] for r in select(records_of(tim), engine="csr", batch=1) if "layout" in r})
         if layouts:
             md.append(f"At batch 1, csr ran on: {', '.join(layouts)} (sell: the SELL-16x32 AVX-512 permute "
