@@ -356,7 +356,7 @@ def run_grid(cfg, folder, part, config, grid, progress=True, stages: Stages = St
         remeasure(cfg, grid, state, stages, progress, part, peak_n)
         save_part(folder, part, state)
     if cfg.remeasure_s > 0 and "steps" not in state:      # last: what follows must not undo the pairs
-        state["steps"] = retime_steps(cfg, grid, state, stages, cfg.remeasure_s / 2)
+        state["steps"] = retime_steps(cfg, grid, state, stages, cfg.remeasure_s / 2, peak_n)
         if state["steps"]:
             _say(progress, f"{part}: {len(state['steps'])} step(s) up in k re-timed side by side; "
                            f"{sum(s['after_low'] > 1 for s in state['steps'])} remain")
@@ -422,39 +422,44 @@ def _step_chains(pairs, beside=lambda step: ()) -> list:
 
 
 def _beside(records, step) -> list:
-    """The records of the dense baselines (names.DENSE_BASELINES) at the k, batch, threads and width of
-    the step's two records: its speed-ups are taken against them (analysis.speedups), so they are
-    re-timed in the same run (else a re-timed engine at k would be set against a dense record of
-    another phase of the machine)."""
+    """Every record of the cells of the step's two records (the same k, batch, threads and width:
+    timing.cell within a unit): the dense baselines its speed-ups are taken against (analysis.speedups)
+    and the other engines of those cells, re-timed in the same run so that each cell's records still
+    pair round by round (stats.paired; else a re-timed engine at k would be set against a dense record
+    of another phase of the machine, and the cell's other engines against a dense record of another run)."""
     at = {(records[i]["sparsity"], records[i]["batch"], records[i]["threads"], records[i].get("width")) for i in step}
-    return [b for b, r in enumerate(records) if r["engine"] in names.DENSE_BASELINES
-            and (r["sparsity"], r["batch"], r["threads"], r.get("width")) in at]
+    return [b for b, r in enumerate(records) if (r["sparsity"], r["batch"], r["threads"], r.get("width")) in at]
 
 
-def retime_steps(cfg, grid, state, stages: Stages, seconds: float) -> list:
-    """Time both k of each step up in k (steps_up) again, side by side, with the dense baselines
-    timed at those k (_beside): the cases in one interleaved run, within `seconds`; steps that share
-    a record (80 -> 90 % and 90 -> 95 %, or a dense record) run together, so that no later run undoes
-    an earlier pair. A unit's rounds only see the noise within it: a slow spell of the machine while
-    one k was timed read as a step (csr, batch 1, 2 threads, 80 -> 90 %: x2.22, alone 1.9x faster at
-    90 % than at 80 %). The records are replaced (with "retimed": "step", or "beside" for the dense
-    baselines, and "retimed_with": the other k of the run); returns one entry per step re-timed:
-    {engine, batch, threads, width, k, next_k, before, after, after_low} (ratios of the time at
-    next_k to the time at k; after_low > 1: the step is the engine's)."""
+def retime_steps(cfg, grid, state, stages: Stages, seconds: float, peak_n: int = 0) -> list:
+    """Time both k of each step up in k (steps_up) again, side by side, with the rest of their cells
+    (_beside: the dense baselines and the other engines timed at those k, batch and threads; the sgemm
+    peak timed in one of them too): the cases in one interleaved run, within `seconds`; steps that
+    share a record (80 -> 90 % and 90 -> 95 %, or a cell) run together, so that no later run undoes an
+    earlier pair. A unit's rounds only see the noise within it: a slow spell of the machine while one
+    k was timed read as a step (csr, batch 1, 2 threads, 80 -> 90 %: x2.22, alone 1.9x faster at 90 %
+    than at 80 %). The records are replaced (with "retimed": "step", or "beside" for the rest of their
+    cells, and "retimed_with": the other k of the run); returns one entry per step re-timed: {engine,
+    batch, threads, width, k, next_k, before, after, after_low} (ratios of the time at next_k to the
+    time at k; after_low > 1: the step is the engine's)."""
     from sparsenet.grid import Point
-    from sparsenet.timing import check_case
-    t0, out, records = time.perf_counter(), [], state["records"]
+    from sparsenet.timing import check_case, peak_case
+    t0, out, records, peaks = time.perf_counter(), [], state["records"], state.setdefault("peaks", [])
     for idx, steps in _step_chains(steps_up(records), lambda step: _beside(records, step)):
         left = seconds - (time.perf_counter() - t0)
-        if len(_within(idx, records, left)) < len(idx):
+        beside = [j for j, pk in enumerate(peaks) if peak_n > 0 and any(_peak_cell(pk, records, [i]) for i in idx)]
+        if len(_within(idx + [~j for j in beside], records, left, peaks)) < len(idx) + len(beside):
             break
         before = {(i, j): records[j]["median_s"] / records[i]["median_s"] for i, j in steps}
         old = [records[i] for i in idx]
         cases = [c for r in old for c in grid.cases(
             (r.get("width"), r["sparsity"]), [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))])]
+        cases += [peak_case(peak_n, peaks[j]["threads"], peaks[j]["sparsity"], peaks[j]["beside"]) for j in beside]
         new = _time(stages, cases, cfg, state["machine"]["tag"])
-        for case in cases:
+        for case in cases[:len(idx)]:
             check_case(case)
+        for j, rec in zip(beside, new[len(idx):]):
+            peaks[j] = rec
         ks = sorted({r["sparsity"] for r in old})
         stepped = {i for step in steps for i in step}
         for i, r in zip(idx, new):
