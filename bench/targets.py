@@ -32,12 +32,6 @@ def _how(paired) -> str:
     return " (paired rounds)" if paired else " (medians)"
 
 
-def _ratio(timings, engines, method, k, batch, threads):
-    """time(engines[0]) / time(engines[1]) from paired rounds (analysis.paired_ratio), else None."""
-    num, den = (A.engine_records(timings, e, method, k, batch, threads) for e in engines)
-    return A.paired_ratio(num, den)
-
-
 def _at(rows, k):
     return next((r for r in rows if A.sparsity_key(r["sparsity"]) == A.sparsity_key(k)), None)
 
@@ -75,9 +69,9 @@ def csr_rows(timings) -> list:
             scipy = []
             for k in sorted({A.sparsity_key(r["sparsity"]) for r in A.select(
                     A.records_of(timings), engine="csr-scipy", batch=b, threads=t)}):
-                ours, theirs = (A.engine_time(timings, e, "weight", k, b, t) for e in ("csr", "csr-scipy"))
-                if k >= 0.5 and ours and theirs:
-                    scipy.append((_ratio(timings, ("csr-scipy", "csr"), "weight", k, b, t) or theirs / ours, k))
+                ratio = A.time_ratio(timings, ("csr-scipy", "weight", k, b, t), ("csr", "weight", k, b, t))
+                if k >= 0.5 and ratio:
+                    scipy.append((ratio, k))
             worst = min(scipy) if scipy else None
             steps = rises(timings, "csr", "weight", b, t)
             rows.append([b, t, _pct(numpy_be), _pct(best_be), f"x{at90['speedup']:.2f}" if at90 else "–",
@@ -109,9 +103,9 @@ def structured_rows(timings) -> list:
             for b in A.batch_sizes(timings):
                 for k in sorted({A.sparsity_key(r["sparsity"]) for r in A.select(
                         A.records_of(timings), engine=base, batch=b, threads=t)}):
-                    ours, theirs = (A.engine_time(timings, e, method, k, b, t) for e in (engine, base))
-                    if k > 0 and ours and theirs:
-                        ratios.append((_ratio(timings, (base, engine), method, k, b, t) or theirs / ours, k, b))
+                    ratio = A.time_ratio(timings, (base, method, k, b, t), (engine, method, k, b, t))
+                    if k > 0 and ratio:
+                        ratios.append((ratio, k, b))
             if ratios:
                 r, k, b = min(ratios)
                 rows.append([f"{engine} vs {base} (lowest, k > 0)", t, f"x{r:.2f} at k={A.pct(k)}, batch {b}",

@@ -103,12 +103,15 @@ def fastest_dense(timings, batch, threads, sparsity=None):
     """(engine, seconds) of the fastest dense baseline on the unpruned net at (batch, threads):
     numpy's chain (dense) or our one-call forward (dense-fused, timed at small batches); None if neither.
     With `sparsity`: each timed at that k when it was (see dense_reference), else at k = 0."""
-    times = {"dense": dense_reference(timings, batch, threads, sparsity)}
-    fused = _fused_records(timings, batch, threads, sparsity)
-    if fused:
-        times["dense-fused"] = float(median(r["median_s"] for r in fused))
-    times = {e: t for e, t in times.items() if t is not None}
+    times = {e: float(median(r["median_s"] for r in recs)) for e, recs in _dense_baselines(timings, batch, threads, sparsity).items()}
     return min(times.items(), key=lambda kv: kv[1]) if times else None
+
+
+def _dense_baselines(timings, batch, threads, sparsity=None) -> dict:
+    """{baseline: its records} of the dense baselines timed at (batch, threads) (fastest_dense's choice)."""
+    found = {"dense": dense_records(timings, batch, threads, sparsity),
+             "dense-fused": _fused_records(timings, batch, threads, sparsity)}
+    return {e: recs for e, recs in found.items() if recs}
 
 
 def engine_time(timings, engine, method, sparsity, batch, threads):
@@ -139,14 +142,15 @@ def ratio_interval(timings, num: tuple, den: tuple):
     when a record lacks them."""
     from sparsenet import stats
     num_recs, den_recs = engine_records(timings, *num), engine_records(timings, *den)
-    if len(num_recs) == 1 and len(den_recs) == 1 and stats.paired(num_recs[0], den_recs[0]):
-        ratio, lo, hi = stats.record_ratio_ci(num_recs[0], den_recs[0])
-        return {"ratio": ratio, "low": lo, "high": hi, "decision": stats.decide(lo, hi)}
-    a = [t for r in num_recs for t in (r.get("per_round_s") or [])]
-    b = [t for r in den_recs for t in (r.get("per_round_s") or [])]
-    if not a or not b:
+    if len(num_recs) == 1 and len(den_recs) == 1:
+        ci = stats.record_ratio_ci(num_recs[0], den_recs[0])
+    else:
+        a = [t for r in num_recs for t in (r.get("per_round_s") or [])]
+        b = [t for r in den_recs for t in (r.get("per_round_s") or [])]
+        ci = stats.ratio_ci(a, b) if a and b else None
+    if ci is None:
         return None
-    ratio, lo, hi = stats.ratio_ci(a, b)
+    ratio, lo, hi = ci
     return {"ratio": ratio, "low": lo, "high": hi, "decision": stats.decide(lo, hi)}
 
 
@@ -159,6 +163,17 @@ def paired_ratio(num_recs, den_recs):
     return None
 
 
+def time_ratio(timings, num: tuple, den: tuple):
+    """time(num) / time(den), each (engine, method, k, batch, threads): the median of paired rounds
+    where the two records pair (paired_ratio), else the ratio of engine_time's medians; None when
+    either was not timed."""
+    a, b = engine_time(timings, *num), engine_time(timings, *den)
+    if not a or not b:
+        return None
+    paired = paired_ratio(engine_records(timings, *num), engine_records(timings, *den))
+    return a / b if paired is None else paired
+
+
 def speedup_at(timings, engine, method, sparsity, batch, threads, baseline="dense"):
     """{"sparsity", "seconds", "dense_s", "speedup", "paired"} of `engine` at one k (None when either
     side was not timed): the speed-up over the baseline (speedups) from paired rounds where the two
@@ -167,8 +182,7 @@ def speedup_at(timings, engine, method, sparsity, batch, threads, baseline="dens
     if baseline == "fastest":
         fastest = fastest_dense(timings, batch, threads, sparsity)
         d = fastest[1] if fastest else None
-        base = (dense_records(timings, batch, threads, sparsity) if fastest[0] == "dense"
-                else _fused_records(timings, batch, threads, sparsity)) if fastest else []
+        base = _dense_baselines(timings, batch, threads, sparsity)[fastest[0]] if fastest else []
     else:
         d = engine_time(timings, "dense", method, sparsity, batch, threads)
         base = engine_records(timings, "dense", method, sparsity, batch, threads)
@@ -420,8 +434,7 @@ def peak_pair(timings, record):
     """The sgemm peak record timed in `record`'s cell of its run (timing.peak_case "beside" its
     batch, at its thread count; stats.paired), or None."""
     from sparsenet import stats
-    return next((p for p in peaks_of(timings) if p.get("beside") == record["batch"] and has_rate(p)
-                 and int(p["threads"]) == int(record["threads"]) and stats.paired(p, record)), None)
+    return next((p for p in peaks_of(timings) if has_rate(p) and stats.timed_beside(p, record)), None)
 
 
 def peak_fraction(timings, machine, record, peak=None):
@@ -742,11 +755,8 @@ def skip_gains(timings, threads=None) -> list:
     for engine, base, method in SKIP_PAIRS:
         for r in select(records_of(timings), engine=engine, threads=threads):
             k, b = sparsity_key(r["sparsity"]), r["batch"]
-            t = engine_time(timings, engine, method, k, b, threads)
-            t0 = engine_time(timings, base, method, k, b, threads)
-            if t and t0:
-                paired = paired_ratio(engine_records(timings, base, method, k, b, threads),
-                                      engine_records(timings, engine, method, k, b, threads))
+            gain = time_ratio(timings, (base, method, k, b, threads), (engine, method, k, b, threads))
+            if gain:
                 out.append({"engine": engine, "base": base, "sparsity": k, "batch": b, "threads": threads,
-                            "speedup": t0 / t if paired is None else paired})
+                            "speedup": gain})
     return sorted(out, key=lambda x: (engine_rank(x["engine"]), x["batch"], x["sparsity"]))

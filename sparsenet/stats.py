@@ -65,6 +65,13 @@ def paired(a, b) -> bool:
             and bool(a.get("per_round_s")) and bool(b.get("per_round_s")))
 
 
+def timed_beside(peak, record) -> bool:
+    """Whether the sgemm peak record `peak` was timed back to back with `record`: in its run (paired),
+    at its thread count, in the cell of its batch (the peak's "beside", timing.peak_case)."""
+    return (peak.get("beside") == record["batch"] and int(peak["threads"]) == int(record["threads"])
+            and paired(peak, record))
+
+
 def round_ratios(num, den) -> np.ndarray:
     """The per-round ratios num / den of two paired records, over the rounds both were timed in (a
     case given fewer rounds sits out the last ones: timing.time_cases)."""

@@ -427,8 +427,8 @@ def _beside(records, step) -> list:
     and the other engines of those cells, re-timed in the same run so that each cell's records still
     pair round by round (stats.paired; else a re-timed engine at k would be set against a dense record
     of another phase of the machine, and the cell's other engines against a dense record of another run)."""
-    at = {(records[i]["sparsity"], records[i]["batch"], records[i]["threads"], records[i].get("width")) for i in step}
-    return [b for b, r in enumerate(records) if (r["sparsity"], r["batch"], r["threads"], r.get("width")) in at]
+    at = {_cell_key(records[i]) for i in step}
+    return [b for b, r in enumerate(records) if _cell_key(r) in at]
 
 
 def retime_steps(cfg, grid, state, stages: Stages, seconds: float, peak_n: int = 0) -> list:
@@ -442,25 +442,16 @@ def retime_steps(cfg, grid, state, stages: Stages, seconds: float, peak_n: int =
     cells, and "retimed_with": the other k of the run); returns one entry per step re-timed: {engine,
     batch, threads, width, k, next_k, before, after, after_low} (ratios of the time at next_k to the
     time at k; after_low > 1: the step is the engine's)."""
-    from sparsenet.grid import Point
-    from sparsenet.timing import check_case, peak_case
-    t0, out, records, peaks = time.perf_counter(), [], state["records"], state.setdefault("peaks", [])
+    t0, out, records = time.perf_counter(), [], state["records"]
     for idx, steps in _step_chains(steps_up(records), lambda step: _beside(records, step)):
-        left = seconds - (time.perf_counter() - t0)
-        beside = [j for j, pk in enumerate(peaks) if peak_n > 0 and any(_peak_cell(pk, records, [i]) for i in idx)]
-        if len(_within(idx + [~j for j in beside], records, left, peaks)) < len(idx) + len(beside):
+        beside = _peaks_beside(state, idx, peak_n)
+        if not _fits(state, idx, beside, seconds - (time.perf_counter() - t0)):
             break
         before = {(i, j): records[j]["median_s"] / records[i]["median_s"] for i, j in steps}
-        old = [records[i] for i in idx]
-        cases = [c for r in old for c in grid.cases(
-            (r.get("width"), r["sparsity"]), [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))])]
-        cases += [peak_case(peak_n, peaks[j]["threads"], peaks[j]["sparsity"], peaks[j]["beside"]) for j in beside]
-        new = _time(stages, cases, cfg, state["machine"]["tag"])
-        for case in cases[:len(idx)]:
-            check_case(case)
-        for j, rec in zip(beside, new[len(idx):]):
-            peaks[j] = rec
-        ks = sorted({r["sparsity"] for r in old})
+        ks = sorted({records[i]["sparsity"] for i in idx})
+        new, new_peaks = _time_again(cfg, grid, state, stages, idx, beside, peak_n)
+        for j, rec in zip(beside, new_peaks):
+            state["peaks"][j] = rec
         stepped = {i for step in steps for i in step}
         for i, r in zip(idx, new):
             records[i] = {**r, "retimed": "step" if i in stepped else "beside",
@@ -481,8 +472,6 @@ def remeasure(cfg, grid, state, stages: Stages, progress, part, peak_n: int = 0)
     A cell's records are replaced when the new ones are less noisy in all (the sum of log spreads is
     smaller). state gains "remeasured" (how many records were re-timed), "remeasured_s" and
     "still_noisy" (the keys still flagged): the report lists them."""
-    from sparsenet.grid import Point
-    from sparsenet.timing import check_case, peak_case
     t0 = time.perf_counter()
     records, peaks = state["records"], state.setdefault("peaks", [])
     cells = {}
@@ -492,24 +481,17 @@ def remeasure(cfg, grid, state, stages: Stages, progress, part, peak_n: int = 0)
     n = 0
     for key in flagged:
         idx = cells[key]
-        beside = [j for j, r in enumerate(peaks) if peak_n > 0 and _peak_cell(r, records, idx)]
-        left = cfg.remeasure_s - (time.perf_counter() - t0)
-        if len(_within(idx + [~j for j in beside], records, left, peaks)) < len(idx) + len(beside):
+        beside = _peaks_beside(state, idx, peak_n)
+        if not _fits(state, idx, beside, cfg.remeasure_s - (time.perf_counter() - t0)):
             break
-        points = [Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))
-                  for r in (records[i] for i in idx)]
-        cases = grid.cases(key[:2], points)
-        batch = records[idx[0]]["batch"]
-        cases += [peak_case(peak_n, peaks[j]["threads"], peaks[j]["sparsity"], batch) for j in beside]
-        new = _time(stages, cases, cfg, state["machine"]["tag"])
-        for case in cases[:len(idx)]:
-            check_case(case)
+        new, new_peaks = _time_again(cfg, grid, state, stages, idx, beside, peak_n)
         n += len(idx)
         old = [records[i] for i in idx] + [peaks[j] for j in beside]
-        better = sum(math.log(max(r["spread"], 1.0)) for r in new) < sum(math.log(max(r["spread"], 1.0)) for r in old)
+        better = sum(math.log(max(r["spread"], 1.0)) for r in new + new_peaks) < \
+            sum(math.log(max(r["spread"], 1.0)) for r in old)
         for i, rec in zip(idx, new):
             records[i] = {**rec, "remeasured": True} if better else {**records[i], "remeasured": True}
-        for j, rec in zip(beside, new[len(idx):]):
+        for j, rec in zip(beside, new_peaks):
             if better:
                 peaks[j] = rec
     state["remeasured"] = n
@@ -525,12 +507,43 @@ def _cell_key(r) -> tuple:
     return (r.get("width"), r["sparsity"], int(r["batch"]), int(r["threads"]))
 
 
-def _peak_cell(peak, records, idx) -> bool:
-    """Whether the sgemm peak record `peak` was timed in the cell of records[idx] (same run and threads)."""
-    r = records[idx[0]]
-    return (peak.get("timed_at") is not None and peak.get("timed_at") == r.get("timed_at")
-            and peak.get("beside") == r["batch"] and int(peak["threads"]) == int(r["threads"])
-            and peak["sparsity"] == r["sparsity"])
+def _peaks_beside(state, idx, peak_n: int) -> list:
+    """Indices into state["peaks"] of the sgemm peaks timed in the cells of records[idx] (stats.timed_beside,
+    at the same k); none when the study times no peak (peak_n 0)."""
+    from sparsenet import stats
+    if peak_n <= 0:
+        return []
+    records = state["records"]
+    return [j for j, pk in enumerate(state.get("peaks", []))
+            if any(stats.timed_beside(pk, records[i]) and pk["sparsity"] == records[i]["sparsity"] for i in idx)]
+
+
+def _fits(state, idx, beside, seconds: float) -> bool:
+    """Whether timing records[idx] and peaks[beside] again is predicted to fit into `seconds` (_within)."""
+    todo = idx + [~j for j in beside]
+    return len(_within(todo, state["records"], seconds, state.get("peaks", []))) == len(todo)
+
+
+def _time_again(cfg, grid, state, stages: Stages, idx, beside, peak_n: int) -> tuple:
+    """(records, peaks): state's records[idx] and sgemm peaks[beside] timed again in one interleaved run
+    (a unit's cases built together, grid.cases), each record's last timed logits checked."""
+    from sparsenet.grid import Point
+    from sparsenet.timing import check_case, peak_case
+    records, peaks = state["records"], state.get("peaks", [])
+    by_unit = {}
+    for pos, i in enumerate(idx):
+        r = records[i]
+        by_unit.setdefault((r.get("width"), r["sparsity"]), []).append(
+            (pos, Point(r["engine"], r["sparsity"], r["batch"], r["threads"], r.get("width"))))
+    cases = [None] * len(idx)
+    for unit, items in by_unit.items():
+        for (pos, _), case in zip(items, grid.cases(unit, [p for _, p in items])):
+            cases[pos] = case
+    cases += [peak_case(peak_n, peaks[j]["threads"], peaks[j]["sparsity"], peaks[j]["beside"]) for j in beside]
+    new = _time(stages, cases, cfg, state["machine"]["tag"])
+    for case in cases[:len(idx)]:
+        check_case(case)
+    return new[:len(idx)], new[len(idx):]
 
 
 def _within(idx: list, records: list, seconds: float, peaks: Sequence = ()) -> list:

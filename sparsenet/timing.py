@@ -118,8 +118,7 @@ def peak_beside(n: int, batches: Sequence[int]) -> Optional[int]:
 def cell(case) -> tuple:
     """The cell a case is timed in: (threads, batch, or the batch it is timed beside). The cases of a
     cell are timed back to back in every round (round_order), so round r of two of them pairs up."""
-    beside = getattr(case, "beside", None)
-    return (int(case.threads), int(beside if beside is not None else case.batch))
+    return (int(case.threads), int(case.batch if case.beside is None else case.beside))
 
 
 # --- thread limits and the loop ------------------------------------------------------------------
