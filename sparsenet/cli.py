@@ -11,6 +11,7 @@ import math
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def _sparsity(text: str) -> float:
@@ -171,9 +172,25 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from sparsenet import report
 
+    check_results_folder(args.results)
     path = report.build_report(args.results, threads=args.threads)
     print(f"report written to {path}")
     return 0
+
+
+def check_results_folder(folder) -> None:
+    """ValueError when `folder` holds none of a results folder's parts (a mistyped path such as
+    `results` for `results/<run id>` would get an all-"Unknown" report written into it), naming the
+    run folders inside it when it has some; a missing folder or a file raise as load_results does."""
+    from sparsenet.results import PARTS, load_results, part_path
+
+    folder = Path(folder)
+    if load_results(folder):
+        return
+    runs = sorted(str(p) for p in folder.iterdir() if p.is_dir() and any(part_path(p, q).exists() for q in PARTS))
+    where = f"; the run folders in it: {', '.join(runs)}" if runs else ""
+    raise ValueError(f"{folder} holds none of a results folder's files ({', '.join(f'{q}.json' for q in PARTS)})"
+                     f"{where}; give the run folder a `sparsenet study` wrote, e.g. results/<run id>")
 
 
 def plan_net(args):

@@ -249,7 +249,11 @@ class DaskRunner(LocalRunner):
         super().__init__(threads)
         self._cluster = None
         if address:
-            self.client = Client(address, timeout=30)
+            try:
+                self.client = Client(address, timeout=30)
+            except ValueError as exc:                 # dask's address parser: "missing port number in ..."
+                raise ValueError(f"--scheduler {address!r} is not a Dask scheduler address ({exc}); give one "
+                                 "such as tcp://host:8786") from None
         else:
             self._cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=1, processes=True,
                                          dashboard_address=None)

@@ -109,7 +109,7 @@ class Engine:
     def pools(self, batch: int) -> tuple:
         """The thread pools a call of this batch size runs on ("blas", "numba"): the timing harness
         pauses before a case on another pool (timing.PoolClock) while the other's workers spin."""
-        return tuple(pool for pool in ("blas", "numba") if getattr(self, f"uses_{pool}"))
+        return _threads.pools_of(self)
 
     def warmup(self, batch: int = 1) -> float:
         """Seconds spent in one call on a zero batch (the compile, or cache load, for Numba)."""

@@ -78,7 +78,7 @@ class Tuning:
     # the csr engine's zero skipping (its CSC copy) runs batches up to this size: scattered rows cost
     # a load and a store per non-zero, which only pays while a batch is a handful of rows
     max_csc_batch: int = 1
-    # a dense layer's output blocks run on all threads when n_in * n_out * batch reaches this
+    # a dense layer's inputs split over all threads (the parts summed) when n_in * n_out * batch reaches this
     min_parallel_dense: int = 65_536
 
     def __post_init__(self):
@@ -112,7 +112,8 @@ class Plan:
     threads: int
     isa: str                         # CPU.isa of the target
     layout: str                      # storage read: dense, csr, csr-panels, csr-wide-panels, sell, scipy-csr
-    split: str                       # none (one thread or batch 1), batch (column chunks), rows, blas
+    split: str                       # none (one thread or batch 1), batch (column chunks), rows, blas,
+                                     # inputs (dense-fused: a layer's inputs over the threads)
     chunk: int = 0                   # columns per chunk of the batch split (split == 'batch')
     padded_batch: int = 0            # the row split pads the batch to aligned rows
     layers: tuple = ()               # LayerPlan per layer
@@ -178,10 +179,11 @@ def fused_dense_plan(engine: str, batch: int, threads: int, shapes: Sequence[tup
     if skip_zeros:
         reasons.append("inputs that are zero in every row of the batch are skipped (their weight rows never read)")
     if threads > 1:
-        reasons.append(f"a layer's output blocks run on {threads} threads when n_in * n_out * batch >= "
+        reasons.append(f"a layer's inputs split over {threads} threads (each streams whole weight rows; the parts "
+                       f"summed after) when n_in * n_out * batch >= "
                        f"{t.min_parallel_dense}")
     return Plan(engine=engine, batch=B, threads=threads, isa=cpu().isa, layout="dense",
-                split="blocks" if any(l.parallel for l in layers) else "none", layers=layers,
+                split="inputs" if any(l.parallel for l in layers) else "none", layers=layers,
                 reasons=tuple(reasons), nbytes=nbytes)
 
 

@@ -45,6 +45,11 @@ def check_threads(threads, what: str = "threads") -> int:
     return int(threads)
 
 
+def pools_of(obj) -> tuple:
+    """The thread pools ("blas", "numba") an object says it uses (its uses_blas, uses_numba flags)."""
+    return tuple(pool for pool in ("blas", "numba") if getattr(obj, f"uses_{pool}", False))
+
+
 @contextlib.contextmanager
 def limit(n: int, blas: bool = True, numba_threads: bool = True):
     """Set BLAS (per-library controllers) and Numba thread counts to n inside the block, restore after.

@@ -37,7 +37,7 @@ import numpy as np
 from sparsenet.model import forward, layer_sizes
 from sparsenet.progress import bar as progress_bar
 from sparsenet.results import SPREAD_LIMIT
-from sparsenet.threads import blas_library, limit
+from sparsenet.threads import blas_library, limit, pools_of
 
 ROUNDS = 7          # default rounds per case
 MIN_TIME = 0.02     # default seconds per round (per case)
@@ -223,7 +223,7 @@ def pool_group(case) -> tuple:
     pools = getattr(case.engine, "pools", None)           # an Engine says per batch size (engine_base)
     if callable(pools):
         return tuple(pools(case.batch))
-    return tuple(pool for pool in ("blas", "numba") if getattr(case.engine, f"uses_{pool}", False))
+    return pools_of(case.engine)
 
 
 def record(case: Case, per_call: Sequence[float], timed_at: Optional[float] = None,

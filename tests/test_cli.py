@@ -87,6 +87,23 @@ def test_report_of_a_file_says_it_wants_the_folder(tmp_path, capsys):
     assert f"e.g. {tmp_path}" in err and "does not exist" not in err and "Traceback" not in err
 
 
+def test_report_of_a_folder_without_results_names_the_run_folders_in_it(tmp_path, capsys):
+    # `sparsenet report results` for `results/<run id>`: no all-"Unknown" report written into results/
+    run = tmp_path / "results" / "mnist-abc"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (tmp_path / "results" / "other").mkdir()                  # not a run folder: not named
+    assert cli.main(["report", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "holds none of a results folder's files" in err and "timings.json" in err
+    assert f"the run folders in it: {run};" in err and "other" not in err and "Traceback" not in err
+    assert not (tmp_path / "results" / "report").exists()
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty")]) == 2
+    assert "run folders" not in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "report").exists()
+
+
 def test_report_command_builds_a_report(results_folder, capsys):
     assert cli.main(["report", str(results_folder)]) == 0
     assert (results_folder / "report" / "report.md").exists()

@@ -48,6 +48,25 @@ def test_layer(n_out, B, skip, parallel):
         np.testing.assert_array_equal(idx[:nz.size], nz)
 
 
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 5])
+@pytest.mark.parametrize("n_in", [1, 9])
+@pytest.mark.parametrize("n_out", [1, 17, 1000, 4097])
+@pytest.mark.parametrize("B", [1, 4, 17])
+def test_layer_parts_sum_every_input(n_parts, n_in, n_out, B):
+    """A layer's inputs split over n_parts parts, summed with the bias and ReLU after: more parts than
+    inputs (parts with none), several column blocks a part (B * n_out * 4 > TILE_BYTES)."""
+    rng = np.random.default_rng(n_out * 7 + B + n_in)
+    W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    H = rng.standard_normal((B, n_in)).astype(np.float32)
+    for relu in (False, True):
+        out = np.full((B, n_out), np.nan, np.float32)
+        dense_kernels.dense_layer(np.ascontiguousarray(W.T), b, H, np.empty(n_in, np.int64), out, False, relu,
+                                  n_threads=n_parts)
+        ref = H.astype(np.float64) @ W.T + b
+        _close(out, np.maximum(ref, 0) if relu else ref)
+
+
 def test_relu_keeps_nan():
     WT = np.ones((2, 3), np.float32)
     H = np.array([[np.nan, 1.0]], np.float32)
@@ -77,7 +96,7 @@ def test_fused_engines_match_reference(name, skip, threads):
         held.append((eng(X), forward(params, X)))
         p = eng.plan(B)
         fused = B <= Tuning().max_fused_batch
-        assert p.split == ("none" if threads == 1 else "blocks") if fused else p.split == "blas"
+        assert p.split == ("none" if threads == 1 else "inputs") if fused else p.split == "blas"
         assert {l.kernel for l in p.layers} == ({"dense-tiles-skip" if skip else "dense-tiles"} if fused
                                                 else {"sgemm"})
     for out, ref in held:                                  # results of earlier calls still intact

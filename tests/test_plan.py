@@ -489,11 +489,12 @@ def test_fused_dense_plan_is_exact():
     t = Tuning(max_fused_batch=4, min_parallel_dense=200)
     shapes = [(10, 10), (5, 10)]
     p = plan.fused_dense_plan("dense-fused", 2, 2, shapes, 55, t, False)
-    assert (p.layout, p.split, p.nbytes, p.engine, p.batch) == ("dense", "blocks", 55, "dense-fused", 2)
+    assert (p.layout, p.split, p.nbytes, p.engine, p.batch) == ("dense", "inputs", 55, "dense-fused", 2)
     assert (p.threads, p.isa) == (2, plan.cpu().isa)
     assert p.layers == (LayerPlan("dense-tiles", True), LayerPlan("dense-tiles", False))   # 200 >= 200, 100 < 200
     assert p.reasons == ("the whole net in one compiled call (no per-layer numpy overhead)",
-                         "a layer's output blocks run on 2 threads when n_in * n_out * batch >= 200")
+                         "a layer's inputs split over 2 threads (each streams whole weight rows; the parts summed after) "
+                         "when n_in * n_out * batch >= 200")
     p = plan.fused_dense_plan("dense-skip", 4, 1, shapes, 55, t, True)
     assert p.split == "none" and p.layers == (LayerPlan("dense-tiles-skip", False),) * 2
     assert p.reasons[1] == ("inputs that are zero in every row of the batch are skipped "
