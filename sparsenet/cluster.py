@@ -236,6 +236,19 @@ class ProcessRunner(LocalRunner):
             proc.terminate()
 
 
+def _check_address(address: str) -> None:
+    """ValueError naming --scheduler when a tcp/tls/ws address has no valid host:port, checked before a
+    Client is made (a Client failing on its address leaves its IO loop behind: the next LocalCluster
+    of the process then failed to start its own)."""
+    from distributed.comm import get_address_host_port, parse_address
+    try:
+        if parse_address(address)[0] in ("tcp", "tls", "ws", "wss"):
+            get_address_host_port(address)
+    except ValueError as exc:
+        raise ValueError(f"--scheduler {address!r} is not a Dask scheduler address ({exc}); give one such as "
+                         "tcp://host:8786") from None
+
+
 class DaskRunner(LocalRunner):
     """Tasks on a Dask cluster: an existing scheduler (address) or a LocalCluster of `workers`
     single-threaded worker processes. Each task runs with `threads` threads (default 1)."""
@@ -249,11 +262,8 @@ class DaskRunner(LocalRunner):
         super().__init__(threads)
         self._cluster = None
         if address:
-            try:
-                self.client = Client(address, timeout=30)
-            except ValueError as exc:                 # dask's address parser: "missing port number in ..."
-                raise ValueError(f"--scheduler {address!r} is not a Dask scheduler address ({exc}); give one "
-                                 "such as tcp://host:8786") from None
+            _check_address(address)
+            self.client = Client(address, timeout=30)
         else:
             self._cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=1, processes=True,
                                          dashboard_address=None)

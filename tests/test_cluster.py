@@ -22,10 +22,11 @@ def test_local_runner_yields_every_task_and_names_a_failure():
         list(r.map_unordered(_boom, [("one", (1,)), ("two", (2,))]))
 
 
-def test_a_scheduler_address_without_a_port_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"--scheduler 'foo' is not a Dask scheduler address \(.*port.*\); "
+@pytest.mark.parametrize("address", ["foo", "tcp://host", "host:http"])
+def test_a_scheduler_address_without_a_port_is_a_clear_error(address):
+    with pytest.raises(ValueError, match=rf"--scheduler '{address}' is not a Dask scheduler address \(.*\); "
                                          r"give one such as tcp://host:8786"):
-        cluster.DaskRunner("foo")
+        cluster.DaskRunner(address)
 
 
 @pytest.fixture(scope="module")
