@@ -181,13 +181,14 @@ def cmd_report(args) -> int:
 def check_results_folder(folder) -> None:
     """ValueError when `folder` holds none of a results folder's parts (a mistyped path such as
     `results` for `results/<run id>` would get an all-"Unknown" report written into it), naming the
-    run folders inside it when it has some; a missing folder or a file raise as load_results does."""
-    from sparsenet.results import PARTS, load_results, part_path
+    run folders inside it when it has some; a missing folder or a file are left to load_results (the
+    report's), which names them. Reads no file."""
+    from sparsenet.results import PARTS, has_parts
 
     folder = Path(folder)
-    if load_results(folder):
+    if not folder.is_dir() or has_parts(folder):
         return
-    runs = sorted(str(p) for p in folder.iterdir() if p.is_dir() and any(part_path(p, q).exists() for q in PARTS))
+    runs = sorted(str(p) for p in folder.iterdir() if p.is_dir() and has_parts(p))
     where = f"; the run folders in it: {', '.join(runs)}" if runs else ""
     raise ValueError(f"{folder} holds none of a results folder's files ({', '.join(f'{q}.json' for q in PARTS)})"
                      f"{where}; give the run folder a `sparsenet study` wrote, e.g. results/<run id>")

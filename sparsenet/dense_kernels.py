@@ -55,7 +55,7 @@ def _inputs(H, skip, idx):
 
 
 @njit(inline="always", **_OPTS)
-def _tile(WT, b, H, idx, n_idx, out, c0, c1, relu, with_bias=True):
+def _tile(WT, b, H, idx, n_idx, out, c0, c1, relu, with_bias):
     """out[:, c0:c1] = (relu)(b[c0:c1] + sum over idx[:n_idx] of H[:, j] (outer) WT[j, c0:c1]); no
     bias (0) unless with_bias."""
     B = H.shape[0]
@@ -95,7 +95,7 @@ def dense_layer(WT, b, H, idx, out, skip, relu, n_threads=None):
     n_threads threads (Numba's count by default). The engine's layers run the same callback."""
     n = threads(n_threads)
     n_idx = _count_inputs(H, bool(skip), idx)
-    partial = np.empty(n * out.size if n > 1 else 0, np.float32)
+    partial = parts_buffer(n, out.shape[0], WT.shape)
     run(_layer_part.address(WT, b, H, idx, 0, out, True, partial, 1, 0), n, WT, b, H, idx, n_idx, out, bool(relu),
         partial, n)
     if n > 1:
@@ -127,12 +127,18 @@ def dense_forward(weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, ski
         X = X.copy()                    # every layer's input of one type (the callback's signature)
     n = threads(n_threads)
     if partial is None:
-        partial = np.empty(n * X.shape[0] * int(max(sizes[1:])) if n > 1 and parallel.any() else 0, np.float32)
+        partial = parts_buffer(n, X.shape[0], sizes)
     part = _layer_part.cached(callbacks)
     if not part:
         WT = weights[:sizes[0] * sizes[1]].reshape((sizes[0], sizes[1]))
         part = _layer_part.address(WT, bias, X, idx, 0, logits, True, partial, 1, 0, cache=callbacks)
     _forward(part, weights, w_off, bias, sizes, X, buf0, buf1, idx, parallel, bool(skip), logits, n, partial)
+
+
+def parts_buffer(n_threads: int, B: int, sizes) -> np.ndarray:
+    """The scratch a parallel layer's parts are summed in (dense_forward's `partial`): one (B, n_out)
+    part a thread for the widest layer; empty on one thread."""
+    return np.empty(n_threads * B * int(max(sizes[1:])) if n_threads > 1 else 0, np.float32)
 
 
 @njit(inline="always", **_OPTS)

@@ -112,9 +112,8 @@ class FusedDenseEngine(DenseEngine):
             return super()._forward(X)
         if self._bufs is None or self._bufs[0] < B:
             # activations of the hidden layers (two, alternating); a parallel layer's parts (one a thread)
-            parts = self.threads * B * int(self._sizes[1:].max()) if self.threads > 1 else 0
             self._bufs = (B, np.empty(B * self._width, np.float32), np.empty(B * self._width, np.float32),
-                          np.empty(parts, np.float32))
+                          dense_kernels.parts_buffer(self.threads, B, self._sizes))
         logits = np.empty((B, self.n_out), np.float32)
         dense_kernels.dense_forward(self._weights, self._w_off, self._bias, self._sizes, X, self._bufs[1],
                                     self._bufs[2], self._idx, parallel, self.skip_zeros, logits, self._callbacks,

@@ -124,6 +124,11 @@ def load_results(folder) -> dict:
     return out
 
 
+def has_parts(folder) -> bool:
+    """Whether `folder` holds any part of a results folder (one of its JSON files), without reading it."""
+    return any(part_path(folder, part).exists() for part in PARTS)
+
+
 def missing_parts(results: dict) -> list:
     """Names of the parts a results dict lacks."""
     return [p for p in PARTS if p not in results]
